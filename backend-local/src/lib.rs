@@ -1,0 +1,243 @@
+//! The in-memory backend of tidings: in-process, zero set-up, the default when nothing is configured.
+//!
+//! Real semantics, not a bare channel: each subscription has its own queue with leases (ack deadline), attempt
+//! counting, delayed redelivery, a dead-letter queue, ordering keys with head-of-line blocking, de-duplication for
+//! exactly-once topics and retention expiry. Publishing stores each message once and shares it between
+//! subscriptions. State lives as long as the [`LocalBackend`] (clones share it).
+//!
+//! ```
+//! # async fn demo() -> tidings_core::Result<()> {
+//! use std::sync::Arc;
+//! let bus = tidings_core::Bus::new(Arc::new(tidings_local::LocalBackend::new()));
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tidings_core::backend::{
+    AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, SubscriptionSpec, TopicDriver,
+    TopicSpec,
+};
+use tidings_core::{Backend, Capabilities, DeadLetter, MessageId, Result, Settings};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use queue::{Queue, Stored};
+
+/// Default largest message: 10 MiB, like Google Pub/Sub.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// The `[local]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Largest message in bytes (payload plus attributes); default 10 MiB.
+    #[serde(default = "default_max")]
+    pub max_message_size: usize,
+}
+
+fn default_max() -> usize {
+    DEFAULT_MAX_MESSAGE_SIZE
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self { max_message_size: DEFAULT_MAX_MESSAGE_SIZE }
+    }
+}
+
+/// The in-memory bus. Clones share state.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    caps: Capabilities,
+    topics: Arc<Mutex<HashMap<String, Arc<LocalTopic>>>>,
+}
+
+impl Default for LocalBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalBackend {
+    /// A bus with the default settings.
+    pub fn new() -> Self {
+        Self::with_config(LocalConfig::default())
+    }
+
+    /// A bus with these settings.
+    pub fn with_config(config: LocalConfig) -> Self {
+        let mut caps = Capabilities::default();
+        caps.native_dead_letter = true;
+        caps.ordering = true;
+        caps.exactly_once = true;
+        caps.nack_delay = true;
+        caps.max_message_size = config.max_message_size;
+        caps.max_publish_batch = 1000;
+        caps.max_receive_batch = 256;
+        caps.max_attributes = 100;
+        Self { caps, topics: Arc::default() }
+    }
+
+    /// Reads the `[local]` section (`TIDINGS_LOCAL__MAX_MESSAGE_SIZE`).
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        Ok(Self::with_config(settings.section("local")?))
+    }
+
+    /// Declares that nacks cannot carry a delay, so the runtime's client-side fallback (hold the message, keep its
+    /// lease, nack after the backoff) runs. For testing that path; the local bus itself supports delays.
+    pub fn without_nack_delay(mut self) -> Self {
+        self.caps.nack_delay = false;
+        self
+    }
+
+    fn topic_state(&self, spec: &TopicSpec) -> Arc<LocalTopic> {
+        let mut topics = self.topics.lock().unwrap();
+        topics
+            .entry(spec.resource.clone())
+            .or_insert_with(|| {
+                Arc::new(LocalTopic {
+                    name: spec.resource.clone(),
+                    ordered: spec.config.ordered,
+                    exactly_once: spec.config.is_exactly_once(),
+                    subs: RwLock::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {
+        Ok(self.topic_state(spec))
+    }
+
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
+        let topic = self.topic_state(&spec.topic);
+        let mut subs = topic.subs.write().unwrap();
+        if let Some(s) = subs.iter().find(|s| s.name == spec.resource) {
+            s.queue.lock().unwrap().config = spec.config;
+            return Ok(s.clone());
+        }
+        let sub = Arc::new(LocalSubscription {
+            name: spec.resource.clone(),
+            queue: Mutex::new(Queue::new(spec.config, topic.ordered, topic.exactly_once)),
+            notify: Notify::new(),
+        });
+        subs.push(sub.clone());
+        Ok(sub)
+    }
+}
+
+/// A topic: the list of its subscriptions' queues.
+#[derive(Debug)]
+struct LocalTopic {
+    name: String,
+    ordered: bool,
+    exactly_once: bool,
+    subs: RwLock<Vec<Arc<LocalSubscription>>>,
+}
+
+#[async_trait]
+impl TopicDriver for LocalTopic {
+    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()> {
+        let stored: Vec<Arc<Stored>> = batch.into_iter().map(|m| Arc::new(Stored::from(m))).collect();
+        let now = Instant::now();
+        let subs = self.subs.read().unwrap();
+        tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");
+        for s in subs.iter() {
+            s.queue.lock().unwrap().push(&stored, now);
+            s.notify.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// A subscription's queue plus the wake-up for waiting receivers.
+#[derive(Debug)]
+struct LocalSubscription {
+    name: String,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+#[async_trait]
+impl SubscriptionDriver for LocalSubscription {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        let give_up = Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let next_due = {
+                let mut q = self.queue.lock().unwrap();
+                q.take(max, now, &mut out);
+                q.next_due()
+            };
+            if !out.is_empty() || now >= give_up {
+                return Ok(out);
+            }
+            let until = next_due.map_or(give_up, |t| t.min(give_up));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        if self.queue.lock().unwrap().ack(&ids) {
+            self.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        self.queue.lock().unwrap().nack(&items, Instant::now());
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
+        self.queue.lock().unwrap().extend(&ids, by, Instant::now());
+        Ok(())
+    }
+
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        self.queue.lock().unwrap().dead_letter(items);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self.queue.lock().unwrap().dead_letters(max))
+    }
+
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        let n = self.queue.lock().unwrap().redrive(ids.as_deref(), Instant::now());
+        self.notify.notify_waiters();
+        Ok(n)
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>> {
+        Ok(Some(self.queue.lock().unwrap().backlog()))
+    }
+}

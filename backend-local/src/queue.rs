@@ -1,0 +1,329 @@
+//! One subscription's queue: ready messages, delayed redeliveries, leases with deadlines, ordering-key locks,
+//! exactly-once de-duplication, retention, and the dead-letter queue. All state sits behind one mutex; every
+//! operation is a batch so the lock is taken once per call.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage};
+use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
+use tokio::time::Instant;
+
+/// A published message, shared by every subscription of its topic.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub id: MessageId,
+    pub payload: Bytes,
+    pub attributes: Attributes,
+    pub ordering_key: Option<Arc<str>>,
+    pub publish_time: SystemTime,
+}
+
+impl From<OutgoingMessage> for Stored {
+    fn from(m: OutgoingMessage) -> Self {
+        Stored {
+            id: m.id,
+            payload: m.payload,
+            attributes: m.attributes,
+            ordering_key: m.ordering_key,
+            publish_time: m.publish_time,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    msg: Arc<Stored>,
+    /// Deliveries made so far.
+    attempts: u32,
+    enqueued: Instant,
+}
+
+#[derive(Debug)]
+struct Delayed {
+    at: Instant,
+    p: Pending,
+}
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.p.seq) == (o.at, o.p.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.p.seq).cmp(&(o.at, o.p.seq))
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    p: Pending,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub config: SubscriptionConfig,
+    ordered: bool,
+    exactly_once: bool,
+    next_seq: u64,
+    next_token: u64,
+    ready: VecDeque<Pending>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    leased: HashMap<u64, Lease>,
+    lease_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Ordering key -> seq of the message that holds it (delivered, delayed or waiting for redelivery).
+    key_owner: HashMap<Arc<str>, u64>,
+    /// Messages waiting behind their key's owner, in publish order.
+    parked: HashMap<Arc<str>, VecDeque<Pending>>,
+    parked_len: usize,
+    /// Exactly-once: ids accepted within the retention window.
+    seen: HashSet<MessageId>,
+    seen_order: VecDeque<(Instant, MessageId)>,
+    dlq: VecDeque<DeadLetter>,
+}
+
+impl Queue {
+    pub fn new(config: SubscriptionConfig, ordered: bool, exactly_once: bool) -> Self {
+        Queue {
+            config,
+            ordered,
+            exactly_once,
+            next_seq: 0,
+            next_token: 0,
+            ready: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            leased: HashMap::new(),
+            lease_deadlines: BinaryHeap::new(),
+            key_owner: HashMap::new(),
+            parked: HashMap::new(),
+            parked_len: 0,
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            dlq: VecDeque::new(),
+        }
+    }
+
+    pub fn backlog(&self) -> u64 {
+        (self.ready.len() + self.delayed.len() + self.leased.len() + self.parked_len) as u64
+    }
+
+    /// Adds published messages; exactly-once subscriptions drop ids they already accepted.
+    pub fn push(&mut self, msgs: &[Arc<Stored>], now: Instant) {
+        if self.exactly_once {
+            let horizon = now.checked_sub(self.config.message_retention);
+            while let Some((t, _)) = self.seen_order.front() {
+                if horizon.is_some_and(|h| *t < h) {
+                    let (_, id) = self.seen_order.pop_front().unwrap();
+                    self.seen.remove(&id);
+                } else {
+                    break;
+                }
+            }
+        }
+        for m in msgs {
+            if self.exactly_once {
+                if !self.seen.insert(m.id.clone()) {
+                    continue;
+                }
+                self.seen_order.push_back((now, m.id.clone()));
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.ready.push_back(Pending { seq, msg: m.clone(), attempts: 0, enqueued: now });
+        }
+    }
+
+    /// Moves due delayed messages and expired leases back to ready.
+    fn promote(&mut self, now: Instant) {
+        while let Some(Reverse(d)) = self.delayed.peek() {
+            if d.at > now {
+                break;
+            }
+            let Reverse(d) = self.delayed.pop().unwrap();
+            self.ready.push_back(d.p);
+        }
+        while let Some(Reverse((at, token))) = self.lease_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.lease_deadlines.pop();
+            if self.leased.get(&token).is_some_and(|l| l.deadline <= now) {
+                let lease = self.leased.remove(&token).unwrap();
+                tracing::debug!(id = %lease.p.msg.id, "ack deadline expired; redelivering");
+                self.ready.push_front(lease.p);
+            }
+        }
+    }
+
+    /// The next instant at which a delayed message or a lease comes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let d = self.delayed.peek().map(|Reverse(d)| d.at);
+        let l = self.lease_deadlines.peek().map(|Reverse((at, _))| *at);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Leases up to `max` messages for the ack deadline.
+    pub fn take(&mut self, max: usize, now: Instant, out: &mut Vec<ReceivedMessage>) {
+        self.promote(now);
+        let retention = self.config.message_retention;
+        while out.len() < max {
+            let Some(mut p) = self.ready.pop_front() else { break };
+            if now.duration_since(p.enqueued) > retention {
+                tracing::debug!(id = %p.msg.id, "message retention expired; dropping");
+                self.release_key(&p);
+                continue;
+            }
+            if self.ordered {
+                if let Some(key) = &p.msg.ordering_key {
+                    match self.key_owner.get(key) {
+                        Some(&owner) if owner != p.seq => {
+                            self.parked.entry(key.clone()).or_default().push_back(p);
+                            self.parked_len += 1;
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.key_owner.insert(key.clone(), p.seq);
+                        }
+                    }
+                }
+            }
+            p.attempts += 1;
+            let token = self.next_token;
+            self.next_token += 1;
+            let m = &p.msg;
+            out.push(ReceivedMessage {
+                ack_id: AckId::Num(token),
+                id: m.id.clone(),
+                payload: m.payload.clone(),
+                attributes: m.attributes.clone(),
+                ordering_key: m.ordering_key.clone(),
+                publish_time: m.publish_time,
+                attempt: p.attempts,
+            });
+            let deadline = now + self.config.ack_deadline;
+            self.lease_deadlines.push(Reverse((deadline, token)));
+            self.leased.insert(token, Lease { p, deadline });
+        }
+    }
+
+    /// Frees the ordering key `p` holds and puts the next message of that key at the front.
+    fn release_key(&mut self, p: &Pending) {
+        let Some(key) = &p.msg.ordering_key else { return };
+        if self.key_owner.get(key) != Some(&p.seq) {
+            return;
+        }
+        self.key_owner.remove(key);
+        if let Some(q) = self.parked.get_mut(key) {
+            if let Some(next) = q.pop_front() {
+                self.parked_len -= 1;
+                self.ready.push_front(next);
+            }
+            if q.is_empty() {
+                self.parked.remove(key);
+            }
+        }
+    }
+
+    fn lease(&mut self, id: &AckId) -> Option<Lease> {
+        match id {
+            AckId::Num(t) => self.leased.remove(t),
+            AckId::Text(_) => None,
+        }
+    }
+
+    /// Acks; stale tokens (lease expired and redelivered) are ignored. Returns whether anything became ready.
+    pub fn ack(&mut self, ids: &[AckId]) -> bool {
+        let before = self.ready.len();
+        for id in ids {
+            if let Some(l) = self.lease(id) {
+                self.release_key(&l.p);
+            }
+        }
+        self.ready.len() != before
+    }
+
+    pub fn nack(&mut self, items: &[(AckId, Duration)], now: Instant) {
+        for (id, delay) in items {
+            if let Some(l) = self.lease(id) {
+                if delay.is_zero() {
+                    self.ready.push_back(l.p);
+                } else {
+                    self.delayed.push(Reverse(Delayed { at: now + *delay, p: l.p }));
+                }
+            }
+        }
+    }
+
+    pub fn extend(&mut self, ids: &[AckId], by: Duration, now: Instant) {
+        for id in ids {
+            if let AckId::Num(t) = id {
+                if let Some(l) = self.leased.get_mut(t) {
+                    l.deadline = now + by;
+                    self.lease_deadlines.push(Reverse((l.deadline, *t)));
+                }
+            }
+        }
+    }
+
+    pub fn dead_letter(&mut self, items: Vec<DeadLetterRequest>) {
+        for r in items {
+            if let Some(l) = self.lease(&r.message.ack_id) {
+                self.release_key(&l.p);
+                let m = &l.p.msg;
+                self.dlq.push_back(DeadLetter {
+                    id: m.id.clone(),
+                    payload: m.payload.clone(),
+                    attributes: m.attributes.clone(),
+                    ordering_key: m.ordering_key.as_deref().map(str::to_string),
+                    publish_time: m.publish_time,
+                    attempts: l.p.attempts,
+                    reason: r.reason,
+                    dead_lettered_at: SystemTime::now(),
+                });
+            }
+        }
+    }
+
+    pub fn dead_letters(&self, max: usize) -> Vec<DeadLetter> {
+        self.dlq.iter().take(max).cloned().collect()
+    }
+
+    pub fn redrive(&mut self, ids: Option<&[MessageId]>, now: Instant) -> usize {
+        let mut moved = 0;
+        let mut keep = VecDeque::with_capacity(self.dlq.len());
+        for d in self.dlq.drain(..) {
+            if ids.is_some_and(|ids| !ids.contains(&d.id)) {
+                keep.push_back(d);
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let msg = Arc::new(Stored {
+                id: d.id,
+                payload: d.payload,
+                attributes: d.attributes,
+                ordering_key: d.ordering_key.map(Arc::from),
+                publish_time: d.publish_time,
+            });
+            self.ready.push_back(Pending { seq, msg, attempts: 0, enqueued: now });
+            moved += 1;
+        }
+        self.dlq = keep;
+        moved
+    }
+}

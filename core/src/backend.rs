@@ -1,0 +1,173 @@
+//! The backend SPI: a narrow, batch-oriented driver that never retries. The portable layer ([`crate::Bus`] and
+//! the runtime) owns encoding, validation, dispatch, concurrency, backoff, attempt counting, dead-letter decisions,
+//! lease extension and shutdown.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::dead_letter::DeadLetter;
+use crate::error::Result;
+use crate::message::{Attributes, MessageId};
+use crate::subscription::SubscriptionConfig;
+use crate::topic::TopicConfig;
+
+/// What a backend can do natively. The runtime fills gaps client-side, and the conformance suite reads these flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The broker moves exhausted messages to a DLQ by itself (the runtime still dead-letters explicitly).
+    pub native_dead_letter: bool,
+    /// Messages sharing an ordering key are delivered in order, one at a time.
+    pub ordering: bool,
+    /// Acked messages are never redelivered and republished ids are de-duplicated.
+    pub exactly_once: bool,
+    /// `nack` honours a per-message delay; otherwise the runtime holds the message (lease kept) for the backoff.
+    pub nack_delay: bool,
+    /// Largest encoded payload plus attributes, in bytes.
+    pub max_message_size: usize,
+    /// Most messages per `publish` call.
+    pub max_publish_batch: usize,
+    /// Most messages per `receive` call.
+    pub max_receive_batch: usize,
+    /// Most attributes per message (tidings reserves none on the local bus).
+    pub max_attributes: usize,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            native_dead_letter: false,
+            ordering: false,
+            exactly_once: false,
+            nack_delay: false,
+            max_message_size: 256 * 1024,
+            max_publish_batch: 10,
+            max_receive_batch: 10,
+            max_attributes: 10,
+        }
+    }
+}
+
+/// A topic as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Logical name used in code.
+    pub name: String,
+    /// Name of the cloud resource (prefix and overrides from config applied).
+    pub resource: String,
+    /// Settings from the declaration.
+    pub config: TopicConfig,
+}
+
+/// A subscription as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// The topic it belongs to.
+    pub topic: TopicSpec,
+    /// Logical name used in code.
+    pub name: String,
+    /// Name of the cloud resource.
+    pub resource: String,
+    /// Effective settings (code, then config overrides).
+    pub config: SubscriptionConfig,
+}
+
+/// A message on its way to the backend, already encoded and validated.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// Assigned by tidings; reused when the same message is published again.
+    pub id: MessageId,
+    /// Encoded payload.
+    pub payload: Bytes,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Ordering key.
+    pub ordering_key: Option<Arc<str>>,
+    /// Publish time.
+    pub publish_time: SystemTime,
+}
+
+/// Opaque token naming one delivery of one message, for ack, nack and lease extension.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AckId {
+    /// A numeric token (in-memory backends).
+    Num(u64),
+    /// A receipt handle or ack id string (cloud backends).
+    Text(Arc<str>),
+}
+
+/// A message handed out by `receive`, leased for the subscription's ack deadline.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// Token for settling this delivery.
+    pub ack_id: AckId,
+    /// Message id.
+    pub id: MessageId,
+    /// Encoded payload, as published.
+    pub payload: Bytes,
+    /// Attributes, as published.
+    pub attributes: Attributes,
+    /// Ordering key.
+    pub ordering_key: Option<Arc<str>>,
+    /// Publish time.
+    pub publish_time: SystemTime,
+    /// Delivery attempt, 1 for the first delivery.
+    pub attempt: u32,
+}
+
+/// A message the runtime moves to the DLQ, with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRequest {
+    /// The delivery to dead-letter.
+    pub message: ReceivedMessage,
+    /// Why: the last error, a decode error, or an unrecoverable error.
+    pub reason: String,
+}
+
+/// Entry point of a backend: provisions (or verifies) resources and hands out drivers.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// Short name, such as `local`, `aws`, `gcp`.
+    fn name(&self) -> &str;
+    /// What the backend does natively.
+    fn capabilities(&self) -> Capabilities;
+    /// Ensures (or verifies, by provisioning mode) the topic and returns its publisher driver.
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>>;
+    /// Ensures (or verifies) the subscription and its DLQ, and returns its driver.
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>>;
+}
+
+/// Publishes to one topic.
+#[async_trait]
+pub trait TopicDriver: Send + Sync + Debug {
+    /// Publishes at most `max_publish_batch` messages; `Ok` only when the backend accepted all of them.
+    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()>;
+}
+
+/// Receives from and settles deliveries of one subscription. Every method is one batch call and does not retry.
+#[async_trait]
+pub trait SubscriptionDriver: Send + Sync + Debug {
+    /// Waits up to `wait` for messages and leases at most `max` of them for the ack deadline.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>>;
+    /// Removes these deliveries from the subscription.
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()>;
+    /// Returns deliveries for redelivery after each one's delay (zero when `nack_delay` is unsupported).
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()>;
+    /// Extends the lease of these deliveries to `by` from now.
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()>;
+    /// Moves deliveries to the subscription's dead-letter queue with their reason.
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()>;
+    /// Reads up to `max` dead letters without removing them.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>>;
+    /// Moves dead letters (all, or those with the given ids) back into the subscription with the attempt counter
+    /// reset; returns how many moved.
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize>;
+    /// Messages not yet acked or dead-lettered (ready, delayed or leased), where the backend can tell.
+    async fn backlog(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}

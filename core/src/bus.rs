@@ -1,0 +1,343 @@
+//! The bus: one backend plus the portable layer (validation, encoding, publish retries, subscriptions).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use crate::backend::{Backend, Capabilities, OutgoingMessage, SubscriptionSpec, TopicDriver, TopicSpec};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::Handler;
+use crate::message::{MessageId, PublishOptions, RESERVED_ATTRIBUTE_PREFIX};
+use crate::name::validate_name;
+use crate::runtime::{self, Runner};
+use crate::subscription::SubscriptionConfig;
+use crate::topic::{Topic, TopicConfig};
+
+/// Attempts for a publish call that fails with a retryable backend error.
+const PUBLISH_ATTEMPTS: u32 = 4;
+
+/// A handle on one backend. Cheap to clone; every clone shares topics and subscriptions.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    caps: Capabilities,
+    settings: Settings,
+    topics: Mutex<HashMap<&'static str, TopicEntry>>,
+    runners: Mutex<Vec<Arc<Runner>>>,
+    recorder: Option<Mutex<HashMap<String, Vec<OutgoingMessage>>>>,
+}
+
+#[derive(Clone)]
+struct TopicEntry {
+    config: TopicConfig,
+    driver: Arc<OnceCell<Arc<dyn TopicDriver>>>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus").field("backend", &self.inner.backend.name()).finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Bus`] around a backend.
+pub struct BusBuilder {
+    backend: Arc<dyn Backend>,
+    settings: Settings,
+    record: bool,
+}
+
+impl BusBuilder {
+    /// Name mapping and subscription overrides to apply.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+    /// Keep a copy of every published message for [`Bus::published`] (for tests).
+    pub fn record_published(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+    /// The bus.
+    pub fn build(self) -> Bus {
+        let caps = self.backend.capabilities();
+        Bus {
+            inner: Arc::new(Inner {
+                backend: self.backend,
+                caps,
+                settings: self.settings,
+                topics: Mutex::default(),
+                runners: Mutex::default(),
+                recorder: self.record.then(Mutex::default),
+            }),
+        }
+    }
+}
+
+impl Bus {
+    /// A bus on `backend` with default settings.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self::builder(backend).build()
+    }
+
+    /// A builder for a bus on `backend`.
+    pub fn builder(backend: Arc<dyn Backend>) -> BusBuilder {
+        BusBuilder { backend, settings: Settings::default(), record: false }
+    }
+
+    /// The backend's name (`local`, `aws`, `gcp`).
+    pub fn backend_name(&self) -> &str {
+        self.inner.backend.name()
+    }
+
+    /// What the backend does natively.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The backend itself, for tools and backend tests that need the raw driver.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The spec a subscription of `topic` named `name` gets on this bus (names mapped, config overrides applied).
+    pub fn subscription_spec<T>(&self, topic: &Topic<T>, name: &str, config: SubscriptionConfig) -> SubscriptionSpec {
+        let config = match self.inner.settings.subscription_override(topic.name(), name) {
+            Some(o) => config.apply(o),
+            None => config,
+        };
+        SubscriptionSpec {
+            topic: self.topic_spec(topic.name(), topic.config()),
+            name: name.to_string(),
+            resource: self.inner.settings.subscription_resource_name(topic.name(), name),
+            config,
+        }
+    }
+
+    fn topic_spec(&self, name: &str, config: TopicConfig) -> TopicSpec {
+        TopicSpec { name: name.to_string(), resource: self.inner.settings.resource_name(name), config }
+    }
+
+    async fn topic_driver<T>(&self, topic: &Topic<T>) -> Result<Arc<dyn TopicDriver>> {
+        let entry = {
+            let mut topics = self.inner.topics.lock().unwrap();
+            match topics.get(topic.name()) {
+                Some(e) if e.config != topic.config() => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "topic {:?} is declared twice with different configs: {:?} and {:?}",
+                            topic.name(),
+                            e.config,
+                            topic.config()
+                        ),
+                    ))
+                }
+                Some(e) => e.clone(),
+                None => {
+                    validate_name("topic", topic.name())?;
+                    let e = TopicEntry { config: topic.config(), driver: Arc::default() };
+                    topics.insert(topic.name(), e.clone());
+                    e
+                }
+            }
+        };
+        let spec = self.topic_spec(topic.name(), topic.config());
+        let driver = entry.driver.get_or_try_init(|| async { self.inner.backend.topic(&spec).await }).await?;
+        Ok(driver.clone())
+    }
+
+    fn encode<T: Serialize>(&self, topic: &Topic<T>, message: &T, options: PublishOptions) -> Result<OutgoingMessage> {
+        let payload = Bytes::from(serde_json::to_vec(message)?);
+        let caps = &self.inner.caps;
+        let name = topic.name();
+        if options.attributes.len() > caps.max_attributes {
+            return Err(Error::invalid(format!(
+                "message on topic {name:?} has {} attributes; the {} backend allows at most {}",
+                options.attributes.len(),
+                self.backend_name(),
+                caps.max_attributes
+            )));
+        }
+        for key in options.attributes.keys() {
+            if key.is_empty() {
+                return Err(Error::invalid(format!("message on topic {name:?} has an attribute with an empty name")));
+            }
+            if key.starts_with(RESERVED_ATTRIBUTE_PREFIX) {
+                return Err(Error::invalid(format!(
+                    "attribute name {key:?} on topic {name:?} is reserved: names starting with \
+                     {RESERVED_ATTRIBUTE_PREFIX:?} are tidings' own"
+                )));
+            }
+        }
+        match (&options.ordering_key, topic.config().ordered) {
+            (Some(k), false) => {
+                return Err(Error::invalid(format!(
+                    "ordering key {k:?} given for topic {name:?}, which is not ordered; declare it with \
+                     TopicConfig::ordered() or drop the key"
+                )))
+            }
+            (Some(k), true) if k.is_empty() => {
+                return Err(Error::invalid(format!("empty ordering key on ordered topic {name:?}")))
+            }
+            _ => {}
+        }
+        let size = payload.len()
+            + options.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + options.ordering_key.as_ref().map_or(0, String::len);
+        if size > caps.max_message_size {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "message on topic {name:?} is {size} bytes (payload and attributes); the {} backend's limit is {} \
+                     bytes",
+                    self.backend_name(),
+                    caps.max_message_size
+                ),
+            ));
+        }
+        Ok(OutgoingMessage {
+            id: options.id.unwrap_or_else(MessageId::generate),
+            payload,
+            attributes: options.attributes,
+            ordering_key: options.ordering_key.map(Arc::from),
+            publish_time: SystemTime::now(),
+        })
+    }
+
+    pub(crate) async fn publish<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let out = self.encode(topic, message, options)?;
+        let id = out.id.clone();
+        self.send(topic, vec![out]).await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(&self, topic: &Topic<T>, messages: I) -> Result<Vec<MessageId>>
+    where
+        I: IntoIterator<Item = (&'a T, PublishOptions)>,
+    {
+        let batch = messages.into_iter().map(|(m, o)| self.encode(topic, m, o)).collect::<Result<Vec<_>>>()?;
+        let ids = batch.iter().map(|m| m.id.clone()).collect();
+        self.send(topic, batch).await?;
+        Ok(ids)
+    }
+
+    async fn send<T>(&self, topic: &Topic<T>, batch: Vec<OutgoingMessage>) -> Result<()> {
+        let driver = self.topic_driver(topic).await?;
+        if let Some(rec) = &self.inner.recorder {
+            rec.lock().unwrap().entry(topic.name().to_string()).or_default().extend(batch.iter().cloned());
+        }
+        let max = self.inner.caps.max_publish_batch.max(1);
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(max));
+            let chunk = std::mem::replace(&mut rest, tail);
+            publish_with_retries(driver.as_ref(), topic.name(), chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a subscription: every message published to `topic` after it exists is handed to `handler`, with
+    /// `config`'s concurrency, ack deadline, retries and dead-letter queue (config file overrides apply).
+    ///
+    /// The name must be unique per topic on this bus until the subscription is shut down.
+    pub async fn subscribe<T, H>(
+        &self,
+        topic: &Topic<T>,
+        name: &str,
+        config: SubscriptionConfig,
+        handler: H,
+    ) -> Result<crate::Subscription>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        H: Handler<T>,
+    {
+        validate_name("subscription", name)?;
+        let spec = self.subscription_spec(topic, name, config);
+        spec.config.validate().map_err(|e| {
+            Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name()))
+        })?;
+        self.topic_driver(topic).await?;
+        let key = (topic.name().to_string(), name.to_string());
+        {
+            let runners = self.inner.runners.lock().unwrap();
+            if runners.iter().any(|r| r.key == key && !r.is_stopped()) {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("subscription {name:?} on topic {:?} is already declared on this bus", topic.name()),
+                ));
+            }
+        }
+        let driver = self.inner.backend.subscription(&spec).await?;
+        let runner = runtime::start(key, spec, driver, self.inner.caps.clone(), handler);
+        let mut runners = self.inner.runners.lock().unwrap();
+        runners.retain(|r| !r.is_stopped());
+        runners.push(runner.clone());
+        Ok(crate::Subscription::new(runner))
+    }
+
+    /// Stops every subscription on this bus: no new deliveries, in-flight handlers get up to `timeout` to finish,
+    /// unfinished messages stay unacked (they are redelivered after their ack deadline).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let runners: Vec<_> = self.inner.runners.lock().unwrap().drain(..).collect();
+        for r in &runners {
+            r.cancel();
+        }
+        for r in runners {
+            r.wait(timeout).await;
+        }
+    }
+
+    /// What the code published to `topic` on this bus, decoded (only on a bus built with `record_published`).
+    pub fn published<T: DeserializeOwned>(&self, topic: &Topic<T>) -> Vec<T> {
+        self.published_raw(topic.name())
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).expect("recorded payloads were encoded from T"))
+            .collect()
+    }
+
+    /// Recorded messages of a topic with ids, attributes and ordering keys.
+    pub fn published_raw(&self, topic: &str) -> Vec<OutgoingMessage> {
+        let rec = self.inner.recorder.as_ref().expect("Bus::published needs a bus built with record_published(true)");
+        rec.lock().unwrap().get(topic).cloned().unwrap_or_default()
+    }
+}
+
+async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: Vec<OutgoingMessage>) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match driver.publish(chunk.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
+                let delay = runtime::jittered(Duration::from_millis(100) * 2u32.pow(attempt - 1));
+                tracing::warn!(topic, attempt, error = %e, ?delay, "publish failed, retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(topic, attempt, error = %e, "publish failed; the message may or may not have been delivered");
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The behaviour suite every backend must pass (feature `conformance`), generic over the backend through a
+//! [`Harness`]. A backend crate runs all of it with one macro call; test names read
+//! `conformance::<backend>::<behaviour>`:
+//!
+//! ```ignore
+//! struct Local;
+//! impl tidings_core::conformance::Harness for Local {
+//!     async fn bus(&self) -> tidings_core::Bus { tidings_core::Bus::new(std::sync::Arc::new(LocalBackend::new())) }
+//!     fn timing(&self) -> tidings_core::conformance::Timing { tidings_core::conformance::Timing::FAST }
+//! }
+//! tidings_core::conformance_tests!(local => Local);
+//! ```
+//!
+//! A test that needs a capability the backend lacks prints `SKIPPED ... lacks <capability>` to stderr (uncaptured)
+//! and returns.
+
+mod cases;
+mod support;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use cases::*;
+
+use crate::Bus;
+
+/// Time scale of a backend's tests: brokers with coarse timers (SQS seconds, Pub/Sub's 10 s minimum ack deadline)
+/// use larger values than the in-memory bus.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Ack deadline of test subscriptions.
+    pub ack_deadline: Duration,
+    /// Min backoff of test subscriptions.
+    pub min_backoff: Duration,
+    /// Max backoff of test subscriptions.
+    pub max_backoff: Duration,
+    /// How long a test waits for an expected event before failing.
+    pub patience: Duration,
+}
+
+impl Timing {
+    /// For in-process backends: sub-second deadlines and backoffs.
+    pub const FAST: Timing = Timing {
+        ack_deadline: Duration::from_millis(300),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        patience: Duration::from_secs(10),
+    };
+}
+
+/// Makes buses for the suite.
+pub trait Harness: Send + Sync + 'static {
+    /// A bus on the backend under test. Tests use unique topic names, so buses may share one broker.
+    fn bus(&self) -> impl Future<Output = Bus> + Send;
+    /// The backend's time scale.
+    fn timing(&self) -> Timing;
+}
+
+/// Runs one test on a fresh two-worker tokio runtime (used by [`conformance_tests!`](crate::conformance_tests)).
+pub fn block_on<F: Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime").block_on(f)
+}
+
+/// Generates `mod conformance { mod <backend> { #[test] fn <behaviour>() ... } }` running the whole suite against
+/// each `backend => harness` pair.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($backend:ident => $harness:expr),+ $(,)?) => {
+        mod conformance {
+            $(pub mod $backend {
+                #[allow(unused_imports)]
+                use super::super::*;
+                $crate::__conformance_cases!($harness;
+                    round_trip_with_attributes_and_metadata,
+                    publish_batch_returns_ids_in_order,
+                    only_messages_published_after_subscribing,
+                    fan_out_to_two_subscriptions,
+                    independence_of_a_stalled_subscription,
+                    ack_removes_the_message,
+                    err_redelivers_after_backoff_with_rising_attempt,
+                    dlq_after_max_retries,
+                    no_retries_dead_letters_first_failure,
+                    panic_counts_as_failure,
+                    poison_message_goes_to_dlq,
+                    unrecoverable_error_dead_letters_at_once,
+                    redrive_from_dlq,
+                    ack_deadline_expiry_redelivers,
+                    lease_extension_prevents_redelivery,
+                    ordering_per_key,
+                    exactly_once_dedup,
+                    max_concurrency_never_exceeded,
+                    graceful_shutdown_loses_nothing,
+                    shutdown_timeout_leaves_unfinished_unacked,
+                    invalid_names_are_rejected,
+                    invalid_subscription_configs_are_rejected,
+                    duplicate_subscription_is_rejected,
+                    oversized_message_is_rejected,
+                    invalid_publish_options_are_rejected,
+                    invalid_batch_sends_nothing,
+                );
+            })+
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let harness = $harness;
+                $crate::conformance::block_on($crate::conformance::$name(&harness));
+            }
+        )*
+    };
+}

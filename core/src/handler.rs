@@ -1,0 +1,73 @@
+//! Subscription handlers and their errors.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::message::Message;
+
+/// Why a handler failed. Any `std::error::Error` converts into it with `?` (a retryable failure);
+/// [`HandlerError::unrecoverable`] sends the message straight to the dead-letter queue.
+pub struct HandlerError {
+    message: String,
+    unrecoverable: bool,
+}
+
+impl HandlerError {
+    /// A failure that retrying may fix: the message is redelivered after the backoff.
+    pub fn retry(reason: impl fmt::Display) -> Self {
+        Self { message: reason.to_string(), unrecoverable: false }
+    }
+    /// A failure that retrying cannot fix: the message is dead-lettered at once.
+    pub fn unrecoverable(reason: impl fmt::Display) -> Self {
+        Self { message: reason.to_string(), unrecoverable: true }
+    }
+    /// Whether this error dead-letters at once.
+    pub fn is_unrecoverable(&self) -> bool {
+        self.unrecoverable
+    }
+    /// The reason, as recorded in the dead-letter queue.
+    pub fn reason(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError").field("message", &self.message).field("unrecoverable", &self.unrecoverable).finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        Self::retry(e)
+    }
+}
+
+/// What a handler returns: `Ok` acks, `Err` nacks (or dead-letters, for an unrecoverable error).
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// Boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
+
+/// An async message handler. Implemented for every `Fn(Message<T>) -> impl Future<Output = HandlerResult>`.
+pub trait Handler<T>: Send + Sync + 'static {
+    /// Handles one delivery.
+    fn call(&self, message: Message<T>) -> HandlerFuture;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, message: Message<T>) -> HandlerFuture {
+        Box::pin(self(message))
+    }
+}

@@ -1,0 +1,34 @@
+//! Core of tidings: typed topics and subscriptions, the backend SPI, the runtime that runs handlers the same way on
+//! every backend, configuration, and (feature `conformance`) the behaviour suite every backend must pass.
+//!
+//! Applications use the `tidings` facade crate; backend authors implement [`Backend`], [`TopicDriver`] and
+//! [`SubscriptionDriver`].
+#![warn(missing_docs)]
+
+pub mod backend;
+mod bus;
+pub mod config;
+pub mod dead_letter;
+mod error;
+pub mod handler;
+pub mod message;
+mod name;
+pub mod retry;
+mod runtime;
+pub mod subscription;
+pub mod topic;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use backend::{Backend, Capabilities, SubscriptionDriver, TopicDriver};
+pub use bus::{Bus, BusBuilder};
+pub use config::Settings;
+pub use dead_letter::DeadLetter;
+pub use error::{Error, ErrorKind, Result};
+pub use handler::{Handler, HandlerError, HandlerResult};
+pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions};
+pub use name::{validate_name, MAX_NAME_LEN};
+pub use retry::RetryPolicy;
+pub use subscription::{Subscription, SubscriptionConfig, SubscriptionOverride};
+pub use topic::{DeliveryGuarantee, Topic, TopicConfig};

@@ -1,0 +1,139 @@
+//! Messages: ids, attributes, outgoing options, and what a handler receives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// String attributes carried beside a message's payload.
+pub type Attributes = BTreeMap<String, String>;
+
+/// Attribute names starting with this prefix are reserved for tidings' own metadata.
+pub const RESERVED_ATTRIBUTE_PREFIX: &str = "tidings";
+
+/// A message id: assigned by tidings when the message is published and kept across publish retries, so
+/// exactly-once topics can de-duplicate a republish.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Arc<str>);
+
+impl MessageId {
+    /// A new, unique, time-ordered id (UUIDv7).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string().into())
+    }
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+impl From<String> for MessageId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// Per-message publish options: attributes and an ordering key.
+///
+/// ```
+/// use tidings_core::PublishOptions;
+/// let opts = PublishOptions::new().attribute("source", "web").ordering_key("user-42");
+/// assert_eq!(opts.ordering_key.as_deref(), Some("user-42"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// String attributes; names starting with `tidings` are reserved.
+    pub attributes: Attributes,
+    /// Messages sharing a key are delivered in order on an ordered topic; must be `None` on an unordered topic.
+    pub ordering_key: Option<String>,
+    /// Reuse an id (an outbox relay republishing); `None` assigns a new one.
+    pub id: Option<MessageId>,
+}
+
+impl PublishOptions {
+    /// No attributes, no ordering key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds an attribute.
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the ordering key.
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+    /// Publishes under a given id instead of a new one.
+    pub fn id(mut self, id: MessageId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// Metadata of a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// The id assigned at publish.
+    pub id: MessageId,
+    /// When the message was published.
+    pub publish_time: SystemTime,
+    /// Which delivery this is; the first delivery is 1.
+    pub attempt: u32,
+    /// The attributes set at publish.
+    pub attributes: Attributes,
+    /// The ordering key set at publish.
+    pub ordering_key: Option<String>,
+}
+
+/// A decoded message handed to a subscription's handler. Derefs to the payload.
+#[derive(Debug, Clone)]
+pub struct Message<T> {
+    /// The decoded payload.
+    pub payload: T,
+    /// Id, publish time, attempt, attributes, ordering key.
+    pub meta: Metadata,
+}
+
+impl<T> Message<T> {
+    /// The id assigned at publish.
+    pub fn id(&self) -> &MessageId {
+        &self.meta.id
+    }
+    /// Which delivery this is; the first delivery is 1.
+    pub fn attempt(&self) -> u32 {
+        self.meta.attempt
+    }
+    /// One attribute.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.meta.attributes.get(key).map(String::as_str)
+    }
+    /// The payload, without metadata.
+    pub fn into_inner(self) -> T {
+        self.payload
+    }
+}
+
+impl<T> Deref for Message<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.payload
+    }
+}

@@ -1,0 +1,302 @@
+//! The runtime that runs one subscription's handlers, written once for every backend: receive sized to free
+//! handler slots, decode, dispatch with panic isolation, lease extension, backoff, attempt counting, dead-letter
+//! decisions, batched settlement, and graceful shutdown.
+
+use std::any::type_name;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{AckId, Capabilities, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
+use crate::handler::Handler;
+use crate::message::{Message, Metadata};
+
+/// Longest single receive call; shutdown interrupts it.
+const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+/// Most settlements applied per driver call.
+const SETTLE_BATCH: usize = 1000;
+
+/// Shared state of one running subscription.
+pub(crate) struct Runner {
+    pub(crate) key: (String, String),
+    pub(crate) spec: SubscriptionSpec,
+    pub(crate) driver: Arc<dyn SubscriptionDriver>,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+    stopped: AtomicBool,
+    done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    finished: tokio::sync::Notify,
+}
+
+impl Runner {
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Waits for in-flight handlers up to `timeout`, then aborts the rest (their messages stay unacked).
+    pub(crate) async fn wait(&self, timeout: Duration) {
+        self.cancel.cancel();
+        let rx = self.done.lock().unwrap().take();
+        let Some(mut rx) = rx else {
+            // Another caller is waiting; wait for it to finish.
+            let notified = self.finished.notified();
+            if !self.is_stopped() {
+                notified.await;
+            }
+            return;
+        };
+        if tokio::time::timeout(timeout, &mut rx).await.is_err() {
+            tracing::warn!(subscription = %self.key.1, topic = %self.key.0, ?timeout,
+                "shutdown timeout reached; aborting in-flight handlers, their messages stay unacked");
+            self.abort.cancel();
+            let _ = rx.await;
+        }
+        self.finished.notify_waiters();
+    }
+}
+
+enum Settle {
+    Ack(AckId),
+    Nack(AckId, Duration),
+    DeadLetter(DeadLetterRequest),
+}
+
+struct Ctx<T> {
+    runner: Arc<Runner>,
+    caps: Capabilities,
+    handler: Box<dyn Handler<T>>,
+    settle: mpsc::UnboundedSender<Settle>,
+}
+
+pub(crate) fn start<T, H>(
+    key: (String, String),
+    spec: SubscriptionSpec,
+    driver: Arc<dyn SubscriptionDriver>,
+    caps: Capabilities,
+    handler: H,
+) -> Arc<Runner>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let runner = Arc::new(Runner {
+        key,
+        spec,
+        driver: driver.clone(),
+        cancel: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        stopped: AtomicBool::new(false),
+        done: Mutex::new(Some(done_rx)),
+        finished: tokio::sync::Notify::new(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_loop(driver, rx));
+    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx });
+    tokio::spawn(async move {
+        receive_loop(ctx.clone()).await;
+        let runner = ctx.runner.clone();
+        drop(ctx);
+        let _ = settler.await;
+        runner.stopped.store(true, Ordering::Release);
+        let _ = done_tx.send(());
+    });
+    runner
+}
+
+async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>) {
+    let cfg = ctx.runner.spec.config;
+    let sem = Arc::new(Semaphore::new(cfg.max_concurrency));
+    let max_batch = ctx.caps.max_receive_batch.max(1);
+    let cancel = ctx.runner.cancel.clone();
+    let mut tasks = JoinSet::new();
+    let mut error_backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = cancel.cancelled() => break,
+        };
+        let n = (1 + sem.available_permits()).min(max_batch);
+        let received = tokio::select! {
+            r = ctx.runner.driver.receive(n, RECEIVE_WAIT) => r,
+            _ = cancel.cancelled() => break,
+        };
+        match received {
+            Ok(batch) => {
+                error_backoff = Duration::from_millis(100);
+                let mut first = Some(first);
+                for msg in batch {
+                    let permit = first.take().unwrap_or_else(|| {
+                        sem.clone().try_acquire_owned().expect("receive never exceeds the free handler slots")
+                    });
+                    tasks.spawn(process(ctx.clone(), msg, permit));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %ctx.runner.key.1, error = %e, retry_in = ?error_backoff, "receive failed");
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(error_backoff)) => {},
+                    _ = cancel.cancelled() => break,
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        while let Some(r) = tasks.try_join_next() {
+            log_task_end(r);
+        }
+    }
+    // Graceful shutdown: let in-flight handlers finish unless the shutdown timeout aborts them.
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r { Some(r) => log_task_end(r), None => break },
+            _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
+        }
+    }
+}
+
+fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            tracing::error!(error = %e, "tidings handler task panicked outside the handler");
+        }
+    }
+}
+
+async fn process<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    msg: ReceivedMessage,
+    permit: OwnedSemaphorePermit,
+) {
+    let attempt = msg.attempt;
+    let policy = ctx.runner.spec.config.retry;
+    let failure = match serde_json::from_slice::<T>(&msg.payload) {
+        Err(e) => {
+            let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
+            return dead_letter(&ctx, msg, reason);
+        }
+        Ok(payload) => {
+            let message = Message {
+                payload,
+                meta: Metadata {
+                    id: msg.id.clone(),
+                    publish_time: msg.publish_time,
+                    attempt,
+                    attributes: msg.attributes.clone(),
+                    ordering_key: msg.ordering_key.as_deref().map(str::to_string),
+                },
+            };
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message)));
+            let outcome = match run {
+                Ok(fut) => with_lease(&ctx, &msg.ack_id, AssertUnwindSafe(fut).catch_unwind()).await,
+                Err(p) => Err(p),
+            };
+            match outcome {
+                Ok(Ok(())) => {
+                    let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
+                    return;
+                }
+                Ok(Err(e)) if e.is_unrecoverable() => return dead_letter(&ctx, msg, format!("unrecoverable: {e}")),
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
+            }
+        }
+    };
+    if policy.is_exhausted(attempt) {
+        return dead_letter(&ctx, msg, failure);
+    }
+    let delay = policy.backoff(attempt);
+    tracing::debug!(subscription = %ctx.runner.key.1, id = %msg.id, attempt, ?delay, error = %failure, "handler failed; will retry");
+    if ctx.caps.nack_delay {
+        let _ = ctx.settle.send(Settle::Nack(msg.ack_id, delay));
+        return;
+    }
+    // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
+    drop(permit);
+    let cancel = ctx.runner.cancel.clone();
+    let _ = with_lease(&ctx, &msg.ack_id, async {
+        tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
+    })
+    .await;
+    let _ = ctx.settle.send(Settle::Nack(msg.ack_id, Duration::ZERO));
+}
+
+fn dead_letter<T>(ctx: &Ctx<T>, message: ReceivedMessage, reason: String) {
+    tracing::warn!(subscription = %ctx.runner.key.1, id = %message.id, attempt = message.attempt, %reason, "dead-lettering message");
+    let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
+}
+
+/// Runs `fut` while extending the delivery's lease every half ack deadline.
+async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Output {
+    let deadline = ctx.runner.spec.config.ack_deadline;
+    let period = (deadline / 2).max(Duration::from_millis(1));
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tokio::time::sleep(period) => {
+                if let Err(e) = ctx.runner.driver.extend_lease(vec![ack_id.clone()], deadline).await {
+                    tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
+                }
+            }
+        }
+    }
+}
+
+async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+    let mut buf = Vec::with_capacity(64);
+    while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
+        let (mut acks, mut nacks, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+        for s in buf.drain(..) {
+            match s {
+                Settle::Ack(id) => acks.push(id),
+                Settle::Nack(id, d) => nacks.push((id, d)),
+                Settle::DeadLetter(r) => dead.push(r),
+            }
+        }
+        // Dead letters first: an ordering key blocked behind one unblocks with it.
+        if !dead.is_empty() {
+            if let Err(e) = driver.dead_letter(dead).await {
+                tracing::error!(error = %e, "dead-lettering failed; the messages will be redelivered");
+            }
+        }
+        if !acks.is_empty() {
+            if let Err(e) = driver.ack(acks).await {
+                tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
+            }
+        }
+        if !nacks.is_empty() {
+            if let Err(e) = driver.nack(nacks).await {
+                tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
+            }
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// `d` scaled by a factor in [0.5, 1.5), from a cheap clock-derived source (enough to spread retries).
+pub(crate) fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.5 + (nanos % 1000) as f64 / 1000.0)
+}
