@@ -1,1 +1,116 @@
-pub fn x(){}
+//! **tidings**: Pub/Sub as a native building block for Rust services. Declare typed topics and subscriptions in a
+//! few lines; get one set of semantics (at-least-once or exactly-once delivery, retries with exponential backoff, a
+//! dead-letter queue per subscription, ordering keys, ack deadlines with lease extension, a concurrency limit,
+//! graceful shutdown) on every backend. The backend is chosen by configuration, so the same code runs on a laptop
+//! (the in-memory bus, the default) and in the cloud.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use tidings::{Message, SubscriptionConfig, Topic, TopicConfig};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct SignupEvent { pub user_id: u64 }
+//!
+//! pub static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
+//!
+//! # async fn demo() -> tidings::Result<()> {
+//! let bus = tidings::from_env().await?;
+//! bus.subscribe(&SIGNUPS, "email", SubscriptionConfig::default(), |m: Message<SignupEvent>| async move {
+//!     println!("welcome, user {}", m.user_id);
+//!     Ok(())
+//! }).await?;
+//! SIGNUPS.publish(&bus, &SignupEvent { user_id: 42 }).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub use tidings_core::{
+    backend, config, dead_letter, handler, message, retry, subscription, topic, validate_name, Attributes, Backend,
+    Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler, HandlerError,
+    HandlerResult, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings, Subscription,
+    SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig,
+};
+
+#[cfg(feature = "local")]
+pub use tidings_local as local;
+
+use std::sync::Arc;
+
+/// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
+pub const BACKENDS: &[&str] = &["local", "aws", "gcp"];
+
+/// Builds the bus the configuration names: defaults < `tidings.toml` (or the file `TIDINGS_CONFIG` names) <
+/// `TIDINGS_*` environment variables. With nothing configured, this is the in-memory bus.
+pub async fn from_env() -> Result<Bus> {
+    from_settings(Settings::from_env()?).await
+}
+
+/// Builds the bus these settings name.
+pub async fn from_settings(settings: Settings) -> Result<Bus> {
+    let backend: Arc<dyn Backend> = match settings.backend.as_str() {
+        #[cfg(feature = "local")]
+        "local" => Arc::new(tidings_local::LocalBackend::from_settings(&settings)?),
+        name if BACKENDS.contains(&name) => {
+            return Err(Error::config(format!(
+                "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
+                 enable the Cargo feature `{name}` of the `tidings` crate (compiled in: {})",
+                compiled_in().join(", ")
+            )))
+        }
+        other => {
+            return Err(Error::config(format!(
+                "config key `backend` (TIDINGS_BACKEND) is {other:?}, which is not a tidings backend; expected one of: \
+                 {}",
+                BACKENDS.join(", ")
+            )))
+        }
+    };
+    tracing::info!(backend = backend.name(), prefix = %settings.name_prefix, "tidings bus ready");
+    Ok(Bus::builder(backend).settings(settings).build())
+}
+
+fn compiled_in() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "local") {
+        v.push("local");
+    }
+    if v.is_empty() {
+        v.push("none");
+    }
+    v
+}
+
+/// A fresh in-memory bus with default settings, whatever the environment says.
+#[cfg(feature = "local")]
+pub fn local() -> Bus {
+    Bus::new(Arc::new(tidings_local::LocalBackend::new()))
+}
+
+/// Helpers for applications' unit tests.
+///
+/// [`testing::bus`] gives each test its own in-memory bus that records what the code published, so a test can
+/// assert on it (like Encore's `et.Topic(...).PublishedMessages()`), and can drive subscriptions' handlers: the
+/// local bus runs on tokio's clock, so under `#[tokio::test(start_paused = true)]` backoffs and ack deadlines
+/// elapse without real waiting.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tidings::{Topic, TopicConfig};
+/// # #[derive(Serialize, Deserialize, Debug, PartialEq)] struct Signup { id: u32 }
+/// # static SIGNUPS: Topic<Signup> = Topic::new("signups", TopicConfig::at_least_once());
+/// # async fn register(bus: &tidings::Bus, id: u32) { SIGNUPS.publish(bus, &Signup { id }).await.unwrap(); }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = tidings::testing::bus();
+/// register(&bus, 7).await;
+/// assert_eq!(bus.published(&SIGNUPS), vec![Signup { id: 7 }]);
+/// # }
+/// ```
+#[cfg(feature = "local")]
+pub mod testing {
+    use super::*;
+
+    /// An isolated in-memory bus that records published messages ([`Bus::published`]).
+    pub fn bus() -> Bus {
+        Bus::builder(Arc::new(tidings_local::LocalBackend::new())).record_published(true).build()
+    }
+}

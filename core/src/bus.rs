@@ -232,7 +232,11 @@ impl Bus {
         Ok(id)
     }
 
-    pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(&self, topic: &Topic<T>, messages: I) -> Result<Vec<MessageId>>
+    pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(
+        &self,
+        topic: &Topic<T>,
+        messages: I,
+    ) -> Result<Vec<MessageId>>
     where
         I: IntoIterator<Item = (&'a T, PublishOptions)>,
     {
@@ -274,9 +278,9 @@ impl Bus {
     {
         validate_name("subscription", name)?;
         let spec = self.subscription_spec(topic, name, config);
-        spec.config.validate().map_err(|e| {
-            Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name()))
-        })?;
+        spec.config
+            .validate()
+            .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
         self.topic_driver(topic).await?;
         let key = (topic.name().to_string(), name.to_string());
         {

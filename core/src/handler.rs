@@ -34,7 +34,10 @@ impl HandlerError {
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerError").field("message", &self.message).field("unrecoverable", &self.unrecoverable).finish()
+        f.debug_struct("HandlerError")
+            .field("message", &self.message)
+            .field("unrecoverable", &self.unrecoverable)
+            .finish()
     }
 }
 

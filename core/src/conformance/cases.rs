@@ -162,7 +162,10 @@ pub async fn err_redelivers_after_backoff_with_rising_attempt<H: Harness>(h: &H)
     bus.shutdown(t.patience).await;
 }
 
-fn failing(log: &Log, reason: &'static str) -> impl Fn(Message<Event>) -> std::future::Ready<crate::HandlerResult> + Send + Sync + 'static {
+fn failing(
+    log: &Log,
+    reason: &'static str,
+) -> impl Fn(Message<Event>) -> std::future::Ready<crate::HandlerResult> + Send + Sync + 'static {
     let log = log.clone();
     move |m| {
         log.record(&m);
@@ -445,7 +448,8 @@ pub async fn exactly_once_dedup<H: Harness>(h: &H) {
 pub async fn max_concurrency_never_exceeded<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     let topic = topic::<Event>("concurrency", TopicConfig::at_least_once());
-    let (now, max, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now, max, done) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (c, m, d) = (now.clone(), max.clone(), done.clone());
     bus.subscribe(&topic, "sub", sub_config(&t, 5).with_max_concurrency(3), move |_msg: Message<Event>| {
         let (c, m, d) = (c.clone(), m.clone(), d.clone());
@@ -536,7 +540,8 @@ pub async fn shutdown_timeout_leaves_unfinished_unacked<H: Harness>(h: &H) {
 pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     for bad in ["Signups", "1signups", "sign_ups", "signups-", ""] {
-        let topic = crate::Topic::<Event>::new(Box::leak(bad.to_string().into_boxed_str()), TopicConfig::at_least_once());
+        let topic =
+            crate::Topic::<Event>::new(Box::leak(bad.to_string().into_boxed_str()), TopicConfig::at_least_once());
         let e = topic.publish(&bus, &Event::new(1)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains(&format!("topic name {bad:?}")), "{e}");
@@ -559,7 +564,10 @@ pub async fn invalid_subscription_configs_are_rejected<H: Harness>(h: &H) {
         (base.with_message_retention(Duration::ZERO), "message_retention"),
         (base.with_max_concurrency(0), "max_concurrency"),
         (base.with_retry(RetryPolicy::new(Duration::ZERO, Duration::from_secs(1))), "retry.min_backoff"),
-        (base.with_retry(RetryPolicy::new(Duration::from_secs(5), Duration::from_secs(1))), "min_backoff must be <= max_backoff"),
+        (
+            base.with_retry(RetryPolicy::new(Duration::from_secs(5), Duration::from_secs(1))),
+            "min_backoff must be <= max_backoff",
+        ),
     ];
     for (cfg, needle) in cases {
         let e = bus.subscribe(&topic, "sub", cfg, logging(&Log::default())).await.unwrap_err();
@@ -599,7 +607,11 @@ pub async fn oversized_message_is_rejected<H: Harness>(h: &H) {
     topic.publish(&bus, &Event::new(2)).await.unwrap();
     log.wait_for(1, t.patience).await;
     tokio::time::sleep(t.ack_deadline).await;
-    assert_eq!(log.all().iter().map(|d| d.event.n).collect::<Vec<_>>(), vec![2], "nothing of the rejected message was sent");
+    assert_eq!(
+        log.all().iter().map(|d| d.event.n).collect::<Vec<_>>(),
+        vec![2],
+        "nothing of the rejected message was sent"
+    );
     drop(sub);
     bus.shutdown(t.patience).await;
 }
@@ -621,7 +633,10 @@ pub async fn invalid_publish_options_are_rejected<H: Harness>(h: &H) {
     }
     let e = topic.publish_with(&bus, &ev, opts).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    assert!(e.to_string().contains(&format!("{} attributes", max + 1)) && e.to_string().contains(&max.to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&format!("{} attributes", max + 1)) && e.to_string().contains(&max.to_string()),
+        "{e}"
+    );
 }
 
 pub async fn invalid_batch_sends_nothing<H: Harness>(h: &H) {

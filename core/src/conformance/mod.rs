@@ -2,14 +2,16 @@
 //! [`Harness`]. A backend crate runs all of it with one macro call; test names read
 //! `conformance::<backend>::<behaviour>`:
 //!
-//! ```ignore
+//! ```text
 //! struct Local;
-//! impl tidings_core::conformance::Harness for Local {
-//!     async fn bus(&self) -> tidings_core::Bus { tidings_core::Bus::new(std::sync::Arc::new(LocalBackend::new())) }
-//!     fn timing(&self) -> tidings_core::conformance::Timing { tidings_core::conformance::Timing::FAST }
+//! impl Harness for Local {
+//!     async fn bus(&self) -> Bus { Bus::new(Arc::new(LocalBackend::new())) }
+//!     fn timing(&self) -> Timing { Timing::FAST }
 //! }
 //! tidings_core::conformance_tests!(local => Local);
 //! ```
+//!
+//! (`backend-local/tests/conformance.rs` is the compiled version of this.)
 //!
 //! A test that needs a capability the backend lacks prints `SKIPPED ... lacks <capability>` to stderr (uncaptured)
 //! and returns.
@@ -58,7 +60,12 @@ pub trait Harness: Send + Sync + 'static {
 
 /// Runs one test on a fresh two-worker tokio runtime (used by [`conformance_tests!`](crate::conformance_tests)).
 pub fn block_on<F: Future<Output = ()>>(f: F) {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime").block_on(f)
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
 }
 
 /// Generates `mod conformance { mod <backend> { #[test] fn <behaviour>() ... } }` running the whole suite against

@@ -55,7 +55,11 @@ pub(crate) struct Log(Arc<Mutex<Vec<Delivery>>>);
 
 impl Log {
     pub fn record(&self, msg: &crate::Message<Event>) {
-        self.0.lock().unwrap().push(Delivery { event: msg.payload.clone(), meta: msg.meta.clone(), at: Instant::now() });
+        self.0.lock().unwrap().push(Delivery {
+            event: msg.payload.clone(),
+            meta: msg.meta.clone(),
+            at: Instant::now(),
+        });
     }
     pub fn all(&self) -> Vec<Delivery> {
         self.0.lock().unwrap().clone()
@@ -85,7 +89,11 @@ pub(crate) async fn wait_until(patience: Duration, mut cond: impl FnMut() -> boo
 }
 
 /// Reads the DLQ until it holds `n` entries or patience runs out.
-pub(crate) async fn wait_dead_letters(sub: &crate::Subscription, n: usize, patience: Duration) -> Vec<crate::DeadLetter> {
+pub(crate) async fn wait_dead_letters(
+    sub: &crate::Subscription,
+    n: usize,
+    patience: Duration,
+) -> Vec<crate::DeadLetter> {
     let end = Instant::now() + patience;
     loop {
         let d = sub.dead_letters(100).await.expect("read DLQ");
