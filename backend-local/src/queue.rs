@@ -327,3 +327,105 @@ impl Queue {
         moved
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, key: Option<&str>) -> Arc<Stored> {
+        Arc::new(Stored {
+            id: MessageId::from(id),
+            payload: Bytes::from_static(b"{}"),
+            attributes: Attributes::new(),
+            ordering_key: key.map(Arc::from),
+            publish_time: SystemTime::now(),
+        })
+    }
+
+    fn cfg() -> SubscriptionConfig {
+        SubscriptionConfig::DEFAULT
+            .with_ack_deadline(Duration::from_secs(10))
+            .with_message_retention(Duration::from_secs(60))
+    }
+
+    fn take(q: &mut Queue, max: usize, now: Instant) -> Vec<ReceivedMessage> {
+        let mut out = Vec::new();
+        q.take(max, now, &mut out);
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_expiry_drops_undelivered_messages() {
+        let mut q = Queue::new(cfg(), false, false);
+        let t0 = Instant::now();
+        q.push(&[msg("a", None)], t0);
+        q.push(&[msg("b", None)], t0 + Duration::from_secs(30));
+        let got = take(&mut q, 10, t0 + Duration::from_secs(61));
+        assert_eq!(got.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["b"], "a expired, b did not");
+        q.ack(&[got[0].ack_id.clone()]);
+        assert_eq!(q.backlog(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_ack_after_lease_expiry_is_ignored() {
+        let mut q = Queue::new(cfg(), false, false);
+        let t0 = Instant::now();
+        q.push(&[msg("a", None)], t0);
+        let first = take(&mut q, 1, t0);
+        let second = take(&mut q, 1, t0 + Duration::from_secs(11));
+        assert_eq!(second.len(), 1, "redelivered after the ack deadline");
+        assert_eq!(second[0].attempt, 2);
+        q.ack(&[first[0].ack_id.clone()]);
+        assert_eq!(q.backlog(), 1, "the first delivery's ack no longer counts");
+        q.ack(&[second[0].ack_id.clone()]);
+        assert_eq!(q.backlog(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extended_lease_is_not_redelivered() {
+        let mut q = Queue::new(cfg(), false, false);
+        let t0 = Instant::now();
+        q.push(&[msg("a", None)], t0);
+        let first = take(&mut q, 1, t0);
+        q.extend(&[first[0].ack_id.clone()], Duration::from_secs(10), t0 + Duration::from_secs(8));
+        assert!(take(&mut q, 1, t0 + Duration::from_secs(12)).is_empty(), "lease runs to 18 s now");
+        assert_eq!(take(&mut q, 1, t0 + Duration::from_secs(19)).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordering_key_blocks_until_dead_lettered_and_keeps_order() {
+        let mut q = Queue::new(cfg(), true, false);
+        let t0 = Instant::now();
+        q.push(&[msg("k1", Some("k")), msg("o1", Some("other")), msg("k2", Some("k")), msg("k3", Some("k"))], t0);
+        let got = take(&mut q, 10, t0);
+        let ids: Vec<_> = got.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, vec!["k1", "o1"], "k2 waits behind k1");
+        q.nack(&[(got[0].ack_id.clone(), Duration::from_secs(1))], t0);
+        assert!(take(&mut q, 10, t0).is_empty(), "a nacked head still blocks its key");
+        let again = take(&mut q, 10, t0 + Duration::from_secs(1));
+        assert_eq!(again.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["k1"]);
+        let req = DeadLetterRequest { message: again[0].clone(), reason: "bad".into() };
+        q.dead_letter(vec![req]);
+        let next = take(&mut q, 10, t0 + Duration::from_secs(1));
+        assert_eq!(
+            next.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["k2"],
+            "dead-lettering unblocks the key"
+        );
+        assert_eq!(q.dead_letters(10)[0].attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_once_drops_known_ids_until_retention_passes() {
+        let mut q = Queue::new(cfg(), false, true);
+        let t0 = Instant::now();
+        q.push(&[msg("a", None), msg("a", None)], t0);
+        assert_eq!(q.backlog(), 1);
+        let got = take(&mut q, 10, t0);
+        q.ack(&[got[0].ack_id.clone()]);
+        q.push(&[msg("a", None)], t0 + Duration::from_secs(30));
+        assert_eq!(q.backlog(), 0, "acked id republished within retention: dropped");
+        q.push(&[msg("a", None)], t0 + Duration::from_secs(100));
+        assert_eq!(q.backlog(), 1, "outside the de-duplication window it is a new message");
+    }
+}
