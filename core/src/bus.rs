@@ -33,7 +33,7 @@ struct Inner {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
     settings: Settings,
-    topics: Mutex<HashMap<&'static str, TopicEntry>>,
+    topics: Mutex<HashMap<String, TopicEntry>>,
     runners: Mutex<Vec<Arc<Runner>>>,
     recorder: Option<Mutex<HashMap<String, Vec<OutgoingMessage>>>>,
 }
@@ -133,48 +133,65 @@ impl Bus {
         TopicSpec { name: name.to_string(), resource: self.inner.settings.resource_name(name), config }
     }
 
-    async fn topic_driver<T>(&self, topic: &Topic<T>) -> Result<Arc<dyn TopicDriver>> {
+    async fn topic_driver(&self, name: &str, config: TopicConfig) -> Result<Arc<dyn TopicDriver>> {
         let entry = {
             let mut topics = self.inner.topics.lock().unwrap();
-            match topics.get(topic.name()) {
-                Some(e) if e.config != topic.config() => {
+            match topics.get(name) {
+                Some(e) if e.config != config => {
                     return Err(Error::new(
                         ErrorKind::Conflict,
                         format!(
-                            "topic {:?} is declared twice with different configs: {:?} and {:?}",
-                            topic.name(),
-                            e.config,
-                            topic.config()
+                            "topic {name:?} is declared twice with different configs: {:?} and {config:?}",
+                            e.config
                         ),
                     ))
                 }
                 Some(e) => e.clone(),
                 None => {
-                    validate_name("topic", topic.name())?;
-                    let e = TopicEntry { config: topic.config(), driver: Arc::default() };
-                    topics.insert(topic.name(), e.clone());
+                    validate_name("topic", name)?;
+                    let e = TopicEntry { config, driver: Arc::default() };
+                    topics.insert(name.to_string(), e.clone());
                     e
                 }
             }
         };
-        let spec = self.topic_spec(topic.name(), topic.config());
+        let spec = self.topic_spec(name, config);
         let driver = entry.driver.get_or_try_init(|| async { self.inner.backend.topic(&spec).await }).await?;
         Ok(driver.clone())
     }
 
-    fn encode<T: Serialize>(&self, topic: &Topic<T>, message: &T, options: PublishOptions) -> Result<OutgoingMessage> {
-        let payload = Bytes::from(serde_json::to_vec(message)?);
+    /// Encodes and validates a message for `topic` without sending it (an outbox stores the result and relays it
+    /// later with [`Bus::publish_prepared`]). The id is assigned here.
+    pub fn prepare<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<OutgoingMessage> {
+        validate_name("topic", topic.name())?;
+        let out = OutgoingMessage {
+            id: options.id.unwrap_or_else(MessageId::generate),
+            payload: Bytes::from(serde_json::to_vec(message)?),
+            attributes: options.attributes,
+            ordering_key: options.ordering_key.map(Arc::from),
+            publish_time: SystemTime::now(),
+        };
+        self.validate(topic.name(), topic.config(), &out)?;
+        Ok(out)
+    }
+
+    /// Checks a prepared message against the topic and this backend's limits; errors name the value and the rule.
+    fn validate(&self, name: &str, config: TopicConfig, m: &OutgoingMessage) -> Result<()> {
         let caps = &self.inner.caps;
-        let name = topic.name();
-        if options.attributes.len() > caps.max_attributes {
+        if m.attributes.len() > caps.max_attributes {
             return Err(Error::invalid(format!(
                 "message on topic {name:?} has {} attributes; the {} backend allows at most {}",
-                options.attributes.len(),
+                m.attributes.len(),
                 self.backend_name(),
                 caps.max_attributes
             )));
         }
-        for key in options.attributes.keys() {
+        for key in m.attributes.keys() {
             if key.is_empty() {
                 return Err(Error::invalid(format!("message on topic {name:?} has an attribute with an empty name")));
             }
@@ -185,7 +202,7 @@ impl Bus {
                 )));
             }
         }
-        match (&options.ordering_key, topic.config().ordered) {
+        match (&m.ordering_key, config.ordered) {
             (Some(k), false) => {
                 return Err(Error::invalid(format!(
                     "ordering key {k:?} given for topic {name:?}, which is not ordered; declare it with \
@@ -197,9 +214,9 @@ impl Bus {
             }
             _ => {}
         }
-        let size = payload.len()
-            + options.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-            + options.ordering_key.as_ref().map_or(0, String::len);
+        let size = m.payload.len()
+            + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + m.ordering_key.as_ref().map_or(0, |k| k.len());
         if size > caps.max_message_size {
             return Err(Error::new(
                 ErrorKind::MessageTooLarge,
@@ -211,13 +228,7 @@ impl Bus {
                 ),
             ));
         }
-        Ok(OutgoingMessage {
-            id: options.id.unwrap_or_else(MessageId::generate),
-            payload,
-            attributes: options.attributes,
-            ordering_key: options.ordering_key.map(Arc::from),
-            publish_time: SystemTime::now(),
-        })
+        Ok(())
     }
 
     pub(crate) async fn publish<T: Serialize>(
@@ -226,9 +237,9 @@ impl Bus {
         message: &T,
         options: PublishOptions,
     ) -> Result<MessageId> {
-        let out = self.encode(topic, message, options)?;
+        let out = self.prepare(topic, message, options)?;
         let id = out.id.clone();
-        self.send(topic, vec![out]).await?;
+        self.send(topic.name(), topic.config(), vec![out]).await?;
         Ok(id)
     }
 
@@ -240,23 +251,34 @@ impl Bus {
     where
         I: IntoIterator<Item = (&'a T, PublishOptions)>,
     {
-        let batch = messages.into_iter().map(|(m, o)| self.encode(topic, m, o)).collect::<Result<Vec<_>>>()?;
+        let batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
         let ids = batch.iter().map(|m| m.id.clone()).collect();
-        self.send(topic, batch).await?;
+        self.send(topic.name(), topic.config(), batch).await?;
         Ok(ids)
     }
 
-    async fn send<T>(&self, topic: &Topic<T>, batch: Vec<OutgoingMessage>) -> Result<()> {
-        let driver = self.topic_driver(topic).await?;
-        if let Some(rec) = &self.inner.recorder {
-            rec.lock().unwrap().entry(topic.name().to_string()).or_default().extend(batch.iter().cloned());
+    /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
+    /// topic `name` with `config`; they are validated again against this backend's limits first. The ids are kept,
+    /// so exactly-once topics de-duplicate a republish.
+    pub async fn publish_prepared(&self, name: &str, config: TopicConfig, batch: Vec<OutgoingMessage>) -> Result<()> {
+        for m in &batch {
+            self.validate(name, config, m)?;
         }
+        self.send(name, config, batch).await
+    }
+
+    async fn send(&self, name: &str, config: TopicConfig, batch: Vec<OutgoingMessage>) -> Result<()> {
+        let driver = self.topic_driver(name, config).await?;
+        let recorded = self.inner.recorder.as_ref().map(|_| batch.clone());
         let max = self.inner.caps.max_publish_batch.max(1);
         let mut rest = batch;
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(max));
             let chunk = std::mem::replace(&mut rest, tail);
-            publish_with_retries(driver.as_ref(), topic.name(), chunk).await?;
+            publish_with_retries(driver.as_ref(), name, chunk).await?;
+        }
+        if let (Some(rec), Some(batch)) = (&self.inner.recorder, recorded) {
+            rec.lock().unwrap().entry(name.to_string()).or_default().extend(batch);
         }
         Ok(())
     }
@@ -281,7 +303,7 @@ impl Bus {
         spec.config
             .validate()
             .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
-        self.topic_driver(topic).await?;
+        self.topic_driver(topic.name(), topic.config()).await?;
         let key = (topic.name().to_string(), name.to_string());
         {
             let runners = self.inner.runners.lock().unwrap();
