@@ -1,0 +1,179 @@
+//! PostgreSQL: `FOR UPDATE SKIP LOCKED` on each topic's oldest row so relays share topics, and `LISTEN/NOTIFY` so a
+//! commit wakes a relay at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::postgres::{PgListener, Postgres};
+use sqlx::{PgConnection, Row};
+use tidings_core::{Bus, MessageId, PublishOptions, Result, Topic};
+use tokio::sync::Mutex;
+
+use crate::relay::{Relay, Store};
+use crate::row::{self, Claimed, COLUMNS};
+use crate::{db_error, Outbox};
+
+impl Outbox<Postgres> {
+    /// Creates the outbox table and its index if they do not exist.
+    pub async fn migrate(&self) -> Result<()> {
+        let t = &self.table;
+        let ddl = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (seq BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, \
+                 exactly_once BOOLEAN NOT NULL, ordered BOOLEAN NOT NULL, message_id TEXT NOT NULL, \
+                 payload BYTEA NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at BIGINT NOT NULL)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {t}_topic_seq ON {t} (topic, seq)"),
+        ];
+        for sql in ddl {
+            sqlx::query(&sql).execute(&self.pool).await.map_err(|e| db_error("migrate", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `message` for `topic` into the outbox inside the caller's transaction; returns its message id. It is
+    /// published once the transaction commits, and never if it rolls back.
+    pub async fn publish<T: Serialize>(
+        &self,
+        tx: &mut PgConnection,
+        topic: &Topic<T>,
+        message: &T,
+    ) -> Result<MessageId> {
+        self.publish_with(tx, topic, message, PublishOptions::default()).await
+    }
+
+    /// [`Outbox::publish`] with attributes and/or an ordering key.
+    pub async fn publish_with<T: Serialize>(
+        &self,
+        tx: &mut PgConnection,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        let (r, id) = crate::prepare(&self.bus, topic, message, options)?;
+        let t = &self.table;
+        // One round trip: insert, and NOTIFY (delivered by PostgreSQL only when the transaction commits).
+        let sql = format!(
+            "WITH ins AS (INSERT INTO {t} (topic, exactly_once, ordered, message_id, payload, attributes, \
+             ordering_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq) \
+             SELECT pg_notify('{t}', '') FROM ins"
+        );
+        sqlx::query(&sql)
+            .bind(r.topic)
+            .bind(r.exactly_once)
+            .bind(r.ordered)
+            .bind(r.message_id)
+            .bind(r.payload)
+            .bind(r.attributes)
+            .bind(r.ordering_key)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("writing to the outbox", e))?;
+        Ok(id)
+    }
+
+    /// A relay for this outbox (poll fallback every second; NOTIFY wakes it sooner).
+    pub fn relay(&self) -> Relay {
+        let store = PgStore {
+            pool: self.pool.clone(),
+            channel: self.table.to_string(),
+            head: format!(
+                "SELECT seq, topic FROM {t} WHERE seq IN (SELECT min(seq) FROM {t} WHERE NOT (topic = ANY($1)) \
+                 GROUP BY topic) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                t = self.table
+            ),
+            claim: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE topic = $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+                t = self.table
+            ),
+            delete: format!("DELETE FROM {t} WHERE seq = ANY($1)", t = self.table),
+            listener: Mutex::new(None),
+        };
+        Relay::new(Arc::new(store), self.bus.clone(), Duration::from_secs(1))
+    }
+}
+
+struct PgStore {
+    pool: sqlx::PgPool,
+    channel: String,
+    head: String,
+    claim: String,
+    delete: String,
+    listener: Mutex<Option<PgListener>>,
+}
+
+impl PgStore {
+    async fn relay_topic(
+        &self,
+        bus: &Bus,
+        max: usize,
+        paused: &[String],
+    ) -> std::result::Result<usize, (String, tidings_core::Error)> {
+        let err = |what: &str, e: sqlx::Error| (String::new(), db_error(what, e));
+        let mut tx = self.pool.begin().await.map_err(|e| err("begin", e))?;
+        let head = sqlx::query(&self.head)
+            .bind(paused)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| err("claiming a topic", e))?;
+        let Some(head) = head else {
+            return Ok(0);
+        };
+        let topic: String = head.try_get("topic").map_err(|e| err("reading the topic", e))?;
+        let rows = sqlx::query(&self.claim)
+            .bind(&topic)
+            .bind(max as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| err("claiming rows", e))?;
+        let claimed = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>>>().map_err(|e| (topic.clone(), e))?;
+        let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+        row::publish(bus, &topic, claimed).await.map_err(|e| (topic.clone(), e))?;
+        sqlx::query(&self.delete).bind(&seqs).execute(&mut *tx).await.map_err(|e| err("deleting relayed rows", e))?;
+        tx.commit().await.map_err(|e| err("commit", e))?;
+        Ok(seqs.len())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn relay_batch(
+        &self,
+        bus: &Bus,
+        max: usize,
+        paused: &[String],
+    ) -> std::result::Result<usize, (String, tidings_core::Error)> {
+        // Listen before looking, so a commit between an empty look and the wait is not missed.
+        let mut l = self.listener.lock().await;
+        if l.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => match listener.listen(&self.channel).await {
+                    Ok(()) => *l = Some(listener),
+                    Err(e) => tracing::warn!(error = %e, "outbox relay: LISTEN failed; polling"),
+                },
+                Err(e) => tracing::warn!(error = %e, "outbox relay: no listener connection; polling"),
+            }
+        }
+        drop(l);
+        self.relay_topic(bus, max, paused).await
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let mut guard = self.listener.lock().await;
+        let Some(listener) = guard.as_mut() else {
+            drop(guard);
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        match tokio::time::timeout(timeout, listener.recv()).await {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox relay: notification stream failed; reconnecting");
+                *guard = None;
+            }
+        }
+    }
+}

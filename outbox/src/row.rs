@@ -1,0 +1,101 @@
+//! The outbox row: what is stored per message, and its conversion back to a prepared message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tidings_core::backend::OutgoingMessage;
+use tidings_core::{Attributes, DeliveryGuarantee, Error, MessageId, Result, TopicConfig};
+
+/// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes
+/// (JSON text), ordering_key, created_at (microseconds since the Unix epoch).
+pub(crate) const COLUMNS: &str =
+    "seq, topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at";
+
+/// A row about to be inserted.
+pub(crate) struct NewRow {
+    pub topic: String,
+    pub exactly_once: bool,
+    pub ordered: bool,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+    pub attributes: String,
+    pub ordering_key: Option<String>,
+    pub created_at: i64,
+}
+
+impl NewRow {
+    pub fn new(topic: &str, config: TopicConfig, m: OutgoingMessage) -> Result<Self> {
+        Ok(NewRow {
+            topic: topic.to_string(),
+            exactly_once: config.is_exactly_once(),
+            ordered: config.ordered,
+            message_id: m.id.to_string(),
+            payload: m.payload.to_vec(),
+            attributes: serde_json::to_string(&m.attributes)?,
+            ordering_key: m.ordering_key.as_deref().map(str::to_string),
+            created_at: m.publish_time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+        })
+    }
+}
+
+/// A claimed row.
+pub(crate) struct Claimed {
+    pub seq: i64,
+    pub config: TopicConfig,
+    pub message: OutgoingMessage,
+}
+
+impl Claimed {
+    pub fn from_row<R: sqlx::Row>(r: &R) -> Result<Self>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        bool: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        let get = |e: sqlx::Error| crate::db_error("reading an outbox row", e);
+        let exactly_once: bool = r.try_get("exactly_once").map_err(get)?;
+        let config = TopicConfig {
+            delivery: if exactly_once { DeliveryGuarantee::ExactlyOnce } else { DeliveryGuarantee::AtLeastOnce },
+            ordered: r.try_get("ordered").map_err(get)?,
+        };
+        let attributes: String = r.try_get("attributes").map_err(get)?;
+        let attributes: Attributes = serde_json::from_str(&attributes)
+            .map_err(|e| Error::invalid(format!("outbox row has invalid attributes JSON {attributes:?}: {e}")))?;
+        let created_at: i64 = r.try_get("created_at").map_err(get)?;
+        let id: String = r.try_get("message_id").map_err(get)?;
+        let key: Option<String> = r.try_get("ordering_key").map_err(get)?;
+        let payload: Vec<u8> = r.try_get("payload").map_err(get)?;
+        Ok(Claimed {
+            seq: r.try_get("seq").map_err(get)?,
+            config,
+            message: OutgoingMessage {
+                id: MessageId::from(id),
+                payload: Bytes::from(payload),
+                attributes,
+                ordering_key: key.map(Into::into),
+                publish_time: UNIX_EPOCH + Duration::from_micros(created_at.max(0) as u64),
+            },
+        })
+    }
+}
+
+/// Publishes claimed rows of one topic in order, one run of equal topic configs at a time.
+pub(crate) async fn publish(bus: &tidings_core::Bus, topic: &str, rows: Vec<Claimed>) -> Result<()> {
+    let mut rows = rows.into_iter().peekable();
+    while let Some(first) = rows.next() {
+        let config = first.config;
+        let mut batch = vec![first.message];
+        while let Some(next) = rows.next_if(|r| r.config == config) {
+            batch.push(next.message);
+        }
+        bus.publish_prepared(topic, config, batch).await?;
+    }
+    Ok(())
+}
+
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}

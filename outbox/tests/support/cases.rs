@@ -1,0 +1,159 @@
+// The outbox behaviour, written once and expanded for each database by `outbox_cases!` (the two databases'
+// `Outbox` methods are inherent, so the cases are a macro rather than generic functions).
+#[macro_export]
+macro_rules! outbox_cases {
+    () => {
+        mod outbox {
+            use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+            use std::sync::Arc;
+            use std::time::Duration;
+
+            use super::support::{eventually, topic, Event};
+            use super::{relay_count, rows};
+            use tidings_core::{ErrorKind, Message, PublishOptions, SubscriptionConfig, TopicConfig};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rollback_publishes_nothing() {
+                let (outbox, faults, users) = super::setup().await;
+                let t = topic::<Event>("rollback", TopicConfig::at_least_once());
+                let mut tx = outbox.pool().begin().await.unwrap();
+                sqlx::query(&format!("INSERT INTO {users} (id) VALUES (1)")).execute(&mut *tx).await.unwrap();
+                outbox.publish(&mut tx, &t, &Event { n: 1 }).await.unwrap();
+                tx.rollback().await.unwrap();
+                assert_eq!(outbox.relay().drain().await.unwrap(), 0);
+                assert_eq!(faults.total(), 0, "a rolled-back publish is never published");
+                assert_eq!(rows(&outbox).await, 0);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn commit_publishes_exactly_once_to_an_exactly_once_topic() {
+                let (outbox, faults, users) = super::setup().await;
+                let t = topic::<Event>("commit", TopicConfig::exactly_once());
+                let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let s = seen.clone();
+                outbox
+                    .bus()
+                    .subscribe(&t, "sub", SubscriptionConfig::default(), move |m: Message<Event>| {
+                        s.lock().unwrap().push((m.id().clone(), m.n));
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let relay = outbox.relay().spawn();
+                let mut tx = outbox.pool().begin().await.unwrap();
+                sqlx::query(&format!("INSERT INTO {users} (id) VALUES (1)")).execute(&mut *tx).await.unwrap();
+                let id = outbox.publish(&mut tx, &t, &Event { n: 7 }).await.unwrap();
+                tx.commit().await.unwrap();
+                assert!(eventually(10, || seen.lock().unwrap().len() == 1).await, "relayed after commit");
+                assert!(eventually(10, || relay.relayed() == 1).await);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(*seen.lock().unwrap(), vec![(id.clone(), 7)], "one delivery, with the id publish returned");
+                assert_eq!(faults.accepted(t.name()), vec![id.to_string()]);
+                assert_eq!(rows(&outbox).await, 0, "relayed rows are deleted");
+                relay.shutdown().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_relay_killed_between_publish_and_delete_republishes_and_exactly_once_dedups() {
+                let (outbox, faults, _users) = super::setup().await;
+                let t = topic::<Event>("crash", TopicConfig::exactly_once());
+                let deliveries = Arc::new(AtomicUsize::new(0));
+                let d = deliveries.clone();
+                outbox
+                    .bus()
+                    .subscribe(&t, "sub", SubscriptionConfig::default(), move |_m: Message<Event>| {
+                        d.fetch_add(1, SeqCst);
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let mut tx = outbox.pool().begin().await.unwrap();
+                let id = outbox.publish(&mut tx, &t, &Event { n: 1 }).await.unwrap();
+                tx.commit().await.unwrap();
+                faults.hang_after_publish.store(true, SeqCst);
+                let first = outbox.relay().spawn();
+                assert!(eventually(10, || faults.accepted(t.name()).len() == 1).await, "the broker accepted the batch");
+                first.abort().await; // killed before it could delete the row
+                assert_eq!(rows(&outbox).await, 1, "the row survives the crash");
+                faults.hang_after_publish.store(false, SeqCst);
+                // PostgreSQL: the dead relay's transaction is rolled back; SQLite: its lease must expire first.
+                let second = outbox.relay();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while rows(&outbox).await > 0 && tokio::time::Instant::now() < deadline {
+                    second.drain().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert_eq!(
+                    faults.accepted(t.name()),
+                    vec![id.to_string(), id.to_string()],
+                    "republished with the same id"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(deliveries.load(SeqCst), 1, "the exactly-once subscriber saw one delivery");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn order_per_topic_is_kept() {
+                let (outbox, faults, _users) = super::setup().await;
+                let topics: Vec<_> =
+                    (0..3).map(|i| topic::<Event>(&format!("order{i}"), TopicConfig::at_least_once())).collect();
+                let mut expected = vec![Vec::new(); 3];
+                for round in 0..5 {
+                    let mut tx = outbox.pool().begin().await.unwrap();
+                    for n in 0..40u64 {
+                        let i = ((n + round) % 3) as usize;
+                        let id = outbox.publish(&mut tx, &topics[i], &Event { n }).await.unwrap();
+                        expected[i].push(id.to_string());
+                    }
+                    tx.commit().await.unwrap();
+                }
+                let relays: Vec<_> = (0..relay_count()).map(|_| outbox.relay().batch_size(7).spawn()).collect();
+                assert!(eventually(30, || faults.total() >= 200).await);
+                for (i, t) in topics.iter().enumerate() {
+                    assert_eq!(faults.accepted(t.name()), expected[i], "topic {i} relayed in insertion order");
+                }
+                for r in relays {
+                    r.shutdown().await;
+                }
+                assert_eq!(rows(&outbox).await, 0);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_broker_outage_leaves_rows_and_the_relay_catches_up() {
+                let (outbox, faults, _users) = super::setup().await;
+                let t = topic::<Event>("outage", TopicConfig::at_least_once());
+                faults.down.store(true, SeqCst);
+                let relay = outbox.relay().spawn();
+                let mut tx = outbox.pool().begin().await.unwrap();
+                for n in 0..20 {
+                    outbox.publish(&mut tx, &t, &Event { n }).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(rows(&outbox).await, 20, "nothing is deleted while the broker is down");
+                assert_eq!(faults.total(), 0);
+                faults.down.store(false, SeqCst);
+                assert!(eventually(30, || faults.total() == 20).await, "the relay catches up when the broker returns");
+                assert!(eventually(10, || relay.relayed() == 20).await);
+                assert_eq!(rows(&outbox).await, 0);
+                relay.shutdown().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn invalid_messages_are_rejected_when_written() {
+                let (outbox, _faults, _users) = super::setup().await;
+                let t = topic::<Event>("invalid", TopicConfig::at_least_once());
+                let mut tx = outbox.pool().begin().await.unwrap();
+                let e = outbox
+                    .publish_with(&mut tx, &t, &Event { n: 1 }, PublishOptions::new().ordering_key("k"))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                assert!(e.to_string().contains("\"k\""), "{e}");
+                tx.commit().await.unwrap();
+                assert_eq!(rows(&outbox).await, 0, "nothing written");
+                outbox.migrate().await.expect("migrate is idempotent");
+            }
+        }
+    };
+}
