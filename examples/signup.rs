@@ -1,17 +1,20 @@
-//! The reference story: a user service records signups and publishes a `SignupEvent` per registration; an email
+//! The reference story: a user service records signups in its own SQLite database and, in the same transaction,
+//! writes a `SignupEvent` to the transactional outbox, which a relay publishes; an email
 //! service (a provider that takes 3 s) and an analytics service (a warehouse that is down for the first two
 //! attempts) each subscribe independently. One event can never be recorded and ends in the dead-letter queue.
 //!
 //! Run: `cargo run --example signup`. The backend comes only from configuration (`TIDINGS_BACKEND`, `tidings.toml`),
 //! so the same binary runs on every backend.
 
-use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use tidings::{HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_outbox::Outbox;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignupEvent {
@@ -21,16 +24,27 @@ pub struct SignupEvent {
 
 pub static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
 
-/// The user service: its own store, and one event per registration.
+/// The user service: its own SQLite store; the user row and the event commit in one transaction.
 struct UserService {
-    bus: tidings::Bus,
-    users: Mutex<HashMap<u64, String>>,
+    db: SqlitePool,
+    outbox: Outbox<sqlx::Sqlite>,
 }
 
 impl UserService {
-    async fn register(&self, user_id: u64, email: &str) -> tidings::Result<tidings::MessageId> {
-        self.users.lock().unwrap().insert(user_id, email.to_string());
-        SIGNUPS.publish(&self.bus, &SignupEvent { user_id, email: email.to_string() }).await
+    async fn register(&self, user_id: u64, email: &str) -> Result<tidings::MessageId, Box<dyn std::error::Error>> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("INSERT INTO users (id, email) VALUES (?, ?)")
+            .bind(user_id as i64)
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        let id = self.outbox.publish(&mut tx, &SIGNUPS, &SignupEvent { user_id, email: email.to_string() }).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&self.db).await
     }
 }
 
@@ -93,7 +107,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    let users = UserService { bus: bus.clone(), users: Mutex::default() };
+    let path = std::env::temp_dir().join(format!("tidings-signup-{}.db", std::process::id()));
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    let db = SqlitePool::connect_with(options).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)").execute(&db).await?;
+    let outbox = Outbox::new(db.clone(), bus.clone());
+    outbox.migrate().await?;
+    let relay = outbox.relay().spawn();
+    let users = UserService { db, outbox };
     let signups = [(1, "ada@example.com"), (2, "grace@example.com"), (3, "mallory@example.invalid")];
     for (id, email) in signups {
         let t = Instant::now();
@@ -101,7 +125,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         say(
             start,
             "users",
-            format!("signup of {email} answered in {:.2} ms (message {msg_id})", t.elapsed().as_secs_f64() * 1000.0),
+            format!(
+                "signup of {email} stored and answered in {:.2} ms (message {msg_id})",
+                t.elapsed().as_secs_f64() * 1000.0
+            ),
         );
     }
 
@@ -125,15 +152,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("analytics DLQ: user {} after {} attempts, reason: {}", event.user_id, d.attempts, d.reason),
         );
     }
+    relay.shutdown().await;
     bus.shutdown(Duration::from_secs(5)).await;
+    let stored = users.count().await?;
+    users.db.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let (sent, recorded) = (sent.load(SeqCst), recorded.load(SeqCst));
     say(
         start,
         "bus",
         format!(
-            "done: {} users stored, {} emails sent, {} signups recorded, {} dead letter",
-            users.users.lock().unwrap().len(),
-            sent.load(SeqCst),
-            recorded.load(SeqCst),
+            "done: {stored} users stored, {sent} emails sent, {recorded} signups recorded, {} dead letter",
             dead.len()
         ),
     );
