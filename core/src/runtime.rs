@@ -123,6 +123,7 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
     let cancel = ctx.runner.cancel.clone();
     let mut tasks = JoinSet::new();
     let mut error_backoff = Duration::from_millis(100);
+    let ordered = ctx.runner.spec.topic.config.ordered;
     loop {
         let first = tokio::select! {
             p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -137,11 +138,14 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
             Ok(batch) => {
                 error_backoff = Duration::from_millis(100);
                 let mut first = Some(first);
-                for msg in batch {
+                let with_permits = batch.into_iter().map(|msg| {
                     let permit = first.take().unwrap_or_else(|| {
                         sem.clone().try_acquire_owned().expect("receive never exceeds the free handler slots")
                     });
-                    tasks.spawn(process(ctx.clone(), msg, permit));
+                    (msg, permit)
+                });
+                for chain in chains(ordered, with_permits) {
+                    tasks.spawn(process_chain(ctx.clone(), chain));
                 }
             }
             Err(e) => {
@@ -175,17 +179,64 @@ fn log_task_end(r: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// How one delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    DeadLettered,
+    /// Nacked with this delay.
+    Retried(Duration),
+}
+
+/// Splits a received batch into chains: one per ordering key on ordered topics (a broker such as SQS FIFO hands out
+/// several messages of one group at once), one per message otherwise.
+fn chains(ordered: bool, batch: impl Iterator<Item = Delivery>) -> Vec<Vec<Delivery>> {
+    let mut chains: Vec<Vec<Delivery>> = Vec::new();
+    let mut by_key: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
+    for d in batch {
+        match d.0.ordering_key.clone().filter(|_| ordered) {
+            Some(key) => match by_key.get(&key) {
+                Some(&i) => chains[i].push(d),
+                None => {
+                    by_key.insert(key, chains.len());
+                    chains.push(vec![d]);
+                }
+            },
+            None => chains.push(vec![d]),
+        }
+    }
+    chains
+}
+
+type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
+
+/// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
+/// delay, so they are redelivered after it.
+async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, chain: Vec<Delivery>) {
+    let mut chain = chain.into_iter();
+    while let Some((msg, permit)) = chain.next() {
+        if let Outcome::Retried(delay) = process(ctx.clone(), msg, permit).await {
+            // The same delay: brokers that let later messages of a group through while an earlier one is invisible
+            // (LocalStack does) still return them after it.
+            for (rest, _permit) in chain.by_ref() {
+                let _ = ctx.settle.send(Settle::Nack(rest.ack_id, delay));
+            }
+        }
+    }
+}
+
 async fn process<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     msg: ReceivedMessage,
     permit: OwnedSemaphorePermit,
-) {
+) -> Outcome {
     let attempt = msg.attempt;
     let policy = ctx.runner.spec.config.retry;
     let failure = match serde_json::from_slice::<T>(&msg.payload) {
         Err(e) => {
             let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
-            return dead_letter(&ctx, msg, reason);
+            dead_letter(&ctx, msg, reason);
+            return Outcome::DeadLettered;
         }
         Ok(payload) => {
             let message = Message {
@@ -206,22 +257,26 @@ async fn process<T: DeserializeOwned + Send + Sync + 'static>(
             match outcome {
                 Ok(Ok(())) => {
                     let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
-                    return;
+                    return Outcome::Acked;
                 }
-                Ok(Err(e)) if e.is_unrecoverable() => return dead_letter(&ctx, msg, format!("unrecoverable: {e}")),
+                Ok(Err(e)) if e.is_unrecoverable() => {
+                    dead_letter(&ctx, msg, format!("unrecoverable: {e}"));
+                    return Outcome::DeadLettered;
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
             }
         }
     };
     if policy.is_exhausted(attempt) {
-        return dead_letter(&ctx, msg, failure);
+        dead_letter(&ctx, msg, failure);
+        return Outcome::DeadLettered;
     }
     let delay = policy.backoff(attempt);
     tracing::debug!(subscription = %ctx.runner.key.1, id = %msg.id, attempt, ?delay, error = %failure, "handler failed; will retry");
     if ctx.caps.nack_delay {
         let _ = ctx.settle.send(Settle::Nack(msg.ack_id, delay));
-        return;
+        return Outcome::Retried(delay);
     }
     // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
     drop(permit);
@@ -231,6 +286,7 @@ async fn process<T: DeserializeOwned + Send + Sync + 'static>(
     })
     .await;
     let _ = ctx.settle.send(Settle::Nack(msg.ack_id, Duration::ZERO));
+    Outcome::Retried(Duration::ZERO)
 }
 
 fn dead_letter<T>(ctx: &Ctx<T>, message: ReceivedMessage, reason: String) {

@@ -1,0 +1,48 @@
+//! Mapping AWS SDK errors to tidings errors with a retryable flag.
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use tidings_core::{Error, ErrorKind};
+
+/// Codes that mean "try again later".
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "KMSThrottling",
+];
+
+/// Converts an SDK error of operation `op` on `resource`.
+pub fn sdk<E, R>(op: &str, resource: &str, e: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let retryable = match &e {
+        SdkError::ServiceError(s) => s.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+        SdkError::ConstructionFailure(_) => false,
+        _ => true,
+    };
+    let not_found = match &e {
+        SdkError::ServiceError(s) => s
+            .err()
+            .code()
+            .is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist") || c == "NotFound"),
+        _ => false,
+    };
+    let msg = format!("aws: {op} on {resource} failed: {}", DisplayErrorContext(&e));
+    let kind = if not_found { ErrorKind::NotFound } else { ErrorKind::Backend };
+    Error::new(kind, msg).with_retryable(retryable).with_source(e)
+}
+
+/// Error for a partially failed batch entry.
+pub fn entry(op: &str, resource: &str, code: &str, message: Option<&str>, sender_fault: bool) -> Error {
+    Error::backend(
+        format!("aws: {op} on {resource}: entry failed with {code}: {}", message.unwrap_or("")),
+        !sender_fault || RETRYABLE_CODES.contains(&code),
+    )
+}

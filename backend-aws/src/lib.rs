@@ -1,0 +1,145 @@
+//! AWS backend of tidings: SNS + SQS.
+//!
+//! | tidings | AWS |
+//! |---|---|
+//! | topic | SNS topic (`.fifo` when ordered or exactly-once) |
+//! | subscription | SQS queue subscribed with raw message delivery; a queue policy lets only its topic send |
+//! | dead-letter queue | a second SQS queue, target of the subscription queue's `RedrivePolicy` |
+//! | ordering key | FIFO `MessageGroupId` |
+//! | exactly-once | FIFO `MessageDeduplicationId` = the tidings message id (5-minute window) |
+//! | attempt | `ApproximateReceiveCount` |
+//! | ack / nack with delay / lease | `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` |
+//!
+//! Metadata travels in one message attribute, `tidings`, so applications keep 9 of the 10 attributes raw delivery
+//! allows. Region and credentials come from the standard AWS chain; the endpoint from `AWS_ENDPOINT_URL` or
+//! `aws.endpoint_url` (LocalStack, SNS/SQS-compatible providers).
+#![warn(missing_docs)]
+
+mod calls;
+pub mod config;
+mod error;
+mod meta;
+mod names;
+mod provision;
+mod publish;
+mod subscribe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::{Backend, Capabilities, Result, Settings};
+
+pub use calls::ApiCalls;
+pub use config::{AwsConfig, Provisioning};
+pub use meta::{MAX_USER_ATTRIBUTES, META_ATTRIBUTE};
+pub use provision::{max_receive_count, queue_names, queue_policy, topic_name};
+
+/// SNS accepts 262,144 bytes per message including attributes; tidings keeps this much for its own attribute.
+pub const METADATA_RESERVE: usize = 512;
+
+/// Clients, config and call counters shared by every driver of one backend.
+pub(crate) struct Shared {
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub config: AwsConfig,
+    pub calls: Arc<ApiCalls>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The AWS SNS + SQS backend.
+#[derive(Debug, Clone)]
+pub struct AwsBackend {
+    shared: Arc<Shared>,
+}
+
+impl AwsBackend {
+    /// Reads the `[aws]` section and the standard AWS chain (region, credentials, `AWS_ENDPOINT_URL`).
+    pub async fn from_settings(settings: &Settings) -> Result<Self> {
+        Self::new(settings.section::<AwsConfig>("aws")?).await
+    }
+
+    /// A backend with this configuration; the rest (credentials, region) from the standard AWS chain.
+    pub async fn new(config: AwsConfig) -> Result<Self> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &config.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(e) = &config.endpoint_url {
+            loader = loader.endpoint_url(e);
+        }
+        Self::with_sdk_config(&loader.load().await, config)
+    }
+
+    /// A backend on an SDK configuration the application built itself (its own credentials provider, say).
+    pub fn with_sdk_config(sdk: &aws_config::SdkConfig, config: AwsConfig) -> Result<Self> {
+        if !(1..=20).contains(&config.wait_time.as_secs()) {
+            return Err(tidings_core::Error::config(format!(
+                "aws.wait_time {:?} is invalid: SQS long polls last 1-20 s",
+                config.wait_time
+            )));
+        }
+        if sdk.region().is_none() {
+            return Err(tidings_core::Error::config(
+                "missing config key `aws.region` (set TIDINGS_AWS__REGION, AWS_REGION, or a profile region)",
+            ));
+        }
+        // Long polls: each attempt may take the wait time, so the attempt timeout allows that plus slack.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(config.wait_time + Duration::from_secs(10))
+            .build();
+        let sdk = sdk.to_builder().timeout_config(timeouts).build();
+        let shared = Shared {
+            sns: aws_sdk_sns::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            config,
+            calls: Arc::default(),
+        };
+        Ok(Self { shared: Arc::new(shared) })
+    }
+
+    /// AWS API calls made so far, by operation: the bill.
+    pub fn api_calls(&self) -> &ApiCalls {
+        &self.shared.calls
+    }
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    fn name(&self) -> &str {
+        "aws"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.native_dead_letter = true;
+        c.ordering = true;
+        c.exactly_once = true;
+        c.nack_delay = true;
+        c.max_message_size = 262_144 - METADATA_RESERVE;
+        c.max_publish_batch = 10;
+        c.max_receive_batch = 10;
+        c.max_attributes = MAX_USER_ATTRIBUTES;
+        c
+    }
+
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {
+        let res = provision::topic(&self.shared, spec).await?;
+        Ok(Arc::new(publish::AwsTopic::start(self.shared.clone(), res, spec.config.ordered)))
+    }
+
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
+        let topic = provision::topic(&self.shared, &spec.topic).await?;
+        let res = provision::subscription(&self.shared, spec, &topic).await?;
+        Ok(Arc::new(subscribe::AwsSubscription { s: self.shared.clone(), res, ordered: spec.topic.config.ordered }))
+    }
+}

@@ -1,0 +1,306 @@
+//! Receiving and settling: long-poll `ReceiveMessage` (at most 10, never more than the free handler slots),
+//! `ApproximateReceiveCount` as the attempt, `DeleteMessageBatch` to ack, `ChangeMessageVisibilityBatch` to nack
+//! with a delay and to extend leases, and an explicit copy to the dead-letter queue (SQS redrive is the backstop).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    MessageSystemAttributeName as Sys, QueueAttributeName as Q,
+};
+use bytes::Bytes;
+use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
+use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
+
+use crate::error::{entry, sdk};
+use crate::meta::{from_micros, micros, split, Meta, META_ATTRIBUTE};
+use crate::provision::{queue_attributes, SubRes};
+use crate::Shared;
+
+/// Longest dead-letter reason kept.
+const MAX_REASON: usize = 1024;
+
+/// One subscription's queues.
+#[derive(Debug)]
+pub struct AwsSubscription {
+    pub(crate) s: Arc<Shared>,
+    pub(crate) res: SubRes,
+    pub(crate) ordered: bool,
+}
+
+/// A message read from a queue, in tidings terms.
+struct Read {
+    msg: ReceivedMessage,
+    meta: Option<Meta>,
+}
+
+fn secs(d: Duration) -> i32 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).min(43_200) as i32
+}
+
+fn handle(id: &AckId) -> &str {
+    match id {
+        AckId::Text(h) => h,
+        AckId::Num(_) => "",
+    }
+}
+
+impl AwsSubscription {
+    async fn read(&self, url: &str, max: usize, wait: Duration, visibility: Option<i32>) -> Result<Vec<Read>> {
+        self.s.calls.count("sqs:ReceiveMessage");
+        let mut req = self
+            .s
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .message_attribute_names("All")
+            .message_system_attribute_names(Sys::ApproximateReceiveCount)
+            .message_system_attribute_names(Sys::SentTimestamp);
+        if let Some(v) = visibility {
+            req = req.visibility_timeout(v);
+        }
+        let out = req.send().await.map_err(|e| sdk("ReceiveMessage", url, e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| {
+                let sys = m.attributes();
+                let sys_get = |k: Sys| sys.and_then(|a| a.get(&k)).and_then(|v| v.parse::<i64>().ok());
+                let (meta, attributes) = split(m.message_attributes());
+                let publish_time = meta.as_ref().map_or_else(
+                    || sys_get(Sys::SentTimestamp).map_or(SystemTime::now(), |ms| from_micros(ms * 1000)),
+                    |m| from_micros(m.ts),
+                );
+                let id = meta.as_ref().map_or_else(|| m.message_id().unwrap_or_default().to_string(), |m| m.id.clone());
+                let key = meta.as_ref().and_then(|m| m.key.clone()).filter(|_| self.ordered);
+                Read {
+                    msg: ReceivedMessage {
+                        ack_id: AckId::Text(m.receipt_handle().unwrap_or_default().into()),
+                        id: MessageId::from(id),
+                        payload: Bytes::from(m.body().unwrap_or_default().to_string()),
+                        attributes,
+                        ordering_key: key.map(Into::into),
+                        publish_time,
+                        attempt: sys_get(Sys::ApproximateReceiveCount).unwrap_or(1).max(1) as u32,
+                    },
+                    meta,
+                }
+            })
+            .collect())
+    }
+
+    async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
+        for chunk in items.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (id, v))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle(id))
+                        .visibility_timeout(*v)
+                        .build()
+                        .map_err(|e| Error::invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.s.calls.count("sqs:ChangeMessageVisibilityBatch");
+            let out = self
+                .s
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk(op, url, e))?;
+            for f in out.failed() {
+                // A stale receipt handle (the message was redelivered or is gone) is not an error of this call.
+                tracing::debug!(queue = url, code = f.code(), "{op}: entry failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, url: &str, handles: &[&str]) -> Result<()> {
+        for chunk in handles.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*h)
+                        .build()
+                        .map_err(|e| Error::invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.s.calls.count("sqs:DeleteMessageBatch");
+            let out = self
+                .s
+                .sqs
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk("DeleteMessageBatch", url, e))?;
+            if let Some(f) = out.failed().iter().find(|f| !f.code().contains("ReceiptHandleIsInvalid")) {
+                return Err(entry("DeleteMessageBatch", url, f.code(), f.message(), f.sender_fault()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a copy of a message to `url` (the DLQ, or the subscription queue on redrive).
+    async fn send_copy(&self, url: &str, body: &[u8], attributes: &Attributes, meta: &Meta, dedup: &str) -> Result<()> {
+        let attr = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .map_err(|e| Error::invalid(e.to_string()))
+        };
+        let body = String::from_utf8_lossy(body);
+        let mut req = self.s.sqs.send_message().queue_url(url).message_body(body);
+        req = req.message_attributes(META_ATTRIBUTE, attr(&meta.encode())?);
+        for (k, v) in attributes {
+            req = req.message_attributes(k, attr(v)?);
+        }
+        if self.res.fifo {
+            req = req
+                .message_group_id(meta.key.clone().unwrap_or_else(|| meta.id.clone()))
+                .message_deduplication_id(dedup);
+        }
+        self.s.calls.count("sqs:SendMessage");
+        req.send().await.map_err(|e| sdk("SendMessage", url, e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SubscriptionDriver for AwsSubscription {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        let wait = wait.min(self.s.config.wait_time);
+        Ok(self.read(&self.res.queue_url, max, wait, None).await?.into_iter().map(|r| r.msg).collect())
+    }
+
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        let handles: Vec<&str> = ids.iter().map(handle).collect();
+        self.delete(&self.res.queue_url, &handles).await
+    }
+
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        let items = items.into_iter().map(|(id, d)| (id, secs(d))).collect();
+        self.change_visibility(&self.res.queue_url, items, "nack").await
+    }
+
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
+        let v = secs(by);
+        self.change_visibility(&self.res.queue_url, ids.into_iter().map(|id| (id, v)).collect(), "extend lease").await
+    }
+
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        let mut done = Vec::new();
+        for r in &items {
+            let m = &r.message;
+            let mut reason = r.reason.clone();
+            if reason.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            let meta = Meta {
+                id: m.id.to_string(),
+                ts: micros(m.publish_time),
+                key: m.ordering_key.as_deref().map(str::to_string),
+                reason: Some(reason),
+                attempts: Some(m.attempt),
+                dlq_ts: Some(micros(SystemTime::now())),
+            };
+            let dedup = format!("{}-dlq-{}", m.id, m.attempt);
+            self.send_copy(&self.res.dlq_url, &m.payload, &m.attributes, &meta, &dedup).await?;
+            done.push(handle(&m.ack_id));
+        }
+        self.delete(&self.res.queue_url, &done).await
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        // Peek: receive with visibility 0 so the messages stay; several calls because SQS samples its servers.
+        for _ in 0..(max / 10 + 3) {
+            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(0)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                if out.len() >= max || !seen.insert(r.msg.id.clone()) {
+                    continue;
+                }
+                let meta = r.meta.unwrap_or_default();
+                out.push(DeadLetter {
+                    id: r.msg.id,
+                    payload: r.msg.payload,
+                    attributes: r.msg.attributes,
+                    ordering_key: meta.key,
+                    publish_time: r.msg.publish_time,
+                    attempts: meta.attempts.unwrap_or(0),
+                    reason: meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into()),
+                    dead_lettered_at: meta.dlq_ts.map_or(SystemTime::now(), from_micros),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        let mut moved = 0;
+        let mut skipped = Vec::new();
+        for _ in 0..1000 {
+            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(30)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut delete = Vec::new();
+            for r in &batch {
+                if ids.as_ref().is_some_and(|ids| !ids.contains(&r.msg.id)) {
+                    skipped.push((r.msg.ack_id.clone(), 0));
+                    continue;
+                }
+                let mut meta = r.meta.clone().unwrap_or_default();
+                meta.id = r.msg.id.to_string();
+                meta.ts = micros(r.msg.publish_time);
+                meta.reason = None;
+                meta.attempts = None;
+                meta.dlq_ts = None;
+                let dedup = format!("{}-redrive-{}", r.msg.id, uuid::Uuid::now_v7().simple());
+                self.send_copy(&self.res.queue_url, &r.msg.payload, &r.msg.attributes, &meta, &dedup).await?;
+                delete.push(handle(&r.msg.ack_id).to_string());
+                moved += 1;
+            }
+            let delete: Vec<&str> = delete.iter().map(String::as_str).collect();
+            self.delete(&self.res.dlq_url, &delete).await?;
+        }
+        if !skipped.is_empty() {
+            self.change_visibility(&self.res.dlq_url, skipped, "redrive").await?;
+        }
+        Ok(moved)
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>> {
+        let a = queue_attributes(&self.s, &self.res.queue_url).await?;
+        let n = |k: Q| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(Some(
+            n(Q::ApproximateNumberOfMessages)
+                + n(Q::ApproximateNumberOfMessagesNotVisible)
+                + n(Q::ApproximateNumberOfMessagesDelayed),
+        ))
+    }
+}
