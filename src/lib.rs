@@ -34,6 +34,9 @@ pub use tidings_core::{
 #[cfg(feature = "local")]
 pub use tidings_local as local;
 
+#[cfg(feature = "aws")]
+pub use tidings_aws as aws;
+
 use std::sync::Arc;
 
 /// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
@@ -50,6 +53,8 @@ pub async fn from_settings(settings: Settings) -> Result<Bus> {
     let backend: Arc<dyn Backend> = match settings.backend.as_str() {
         #[cfg(feature = "local")]
         "local" => Arc::new(tidings_local::LocalBackend::from_settings(&settings)?),
+        #[cfg(feature = "aws")]
+        "aws" => Arc::new(tidings_aws::AwsBackend::from_settings(&settings).await?),
         name if BACKENDS.contains(&name) => {
             return Err(Error::config(format!(
                 "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
@@ -73,6 +78,9 @@ fn compiled_in() -> Vec<&'static str> {
     let mut v = Vec::new();
     if cfg!(feature = "local") {
         v.push("local");
+    }
+    if cfg!(feature = "aws") {
+        v.push("aws");
     }
     if v.is_empty() {
         v.push("none");

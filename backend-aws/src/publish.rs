@@ -22,6 +22,8 @@ const MAX_ENTRIES: usize = 10;
 const MAX_BATCH_BYTES: usize = 262_144;
 /// Attempts for a failed entry whose error is retryable.
 const ENTRY_ATTEMPTS: u32 = 4;
+/// `PublishBatch` calls in flight at once on a standard topic (FIFO topics send one at a time, to keep order).
+const IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<Result<()>>;
 
@@ -67,6 +69,17 @@ async fn batcher(
     mut rx: mpsc::UnboundedReceiver<(OutgoingMessage, Reply)>,
 ) {
     let linger = s.config.publish_linger;
+    let slots = Arc::new(tokio::sync::Semaphore::new(if topic.fifo { 1 } else { IN_FLIGHT }));
+    let dispatch = |batch: Vec<(OutgoingMessage, Reply)>| {
+        let (s, topic, slots) = (s.clone(), topic.clone(), slots.clone());
+        async move {
+            let permit = slots.acquire_owned().await.expect("never closed");
+            tokio::spawn(async move {
+                send(&s, &topic, ordered, batch).await;
+                drop(permit);
+            });
+        }
+    };
     while let Some(first) = rx.recv().await {
         let mut size = entry_size(&first.0);
         let mut batch = vec![first];
@@ -79,13 +92,13 @@ async fn batcher(
             let Some(next) = next else { break };
             let n = entry_size(&next.0);
             if size + n > MAX_BATCH_BYTES {
-                send(&s, &topic, ordered, std::mem::take(&mut batch)).await;
+                dispatch(std::mem::take(&mut batch)).await;
                 size = 0;
             }
             size += n;
             batch.push(next);
         }
-        send(&s, &topic, ordered, batch).await;
+        dispatch(batch).await;
     }
 }
 

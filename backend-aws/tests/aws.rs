@@ -1,0 +1,168 @@
+//! AWS-specific behaviour against LocalStack: provisioning modes, the queue policy, the SQS redrive backstop, and the
+//! size limit.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName as Q;
+use serde::{Deserialize, Serialize};
+use tidings_aws::{AwsConfig, Provisioning};
+use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::{Backend, Bus, ErrorKind, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Event {
+    text: String,
+}
+
+fn unique(base: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{base}-{}", &id[id.len() - 10..])
+}
+
+fn spec(topic: &str, config: TopicConfig, sub: SubscriptionConfig) -> SubscriptionSpec {
+    let t = TopicSpec { name: topic.into(), resource: topic.into(), config };
+    SubscriptionSpec { topic: t, name: "sub".into(), resource: format!("{topic}--sub"), config: sub }
+}
+
+async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&support::sdk().await)
+}
+
+async fn queue_attrs(name: &str) -> std::collections::HashMap<Q, String> {
+    let sqs = sqs().await;
+    let url = sqs.get_queue_url().queue_name(name).send().await.unwrap().queue_url().unwrap().to_string();
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(Q::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_sets_policy_redrive_and_visibility() {
+    let backend = support::backend(support::config()).await;
+    let topic = unique("idem");
+    let cfg = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(7)).with_max_retries(4);
+    let s = spec(&topic, TopicConfig::at_least_once(), cfg);
+    backend.subscription(&s).await.unwrap();
+    let before = backend.api_calls().total();
+    backend.subscription(&s).await.expect("second provisioning succeeds");
+    assert!(backend.api_calls().total() > before);
+    let attrs = queue_attrs(&format!("{topic}--sub")).await;
+    assert_eq!(attrs[&Q::VisibilityTimeout], "7", "visibility timeout = ack deadline");
+    let redrive: serde_json::Value = serde_json::from_str(&attrs[&Q::RedrivePolicy]).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "6",
+        "max retries 4 = 5 attempts, +1 backstop"
+    );
+    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(&format!("{topic}--sub-dlq")));
+    // Least privilege: only this topic may send to the queue.
+    let policy: serde_json::Value = serde_json::from_str(&attrs[&Q::Policy]).unwrap();
+    let st = &policy["Statement"][0];
+    assert_eq!(st["Effect"], "Allow");
+    assert_eq!(st["Principal"]["Service"], "sns.amazonaws.com");
+    assert_eq!(st["Action"], "sqs:SendMessage");
+    assert_eq!(st["Resource"], attrs[&Q::QueueArn].as_str());
+    let source = st["Condition"]["ArnEquals"]["aws:SourceArn"].as_str().unwrap();
+    assert!(source.starts_with("arn:aws:sns:") && source.ends_with(&format!(":{topic}")), "{source}");
+}
+
+#[tokio::test]
+async fn ordered_and_exactly_once_topics_are_fifo() {
+    let backend = support::backend(support::config()).await;
+    let topic = unique("fifo");
+    backend
+        .subscription(&spec(&topic, TopicConfig::exactly_once().ordered(), SubscriptionConfig::DEFAULT))
+        .await
+        .unwrap();
+    let attrs = queue_attrs(&format!("{topic}--sub.fifo")).await;
+    assert_eq!(attrs[&Q::FifoQueue], "true");
+    assert_eq!(queue_attrs(&format!("{topic}--sub-dlq.fifo")).await[&Q::FifoQueue], "true");
+}
+
+#[tokio::test]
+async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
+    let topic = unique("verify");
+    let auto = support::backend(support::config()).await;
+    let declared = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(30));
+    auto.subscription(&spec(&topic, TopicConfig::at_least_once(), declared)).await.unwrap();
+    let verify = support::backend(AwsConfig { provisioning: Provisioning::Verify, ..support::config() }).await;
+    verify.subscription(&spec(&topic, TopicConfig::at_least_once(), declared)).await.expect("matching settings verify");
+    let changed = declared.with_ack_deadline(Duration::from_secs(45));
+    let e = verify.subscription(&spec(&topic, TopicConfig::at_least_once(), changed)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch);
+    let m = e.to_string();
+    assert!(m.contains(&format!("{topic}--sub")) && m.contains("VisibilityTimeout"), "{m}");
+    assert!(m.contains("\"30\"") && m.contains("\"45\""), "{m}");
+    let calls_before = verify.api_calls().snapshot();
+    let missing = TopicSpec { name: "x".into(), resource: unique("missing"), config: TopicConfig::at_least_once() };
+    assert_eq!(verify.topic(&missing).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        verify.api_calls().snapshot().get("sns:CreateTopic"),
+        calls_before.get("sns:CreateTopic"),
+        "verify creates nothing"
+    );
+}
+
+#[tokio::test]
+async fn provisioning_off_needs_the_resources_in_config() {
+    let off = support::backend(AwsConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let orders = TopicSpec { name: "orders".into(), resource: "orders".into(), config: TopicConfig::at_least_once() };
+    let e = off.topic(&orders).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("aws.topic_arns.\"orders\""), "{e}");
+    assert_eq!(off.api_calls().total(), 0, "off makes no admin calls");
+}
+
+#[tokio::test]
+async fn a_consumer_that_never_acks_ends_in_the_dlq_through_sqs_redrive() {
+    // The runtime normally dead-letters itself; SQS's RedrivePolicy is the backstop for a consumer that dies on every
+    // delivery (it never gets to decide).
+    let backend = support::backend(support::config()).await;
+    let topic: &'static str = Box::leak(unique("redrive").into_boxed_str());
+    let t = Topic::<Event>::new(topic, TopicConfig::at_least_once());
+    let cfg =
+        SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(1)).with_max_retries(RetryPolicy::NO_RETRIES);
+    let bus = Bus::new(Arc::new(backend.clone()));
+    let s = bus.subscription_spec(&t, "sub", cfg);
+    let driver = backend.subscription(&s).await.unwrap();
+    t.publish(&bus, &Event { text: "crash".into() }).await.unwrap();
+    let mut receives = 0;
+    for _ in 0..20 {
+        let got = driver.receive(1, Duration::from_secs(1)).await.unwrap();
+        receives += got.len();
+        if driver.dead_letters(10).await.unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let dead = driver.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "moved to the DLQ after maxReceiveCount receives");
+    assert_eq!(receives, 2, "max retries 0 = 1 attempt; SQS moves it on the receive after the backstop's 2nd");
+    assert_eq!(dead[0].decode::<Event>().unwrap(), Event { text: "crash".into() });
+    assert!(dead[0].reason.contains("redrive"), "{}", dead[0].reason);
+}
+
+#[tokio::test]
+async fn a_message_at_the_size_limit_is_accepted_by_sns() {
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend));
+    let topic: &'static str = Box::leak(unique("limit").into_boxed_str());
+    let t = Topic::<Event>::new(topic, TopicConfig::at_least_once());
+    let limit = bus.capabilities().max_message_size;
+    let opts = tidings_core::PublishOptions::new().attribute("k", "v");
+    let overhead = r#"{"text":""}"#.len() + 2;
+    let at_limit = Event { text: "x".repeat(limit - overhead) };
+    t.publish_with(&bus, &at_limit, opts.clone()).await.expect("a message at the documented limit fits SNS's 256 KiB");
+    let over = Event { text: "x".repeat(limit - overhead + 1) };
+    let e = t.publish_with(&bus, &over, opts).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
+}
