@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sns::operation::publish_batch::PublishBatchOutput;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use tidings_core::backend::{OutgoingMessage, TopicDriver};
 use tidings_core::{Error, Result};
@@ -125,6 +126,22 @@ fn to_entry(i: usize, m: &OutgoingMessage, fifo: bool, ordered: bool) -> Result<
 }
 
 async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingMessage, Reply)>) {
+    send_with(&topic.arn, topic.fifo, ordered, batch, |entries| async move {
+        s.calls.count("sns:PublishBatch");
+        let out =
+            s.sns.publish_batch().topic_arn(&topic.arn).set_publish_batch_request_entries(Some(entries)).send().await;
+        out.map_err(|e| sdk("PublishBatch", &topic.arn, e))
+    })
+    .await
+}
+
+/// Sends `batch` through `call` (one `PublishBatch`), retrying exactly the entries that failed retryably, and answers
+/// every message's caller.
+async fn send_with<F, Fut>(arn: &str, fifo: bool, ordered: bool, batch: Vec<(OutgoingMessage, Reply)>, mut call: F)
+where
+    F: FnMut(Vec<PublishBatchRequestEntry>) -> Fut,
+    Fut: std::future::Future<Output = Result<PublishBatchOutput>>,
+{
     let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let mut results: Vec<Option<Result<()>>> = (0..messages.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..messages.len()).collect();
@@ -132,7 +149,7 @@ async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingM
     while !pending.is_empty() {
         let mut entries = Vec::with_capacity(pending.len());
         for &i in &pending {
-            match to_entry(i, &messages[i], topic.fifo, ordered) {
+            match to_entry(i, &messages[i], fifo, ordered) {
                 Ok(e) => entries.push(e),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -141,11 +158,8 @@ async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingM
         if entries.is_empty() {
             break;
         }
-        s.calls.count("sns:PublishBatch");
-        let out =
-            s.sns.publish_batch().topic_arn(&topic.arn).set_publish_batch_request_entries(Some(entries)).send().await;
         let mut retry = Vec::new();
-        match out {
+        match call(entries).await {
             Ok(out) => {
                 for ok in out.successful() {
                     if let Some(i) = ok.id().and_then(|id| id.parse::<usize>().ok()) {
@@ -154,9 +168,9 @@ async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingM
                 }
                 for f in out.failed() {
                     let Ok(i) = f.id().parse::<usize>() else { continue };
-                    let e = entry("PublishBatch", &topic.arn, f.code(), f.message(), f.sender_fault());
+                    let e = entry("PublishBatch", arn, f.code(), f.message(), f.sender_fault());
                     if e.is_retryable() && attempt < ENTRY_ATTEMPTS {
-                        tracing::warn!(topic = %topic.arn, id = %messages[i].id, code = f.code(), attempt, "publish entry failed; retrying it");
+                        tracing::warn!(topic = arn, id = %messages[i].id, code = f.code(), attempt, "publish entry failed; retrying it");
                         retry.push(i);
                     } else {
                         results[i] = Some(Err(e));
@@ -164,7 +178,6 @@ async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingM
                 }
             }
             Err(e) => {
-                let e = sdk("PublishBatch", &topic.arn, e);
                 for &i in &pending {
                     results[i] = Some(Err(Error::backend(e.to_string(), e.is_retryable())));
                 }
@@ -178,5 +191,83 @@ async fn send(s: &Shared, topic: &TopicRes, ordered: bool, batch: Vec<(OutgoingM
     }
     for (reply, result) in replies.into_iter().zip(results) {
         let _ = reply.send(result.unwrap_or_else(|| Err(Error::backend("aws: PublishBatch returned no result", true))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sns::types::{BatchResultErrorEntry, PublishBatchResultEntry};
+    use std::sync::Mutex;
+
+    fn message(n: u8) -> OutgoingMessage {
+        OutgoingMessage {
+            id: tidings_core::MessageId::from(format!("m{n}")),
+            payload: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+            attributes: Default::default(),
+            ordering_key: None,
+            publish_time: std::time::SystemTime::now(),
+        }
+    }
+
+    fn output(ok: &[&str], failed: &[(&str, &str, bool)]) -> PublishBatchOutput {
+        let mut b = PublishBatchOutput::builder();
+        for id in ok {
+            b = b.successful(PublishBatchResultEntry::builder().id(*id).message_id("x").build());
+        }
+        for (id, code, sender) in failed {
+            b = b.failed(BatchResultErrorEntry::builder().id(*id).code(*code).sender_fault(*sender).build().unwrap());
+        }
+        b.build()
+    }
+
+    /// Runs `send_with` over three messages with scripted per-call outputs; returns the entry ids of each call and
+    /// each message's result.
+    async fn run(script: Vec<PublishBatchOutput>) -> (Vec<Vec<String>>, Vec<Result<()>>) {
+        let calls = Mutex::new(Vec::new());
+        let script = Mutex::new(script.into_iter());
+        let (mut batch, mut rx) = (Vec::new(), Vec::new());
+        for n in 0..3 {
+            let (tx, r) = oneshot::channel();
+            batch.push((message(n), tx));
+            rx.push(r);
+        }
+        send_with("arn:test", false, false, batch, |entries| {
+            calls.lock().unwrap().push(entries.iter().map(|e| e.id().to_string()).collect::<Vec<_>>());
+            let out = script.lock().unwrap().next().expect("no more scripted calls");
+            async move { Ok(out) }
+        })
+        .await;
+        let mut results = Vec::new();
+        for r in rx {
+            results.push(r.await.unwrap());
+        }
+        (calls.into_inner().unwrap(), results)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_the_retryable_failed_entries_are_retried() {
+        let (calls, results) =
+            run(vec![output(&["0", "2"], &[("1", "InternalError", false)]), output(&["1"], &[])]).await;
+        assert_eq!(calls, vec![vec!["0", "1", "2"], vec!["1"]], "only entry 1 is sent again");
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_fault_fails_only_its_own_message() {
+        let (calls, results) = run(vec![output(&["0", "2"], &[("1", "InvalidParameter", true)])]).await;
+        assert_eq!(calls.len(), 1, "not retried");
+        assert!(results[0].is_ok() && results[2].is_ok());
+        let e = results[1].as_ref().unwrap_err();
+        assert!(!e.is_retryable() && e.to_string().contains("InvalidParameter"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_entry_gives_up_after_its_attempts() {
+        let failing = || output(&["0", "2"], &[("1", "Throttling", false)]);
+        let again = || output(&[], &[("1", "Throttling", false)]);
+        let (calls, results) = run(vec![failing(), again(), again(), again()]).await;
+        assert_eq!(calls.len(), ENTRY_ATTEMPTS as usize);
+        assert!(results[1].as_ref().unwrap_err().is_retryable());
     }
 }
