@@ -1,0 +1,65 @@
+//! The `[gcp]` config section (env `TIDINGS_GCP__*`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What the backend may do to cloud resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioning {
+    /// Create what is missing, idempotently (the dev default).
+    #[default]
+    Auto,
+    /// Check that resources exist with the declared settings; a difference is an error naming it.
+    Verify,
+    /// Trust configuration: use the names as they are, no admin calls.
+    Off,
+}
+
+/// Settings of the GCP backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpConfig {
+    /// Project id; default from `GOOGLE_CLOUD_PROJECT`, `GCLOUD_PROJECT` or (emulator) `PUBSUB_PROJECT_ID`.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// Endpoint; default `http://$PUBSUB_EMULATOR_HOST` when that is set (with anonymous credentials), else Google's.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `auto`, `verify` or `off`.
+    #[serde(default)]
+    pub provisioning: Provisioning,
+    /// Publisher batching: messages per batch.
+    #[serde(default = "default_count")]
+    pub publish_batch_messages: u32,
+    /// Publisher batching: bytes per batch.
+    #[serde(default = "default_bytes")]
+    pub publish_batch_bytes: u32,
+    /// Publisher batching: how long a message waits for its batch to fill.
+    #[serde(default = "default_delay", with = "humantime_serde")]
+    pub publish_batch_delay: Duration,
+}
+
+fn default_count() -> u32 {
+    100
+}
+fn default_bytes() -> u32 {
+    1_000_000
+}
+fn default_delay() -> Duration {
+    Duration::from_millis(10)
+}
+
+impl Default for GcpConfig {
+    fn default() -> Self {
+        Self {
+            project_id: None,
+            endpoint: None,
+            provisioning: Provisioning::Auto,
+            publish_batch_messages: default_count(),
+            publish_batch_bytes: default_bytes(),
+            publish_batch_delay: default_delay(),
+        }
+    }
+}

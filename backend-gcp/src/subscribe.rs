@@ -1,0 +1,470 @@
+//! Receiving through one long-lived streaming pull per subscription (flow control from max concurrency; the crate
+//! extends leases while we hold a message). On top, client-side: the ack deadline (a message handed out and neither
+//! settled nor extended within it is nacked, so it is redelivered), head-of-line blocking per ordering key (the
+//! service streams later messages of a key before the earlier one is acked), de-duplication of republished ids on
+//! exactly-once topics, and redrive copies addressed to one subscription.
+//!
+//! Nack with delay: the crate's `nack()` redelivers at once and it has no "modify ack deadline to N seconds", so the
+//! backend declares `nack_delay = false` and the runtime holds the message (lease kept alive) for the exact backoff,
+//! then nacks. No retry policy is set on the subscription, so the service adds no second delay on top.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message as GMessage;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
+use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::meta::{from_micros, micros, Meta, META_ATTRIBUTE};
+use crate::provision::Paths;
+use crate::publish::to_message;
+use crate::Shared;
+
+/// Attributes the service adds to messages it dead-letters.
+const NATIVE_DLQ_PREFIX: &str = "CloudPubSubDeadLetterSource";
+/// How long acked ids of an exactly-once topic are remembered to drop republished copies.
+const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+
+struct Held {
+    handler: Handler,
+    deadline: Instant,
+    id: String,
+    key: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    next_token: u64,
+    held: HashMap<u64, Held>,
+    ready: VecDeque<(GMessage, Handler)>,
+    /// Ordered topics: ids per key in arrival order; the front one is the key's current message.
+    key_order: HashMap<String, VecDeque<String>>,
+    /// Messages waiting for their key's turn, by id (also redelivered duplicates of a held message).
+    parked: HashMap<String, (GMessage, Handler)>,
+    seen: HashSet<String>,
+    seen_order: VecDeque<(Instant, String)>,
+}
+
+/// One subscription's stream and its client-side bookkeeping.
+pub struct GcpSubscription {
+    paths: Paths,
+    name: String,
+    ordered: bool,
+    exactly_once: bool,
+    ack_deadline: Duration,
+    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<(GMessage, Handler)>>,
+    state: Mutex<State>,
+    dlq: Arc<Mutex<Vec<(GMessage, Handler)>>>,
+    topic_publisher: Publisher,
+    dlq_publisher: Publisher,
+}
+
+impl std::fmt::Debug for GcpSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpSubscription").field("subscription", &self.paths.subscription).finish_non_exhaustive()
+    }
+}
+
+fn pump(s: &Shared, path: &str, outstanding: i64, tx: mpsc::UnboundedSender<(GMessage, Handler)>) {
+    let mut stream = s
+        .subscriber
+        .subscribe(path)
+        .set_max_outstanding_messages(outstanding)
+        .set_max_lease_extension(Duration::from_secs(60))
+        .build();
+    let path = path.to_string();
+    tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(pair)) => {
+                    if tx.send(pair).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(subscription = %path, error = %e, "gcp: streaming pull error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {
+                    tracing::warn!(subscription = %path, "gcp: streaming pull ended");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn meta_of(m: &GMessage) -> Option<Meta> {
+    m.attributes.get(META_ATTRIBUTE).and_then(|v| Meta::decode(v))
+}
+
+fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
+    meta.map_or_else(|| m.message_id.clone(), |x| x.id.clone())
+}
+
+fn user_attributes(m: &GMessage) -> Attributes {
+    m.attributes
+        .iter()
+        .filter(|(k, _)| k.as_str() != META_ATTRIBUTE && !k.starts_with(NATIVE_DLQ_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn publish_time(m: &GMessage, meta: Option<&Meta>) -> std::time::SystemTime {
+    match meta {
+        Some(x) => from_micros(x.ts),
+        None => m.publish_time.as_ref().map_or(std::time::SystemTime::now(), |t| {
+            from_micros(t.seconds() * 1_000_000 + i64::from(t.nanos()) / 1000)
+        }),
+    }
+}
+
+impl GcpSubscription {
+    pub(crate) fn start(
+        s: Arc<Shared>,
+        paths: Paths,
+        name: String,
+        spec: &tidings_core::backend::SubscriptionSpec,
+        topic_publisher: Publisher,
+        dlq_publisher: Publisher,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outstanding = (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000);
+        pump(&s, &paths.subscription, outstanding, tx);
+        let (dtx, mut drx) = mpsc::unbounded_channel();
+        pump(&s, &paths.dlq_subscription, 1000, dtx);
+        let dlq: Arc<Mutex<Vec<(GMessage, Handler)>>> = Arc::default();
+        let d = dlq.clone();
+        tokio::spawn(async move {
+            while let Some(pair) = drx.recv().await {
+                d.lock().unwrap().push(pair);
+            }
+        });
+        Self {
+            paths,
+            name,
+            ordered: spec.topic.config.ordered,
+            exactly_once: spec.topic.config.is_exactly_once(),
+            ack_deadline: spec.config.ack_deadline,
+            inbox: tokio::sync::Mutex::new(rx),
+            state: Mutex::default(),
+            dlq,
+            topic_publisher,
+            dlq_publisher,
+        }
+    }
+
+    /// Nacks deliveries whose client-side lease ran out (the consumer vanished or stalled without extending).
+    pub(crate) fn expire(&self) {
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap();
+        let expired: Vec<u64> = st.held.iter().filter(|(_, h)| h.deadline <= now).map(|(t, _)| *t).collect();
+        for t in expired {
+            let h = st.held.remove(&t).unwrap();
+            tracing::debug!(id = %h.id, "gcp: ack deadline expired; nacking for redelivery");
+            Self::unhold(&mut st, &h, false);
+            h.handler.nack();
+        }
+    }
+
+    /// Sorts an arrival into ready, parked or dropped (redrive copies for another subscription, republished ids).
+    fn arrive(&self, st: &mut State, m: GMessage, h: Handler) {
+        let meta = meta_of(&m);
+        if meta.as_ref().and_then(|x| x.target.as_deref()).is_some_and(|t| t != self.name) {
+            h.ack();
+            return;
+        }
+        let id = id_of(&m, meta.as_ref());
+        if self.exactly_once && Self::known(st, &id) {
+            // A republished id (another Pub/Sub message with the same tidings id): the original is acked, held or
+            // queued, and is redelivered itself if its handler fails, so this copy can go.
+            h.ack();
+            return;
+        }
+        if !self.ordered || m.ordering_key.is_empty() {
+            st.ready.push_back((m, h));
+            return;
+        }
+        let key = m.ordering_key.clone();
+        let order = st.key_order.entry(key.clone()).or_default();
+        if !order.contains(&id) {
+            order.push_back(id.clone());
+        }
+        let head = order.front() == Some(&id);
+        let busy = st.held.values().any(|x| x.key.as_deref() == Some(key.as_str()));
+        let queued = st.ready.iter().any(|(r, _)| r.ordering_key == key);
+        if head && !busy && !queued {
+            st.ready.push_back((m, h));
+        } else if let Some((_, old)) = st.parked.insert(id, (m, h)) {
+            drop(old); // an older delivery of the same message: let it go back
+        }
+    }
+
+    fn known(st: &State, id: &str) -> bool {
+        st.seen.contains(id)
+            || st.held.values().any(|h| h.id == id)
+            || st.parked.contains_key(id)
+            || st.ready.iter().any(|(m, _)| id_of(m, meta_of(m).as_ref()) == id)
+    }
+
+    /// Bookkeeping when a delivery ends; `done` (acked or dead-lettered) advances its key.
+    fn unhold(st: &mut State, h: &Held, done: bool) {
+        let Some(key) = &h.key else { return };
+        if done {
+            if let Some(order) = st.key_order.get_mut(key) {
+                if order.front() == Some(&h.id) {
+                    order.pop_front();
+                }
+            }
+            if let Some((_, dup)) = st.parked.remove(&h.id) {
+                dup.ack();
+            }
+        }
+        let next = st.key_order.get(key).and_then(|o| o.front().cloned());
+        match next {
+            Some(next) => {
+                if let Some(p) = st.parked.remove(&next) {
+                    st.ready.push_front(p);
+                }
+            }
+            None => {
+                st.key_order.remove(key);
+            }
+        }
+    }
+
+    fn take(&self, max: usize) -> Vec<ReceivedMessage> {
+        let mut st = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((m, h)) = st.ready.pop_front() else { break };
+            let meta = meta_of(&m);
+            let id = id_of(&m, meta.as_ref());
+            let key = (self.ordered && !m.ordering_key.is_empty()).then(|| m.ordering_key.clone());
+            let token = st.next_token;
+            st.next_token += 1;
+            out.push(ReceivedMessage {
+                ack_id: AckId::Num(token),
+                id: MessageId::from(id.clone()),
+                payload: m.data.clone(),
+                attributes: user_attributes(&m),
+                ordering_key: key.as_deref().map(Into::into),
+                publish_time: publish_time(&m, meta.as_ref()),
+                attempt: h.delivery_attempt().unwrap_or(1).max(1) as u32,
+            });
+            st.held.insert(token, Held { handler: h, deadline: Instant::now() + self.ack_deadline, id, key });
+        }
+        out
+    }
+
+    fn release(&self, id: &AckId) -> Option<Held> {
+        let AckId::Num(t) = id else { return None };
+        self.state.lock().unwrap().held.remove(t)
+    }
+
+    /// Ends a delivery for good; `acked` records the id for exactly-once de-duplication (not for dead letters, which
+    /// may be redriven under the same id).
+    async fn settle_done(&self, h: Held, acked: bool) -> Result<()> {
+        {
+            let mut st = self.state.lock().unwrap();
+            if self.exactly_once && acked {
+                let now = Instant::now();
+                while st.seen_order.front().is_some_and(|(t, _)| now.duration_since(*t) > DEDUP_WINDOW) {
+                    let (_, old) = st.seen_order.pop_front().unwrap();
+                    st.seen.remove(&old);
+                }
+                st.seen.insert(h.id.clone());
+                st.seen_order.push_back((now, h.id.clone()));
+            }
+            Self::unhold(&mut st, &h, true);
+        }
+        match h.handler {
+            Handler::ExactlyOnce(x) => x
+                .confirmed_ack()
+                .await
+                .map_err(|e| Error::backend(format!("gcp: confirmed ack of {} failed: {e}", h.id), true)),
+            other => {
+                other.ack();
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish_copy(&self, publisher: &Publisher, m: &ReceivedMessage, meta: Meta) -> Result<()> {
+        let out = OutgoingMessage {
+            id: m.id.clone(),
+            payload: m.payload.clone(),
+            attributes: m.attributes.clone(),
+            ordering_key: m.ordering_key.clone(),
+            publish_time: m.publish_time,
+        };
+        publisher
+            .publish(to_message(&out, meta, self.ordered))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::backend(format!("gcp: publishing a copy of {} failed: {e}", m.id), true))
+    }
+}
+
+#[async_trait]
+impl SubscriptionDriver for GcpSubscription {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        self.expire();
+        let give_up = Instant::now() + wait;
+        let mut inbox = self.inbox.lock().await;
+        loop {
+            {
+                let mut st = self.state.lock().unwrap();
+                while let Ok((m, h)) = inbox.try_recv() {
+                    self.arrive(&mut st, m, h);
+                }
+            }
+            let out = self.take(max);
+            if !out.is_empty() || Instant::now() >= give_up {
+                return Ok(out);
+            }
+            // Wake for a new arrival, or to expire leases (which may unblock an ordering key).
+            let tick = (give_up - Instant::now()).min(Duration::from_millis(100));
+            if let Ok(Some((m, h))) = tokio::time::timeout(tick, inbox.recv()).await {
+                let mut st = self.state.lock().unwrap();
+                self.arrive(&mut st, m, h);
+            }
+            self.expire();
+        }
+    }
+
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        let mut first_error = None;
+        for id in &ids {
+            if let Some(h) = self.release(id) {
+                if let Err(e) = self.settle_done(h, true).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        for (id, _) in &items {
+            if let Some(h) = self.release(id) {
+                let mut st = self.state.lock().unwrap();
+                Self::unhold(&mut st, &h, false);
+                drop(st);
+                h.handler.nack();
+            }
+        }
+        Ok(())
+    }
+
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        for id in &ids {
+            if let AckId::Num(t) = id {
+                if let Some(h) = st.held.get_mut(t) {
+                    h.deadline = Instant::now() + by;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        for r in items {
+            let m = &r.message;
+            let meta = Meta {
+                id: m.id.to_string(),
+                ts: micros(m.publish_time),
+                reason: Some(r.reason.clone()),
+                attempts: Some(m.attempt),
+                dlq_ts: Some(micros(std::time::SystemTime::now())),
+                ..Default::default()
+            };
+            self.publish_copy(&self.dlq_publisher, m, meta).await?;
+            if let Some(h) = self.release(&m.ack_id) {
+                self.settle_done(h, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let dlq = self.dlq.lock().unwrap();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (m, h) in dlq.iter() {
+            let meta = meta_of(m);
+            let id = id_of(m, meta.as_ref());
+            if out.len() >= max || !seen.insert(id.clone()) {
+                continue;
+            }
+            let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
+            let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
+            let reason = meta
+                .as_ref()
+                .and_then(|x| x.reason.clone())
+                .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries"));
+            let _ = h;
+            out.push(DeadLetter {
+                id: MessageId::from(id),
+                payload: m.data.clone(),
+                attributes: user_attributes(m),
+                ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()),
+                publish_time: publish_time(m, meta.as_ref()),
+                attempts,
+                reason,
+                dead_lettered_at: meta
+                    .as_ref()
+                    .and_then(|x| x.dlq_ts)
+                    .map_or(std::time::SystemTime::now(), from_micros),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        let taken: Vec<(GMessage, Handler)> = {
+            let mut dlq = self.dlq.lock().unwrap();
+            let (take, keep): (Vec<_>, Vec<_>) = dlq.drain(..).partition(|(m, _)| {
+                let id = id_of(m, meta_of(m).as_ref());
+                ids.as_ref().is_none_or(|ids| ids.iter().any(|x| x.as_str() == id))
+            });
+            *dlq = keep;
+            take
+        };
+        let mut moved = HashSet::new();
+        for (m, h) in taken {
+            let meta = meta_of(&m);
+            let id = id_of(&m, meta.as_ref());
+            if moved.insert(id.clone()) {
+                let copy = ReceivedMessage {
+                    ack_id: AckId::Num(0),
+                    id: MessageId::from(id.clone()),
+                    payload: m.data.clone(),
+                    attributes: user_attributes(&m),
+                    ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()),
+                    publish_time: publish_time(&m, meta.as_ref()),
+                    attempt: 1,
+                };
+                let meta = Meta {
+                    id: id.clone(),
+                    ts: micros(copy.publish_time),
+                    target: Some(self.name.clone()),
+                    ..Default::default()
+                };
+                if let Err(e) = self.publish_copy(&self.topic_publisher, &copy, meta).await {
+                    self.dlq.lock().unwrap().push((m, h));
+                    return Err(e);
+                }
+            }
+            h.ack();
+        }
+        Ok(moved.len())
+    }
+}

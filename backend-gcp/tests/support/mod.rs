@@ -1,0 +1,32 @@
+//! Connecting the tests to the Pub/Sub emulator (started by `scripts/pubsub-emulator start`, which `scripts/test`
+//! runs).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use tidings_gcp::{GcpBackend, GcpConfig};
+
+pub fn host() -> String {
+    std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".into())
+}
+
+/// Config for the emulator; panics with instructions when it is not running.
+pub fn config() -> GcpConfig {
+    let host = host();
+    if std::net::TcpStream::connect_timeout(&host.parse().expect("host:port"), Duration::from_secs(2)).is_err() {
+        panic!(
+            "the Pub/Sub emulator is not reachable at {host}: the GCP tests need it (CI={}). Start it with \
+             `scripts/pubsub-emulator start` (scripts/test does this)",
+            std::env::var("CI").unwrap_or_default()
+        );
+    }
+    GcpConfig {
+        project_id: Some("tidings-test".into()),
+        endpoint: Some(format!("http://{host}")),
+        ..GcpConfig::default()
+    }
+}
+
+pub async fn backend(config: GcpConfig) -> GcpBackend {
+    GcpBackend::new(config).await.expect("backend")
+}
