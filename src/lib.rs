@@ -37,6 +37,9 @@ pub use tidings_local as local;
 #[cfg(feature = "aws")]
 pub use tidings_aws as aws;
 
+#[cfg(feature = "gcp")]
+pub use tidings_gcp as gcp;
+
 use std::sync::Arc;
 
 /// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
@@ -55,6 +58,8 @@ pub async fn from_settings(settings: Settings) -> Result<Bus> {
         "local" => Arc::new(tidings_local::LocalBackend::from_settings(&settings)?),
         #[cfg(feature = "aws")]
         "aws" => Arc::new(tidings_aws::AwsBackend::from_settings(&settings).await?),
+        #[cfg(feature = "gcp")]
+        "gcp" => Arc::new(tidings_gcp::GcpBackend::from_settings(&settings).await?),
         name if BACKENDS.contains(&name) => {
             return Err(Error::config(format!(
                 "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
@@ -81,6 +86,9 @@ fn compiled_in() -> Vec<&'static str> {
     }
     if cfg!(feature = "aws") {
         v.push("aws");
+    }
+    if cfg!(feature = "gcp") {
+        v.push("gcp");
     }
     if v.is_empty() {
         v.push("none");

@@ -114,6 +114,13 @@ impl GcpBackend {
         Ok(backend)
     }
 
+    /// Creates (`auto`) or checks (`verify`) a subscription, its topic and its dead-letter topic and subscription,
+    /// without starting to receive (for deployment tooling and tests).
+    pub async fn provision(&self, spec: &SubscriptionSpec) -> Result<()> {
+        check_resource_name(&spec.topic.name, &spec.topic.resource)?;
+        provision::subscription(&self.shared, spec).await.map(|_| ())
+    }
+
     fn start_lease_reaper(&self) {
         let subs: Weak<tokio::sync::Mutex<HashMap<String, Arc<subscribe::GcpSubscription>>>> =
             Arc::downgrade(&self.subscriptions);

@@ -1,0 +1,158 @@
+//! GCP-specific behaviour against the Pub/Sub emulator: provisioning modes, dead-lettering through the native policy
+//! and through the client-side rule, attribute rules and the size limit.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::{Backend, Bus, ErrorKind, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
+use tidings_gcp::{GcpConfig, Provisioning};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Event {
+    text: String,
+}
+
+fn unique(base: &str) -> &'static str {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    Box::leak(format!("{base}-{}", &id[id.len() - 10..]).into_boxed_str())
+}
+
+fn spec(topic: &str, config: TopicConfig, sub: SubscriptionConfig) -> SubscriptionSpec {
+    let t = TopicSpec { name: topic.into(), resource: topic.into(), config };
+    SubscriptionSpec { topic: t, name: "sub".into(), resource: format!("{topic}--sub"), config: sub }
+}
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_verify_reports_a_mismatch() {
+    let topic = unique("prov");
+    let declared = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(20));
+    let auto = support::backend(support::config()).await;
+    auto.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.unwrap();
+    auto.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.expect("second provisioning succeeds");
+    let verify = support::backend(GcpConfig { provisioning: Provisioning::Verify, ..support::config() }).await;
+    verify.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.expect("matching settings verify");
+    let e = verify
+        .provision(&spec(topic, TopicConfig::exactly_once(), declared.with_ack_deadline(Duration::from_secs(45))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch);
+    let m = e.to_string();
+    assert!(m.contains(&format!("{topic}--sub")) && m.contains("ack_deadline_seconds"), "{m}");
+    assert!(m.contains("\"20\"") && m.contains("\"45\""), "{m}");
+    let e = verify.provision(&spec(topic, TopicConfig::at_least_once(), declared)).await.unwrap_err();
+    assert!(e.to_string().contains("enable_exactly_once_delivery"), "{e}");
+    let e = verify.provision(&spec(unique("missing"), TopicConfig::at_least_once(), declared)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[tokio::test]
+async fn provisioning_off_trusts_the_names_and_a_missing_project_is_named() {
+    let off = support::backend(GcpConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    // Nothing exists under this name, and `off` does not look: it trusts the configuration.
+    off.provision(&spec(unique("off"), TopicConfig::at_least_once(), SubscriptionConfig::DEFAULT)).await.unwrap();
+    if std::env::var("GOOGLE_CLOUD_PROJECT").is_err()
+        && std::env::var("GCLOUD_PROJECT").is_err()
+        && std::env::var("PUBSUB_PROJECT_ID").is_err()
+    {
+        let e = tidings_gcp::GcpBackend::new(GcpConfig::default()).await.unwrap_err();
+        assert!(e.to_string().contains("gcp.project_id"), "{e}");
+    }
+}
+
+/// Takes deliveries with the raw driver and nacks them, like a consumer that always fails without the runtime; returns
+/// how many deliveries there were before the message showed up in the DLQ.
+async fn nack_until_dead_lettered(max_retries: u32) -> (usize, Vec<tidings_core::DeadLetter>) {
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend.clone()));
+    let t = Topic::<Event>::new(unique("native-dlq"), TopicConfig::at_least_once());
+    let cfg = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(10)).with_max_retries(max_retries);
+    let driver = backend.subscription(&bus.subscription_spec(&t, "sub", cfg)).await.unwrap();
+    t.publish(&bus, &Event { text: "always fails".into() }).await.unwrap();
+    let mut deliveries = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let got = driver.receive(10, Duration::from_millis(500)).await.unwrap();
+        deliveries += got.len();
+        driver.nack(got.into_iter().map(|m| (m.ack_id, Duration::ZERO)).collect()).await.unwrap();
+        let dead = driver.dead_letters(10).await.unwrap();
+        if !dead.is_empty() {
+            return (deliveries, dead);
+        }
+    }
+    (deliveries, Vec::new())
+}
+
+#[tokio::test]
+async fn a_message_nacked_max_attempts_times_is_dead_lettered_by_the_native_policy() {
+    // max retries 4 = 5 attempts, inside Pub/Sub's 5..=100: the service's dead-letter policy moves it.
+    let (deliveries, dead) = nack_until_dead_lettered(4).await;
+    assert_eq!(dead.len(), 1, "moved to the dead-letter topic");
+    assert_eq!(deliveries, 5);
+    assert_eq!(dead[0].attempts, 5);
+    assert!(dead[0].reason.contains("dead-letter policy"), "{}", dead[0].reason);
+    assert_eq!(dead[0].decode::<Event>().unwrap(), Event { text: "always fails".into() });
+}
+
+#[tokio::test]
+async fn beyond_100_attempts_the_service_caps_delivery_attempts() {
+    // Pub/Sub accepts at most 100; with 200 retries declared the service still dead-letters after 100 deliveries
+    // (documented: on GCP, retries are capped at 99 whatever the declaration).
+    let (deliveries, dead) = nack_until_dead_lettered(200).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(deliveries, 100);
+}
+
+#[tokio::test]
+async fn below_5_attempts_the_runtime_dead_letters_itself() {
+    // max retries 1 = 2 attempts: below Pub/Sub's range, so the runtime's client-side rule dead-letters.
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend));
+    let t = Topic::<Event>::new(unique("client-dlq"), TopicConfig::at_least_once());
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let cfg = SubscriptionConfig::DEFAULT.with_max_retries(1).with_retry(
+        tidings_core::RetryPolicy::new(Duration::from_millis(100), Duration::from_millis(200)).with_max_retries(1),
+    );
+    let sub = bus
+        .subscribe(&t, "sub", cfg, move |_m: tidings_core::Message<Event>| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(tidings_core::HandlerError::retry("warehouse down")) }
+        })
+        .await
+        .unwrap();
+    t.publish(&bus, &Event { text: "x".into() }).await.unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = sub.dead_letters(10).await.unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].reason, "warehouse down");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    bus.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn attribute_rules_and_the_size_limit_are_checked_before_sending() {
+    let bus = Bus::new(Arc::new(support::backend(support::config()).await));
+    let t = Topic::<Event>::new(unique("limits"), TopicConfig::at_least_once());
+    let e = t.publish_with(&bus, &Event { text: "x".into() }, PublishOptions::new().attribute("googkey", "v")).await;
+    let e = e.unwrap_err();
+    assert!(e.to_string().contains("\"googkey\"") && e.to_string().contains("goog"), "{e}");
+    let long = "v".repeat(1025);
+    let e = t.publish_with(&bus, &Event { text: "x".into() }, PublishOptions::new().attribute("k", long)).await;
+    assert!(e.unwrap_err().to_string().contains("1025-byte value"));
+    let limit = bus.capabilities().max_message_size;
+    let overhead = r#"{"text":""}"#.len();
+    t.publish(&bus, &Event { text: "x".repeat(limit - overhead) }).await.expect("a message at the limit is accepted");
+    let e = t.publish(&bus, &Event { text: "x".repeat(limit - overhead + 1) }).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
+}
