@@ -44,11 +44,11 @@ impl AwsTopic {
 
 #[async_trait]
 impl TopicDriver for AwsTopic {
-    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()> {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
         let mut replies = Vec::with_capacity(batch.len());
         for m in batch {
             let (tx, rx) = oneshot::channel();
-            self.tx.send((m, tx)).map_err(|_| Error::backend("aws: publisher stopped", false))?;
+            self.tx.send((m.clone(), tx)).map_err(|_| Error::backend("aws: publisher stopped", false))?;
             replies.push(rx);
         }
         for r in replies {

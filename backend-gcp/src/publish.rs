@@ -62,8 +62,8 @@ pub fn meta_of(m: &OutgoingMessage) -> Meta {
 
 #[async_trait]
 impl TopicDriver for GcpTopic {
-    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()> {
-        for m in &batch {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
+        for m in batch {
             check_attributes(&self.path, m)?;
         }
         let pending: Vec<_> = batch

@@ -156,14 +156,15 @@ struct LocalTopic {
 
 #[async_trait]
 impl TopicDriver for LocalTopic {
-    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()> {
-        let stored: Vec<Arc<Stored>> = batch.into_iter().map(|m| Arc::new(Stored::from(m))).collect();
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
+        let stored: Vec<Arc<Stored>> = batch.iter().map(|m| Arc::new(Stored::from(m.clone()))).collect();
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");
         for s in subs.iter() {
-            s.queue.lock().unwrap().push(&stored, now);
-            s.notify.notify_waiters();
+            if s.queue.lock().unwrap().push(&stored, now) {
+                s.notify.notify_waiters();
+            }
         }
         Ok(())
     }

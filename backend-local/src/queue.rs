@@ -118,8 +118,10 @@ impl Queue {
         (self.ready.len() + self.delayed.len() + self.leased.len() + self.parked_len) as u64
     }
 
-    /// Adds published messages; exactly-once subscriptions drop ids they already accepted.
-    pub fn push(&mut self, msgs: &[Arc<Stored>], now: Instant) {
+    /// Adds published messages; exactly-once subscriptions drop ids they already accepted. Returns whether a waiting
+    /// receiver must be woken (it only waits after finding nothing ready).
+    pub fn push(&mut self, msgs: &[Arc<Stored>], now: Instant) -> bool {
+        let was_empty = self.ready.is_empty();
         if self.exactly_once {
             let horizon = now.checked_sub(self.config.message_retention);
             while let Some((t, _)) = self.seen_order.front() {
@@ -142,6 +144,7 @@ impl Queue {
             self.next_seq += 1;
             self.ready.push_back(Pending { seq, msg: m.clone(), attempts: 0, enqueued: now });
         }
+        was_empty && !self.ready.is_empty()
     }
 
     /// Moves due delayed messages and expired leases back to ready.
@@ -254,7 +257,16 @@ impl Queue {
                 self.release_key(&l.p);
             }
         }
+        self.compact_deadlines();
         self.ready.len() != before
+    }
+
+    /// Lease deadlines are removed lazily; once settled leases dominate the heap, rebuild it from the live ones so it
+    /// stays proportional to the messages in flight.
+    fn compact_deadlines(&mut self) {
+        if self.lease_deadlines.len() > 2 * self.leased.len() + 1024 {
+            self.lease_deadlines = self.leased.iter().map(|(t, l)| Reverse((l.deadline, *t))).collect();
+        }
     }
 
     pub fn nack(&mut self, items: &[(AckId, Duration)], now: Instant) {

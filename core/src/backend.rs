@@ -145,7 +145,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
 #[async_trait]
 pub trait TopicDriver: Send + Sync + Debug {
     /// Publishes at most `max_publish_batch` messages; `Ok` only when the backend accepted all of them.
-    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()>;
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()>;
 }
 
 /// Receives from and settles deliveries of one subscription. Every method is one batch call and does not retry.

@@ -33,7 +33,7 @@ struct Inner {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
     settings: Settings,
-    topics: Mutex<HashMap<String, TopicEntry>>,
+    topics: std::sync::RwLock<HashMap<String, TopicEntry>>,
     runners: Mutex<Vec<Arc<Runner>>>,
     recorder: Option<Mutex<HashMap<String, Vec<OutgoingMessage>>>>,
 }
@@ -76,7 +76,7 @@ impl BusBuilder {
                 backend: self.backend,
                 caps,
                 settings: self.settings,
-                topics: Mutex::default(),
+                topics: std::sync::RwLock::default(),
                 runners: Mutex::default(),
                 recorder: self.record.then(Mutex::default),
             }),
@@ -134,8 +134,14 @@ impl Bus {
     }
 
     async fn topic_driver(&self, name: &str, config: TopicConfig) -> Result<Arc<dyn TopicDriver>> {
+        // Fast path: a topic already provisioned on this bus.
+        if let Some(e) = self.inner.topics.read().unwrap().get(name) {
+            if let (true, Some(d)) = (e.config == config, e.driver.get()) {
+                return Ok(d.clone());
+            }
+        }
         let entry = {
-            let mut topics = self.inner.topics.lock().unwrap();
+            let mut topics = self.inner.topics.write().unwrap();
             match topics.get(name) {
                 Some(e) if e.config != config => {
                     return Err(Error::new(
@@ -269,15 +275,11 @@ impl Bus {
 
     async fn send(&self, name: &str, config: TopicConfig, batch: Vec<OutgoingMessage>) -> Result<()> {
         let driver = self.topic_driver(name, config).await?;
-        let recorded = self.inner.recorder.as_ref().map(|_| batch.clone());
         let max = self.inner.caps.max_publish_batch.max(1);
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(max));
-            let chunk = std::mem::replace(&mut rest, tail);
+        for chunk in batch.chunks(max) {
             publish_with_retries(driver.as_ref(), name, chunk).await?;
         }
-        if let (Some(rec), Some(batch)) = (&self.inner.recorder, recorded) {
+        if let Some(rec) = &self.inner.recorder {
             rec.lock().unwrap().entry(name.to_string()).or_default().extend(batch);
         }
         Ok(())
@@ -349,10 +351,10 @@ impl Bus {
     }
 }
 
-async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: Vec<OutgoingMessage>) -> Result<()> {
+async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[OutgoingMessage]) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match driver.publish(chunk.clone()).await {
+        match driver.publish(chunk).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
                 let delay = runtime::jittered(Duration::from_millis(100) * 2u32.pow(attempt - 1));

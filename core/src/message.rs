@@ -17,15 +17,57 @@ pub const RESERVED_ATTRIBUTE_PREFIX: &str = "tidings";
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(Arc<str>);
 
+#[cfg(test)]
+mod tests {
+    use super::MessageId;
+
+    #[test]
+    fn generated_ids_are_unique_uuid_v7() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| MessageId::generate().to_string()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let u = uuid::Uuid::parse_str(ids.iter().next().unwrap()).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+    }
+}
+
 impl MessageId {
-    /// A new, unique, time-ordered id (UUIDv7).
+    /// A new, unique, time-ordered id (UUIDv7). The random bits come from a per-thread generator seeded once from
+    /// the OS, so generating an id makes no system call.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string().into())
+        let millis =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let random = fast_random();
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self(Arc::from(&*id.hyphenated().encode_lower(&mut buf)))
     }
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// 10 random bytes from a thread-local xorshift generator seeded from the OS.
+fn fast_random() -> [u8; 10] {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap()) | 1);
+    }
+    STATE.with(|s| {
+        let next = || {
+            let mut x = s.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        };
+        let (a, b) = (next().to_le_bytes(), next().to_le_bytes());
+        let mut out = [0u8; 10];
+        out[..8].copy_from_slice(&a);
+        out[8..].copy_from_slice(&b[..2]);
+        out
+    })
 }
 
 impl From<&str> for MessageId {

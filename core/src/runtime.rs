@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -23,6 +24,8 @@ use crate::message::{Message, Metadata};
 const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 /// Most settlements applied per driver call.
 const SETTLE_BATCH: usize = 1000;
+/// Chains (messages, on unordered topics) handled by one spawned task.
+const CHAINS_PER_TASK: usize = 16;
 
 /// Shared state of one running subscription.
 pub(crate) struct Runner {
@@ -144,8 +147,12 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
                     });
                     (msg, permit)
                 });
-                for chain in chains(ordered, with_permits) {
-                    tasks.spawn(process_chain(ctx.clone(), chain));
+                // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
+                // Handlers in a group still run concurrently (and release their slots one by one).
+                let mut all = chains(ordered, with_permits).into_iter().peekable();
+                while all.peek().is_some() {
+                    let group: Vec<Vec<Delivery>> = all.by_ref().take(CHAINS_PER_TASK).collect();
+                    tasks.spawn(run_group(ctx.clone(), group));
                 }
             }
             Err(e) => {
@@ -209,6 +216,15 @@ fn chains(ordered: bool, batch: impl Iterator<Item = Delivery>) -> Vec<Vec<Deliv
 }
 
 type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
+
+/// Runs a group of chains concurrently within one task.
+async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, group: Vec<Vec<Delivery>>) {
+    if group.len() == 1 {
+        return process_chain(ctx, group.into_iter().next().unwrap()).await;
+    }
+    let mut running: FuturesUnordered<_> = group.into_iter().map(|chain| process_chain(ctx.clone(), chain)).collect();
+    while running.next().await.is_some() {}
+}
 
 /// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
 /// delay, so they are redelivered after it.
@@ -300,7 +316,9 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Ou
     let period = (deadline / 2).max(Duration::from_millis(1));
     let mut fut = std::pin::pin!(fut);
     loop {
+        // Biased: a handler that finishes on its first poll never registers the lease timer.
         tokio::select! {
+            biased;
             out = &mut fut => return out,
             _ = tokio::time::sleep(period) => {
                 if let Err(e) = ctx.runner.driver.extend_lease(vec![ack_id.clone()], deadline).await {

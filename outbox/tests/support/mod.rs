@@ -68,7 +68,7 @@ impl Backend for Faulty {
 
 #[async_trait]
 impl TopicDriver for FaultyTopic {
-    async fn publish(&self, batch: Vec<OutgoingMessage>) -> Result<()> {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
         if self.faults.down.load(SeqCst) {
             return Err(Error::backend("broker unreachable (injected)", true));
         }

@@ -1,0 +1,224 @@
+//! The in-memory bus against a raw-tokio baseline and omniqueue's in-memory backend, same work, same run.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
+use tidings_local::LocalBackend;
+
+use crate::util::{event, mb, peak_rss, reset_peak, rss, Event};
+
+static FANOUT: Topic<Event> = Topic::new("fanout", TopicConfig::at_least_once());
+
+async fn wait_for(counter: &AtomicU64, target: u64) {
+    while counter.load(Relaxed) < target {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn counting(
+    done: &Arc<AtomicU64>,
+) -> impl Fn(Message<Event>) -> std::future::Ready<tidings_core::HandlerResult> + Send + Sync + 'static {
+    let done = done.clone();
+    move |m: Message<Event>| {
+        std::hint::black_box(&m.payload);
+        done.fetch_add(1, Relaxed);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// (publish msgs/s, deliveries/s, peak RSS MB)
+async fn tidings_fanout(k: usize, n: u64) -> (f64, f64, f64) {
+    reset_peak();
+    let bus = Bus::new(Arc::new(LocalBackend::new()));
+    let done = Arc::new(AtomicU64::new(0));
+    for i in 0..k {
+        bus.subscribe(&FANOUT, &format!("sub{i}"), SubscriptionConfig::default(), counting(&done)).await.unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        FANOUT.publish(&bus, &event(i)).await.unwrap();
+    }
+    let published = start.elapsed().as_secs_f64();
+    wait_for(&done, n * k as u64).await;
+    let all = start.elapsed().as_secs_f64();
+    let peak = mb(peak_rss());
+    bus.shutdown(Duration::from_secs(5)).await;
+    (n as f64 / published, (n * k as u64) as f64 / all, peak)
+}
+
+/// The practical limit of this design: serialize once into `Bytes`, one bounded mpsc per subscriber, decode, count.
+async fn baseline_fanout(k: usize, n: u64) -> (f64, f64) {
+    reset_peak();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut txs = Vec::new();
+    for _ in 0..k {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+        let d = done.clone();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                let e: Event = serde_json::from_slice(&b).unwrap();
+                std::hint::black_box(&e);
+                d.fetch_add(1, Relaxed);
+            }
+        });
+        txs.push(tx);
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        let b = Bytes::from(serde_json::to_vec(&event(i)).unwrap());
+        for tx in &txs {
+            tx.send(b.clone()).await.unwrap();
+        }
+    }
+    wait_for(&done, n * k as u64).await;
+    ((n * k as u64) as f64 / start.elapsed().as_secs_f64(), mb(peak_rss()))
+}
+
+/// omniqueue's in-memory backend as its users would use it: no fan-out, so one queue per subscriber and a publish to
+/// each.
+async fn omniqueue_fanout(k: usize, n: u64) -> (f64, f64) {
+    use omniqueue::backends::InMemoryBackend;
+    reset_peak();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..k {
+        let (p, mut c) = InMemoryBackend::builder().build_pair().await.unwrap();
+        let d = done.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(delivery) = c.receive().await else { return };
+                let e: Option<Event> = delivery.payload_serde_json().unwrap();
+                std::hint::black_box(&e);
+                let _ = delivery.ack().await;
+                d.fetch_add(1, Relaxed);
+            }
+        });
+        producers.push(p);
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        let e = event(i);
+        for p in &producers {
+            p.send_serde_json(&e).await.unwrap();
+        }
+    }
+    wait_for(&done, n * k as u64).await;
+    ((n * k as u64) as f64 / start.elapsed().as_secs_f64(), mb(peak_rss()))
+}
+
+pub async fn fanout(k: usize, n: u64) -> String {
+    if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
+        // Profiling aid: only the tidings side.
+        let (p, d, r) = tidings_fanout(k, n).await;
+        return format!(
+            "{{\"bench\":\"local_fanout{k}_profile\",\"publish\":{p:.0},\"deliveries\":{d:.0},\"rss\":{r:.1}}}"
+        );
+    }
+    let (base, base_rss) = baseline_fanout(k, n).await;
+    let (omni, omni_rss) = omniqueue_fanout(k, n).await;
+    let (publish, deliveries, peak) = tidings_fanout(k, n).await;
+    format!(
+        "{{\"bench\":\"local_fanout{k}\",\"messages\":{n},\"subscriptions\":{k},\"tidings_publish_msgs_per_s\":{publish:.0},\
+         \"tidings_msgs_per_s\":{deliveries:.0},\"baseline_msgs_per_s\":{base:.0},\"omniqueue_msgs_per_s\":{omni:.0},\
+         \"vs_baseline\":{:.2},\"vs_omniqueue\":{:.2},\"tidings_peak_rss_mb\":{peak:.1},\"baseline_peak_rss_mb\":{base_rss:.1},\
+         \"omniqueue_peak_rss_mb\":{omni_rss:.1},\"omniqueue_note\":\"no fan-out: one queue per subscriber, published to each\"}}",
+        deliveries / base,
+        deliveries / omni
+    )
+}
+
+static LATENCY: Topic<Event> = Topic::new("latency", TopicConfig::at_least_once());
+
+/// Publish-to-handler latency at 50,000 msgs/s offered for `secs` seconds (50 messages every millisecond).
+pub async fn latency(secs: u64) -> String {
+    let bus = Bus::new(Arc::new(LocalBackend::new()));
+    let origin = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(50_000 * secs as usize)));
+    let s = samples.clone();
+    bus.subscribe(&LATENCY, "sub", SubscriptionConfig::default(), move |m: Message<Event>| {
+        let now = origin.elapsed().as_nanos() as u64;
+        s.lock().unwrap().push(now.saturating_sub(m.ts) / 1000);
+        std::future::ready(Ok(()))
+    })
+    .await
+    .unwrap();
+    let total = 50_000 * secs;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..50 {
+            let mut e = event(sent);
+            e.ts = origin.elapsed().as_nanos() as u64;
+            LATENCY.publish(&bus, &e).await.unwrap();
+            sent += 1;
+        }
+    }
+    while samples.lock().unwrap().len() < total as usize {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+    let mut v = samples.lock().unwrap().clone();
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    format!(
+        "{{\"bench\":\"local_latency\",\"offered_msgs_per_s\":50000,\"seconds\":{secs},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        p(0.5),
+        p(0.99),
+        p(0.999)
+    )
+}
+
+static BACKLOG: Topic<Event> = Topic::new("backlog", TopicConfig::at_least_once());
+
+/// Deliveries/s of one live subscription receiving `m` messages, on `bus`.
+async fn live_rate(bus: &Bus, name: &str, m: u64, offset: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    bus.subscribe(&BACKLOG, name, SubscriptionConfig::default(), counting(&done)).await.unwrap();
+    let start = Instant::now();
+    for i in 0..m {
+        BACKLOG.publish(bus, &event(offset + i)).await.unwrap();
+    }
+    wait_for(&done, m).await;
+    m as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Memory per message queued in a stalled subscription, and a live subscription's throughput beside that backlog.
+pub async fn backlog(n: u64) -> String {
+    let m = (n / 5).max(10_000);
+    let alone = {
+        let bus = Bus::new(Arc::new(LocalBackend::new()));
+        let r = live_rate(&bus, "live", m, 0).await;
+        bus.shutdown(Duration::from_secs(5)).await;
+        r
+    };
+    let bus = Bus::new(Arc::new(LocalBackend::new()));
+    let stalled = SubscriptionConfig::default().with_max_concurrency(1);
+    bus.subscribe(&BACKLOG, "stalled", stalled, |_m: Message<Event>| {
+        std::future::pending::<tidings_core::HandlerResult>()
+    })
+    .await
+    .unwrap();
+    let payload = serde_json::to_vec(&event(0)).unwrap().len() as f64;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = rss();
+    for i in 0..n {
+        BACKLOG.publish(&bus, &event(i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss();
+    let per_msg = (after.saturating_sub(before)) as f64 / n as f64;
+    let beside = live_rate(&bus, "live", m, n).await;
+    bus.shutdown(Duration::from_millis(100)).await;
+    format!(
+        "{{\"bench\":\"local_backlog_memory\",\"queued\":{n},\"payload_bytes\":{payload:.0},\"rss_delta_per_msg\":{per_msg:.0},\
+         \"bytes_per_queued_msg\":{:.0},\"live_msgs_per_s_alone\":{alone:.0},\"live_msgs_per_s_beside_backlog\":{beside:.0},\
+         \"independence_ratio\":{:.2}}}",
+        per_msg - payload,
+        beside / alone
+    )
+}
