@@ -26,3 +26,21 @@ async fn main() {
     };
     println!("{line}");
 }
+
+#[cfg(test)]
+mod smoke {
+    //! The bench code still builds and runs, on a tiny input (figures are not checked: timings are noisy).
+
+    fn parse(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_benchmarks_run_on_a_tiny_input() {
+        let d = parse(&crate::local::fanout(4, 2_000).await);
+        assert_eq!(d["bench"], "local_fanout4");
+        assert!(d["tidings_msgs_per_s"].as_f64().unwrap() > 0.0 && d["omniqueue_msgs_per_s"].as_f64().unwrap() > 0.0);
+        let d = parse(&crate::local::backlog(10_000).await);
+        assert!(d["independence_ratio"].as_f64().unwrap() > 0.0);
+    }
+}

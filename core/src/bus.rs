@@ -177,7 +177,7 @@ impl Bus {
         validate_name("topic", topic.name())?;
         let out = OutgoingMessage {
             id: options.id.unwrap_or_else(MessageId::generate),
-            payload: Bytes::from(serde_json::to_vec(message)?),
+            payload: encode(message)?,
             attributes: options.attributes,
             ordering_key: options.ordering_key.map(Arc::from),
             publish_time: SystemTime::now(),
@@ -349,6 +349,14 @@ impl Bus {
         let rec = self.inner.recorder.as_ref().expect("Bus::published needs a bus built with record_published(true)");
         rec.lock().unwrap().get(topic).cloned().unwrap_or_default()
     }
+}
+
+/// JSON-encodes into an exactly sized buffer (`Bytes::from` keeps a `Vec`'s spare capacity, which a queued message
+/// would carry for its whole life).
+fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
+    let mut v = serde_json::to_vec(message)?;
+    v.shrink_to_fit();
+    Ok(Bytes::from(v))
 }
 
 async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[OutgoingMessage]) -> Result<()> {
