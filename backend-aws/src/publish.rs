@@ -106,6 +106,10 @@ async fn batcher(
 fn to_entry(i: usize, m: &OutgoingMessage, fifo: bool, ordered: bool) -> Result<PublishBatchRequestEntry> {
     let body = std::str::from_utf8(&m.payload)
         .map_err(|_| Error::invalid(format!("message {} is not UTF-8; SNS bodies must be text", m.id)))?;
+    if body.is_empty() {
+        // AWS rejects it; LocalStack accepts it and then never delivers it.
+        return Err(Error::invalid(format!("message {} has an empty body; SNS requires at least 1 byte", m.id)));
+    }
     let meta = Meta {
         id: m.id.to_string(),
         ts: micros(m.publish_time),

@@ -225,22 +225,41 @@ impl SubscriptionDriver for AwsSubscription {
                 dlq_ts: Some(micros(SystemTime::now())),
             };
             let dedup = format!("{}-dlq-{}", m.id, m.attempt);
-            self.send_copy(&self.res.dlq_url, &m.payload, &m.attributes, &meta, &dedup).await?;
+            // A foreign producer may have sent more attributes than SQS lets a copy carry: keep what fits, say so.
+            let mut attributes = m.attributes.clone();
+            let mut meta = meta;
+            if attributes.len() > crate::meta::MAX_USER_ATTRIBUTES {
+                let dropped: Vec<String> = attributes.keys().skip(crate::meta::MAX_USER_ATTRIBUTES).cloned().collect();
+                for k in &dropped {
+                    attributes.remove(k);
+                }
+                if let Some(r) = meta.reason.as_mut() {
+                    r.push_str(&format!(
+                        " ({} attributes not kept, SQS allows 10: {})",
+                        dropped.len(),
+                        dropped.join(", ")
+                    ));
+                }
+            }
+            self.send_copy(&self.res.dlq_url, &m.payload, &attributes, &meta, &dedup).await?;
             done.push(handle(&m.ack_id));
         }
         self.delete(&self.res.queue_url, &done).await
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        // Peek: page through the DLQ with a short visibility timeout (so each receive returns the next messages),
+        // then make everything visible again.
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        // Peek: receive with visibility 0 so the messages stay; several calls because SQS samples its servers.
-        for _ in 0..(max / 10 + 3) {
-            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(0)).await?;
+        let mut handles = Vec::new();
+        while out.len() < max {
+            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(30)).await?;
             if batch.is_empty() {
                 break;
             }
             for r in batch {
+                handles.push((r.msg.ack_id.clone(), 0));
                 if out.len() >= max || !seen.insert(r.msg.id.clone()) {
                     continue;
                 }
@@ -256,6 +275,9 @@ impl SubscriptionDriver for AwsSubscription {
                     dead_lettered_at: meta.dlq_ts.map_or(SystemTime::now(), from_micros),
                 });
             }
+        }
+        if !handles.is_empty() {
+            self.change_visibility(&self.res.dlq_url, handles, "dead-letter peek").await?;
         }
         Ok(out)
     }

@@ -166,3 +166,53 @@ async fn a_message_at_the_size_limit_is_accepted_by_sns() {
     let e = t.publish_with(&bus, &over, opts).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
 }
+
+#[tokio::test]
+async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
+    // Sent straight to the subscription queue with the plain SDK, as another service (or the aws CLI) would: no
+    // tidings metadata, bodies that are not the subscription's type, and more attributes than AWS allows.
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend));
+    let topic: &'static str = Box::leak(unique("foreign").into_boxed_str());
+    let t = Topic::<Event>::new(topic, TopicConfig::at_least_once());
+    let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = seen.clone();
+    let cfg = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(2));
+    let sub = bus
+        .subscribe(&t, "sub", cfg, move |_m: tidings_core::Message<Event>| {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+    let sqs = sqs().await;
+    let url =
+        sqs.get_queue_url().queue_name(format!("{topic}--sub")).send().await.unwrap().queue_url().unwrap().to_string();
+    let bodies = ["not json", "{\"wrong\": true}", "[1,2,3]", "null", "   "];
+    for b in bodies {
+        sqs.send_message().queue_url(&url).message_body(b).send().await.unwrap();
+    }
+    let mut many = sqs.send_message().queue_url(&url).message_body("{\"text\": 5}");
+    for i in 0..11 {
+        let v = aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value(format!("v{i}"));
+        many = many.message_attributes(format!("a{i:02}"), v.build().unwrap());
+    }
+    many.send().await.unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = sub.dead_letters(20).await.unwrap();
+        if dead.len() > bodies.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dead.len(), bodies.len() + 1, "each foreign message is dead-lettered");
+    for d in &dead {
+        assert!(d.reason.contains("poison"), "{}", d.reason);
+        assert_eq!(d.attempts, 1, "not retried");
+    }
+    let many = dead.iter().find(|d| d.payload.as_ref() == b"{\"text\": 5}").unwrap();
+    assert!(many.reason.contains("2 attributes not kept"), "{}", many.reason);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw them");
+    bus.shutdown(Duration::from_secs(2)).await;
+}

@@ -26,3 +26,9 @@ impl Harness for Aws {
 }
 
 tidings_core::conformance_tests!(aws => Aws);
+
+/// Load with injected failures, panics and slow handlers against LocalStack (bounded: 1,000 messages).
+#[test]
+fn ledger_1000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Aws, 1_000, false));
+}

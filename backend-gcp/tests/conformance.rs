@@ -25,3 +25,9 @@ impl Harness for Gcp {
 }
 
 tidings_core::conformance_tests!(gcp => Gcp);
+
+/// Load with injected failures, panics and slow handlers against the emulator (bounded: 1,000 messages).
+#[test]
+fn ledger_1000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Gcp, 1_000, false));
+}

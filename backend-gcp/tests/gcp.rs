@@ -156,3 +156,54 @@ async fn attribute_rules_and_the_size_limit_are_checked_before_sending() {
     let e = t.publish(&bus, &Event { text: "x".repeat(limit - overhead + 1) }).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
 }
+
+#[tokio::test]
+async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
+    // Published with Google's plain publisher, as another service would: no tidings metadata, binary and malformed
+    // data, unexpected attributes.
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend));
+    let topic = unique("foreign");
+    let t = Topic::<Event>::new(topic, TopicConfig::at_least_once());
+    let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = seen.clone();
+    let sub = bus
+        .subscribe(&t, "sub", SubscriptionConfig::DEFAULT, move |_m: tidings_core::Message<Event>| {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
+    let ep = format!("http://{}", support::host());
+    let base = google_cloud_pubsub::client::BasePublisher::builder()
+        .with_endpoint(&ep)
+        .with_credentials(anon)
+        .build()
+        .await
+        .unwrap();
+    let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
+    let datas: Vec<Vec<u8>> =
+        vec![b"not json".to_vec(), vec![0xff, 0x00, 0xfe], b"{\"wrong\":1}".to_vec(), b"null".to_vec(), Vec::new()];
+    for (i, d) in datas.iter().enumerate() {
+        let m = google_cloud_pubsub::model::Message::new()
+            .set_data(d.clone())
+            .set_attributes([("producer", "foreign"), ("index", &i.to_string())]);
+        publisher.publish(m).await.unwrap();
+    }
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = sub.dead_letters(20).await.unwrap();
+        if dead.len() >= datas.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dead.len(), datas.len(), "each foreign message is dead-lettered");
+    for d in &dead {
+        assert!(d.reason.contains("poison"), "{}", d.reason);
+        assert_eq!(d.attributes.get("producer").map(String::as_str), Some("foreign"));
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw them");
+    bus.shutdown(Duration::from_secs(2)).await;
+}

@@ -33,3 +33,15 @@ tidings_core::conformance_tests!(
     local => Local,
     local_without_nack_delay => LocalWithoutNackDelay,
 );
+
+/// Load with injected failures, panics and slow handlers: every message ends acked or dead-lettered, in each of two
+/// subscriptions.
+#[test]
+fn ledger_20000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Local, 20_000, false));
+}
+
+#[test]
+fn ledger_exactly_once_has_no_duplicate_after_ack() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Local, 5_000, true));
+}

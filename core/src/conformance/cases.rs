@@ -654,3 +654,54 @@ pub async fn invalid_batch_sends_nothing<H: Harness>(h: &H) {
     assert_eq!(ns, vec![3], "a batch with one invalid message is not half-sent");
     bus.shutdown(t.patience).await;
 }
+
+pub async fn foreign_bad_input_goes_to_dlq<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("foreign", TopicConfig::at_least_once());
+    let log = Log::default();
+    let sub = bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
+    // Payloads another producer might send, published through the backend's own driver (no tidings validation).
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"hello, world".to_vec()),
+        ("empty", Vec::new()),
+        ("wrong shape", br#"{"unexpected": true}"#.to_vec()),
+        ("wrong type", br#"{"n": "seven", "text": 7}"#.to_vec()),
+        ("JSON null", b"null".to_vec()),
+        ("array", b"[1, 2, 3]".to_vec()),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x01]),
+    ];
+    let spec = bus.subscription_spec(&topic, "sub", sub_config(&t, 5)).topic;
+    let driver = bus.backend().topic(&spec).await.unwrap();
+    let mut accepted = 0;
+    for (i, (what, payload)) in bad.iter().enumerate() {
+        let mut attributes = crate::Attributes::new();
+        attributes.insert("producer".into(), "foreign".into());
+        attributes.insert(format!("unexpected-{i}"), what.to_string());
+        let m = crate::backend::OutgoingMessage {
+            id: crate::MessageId::generate(),
+            payload: bytes::Bytes::from(payload.clone()),
+            attributes,
+            ordering_key: None,
+            publish_time: SystemTime::now(),
+        };
+        // A backend may refuse a payload outright (SNS bodies must be text): then nothing was accepted to lose.
+        if driver.publish(&[m]).await.is_ok() {
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 5, "the backend accepted only {accepted} of the foreign messages");
+    topic.publish(&bus, &Event::new(1)).await.unwrap();
+    let dead = wait_dead_letters(&sub, accepted, t.patience).await;
+    log.wait_for(1, t.patience).await;
+    tokio::time::sleep(t.ack_deadline).await;
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(dead.len(), accepted, "every foreign message is dead-lettered once: {reasons:?}");
+    for d in &dead {
+        assert_eq!(d.attempts, 1, "poison is not retried: {d:?}");
+        assert!(d.reason.contains("poison"), "{}", d.reason);
+        assert_eq!(d.attributes.get("producer").map(String::as_str), Some("foreign"), "attributes kept");
+    }
+    let ns: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
+    assert_eq!(ns, vec![1], "the handler saw only the good message, once");
+    bus.shutdown(t.patience).await;
+}

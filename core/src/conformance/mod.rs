@@ -17,12 +17,14 @@
 //! and returns.
 
 mod cases;
+mod ledger;
 mod support;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use cases::*;
+pub use ledger::ledger;
 
 use crate::Bus;
 
@@ -104,6 +106,7 @@ macro_rules! conformance_tests {
                     oversized_message_is_rejected,
                     invalid_publish_options_are_rejected,
                     invalid_batch_sends_nothing,
+                    foreign_bad_input_goes_to_dlq,
                 );
             })+
         }
