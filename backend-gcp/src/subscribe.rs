@@ -428,6 +428,14 @@ impl SubscriptionDriver for GcpSubscription {
         Ok(out)
     }
 
+    async fn close(&self) -> Result<()> {
+        // The crate sends acks in batches every 100 ms and has no flush short of closing the stream, which this
+        // driver keeps open for the process's lifetime (see `GcpBackend`); waiting past one batch interval lets the
+        // acks of a graceful shutdown reach the service before the process exits.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok(())
+    }
+
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
         let taken: Vec<(GMessage, Handler)> = {
             let mut dlq = self.dlq.lock().unwrap();

@@ -166,6 +166,11 @@ pub trait SubscriptionDriver: Send + Sync + Debug {
     /// Moves dead letters (all, or those with the given ids) back into the subscription with the attempt counter
     /// reset; returns how many moved.
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize>;
+    /// Called when a subscription's runner has stopped and its settlements were applied: flush anything the driver
+    /// still buffers (acks batched by a client library, say). The driver may be used again afterwards.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
     /// Messages not yet acked or dead-lettered (ready, delayed or leased), where the backend can tell.
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(None)

@@ -107,13 +107,16 @@ where
         finished: tokio::sync::Notify::new(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(driver, rx));
+    let settler = tokio::spawn(settle_loop(driver.clone(), rx));
     let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx });
     tokio::spawn(async move {
         receive_loop(ctx.clone()).await;
         let runner = ctx.runner.clone();
         drop(ctx);
         let _ = settler.await;
+        if let Err(e) = driver.close().await {
+            tracing::warn!(subscription = %runner.key.1, error = %e, "closing the subscription driver failed");
+        }
         runner.stopped.store(true, Ordering::Release);
         let _ = done_tx.send(());
     });

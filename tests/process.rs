@@ -1,0 +1,239 @@
+//! Process-level reliability against LocalStack and the Pub/Sub emulator (which keep the state): a subscriber process
+//! killed with SIGKILL in the middle of handlers loses nothing (another consumer gets the messages after the ack
+//! deadline), and one stopped with SIGTERM finishes its in-flight handlers, acks them once, and loses nothing.
+#![cfg(feature = "test-worker")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tidings::{Message, Settings, SubscriptionConfig, Topic, TopicConfig};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    n: u64,
+}
+
+static JOBS: Topic<Job> = Topic::new("jobs", TopicConfig::at_least_once());
+const COUNT: u64 = 20;
+
+fn backend_env(backend: &str) -> Vec<(String, String)> {
+    let mut v = vec![("TIDINGS_BACKEND".to_string(), backend.to_string())];
+    let pairs: &[(&str, &str)] = match backend {
+        "aws" => &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+        _ => &[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"), ("PUBSUB_PROJECT_ID", "tidings-test")],
+    };
+    v.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    v
+}
+
+struct Run {
+    backend: &'static str,
+    prefix: String,
+    log: std::path::PathBuf,
+}
+
+impl Run {
+    fn new(backend: &'static str) -> Self {
+        let id = uuid_like();
+        let log = std::env::temp_dir().join(format!("tidings-worker-{id}.log"));
+        Run { backend, prefix: format!("p{id}-"), log }
+    }
+
+    fn settings(&self) -> Settings {
+        let mut vars: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        vars.insert("TIDINGS_BACKEND".into(), self.backend.into());
+        vars.insert("TIDINGS_NAME_PREFIX".into(), self.prefix.clone());
+        if self.backend == "aws" {
+            vars.insert("TIDINGS_AWS__ENDPOINT_URL".into(), "http://127.0.0.1:4566".into());
+            vars.insert("TIDINGS_AWS__REGION".into(), "us-east-1".into());
+        } else {
+            vars.insert("TIDINGS_GCP__ENDPOINT".into(), "http://127.0.0.1:8085".into());
+            vars.insert("TIDINGS_GCP__PROJECT_ID".into(), "tidings-test".into());
+        }
+        Settings::load(vars).unwrap()
+    }
+
+    /// A bus in this process on the same backend and names as the worker (explicit test credentials for AWS).
+    async fn bus(&self) -> tidings::Bus {
+        if self.backend != "aws" {
+            return tidings::from_settings(self.settings()).await.unwrap();
+        }
+        use aws_sdk_sqs::config::Credentials;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:4566")
+            .credentials_provider(Credentials::new("test", "test", None, None, "tidings-tests"))
+            .load()
+            .await;
+        let backend = tidings::aws::AwsBackend::with_sdk_config(&sdk, tidings::aws::AwsConfig::default()).unwrap();
+        tidings::Bus::builder(std::sync::Arc::new(backend)).settings(self.settings()).build()
+    }
+
+    fn start_worker(&self) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings-test-worker"));
+        cmd.envs(backend_env(self.backend))
+            .env("TIDINGS_NAME_PREFIX", &self.prefix)
+            .env("WORKER_LOG", &self.log)
+            .env("WORKER_HANDLE_MS", "1500")
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("worker starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the worker subscribed");
+        child
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    fn numbers(&self, verb: &str) -> Vec<u64> {
+        self.log_lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("{verb} "))?.split(' ').next()?.parse().ok())
+            .collect()
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}{}", nanos % 0xffff_ffff_ffff, std::process::id())
+}
+
+fn wait(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Publishes the jobs, lets the worker start some, applies `stop`, then consumes the rest in this process.
+/// Returns (worker's done jobs, jobs handled here).
+async fn scenario(run: &Run, stop: impl FnOnce(&mut Child)) -> (Vec<u64>, Vec<u64>) {
+    let mut worker = run.start_worker();
+    let bus = run.bus().await;
+    for n in 0..COUNT {
+        JOBS.publish(&bus, &Job { n }).await.unwrap();
+    }
+    assert!(wait(60, || run.numbers("start").len() >= 3), "the worker started handlers");
+    stop(&mut worker);
+    let here: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let h = here.clone();
+    let config = SubscriptionConfig::default().with_ack_deadline(Duration::from_secs(2));
+    bus.subscribe(&JOBS, "worker", config, move |m: Message<Job>| {
+        h.lock().unwrap().push(m.n);
+        async { Ok(()) }
+    })
+    .await
+    .unwrap();
+    let all: BTreeSet<u64> = (0..COUNT).collect();
+    let covered = || {
+        let mut got: BTreeSet<u64> = run.numbers("done").into_iter().collect();
+        got.extend(here.lock().unwrap().iter().copied());
+        got == all
+    };
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !covered() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // let any stray redelivery show up
+    bus.shutdown(Duration::from_secs(5)).await;
+    let handled = here.lock().unwrap().clone();
+    (run.numbers("done"), handled)
+}
+
+async fn sigkill(backend: &'static str) {
+    let run = Run::new(backend);
+    let (done, here) = scenario(&run, |w| {
+        w.kill().unwrap(); // SIGKILL
+        w.wait().unwrap();
+    })
+    .await;
+    let started: BTreeSet<u64> = run.numbers("start").into_iter().collect();
+    let finished: BTreeSet<u64> = done.iter().copied().collect();
+    let interrupted: Vec<u64> = started.difference(&finished).copied().collect();
+    eprintln!(
+        "CRASH backend={backend} jobs={COUNT} started_in_killed_worker={} finished_there={} interrupted={} handled_after={}",
+        started.len(),
+        finished.len(),
+        interrupted.len(),
+        here.len()
+    );
+    assert!(!interrupted.is_empty(), "the kill interrupted handlers");
+    let mut all: BTreeSet<u64> = finished.clone();
+    all.extend(here.iter().copied());
+    assert_eq!(all, (0..COUNT).collect(), "nothing lost");
+    for n in interrupted {
+        assert!(here.contains(&n), "job {n}, interrupted by the kill, was redelivered after the ack deadline");
+    }
+}
+
+async fn sigterm(backend: &'static str) {
+    let run = Run::new(backend);
+    let (done, here) = scenario(&run, |w| {
+        let status = Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = w.wait().unwrap();
+        assert!(exit.success(), "the worker exits cleanly on SIGTERM: {exit:?}");
+    })
+    .await;
+    let lines = run.log_lines();
+    assert!(lines.iter().any(|l| l == "shutdown complete"), "graceful shutdown ran: {lines:?}");
+    let started: Vec<u64> = run.numbers("start");
+    let sigterm_at = lines.iter().position(|l| l == "sigterm").unwrap();
+    let in_flight: BTreeSet<u64> =
+        lines[..sigterm_at].iter().filter_map(|l| l.strip_prefix("start ")?.split(' ').next()?.parse().ok()).collect();
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for n in done.iter().chain(here.iter()) {
+        *counts.entry(*n).or_default() += 1;
+    }
+    eprintln!(
+        "SHUTDOWN backend={backend} jobs={COUNT} started_before_sigterm={} finished_by_worker={} handled_after={}",
+        in_flight.len(),
+        done.len(),
+        here.len()
+    );
+    for n in &in_flight {
+        assert!(done.contains(n), "job {n}, in flight at SIGTERM, finished before the worker exited");
+    }
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), (0..COUNT).collect(), "nothing lost");
+    assert!(counts.values().all(|c| *c == 1), "nothing handled twice after a graceful stop: {counts:?}");
+    assert_eq!(started.len(), done.len(), "every handler the worker started, it finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_subscriber_killed_with_sigkill_loses_nothing() {
+    sigkill("aws").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
+    sigterm("aws").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the Pub/Sub emulator (0.8.20) keeps a killed process's streaming pull as a ghost consumer and redelivers \
+            its messages only partly (measured: 3 of 17 within 90 s); the real service redelivers after the ack deadline"]
+async fn gcp_subscriber_killed_with_sigkill_loses_nothing() {
+    sigkill("gcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "passes against the Pub/Sub emulator (0.8.20), but the messages the stopped process had prefetched sit with \
+            the emulator's ghost consumer for 60+ s (measured 69 s), too close to the test's 90 s bound for CI"]
+async fn gcp_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
+    sigterm("gcp").await;
+}
