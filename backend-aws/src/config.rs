@@ -5,18 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// What the backend may do to cloud resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provisioning {
-    /// Create what is missing, idempotently (the dev default).
-    #[default]
-    Auto,
-    /// Check that resources exist with the declared settings; a difference is an error naming it.
-    Verify,
-    /// Trust configuration: ARNs and URLs come from `topic_arns` / `queue_urls`, no admin calls.
-    Off,
-}
+pub use tidings_core::wire::Provisioning;
 
 /// Settings of the AWS backend.
 #[derive(Debug, Clone, Deserialize)]

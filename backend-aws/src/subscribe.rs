@@ -223,6 +223,7 @@ impl SubscriptionDriver for AwsSubscription {
                 reason: Some(reason),
                 attempts: Some(m.attempt),
                 dlq_ts: Some(micros(SystemTime::now())),
+                target: None,
             };
             let dedup = format!("{}-dlq-{}", m.id, m.attempt);
             // A foreign producer may have sent more attributes than SQS lets a copy carry: keep what fits, say so.

@@ -17,6 +17,7 @@ pub mod retry;
 mod runtime;
 pub mod subscription;
 pub mod topic;
+pub mod wire;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
