@@ -69,6 +69,14 @@ impl AwsBackend {
 
     /// A backend with this configuration; the rest (credentials, region) from the standard AWS chain.
     pub async fn new(config: AwsConfig) -> Result<Self> {
+        if let Some(e) = &config.endpoint_url {
+            tidings_core::wire::require_tls("aws.endpoint_url", e)?;
+        }
+        for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"] {
+            if let Ok(e) = std::env::var(var) {
+                tidings_core::wire::require_tls(var, &e)?;
+            }
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(r) = &config.region {
             loader = loader.region(Region::new(r.clone()));

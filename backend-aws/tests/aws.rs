@@ -216,3 +216,71 @@ async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw them");
     bus.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn plain_http_to_a_remote_endpoint_is_refused() {
+    let e = tidings_aws::AwsBackend::new(AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some("http://sqs.example.com".into()),
+        ..AwsConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("aws.endpoint_url") && e.to_string().contains("https"), "{e}");
+}
+
+#[test]
+fn the_secret_key_never_reaches_logs_debug_output_or_errors() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    const SECRET: &str = "tidings-secret-key-4242-do-not-log";
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut seen = String::new();
+    rt.block_on(async {
+        use aws_sdk_sqs::config::Credentials;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(support::endpoint())
+            .credentials_provider(Credentials::new("test", SECRET, None, None, "tidings-tests"))
+            .load()
+            .await;
+        let backend = tidings_aws::AwsBackend::with_sdk_config(&sdk, support::config()).unwrap();
+        let bus = Bus::new(Arc::new(backend.clone()));
+        let t = Topic::<Event>::new(Box::leak(unique("secret").into_boxed_str()), TopicConfig::at_least_once());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        bus.subscribe(&t, "sub", SubscriptionConfig::DEFAULT, move |_m: tidings_core::Message<Event>| {
+            let _ = tx.send(());
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+        t.publish(&bus, &Event { text: "hello".into() }).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap();
+        let err = t.publish(&bus, &Event { text: "x".repeat(300_000) }).await.unwrap_err();
+        seen = format!("{backend:?} {bus:?} {err:?} {err} {:?}", bus.settings());
+        bus.shutdown(Duration::from_secs(2)).await;
+    });
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(logs.len() > 1000, "TRACE logs were captured ({} bytes)", logs.len());
+    assert!(!logs.contains(SECRET), "the secret key appears in the logs");
+    assert!(!seen.contains(SECRET), "the secret key appears in Debug output or errors");
+}

@@ -99,6 +99,10 @@ impl GcpBackend {
             })?;
         let emulator = env("PUBSUB_EMULATOR_HOST");
         let endpoint = config.endpoint.clone().or_else(|| emulator.as_ref().map(|h| format!("http://{h}")));
+        if let Some(e) = &endpoint {
+            let key = if config.endpoint.is_some() { "gcp.endpoint" } else { "PUBSUB_EMULATOR_HOST" };
+            tidings_core::wire::require_tls(key, e)?;
+        }
         // Plain-text endpoints (the emulator) get anonymous credentials; real credentials need TLS anyway.
         let anonymous = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
         let shared = Shared {
