@@ -1,6 +1,8 @@
 //! Connecting the tests to LocalStack (started by `scripts/localstack start`, which `scripts/test` runs).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
