@@ -132,8 +132,33 @@ pub async fn fanout(k: usize, n: u64) -> String {
 
 static LATENCY: Topic<Event> = Topic::new("latency", TopicConfig::at_least_once());
 
-/// Publish-to-handler latency at 50,000 msgs/s offered for `secs` seconds (50 messages every millisecond).
+/// The baseline at the same offered load, for its peak RSS while the consumer keeps up.
+async fn baseline_paced(secs: u64) -> f64 {
+    reset_peak();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    let consumer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            let e: Event = serde_json::from_slice(&b).unwrap();
+            std::hint::black_box(&e);
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..secs * 1000 {
+        tick.tick().await;
+        for j in 0..50 {
+            tx.send(Bytes::from(serde_json::to_vec(&event(i * 50 + j)).unwrap())).await.unwrap();
+        }
+    }
+    drop(tx);
+    consumer.await.unwrap();
+    mb(peak_rss())
+}
+
+/// Publish-to-handler latency at 50,000 msgs/s offered for `secs` seconds (50 messages every millisecond), and peak
+/// RSS at that load (consumers keep up) beside the baseline's.
 pub async fn latency(secs: u64) -> String {
+    let baseline_rss = baseline_paced(secs.min(3)).await;
+    reset_peak();
     let bus = Bus::new(Arc::new(LocalBackend::new()));
     let origin = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::with_capacity(50_000 * secs as usize)));
@@ -161,12 +186,14 @@ pub async fn latency(secs: u64) -> String {
     while samples.lock().unwrap().len() < total as usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let peak = mb(peak_rss());
     bus.shutdown(Duration::from_secs(5)).await;
     let mut v = samples.lock().unwrap().clone();
     v.sort_unstable();
     let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
     format!(
-        "{{\"bench\":\"local_latency\",\"offered_msgs_per_s\":50000,\"seconds\":{secs},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        "{{\"bench\":\"local_latency\",\"offered_msgs_per_s\":50000,\"seconds\":{secs},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\
+         \"tidings_peak_rss_mb\":{peak:.1},\"baseline_peak_rss_mb\":{baseline_rss:.1}}}",
         p(0.5),
         p(0.99),
         p(0.999)
