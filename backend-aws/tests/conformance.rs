@@ -3,7 +3,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
@@ -15,13 +14,7 @@ impl Harness for Aws {
         Bus::new(Arc::new(support::backend(support::config()).await))
     }
     fn timing(&self) -> Timing {
-        // SQS visibility timeouts have whole-second granularity.
-        Timing {
-            ack_deadline: Duration::from_secs(2),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(2),
-            patience: Duration::from_secs(30),
-        }
+        Timing::SECONDS
     }
 }
 

@@ -50,6 +50,15 @@ impl Timing {
         max_backoff: Duration::from_millis(200),
         patience: Duration::from_secs(10),
     };
+
+    /// For brokers with whole-second timers (SQS visibility timeouts) or client-side deadlines over a network
+    /// (the Pub/Sub emulator).
+    pub const SECONDS: Timing = Timing {
+        ack_deadline: Duration::from_secs(2),
+        min_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(2),
+        patience: Duration::from_secs(30),
+    };
 }
 
 /// Makes buses for the suite.
