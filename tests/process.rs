@@ -225,15 +225,11 @@ async fn aws_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the Pub/Sub emulator (0.8.20) keeps a killed process's streaming pull as a ghost consumer and redelivers \
-            its messages only partly (measured: 3 of 17 within 90 s); the real service redelivers after the ack deadline"]
 async fn gcp_subscriber_killed_with_sigkill_loses_nothing() {
     sigkill("gcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes against the Pub/Sub emulator (0.8.20), but the messages the stopped process had prefetched sit with \
-            the emulator's ghost consumer for 60+ s (measured 69 s), too close to the test's 90 s bound for CI"]
 async fn gcp_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
     sigterm("gcp").await;
 }

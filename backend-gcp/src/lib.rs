@@ -190,7 +190,12 @@ impl Backend for GcpBackend {
         let path = provision::topic_path(&self.shared, spec);
         provision::topic(&self.shared, &path).await?;
         let publisher = self.publisher(&path).await;
-        Ok(Arc::new(publish::GcpTopic { publisher, path, ordered: spec.config.ordered }))
+        Ok(Arc::new(publish::GcpTopic {
+            publisher,
+            path,
+            ordered: spec.config.ordered,
+            provisioning: self.shared.config.provisioning,
+        }))
     }
 
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {

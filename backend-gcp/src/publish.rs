@@ -19,6 +19,7 @@ pub struct GcpTopic {
     pub(crate) publisher: Publisher,
     pub(crate) path: String,
     pub(crate) ordered: bool,
+    pub(crate) provisioning: tidings_core::wire::Provisioning,
 }
 
 /// Checks Pub/Sub's attribute rules; the error names the attribute and the rule.
@@ -77,9 +78,7 @@ impl TopicDriver for GcpTopic {
                     // The publisher pauses a key after a failure; resume it so later publishes can go through.
                     self.publisher.resume_publish(k.to_string());
                 }
-                let retryable = matches!(e, google_cloud_pubsub::error::PublishError::Rpc(_));
-                first_error
-                    .get_or_insert(Error::backend(format!("gcp: publish to {} failed: {e}", self.path), retryable));
+                first_error.get_or_insert_with(|| crate::error::publish(&self.path, self.provisioning, &e));
             }
         }
         first_error.map_or(Ok(()), Err)

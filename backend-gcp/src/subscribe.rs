@@ -71,13 +71,12 @@ impl std::fmt::Debug for GcpSubscription {
     }
 }
 
-fn pump(s: &Shared, path: &str, outstanding: i64, tx: mpsc::UnboundedSender<(GMessage, Handler)>) {
-    let mut stream = s
-        .subscriber
-        .subscribe(path)
-        .set_max_outstanding_messages(outstanding)
-        .set_max_lease_extension(Duration::from_secs(60))
-        .build();
+/// Starts the streaming pull. `lease` is the stream's ack deadline: how long the service waits for a lease extension
+/// before it hands a message to another consumer, so a crashed process's messages come back after the subscription's
+/// ack deadline (the service's floor is 10 s) rather than after a fixed minute.
+fn pump(s: &Shared, path: &str, outstanding: i64, lease: Duration, tx: mpsc::UnboundedSender<(GMessage, Handler)>) {
+    let mut stream =
+        s.subscriber.subscribe(path).set_max_outstanding_messages(outstanding).set_max_lease_extension(lease).build();
     let path = path.to_string();
     tokio::spawn(async move {
         loop {
@@ -136,9 +135,9 @@ impl GcpSubscription {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let outstanding = (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000);
-        pump(&s, &paths.subscription, outstanding, tx);
+        pump(&s, &paths.subscription, outstanding, spec.config.ack_deadline, tx);
         let (dtx, mut drx) = mpsc::unbounded_channel();
-        pump(&s, &paths.dlq_subscription, 1000, dtx);
+        pump(&s, &paths.dlq_subscription, 1000, Duration::from_secs(60), dtx);
         let dlq: Arc<Mutex<Vec<(GMessage, Handler)>>> = Arc::default();
         let d = dlq.clone();
         tokio::spawn(async move {

@@ -63,6 +63,20 @@ async fn provisioning_off_trusts_the_names_and_a_missing_project_is_named() {
     }
 }
 
+#[tokio::test]
+async fn publishing_to_a_missing_topic_with_provisioning_off_is_a_clear_error() {
+    let off = support::backend(GcpConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let bus = Bus::new(Arc::new(off));
+    let name = unique("absent");
+    let t = Topic::<Event>::new(name, TopicConfig::at_least_once());
+    let e = t.publish(&bus, &Event { text: "nowhere".into() }).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(!e.is_retryable(), "a missing topic is not retried: {e}");
+    let m = e.to_string();
+    assert!(m.contains(&format!("projects/tidings-test/topics/{name}")), "the error names the topic: {m}");
+    assert!(m.contains("gcp.provisioning"), "the error names the setting: {m}");
+}
+
 /// Takes deliveries with the raw driver and nacks them, like a consumer that always fails without the runtime; returns
 /// how many deliveries there were before the message showed up in the DLQ.
 async fn nack_until_dead_lettered(max_retries: u32) -> (usize, Vec<tidings_core::DeadLetter>) {

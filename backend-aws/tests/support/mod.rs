@@ -1,8 +1,6 @@
 //! Connecting the tests to LocalStack (started by `scripts/localstack start`, which `scripts/test` runs).
 #![allow(dead_code)]
 
-pub mod proxy;
-
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};

@@ -17,13 +17,16 @@
 //! and returns.
 
 mod cases;
+mod faults;
 mod ledger;
+pub mod proxy;
 mod support;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use cases::*;
+pub use faults::{network_faults, FaultReport};
 pub use ledger::ledger;
 
 use crate::Bus;

@@ -1,6 +1,5 @@
 //! A fault-injecting TCP proxy for tests: forwards to a target and can reset every open connection, refuse all
 //! connections for a while (a network cut), or delay traffic.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -10,17 +9,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// A running proxy; clones control the same one.
 #[derive(Clone)]
 pub struct FaultProxy {
+    /// `host:port` to point the client at instead of the target.
     pub addr: String,
     down: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     /// Bumped to close every open connection.
     reset: watch::Sender<u64>,
+    /// Connections accepted and forwarded so far.
     pub connections: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
+    /// Listens on a free loopback port and forwards each connection to `target` (`host:port`).
     pub async fn start(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -79,10 +82,12 @@ impl FaultProxy {
         self.reset_all();
     }
 
+    /// Ends a [`FaultProxy::cut`]: new connections are forwarded again.
     pub fn restore(&self) {
         self.down.store(false, SeqCst);
     }
 
+    /// Holds every chunk of traffic, both ways, for `d` before forwarding it (`Duration::ZERO` ends it).
     pub fn delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, SeqCst);
     }

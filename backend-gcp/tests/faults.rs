@@ -1,0 +1,23 @@
+//! Network faults between tidings and the Pub/Sub emulator, injected by a TCP proxy (the shared
+//! [`network_faults`](tidings_core::conformance::network_faults) scenario: resets mid-stream, a 3 s cut, latency),
+//! for the publisher, the admin calls and the streaming pull at once.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidings_core::conformance::{network_faults, proxy::FaultProxy};
+use tidings_core::Bus;
+use tidings_gcp::GcpConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_cuts_and_latency_lose_nothing() {
+    let direct = support::config();
+    let proxy = FaultProxy::start(support::host()).await;
+    let config = GcpConfig { endpoint: Some(format!("http://{}", proxy.addr)), ..direct };
+    let bus = Bus::new(Arc::new(support::backend(config).await));
+    let report = network_faults(&bus, &proxy, "gcp", 300, Duration::from_secs(10), Duration::from_secs(90)).await;
+    assert!(report.missing.is_empty(), "lost after the network returned: {:?}", report.missing);
+    bus.shutdown(Duration::from_secs(5)).await;
+}
