@@ -59,8 +59,8 @@ impl std::fmt::Debug for Shared {
 pub struct GcpBackend {
     shared: Arc<Shared>,
     publishers: Arc<tokio::sync::Mutex<HashMap<String, Publisher>>>,
-    /// One long-lived stream per subscription: the emulator (and the service) handle a closed stream badly, so a
-    /// subscription restarted in the same process reuses its driver.
+    /// One driver per subscription: a subscription restarted in the same process reuses it (and its memory of acked
+    /// ids on exactly-once topics) with a new stream.
     subscriptions: Arc<tokio::sync::Mutex<HashMap<String, Arc<subscribe::GcpSubscription>>>>,
 }
 
@@ -202,6 +202,7 @@ impl Backend for GcpBackend {
         check_resource_name(&spec.topic.name, &spec.topic.resource)?;
         let mut subs = self.subscriptions.lock().await;
         if let Some(s) = subs.get(&spec.resource) {
+            s.reopen(spec).await;
             return Ok(s.clone());
         }
         let paths = provision::subscription(&self.shared, spec).await?;

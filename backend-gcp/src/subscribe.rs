@@ -1,5 +1,7 @@
-//! Receiving through one long-lived streaming pull per subscription (flow control from max concurrency; the crate
-//! extends leases while we hold a message). On top, client-side: the ack deadline (a message handed out and neither
+//! Receiving through one streaming pull per running subscription (flow control from max concurrency; the crate
+//! extends leases while we hold a message). Closing shuts the stream down: pending acks are flushed and every message
+//! still leased to this process (prefetched, held past a shutdown timeout) is nacked, so another consumer gets it at
+//! once; a restart in the same process reopens the stream and keeps the de-duplication memory. On top, client-side: the ack deadline (a message handed out and neither
 //! settled nor extended within it is nacked, so it is redelivered), head-of-line blocking per ordering key (the
 //! service streams later messages of a key before the earlier one is acked), de-duplication of republished ids on
 //! exactly-once topics, and redrive copies addressed to one subscription.
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
 use tokio::sync::mpsc;
@@ -58,6 +61,9 @@ pub struct GcpSubscription {
     ordered: bool,
     exactly_once: bool,
     ack_deadline: Duration,
+    shared: Arc<Shared>,
+    /// Shuts the running stream down; `None` once closed.
+    stream: Mutex<Option<ShutdownToken>>,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<(GMessage, Handler)>>,
     state: Mutex<State>,
     dlq: Arc<Mutex<Vec<(GMessage, Handler)>>>,
@@ -74,9 +80,21 @@ impl std::fmt::Debug for GcpSubscription {
 /// Starts the streaming pull. `lease` is the stream's ack deadline: how long the service waits for a lease extension
 /// before it hands a message to another consumer, so a crashed process's messages come back after the subscription's
 /// ack deadline (the service's floor is 10 s) rather than after a fixed minute.
-fn pump(s: &Shared, path: &str, outstanding: i64, lease: Duration, tx: mpsc::UnboundedSender<(GMessage, Handler)>) {
-    let mut stream =
-        s.subscriber.subscribe(path).set_max_outstanding_messages(outstanding).set_max_lease_extension(lease).build();
+fn pump(
+    s: &Shared,
+    path: &str,
+    outstanding: i64,
+    lease: Duration,
+    tx: mpsc::UnboundedSender<(GMessage, Handler)>,
+) -> ShutdownToken {
+    let mut stream = s
+        .subscriber
+        .subscribe(path)
+        .set_max_outstanding_messages(outstanding)
+        .set_max_lease_extension(lease)
+        .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+        .build();
+    let token = stream.shutdown_token();
     let path = path.to_string();
     tokio::spawn(async move {
         loop {
@@ -91,12 +109,17 @@ fn pump(s: &Shared, path: &str, outstanding: i64, lease: Duration, tx: mpsc::Unb
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 None => {
-                    tracing::warn!(subscription = %path, "gcp: streaming pull ended");
+                    tracing::debug!(subscription = %path, "gcp: streaming pull ended");
                     return;
                 }
             }
         }
     });
+    token
+}
+
+fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
+    (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000)
 }
 
 fn meta_of(m: &GMessage) -> Option<Meta> {
@@ -134,10 +157,10 @@ impl GcpSubscription {
         dlq_publisher: Publisher,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let outstanding = (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000);
-        pump(&s, &paths.subscription, outstanding, spec.config.ack_deadline, tx);
+        let token = pump(&s, &paths.subscription, outstanding(spec), spec.config.ack_deadline, tx);
         let (dtx, mut drx) = mpsc::unbounded_channel();
-        pump(&s, &paths.dlq_subscription, 1000, Duration::from_secs(60), dtx);
+        // The DLQ stream lives as long as the driver: dead letters stay listable and redrivable after a shutdown.
+        let _ = pump(&s, &paths.dlq_subscription, 1000, Duration::from_secs(60), dtx);
         let dlq: Arc<Mutex<Vec<(GMessage, Handler)>>> = Arc::default();
         let d = dlq.clone();
         tokio::spawn(async move {
@@ -151,11 +174,25 @@ impl GcpSubscription {
             ordered: spec.topic.config.ordered,
             exactly_once: spec.topic.config.is_exactly_once(),
             ack_deadline: spec.config.ack_deadline,
+            shared: s,
+            stream: Mutex::new(Some(token)),
             inbox: tokio::sync::Mutex::new(rx),
             state: Mutex::default(),
             dlq,
             topic_publisher,
             dlq_publisher,
+        }
+    }
+
+    /// Reopens the stream of a closed subscription (a restart in the same process); a running one is left alone.
+    pub(crate) async fn reopen(&self, spec: &tidings_core::backend::SubscriptionSpec) {
+        let mut inbox = self.inbox.lock().await;
+        let mut stream = self.stream.lock().unwrap();
+        if stream.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            *stream =
+                Some(pump(&self.shared, &self.paths.subscription, outstanding(spec), spec.config.ack_deadline, tx));
+            *inbox = rx;
         }
     }
 
@@ -428,10 +465,20 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn close(&self) -> Result<()> {
-        // The crate sends acks in batches every 100 ms and has no flush short of closing the stream, which this
-        // driver keeps open for the process's lifetime (see `GcpBackend`); waiting past one batch interval lets the
-        // acks of a graceful shutdown reach the service before the process exits.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The runtime has settled what it could. Shutting the stream down flushes those acks and nacks everything
+        // else leased to us (prefetched, or held by a handler that outran the shutdown timeout), so it is
+        // redelivered to another consumer now rather than after the lease runs out.
+        let token = self.stream.lock().unwrap().take();
+        if let Some(token) = token {
+            token.shutdown().await;
+        }
+        let mut inbox = self.inbox.lock().await;
+        while inbox.try_recv().is_ok() {}
+        let mut st = self.state.lock().unwrap();
+        st.held.clear();
+        st.ready.clear();
+        st.parked.clear();
+        st.key_order.clear();
         Ok(())
     }
 
