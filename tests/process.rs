@@ -165,16 +165,18 @@ async fn sigkill(backend: &'static str) {
     let started: BTreeSet<u64> = run.numbers("start").into_iter().collect();
     let finished: BTreeSet<u64> = done.iter().copied().collect();
     let interrupted: Vec<u64> = started.difference(&finished).copied().collect();
+    let mut all: BTreeSet<u64> = finished.clone();
+    all.extend(here.iter().copied());
     eprintln!(
-        "CRASH backend={backend} jobs={COUNT} started_in_killed_worker={} finished_there={} interrupted={} handled_after={}",
+        "CRASH backend={backend} jobs={COUNT} started_in_killed_worker={} finished_there={} interrupted={} handled_after={} \
+         lost={}",
         started.len(),
         finished.len(),
         interrupted.len(),
-        here.len()
+        here.len(),
+        COUNT as usize - all.len()
     );
     assert!(!interrupted.is_empty(), "the kill interrupted handlers");
-    let mut all: BTreeSet<u64> = finished.clone();
-    all.extend(here.iter().copied());
     assert_eq!(all, (0..COUNT).collect(), "nothing lost");
     for n in interrupted {
         assert!(here.contains(&n), "job {n}, interrupted by the kill, was redelivered after the ack deadline");
@@ -201,10 +203,13 @@ async fn sigterm(backend: &'static str) {
         *counts.entry(*n).or_default() += 1;
     }
     eprintln!(
-        "SHUTDOWN backend={backend} jobs={COUNT} started_before_sigterm={} finished_by_worker={} handled_after={}",
+        "SHUTDOWN backend={backend} jobs={COUNT} started_before_sigterm={} finished_by_worker={} handled_after={} \
+         handled_twice={} lost={}",
         in_flight.len(),
         done.len(),
-        here.len()
+        here.len(),
+        counts.values().filter(|c| **c > 1).count(),
+        COUNT as usize - counts.len()
     );
     for n in &in_flight {
         assert!(done.contains(n), "job {n}, in flight at SIGTERM, finished before the worker exited");
