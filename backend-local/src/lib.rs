@@ -157,7 +157,7 @@ struct LocalTopic {
 #[async_trait]
 impl TopicDriver for LocalTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
-        let stored: Vec<Arc<Stored>> = batch.iter().map(|m| Arc::new(Stored::from(m.clone()))).collect();
+        let stored: Vec<Arc<Stored>> = batch.iter().map(|m| Arc::new(Stored::from(m))).collect();
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");

@@ -12,25 +12,61 @@ use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedM
 use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
 use tokio::time::Instant;
 
-/// A published message, shared by every subscription of its topic.
+/// A published message, shared by every subscription of its topic. Kept small (88 bytes; a backlog holds millions):
+/// attributes and ordering key, absent from most messages, sit behind one optional box, and the publish time is
+/// microseconds since the Unix epoch.
 #[derive(Debug)]
 pub(crate) struct Stored {
     pub id: MessageId,
     pub payload: Bytes,
-    pub attributes: Attributes,
-    pub ordering_key: Option<Arc<str>>,
-    pub publish_time: SystemTime,
+    extra: Option<Box<Extra>>,
+    publish_micros: i64,
 }
 
-impl From<OutgoingMessage> for Stored {
-    fn from(m: OutgoingMessage) -> Self {
-        Stored {
-            id: m.id,
-            payload: m.payload,
-            attributes: m.attributes,
-            ordering_key: m.ordering_key,
-            publish_time: m.publish_time,
+#[derive(Debug)]
+struct Extra {
+    attributes: Attributes,
+    ordering_key: Option<Arc<str>>,
+}
+
+impl Stored {
+    pub fn new(
+        id: MessageId,
+        payload: Bytes,
+        attributes: Attributes,
+        ordering_key: Option<Arc<str>>,
+        publish_time: SystemTime,
+    ) -> Self {
+        let extra =
+            (!attributes.is_empty() || ordering_key.is_some()).then(|| Box::new(Extra { attributes, ordering_key }));
+        let publish_micros = match publish_time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_micros() as i64,
+            Err(e) => -(e.duration().as_micros() as i64),
+        };
+        Stored { id, payload, extra, publish_micros }
+    }
+
+    pub fn ordering_key(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|x| x.ordering_key.as_ref())
+    }
+
+    pub fn attributes(&self) -> Attributes {
+        self.extra.as_ref().map(|x| x.attributes.clone()).unwrap_or_default()
+    }
+
+    pub fn publish_time(&self) -> SystemTime {
+        let d = Duration::from_micros(self.publish_micros.unsigned_abs());
+        if self.publish_micros >= 0 {
+            SystemTime::UNIX_EPOCH + d
+        } else {
+            SystemTime::UNIX_EPOCH - d
         }
+    }
+}
+
+impl From<&OutgoingMessage> for Stored {
+    fn from(m: &OutgoingMessage) -> Self {
+        Stored::new(m.id.clone(), m.payload.clone(), m.attributes.clone(), m.ordering_key.clone(), m.publish_time)
     }
 }
 
@@ -198,7 +234,7 @@ impl Queue {
                 continue;
             }
             if self.ordered {
-                if let Some(key) = &p.msg.ordering_key {
+                if let Some(key) = p.msg.ordering_key() {
                     match self.key_owner.get(key) {
                         Some(&owner) if owner != p.seq => {
                             self.parked.entry(key.clone()).or_default().push_back(p);
@@ -220,9 +256,9 @@ impl Queue {
                 ack_id: AckId::Num(token),
                 id: m.id.clone(),
                 payload: m.payload.clone(),
-                attributes: m.attributes.clone(),
-                ordering_key: m.ordering_key.clone(),
-                publish_time: m.publish_time,
+                attributes: m.attributes(),
+                ordering_key: m.ordering_key().cloned(),
+                publish_time: m.publish_time(),
                 attempt: p.attempts,
             });
             let deadline = now + self.config.ack_deadline;
@@ -233,7 +269,7 @@ impl Queue {
 
     /// Frees the ordering key `p` holds and puts the next message of that key at the front.
     fn release_key(&mut self, p: &Pending) {
-        let Some(key) = &p.msg.ordering_key else { return };
+        let Some(key) = p.msg.ordering_key() else { return };
         if self.key_owner.get(key) != Some(&p.seq) {
             return;
         }
@@ -307,9 +343,9 @@ impl Queue {
                 self.dlq.push_back(DeadLetter {
                     id: m.id.clone(),
                     payload: m.payload.clone(),
-                    attributes: m.attributes.clone(),
-                    ordering_key: m.ordering_key.as_deref().map(str::to_string),
-                    publish_time: m.publish_time,
+                    attributes: m.attributes(),
+                    ordering_key: m.ordering_key().map(|k| k.to_string()),
+                    publish_time: m.publish_time(),
                     attempts: l.p.attempts,
                     reason: r.reason,
                     dead_lettered_at: SystemTime::now(),
@@ -333,13 +369,8 @@ impl Queue {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            let msg = Arc::new(Stored {
-                id: d.id,
-                payload: d.payload,
-                attributes: d.attributes,
-                ordering_key: d.ordering_key.map(Arc::from),
-                publish_time: d.publish_time,
-            });
+            let msg =
+                Arc::new(Stored::new(d.id, d.payload, d.attributes, d.ordering_key.map(Arc::from), d.publish_time));
             self.ready.push_back(Pending { seq, msg, attempts: 0, enqueued_ms });
             moved += 1;
         }
@@ -353,13 +384,25 @@ mod tests {
     use super::*;
 
     fn msg(id: &str, key: Option<&str>) -> Arc<Stored> {
-        Arc::new(Stored {
-            id: MessageId::from(id),
-            payload: Bytes::from_static(b"{}"),
-            attributes: Attributes::new(),
-            ordering_key: key.map(Arc::from),
-            publish_time: SystemTime::now(),
-        })
+        Arc::new(Stored::new(
+            MessageId::from(id),
+            Bytes::from_static(b"{}"),
+            Attributes::new(),
+            key.map(Arc::from),
+            SystemTime::now(),
+        ))
+    }
+
+    #[test]
+    fn a_stored_message_stays_small() {
+        assert_eq!(std::mem::size_of::<Stored>(), 88);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let s = Stored::new(MessageId::from("a"), Bytes::new(), Attributes::new(), None, t);
+        assert_eq!(s.publish_time(), t);
+        assert!(s.extra.is_none() && s.ordering_key().is_none() && s.attributes().is_empty());
+        let before = SystemTime::UNIX_EPOCH - Duration::from_micros(5);
+        let k = Stored::new(MessageId::from("b"), Bytes::new(), Attributes::new(), Some("k".into()), before);
+        assert_eq!((k.publish_time(), k.ordering_key().map(|k| &**k)), (before, Some("k")));
     }
 
     fn cfg() -> SubscriptionConfig {

@@ -14,12 +14,58 @@ pub const RESERVED_ATTRIBUTE_PREFIX: &str = "tidings";
 
 /// A message id: assigned by tidings when the message is published and kept across publish retries, so
 /// exactly-once topics can de-duplicate a republish.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(Arc<str>);
+///
+/// Ids up to 38 bytes (tidings' own UUIDs, SQS and Pub/Sub ids) are stored inline, 40 bytes in all, so a queued
+/// message pays no allocation for its id; longer ones share one allocation between clones.
+#[derive(Clone)]
+pub struct MessageId(Repr);
+
+const INLINE: usize = 38;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Shared(Arc<str>),
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for MessageId {}
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::MessageId;
+
+    #[test]
+    fn short_and_long_ids_keep_their_text_and_compare_by_it() {
+        let short = MessageId::from("0190a6c2-7b1e-7c3a-9f00-0123456789ab");
+        let long_text = "x".repeat(100);
+        let long = MessageId::from(long_text.clone());
+        assert_eq!(short.as_str(), "0190a6c2-7b1e-7c3a-9f00-0123456789ab");
+        assert_eq!(long.as_str(), long_text);
+        assert_eq!(MessageId::from(""), MessageId::from(String::new()));
+        assert_eq!(MessageId::from("é".repeat(19).as_str()).as_str(), "é".repeat(19), "38 bytes of UTF-8 stay inline");
+        assert!(MessageId::from("a") < MessageId::from("b") && long > short);
+        assert_eq!(std::mem::size_of::<MessageId>(), 40);
+    }
 
     #[test]
     fn generated_ids_are_unique_uuid_v7() {
@@ -39,11 +85,25 @@ impl MessageId {
         let random = fast_random();
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        Self(Arc::from(&*id.hyphenated().encode_lower(&mut buf)))
+        Self::new(id.hyphenated().encode_lower(&mut buf))
     }
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ever filled from a whole `&str` of `len` bytes, so the bytes are UTF-8.
+            Repr::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default(),
+            Repr::Shared(s) => s,
+        }
+    }
+
+    fn new(s: &str) -> Self {
+        if s.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Self(Repr::Inline { len: s.len() as u8, buf })
+        } else {
+            Self(Repr::Shared(s.into()))
+        }
     }
 }
 
@@ -72,22 +132,22 @@ fn fast_random() -> [u8; 10] {
 
 impl From<&str> for MessageId {
     fn from(s: &str) -> Self {
-        Self(s.into())
+        Self::new(s)
     }
 }
 impl From<String> for MessageId {
     fn from(s: String) -> Self {
-        Self(s.into())
+        Self::new(&s)
     }
 }
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", self.0)
+        write!(f, "MessageId({})", self.as_str())
     }
 }
 
