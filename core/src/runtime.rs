@@ -73,6 +73,7 @@ impl Runner {
 
 enum Settle {
     Ack(AckId),
+    Acks(Vec<AckId>),
     Nack(AckId, Duration),
     DeadLetter(DeadLetterRequest),
 }
@@ -144,19 +145,21 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
         match received {
             Ok(batch) => {
                 error_backoff = Duration::from_millis(100);
-                let mut first = Some(first);
-                let with_permits = batch.into_iter().map(|msg| {
-                    let permit = first.take().unwrap_or_else(|| {
-                        sem.clone().try_acquire_owned().expect("receive never exceeds the free handler slots")
-                    });
-                    (msg, permit)
-                });
+                // One permit per delivery, taken as one block and handed to the groups in slices.
+                let mut permits = first;
+                if batch.len() > 1 {
+                    let more = sem.clone().try_acquire_many_owned(batch.len() as u32 - 1);
+                    permits.merge(more.expect("receive never exceeds the free handler slots"));
+                }
                 // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
-                // Handlers in a group still run concurrently (and release their slots one by one).
-                let mut all = chains(ordered, with_permits).into_iter().peekable();
+                // Handlers in a group still run concurrently (and release their slots as they finish).
+                let mut all = chains(ordered, batch).into_iter().peekable();
                 while all.peek().is_some() {
-                    let group: Vec<Vec<Delivery>> = all.by_ref().take(CHAINS_PER_TASK).collect();
-                    tasks.spawn(run_group(ctx.clone(), group));
+                    let group: Vec<Chain> = all.by_ref().take(CHAINS_PER_TASK).collect();
+                    let n: usize = group.iter().map(Chain::len).sum();
+                    let slots = if all.peek().is_some() { permits.split(n) } else { None };
+                    let slots = slots.unwrap_or_else(|| std::mem::replace(&mut permits, empty_permit(&sem)));
+                    tasks.spawn(run_group(ctx.clone(), group, slots));
                 }
             }
             Err(e) => {
@@ -199,35 +202,90 @@ enum Outcome {
     Retried(Duration),
 }
 
-/// Splits a received batch into chains: one per ordering key on ordered topics (a broker such as SQS FIFO hands out
-/// several messages of one group at once), one per message otherwise.
-fn chains(ordered: bool, batch: impl Iterator<Item = Delivery>) -> Vec<Vec<Delivery>> {
-    let mut chains: Vec<Vec<Delivery>> = Vec::new();
+/// Messages handled one after another: one per ordering key on ordered topics (a broker such as SQS FIFO hands out
+/// several messages of one group at once), a single message otherwise.
+enum Chain {
+    One(ReceivedMessage),
+    Many(Vec<ReceivedMessage>),
+}
+
+impl Chain {
+    fn len(&self) -> usize {
+        match self {
+            Chain::One(_) => 1,
+            Chain::Many(v) => v.len(),
+        }
+    }
+}
+
+fn chains(ordered: bool, batch: Vec<ReceivedMessage>) -> Vec<Chain> {
+    let mut chains: Vec<Chain> = Vec::with_capacity(batch.len());
+    if !ordered {
+        chains.extend(batch.into_iter().map(Chain::One));
+        return chains;
+    }
     let mut by_key: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
-    for d in batch {
-        match d.0.ordering_key.clone().filter(|_| ordered) {
-            Some(key) => match by_key.get(&key) {
-                Some(&i) => chains[i].push(d),
-                None => {
-                    by_key.insert(key, chains.len());
-                    chains.push(vec![d]);
+    for m in batch {
+        let Some(key) = m.ordering_key.clone() else {
+            chains.push(Chain::One(m));
+            continue;
+        };
+        match by_key.get(&key) {
+            Some(&i) => match &mut chains[i] {
+                Chain::Many(v) => v.push(m),
+                one @ Chain::One(_) => {
+                    let Chain::One(first) = std::mem::replace(one, Chain::Many(Vec::new())) else { unreachable!() };
+                    *one = Chain::Many(vec![first, m]);
                 }
             },
-            None => chains.push(vec![d]),
+            None => {
+                by_key.insert(key, chains.len());
+                chains.push(Chain::One(m));
+            }
         }
     }
     chains
 }
 
-type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
+/// A permit holding no slot, to split the others from.
+fn empty_permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    sem.clone().try_acquire_many_owned(0).expect("zero permits are always available")
+}
 
-/// Runs a group of chains concurrently within one task.
-async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, group: Vec<Vec<Delivery>>) {
-    if group.len() == 1 {
-        return process_chain(ctx, group.into_iter().next().unwrap()).await;
+type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
+type Slow = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs a group of chains within one task. The fast path: each single message is decoded and its handler polled
+/// once, inline; the acks of every handler that finished right there go to the settler as one batch, and their slots
+/// are released together. Handlers still running, failures and ordered chains continue concurrently.
+async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    group: Vec<Chain>,
+    mut slots: OwnedSemaphorePermit,
+) {
+    let mut acks = Vec::new();
+    let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
+    for chain in group {
+        match chain {
+            Chain::One(msg) => match begin(&ctx, &msg).await {
+                Begin::Done(Done::Ok) => acks.push(msg.ack_id),
+                b => {
+                    let permit = slots.split(1).expect("one slot per delivery");
+                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b).map(drop)));
+                }
+            },
+            Chain::Many(msgs) => {
+                let chain: Vec<Delivery> =
+                    msgs.into_iter().map(|m| (m, slots.split(1).expect("one slot per delivery"))).collect();
+                slow.push(Box::pin(process_chain(ctx.clone(), chain)));
+            }
+        }
     }
-    let mut running: FuturesUnordered<_> = group.into_iter().map(|chain| process_chain(ctx.clone(), chain)).collect();
-    while running.next().await.is_some() {}
+    drop(slots);
+    if !acks.is_empty() {
+        let _ = ctx.settle.send(Settle::Acks(acks));
+    }
+    while slow.next().await.is_some() {}
 }
 
 /// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
@@ -235,7 +293,8 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>
 async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, chain: Vec<Delivery>) {
     let mut chain = chain.into_iter();
     while let Some((msg, permit)) = chain.next() {
-        if let Outcome::Retried(delay) = process(ctx.clone(), msg, permit).await {
+        let b = begin(&ctx, &msg).await;
+        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b).await {
             // The same delay: brokers that let later messages of a group through while an earlier one is invisible
             // (LocalStack does) still return them after it.
             for (rest, _permit) in chain.by_ref() {
@@ -245,48 +304,87 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx
     }
 }
 
-async fn process<T: DeserializeOwned + Send + Sync + 'static>(
+/// How a handler call ended.
+enum Done {
+    Ok,
+    /// To the DLQ at once, with this reason (undecodable payload, unrecoverable error).
+    DeadLetter(String),
+    /// To retry (or dead-letter once retries are exhausted), with this reason.
+    Failed(String),
+}
+
+type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;
+
+/// The first part of a delivery, without waiting: decode, call the handler, poll it once.
+enum Begin {
+    Done(Done),
+    Running(Running),
+}
+
+fn done(r: std::thread::Result<crate::handler::HandlerResult>) -> Done {
+    match r {
+        Ok(Ok(())) => Done::Ok,
+        Ok(Err(e)) if e.is_unrecoverable() => Done::DeadLetter(format!("unrecoverable: {e}")),
+        Ok(Err(e)) => Done::Failed(e.to_string()),
+        Err(panic) => Done::Failed(format!("handler panicked: {}", panic_message(&panic))),
+    }
+}
+
+async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &ReceivedMessage) -> Begin {
+    let payload = match serde_json::from_slice::<T>(&msg.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            return Begin::Done(Done::DeadLetter(format!(
+                "poison message: payload cannot be decoded as {}: {e}",
+                type_name::<T>()
+            )))
+        }
+    };
+    let message = Message {
+        payload,
+        meta: Metadata {
+            id: msg.id.clone(),
+            publish_time: msg.publish_time,
+            attempt: msg.attempt,
+            attributes: msg.attributes.clone(),
+            ordering_key: msg.ordering_key.as_deref().map(str::to_string),
+        },
+    };
+    let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))) {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+        Err(panic) => return Begin::Done(done(Err(panic))),
+    };
+    // Most handlers finish on their first poll: then nothing more is allocated or scheduled for them.
+    match std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await {
+        Poll::Ready(r) => Begin::Done(done(r)),
+        Poll::Pending => Begin::Running(fut),
+    }
+}
+
+/// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
+/// after the backoff.
+async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     msg: ReceivedMessage,
     permit: OwnedSemaphorePermit,
+    begun: Begin,
 ) -> Outcome {
     let attempt = msg.attempt;
     let policy = ctx.runner.spec.config.retry;
-    let failure = match serde_json::from_slice::<T>(&msg.payload) {
-        Err(e) => {
-            let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
+    let finished = match begun {
+        Begin::Done(d) => d,
+        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, fut).await),
+    };
+    let failure = match finished {
+        Done::Ok => {
+            let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
+            return Outcome::Acked;
+        }
+        Done::DeadLetter(reason) => {
             dead_letter(&ctx, msg, reason);
             return Outcome::DeadLettered;
         }
-        Ok(payload) => {
-            let message = Message {
-                payload,
-                meta: Metadata {
-                    id: msg.id.clone(),
-                    publish_time: msg.publish_time,
-                    attempt,
-                    attributes: msg.attributes.clone(),
-                    ordering_key: msg.ordering_key.as_deref().map(str::to_string),
-                },
-            };
-            let run = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message)));
-            let outcome = match run {
-                Ok(fut) => with_lease(&ctx, &msg.ack_id, AssertUnwindSafe(fut).catch_unwind()).await,
-                Err(p) => Err(p),
-            };
-            match outcome {
-                Ok(Ok(())) => {
-                    let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
-                    return Outcome::Acked;
-                }
-                Ok(Err(e)) if e.is_unrecoverable() => {
-                    dead_letter(&ctx, msg, format!("unrecoverable: {e}"));
-                    return Outcome::DeadLettered;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
-            }
-        }
+        Done::Failed(f) => f,
     };
     if policy.is_exhausted(attempt) {
         dead_letter(&ctx, msg, failure);
@@ -344,6 +442,7 @@ async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::Unbounde
         for s in buf.drain(..) {
             match s {
                 Settle::Ack(id) => acks.push(id),
+                Settle::Acks(ids) => acks.extend(ids),
                 Settle::Nack(id, d) => nacks.push((id, d)),
                 Settle::DeadLetter(r) => dead.push(r),
             }
