@@ -132,12 +132,12 @@ impl Backend for LocalBackend {
         let topic = self.topic_state(&spec.topic);
         let mut subs = topic.subs.write().unwrap();
         if let Some(s) = subs.iter().find(|s| s.name == spec.resource) {
-            s.queue.lock().unwrap().config = spec.config;
+            s.queue.lock().config = spec.config;
             return Ok(s.clone());
         }
         let sub = Arc::new(LocalSubscription {
             name: spec.resource.clone(),
-            queue: Mutex::new(Queue::new(spec.config, topic.ordered, topic.exactly_once)),
+            queue: parking_lot::Mutex::new(Queue::new(spec.config, topic.ordered, topic.exactly_once)),
             notify: Notify::new(),
         });
         subs.push(sub.clone());
@@ -162,7 +162,7 @@ impl TopicDriver for LocalTopic {
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");
         for s in subs.iter() {
-            if s.queue.lock().unwrap().push(&stored, now) {
+            if s.queue.lock().push(&stored, now) {
                 s.notify.notify_waiters();
             }
         }
@@ -174,7 +174,7 @@ impl TopicDriver for LocalTopic {
 #[derive(Debug)]
 struct LocalSubscription {
     name: String,
-    queue: Mutex<Queue>,
+    queue: parking_lot::Mutex<Queue>,
     notify: Notify,
 }
 
@@ -182,14 +182,19 @@ struct LocalSubscription {
 impl SubscriptionDriver for LocalSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let give_up = Instant::now() + wait;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(256));
+        // Fast path: messages are ready, no need to register for a wake-up.
+        self.queue.lock().take(max, Instant::now(), &mut out);
+        if !out.is_empty() {
+            return Ok(out);
+        }
         loop {
             let notified = self.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
             let next_due = {
-                let mut q = self.queue.lock().unwrap();
+                let mut q = self.queue.lock();
                 q.take(max, now, &mut out);
                 q.next_due()
             };
@@ -205,40 +210,40 @@ impl SubscriptionDriver for LocalSubscription {
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
-        if self.queue.lock().unwrap().ack(&ids) {
+        if self.queue.lock().ack(&ids) {
             self.notify.notify_waiters();
         }
         Ok(())
     }
 
     async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
-        self.queue.lock().unwrap().nack(&items, Instant::now());
+        self.queue.lock().nack(&items, Instant::now());
         self.notify.notify_waiters();
         Ok(())
     }
 
     async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
-        self.queue.lock().unwrap().extend(&ids, by, Instant::now());
+        self.queue.lock().extend(&ids, by, Instant::now());
         Ok(())
     }
 
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
-        self.queue.lock().unwrap().dead_letter(items);
+        self.queue.lock().dead_letter(items);
         self.notify.notify_waiters();
         Ok(())
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue.lock().unwrap().dead_letters(max))
+        Ok(self.queue.lock().dead_letters(max))
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let n = self.queue.lock().unwrap().redrive(ids.as_deref(), Instant::now());
+        let n = self.queue.lock().redrive(ids.as_deref(), Instant::now());
         self.notify.notify_waiters();
         Ok(n)
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {
-        Ok(Some(self.queue.lock().unwrap().backlog()))
+        Ok(Some(self.queue.lock().backlog()))
     }
 }

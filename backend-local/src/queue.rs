@@ -102,6 +102,34 @@ impl Ord for Delayed {
     }
 }
 
+/// Hashing for lease tokens: they are sequential numbers of our own making, so a multiplicative (Fibonacci) hash
+/// spreads them well at a fraction of SipHash's cost; no outside input picks them.
+#[derive(Debug, Default, Clone, Copy)]
+struct TokenHash;
+
+impl std::hash::BuildHasher for TokenHash {
+    type Hasher = TokenHasher;
+    fn build_hasher(&self) -> TokenHasher {
+        TokenHasher(0)
+    }
+}
+
+struct TokenHasher(u64);
+
+impl std::hash::Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 #[derive(Debug)]
 struct Lease {
     p: Pending,
@@ -118,7 +146,7 @@ pub(crate) struct Queue {
     next_token: u64,
     ready: VecDeque<Pending>,
     delayed: BinaryHeap<Reverse<Delayed>>,
-    leased: HashMap<u64, Lease>,
+    leased: HashMap<u64, Lease, TokenHash>,
     lease_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Ordering key -> seq of the message that holds it (delivered, delayed or waiting for redelivery).
     key_owner: HashMap<Arc<str>, u64>,
@@ -142,7 +170,7 @@ impl Queue {
             next_token: 0,
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
-            leased: HashMap::new(),
+            leased: HashMap::default(),
             lease_deadlines: BinaryHeap::new(),
             key_owner: HashMap::new(),
             parked: HashMap::new(),
@@ -225,10 +253,13 @@ impl Queue {
     /// Leases up to `max` messages for the ack deadline.
     pub fn take(&mut self, max: usize, now: Instant, out: &mut Vec<ReceivedMessage>) {
         self.promote(now);
-        let retention = self.config.message_retention;
+        let retention = self.config.message_retention.as_millis().min(u128::from(u32::MAX)) as u32;
+        let now_ms = self.millis(now);
+        let deadline = now + self.config.ack_deadline;
+        out.reserve(max.min(self.ready.len()));
         while out.len() < max {
             let Some(mut p) = self.ready.pop_front() else { break };
-            if Duration::from_millis(u64::from(self.millis(now).saturating_sub(p.enqueued_ms))) > retention {
+            if now_ms.saturating_sub(p.enqueued_ms) > retention {
                 tracing::debug!(id = %p.msg.id, "message retention expired; dropping");
                 self.release_key(&p);
                 continue;
@@ -261,7 +292,6 @@ impl Queue {
                 publish_time: m.publish_time(),
                 attempt: p.attempts,
             });
-            let deadline = now + self.config.ack_deadline;
             self.lease_deadlines.push(Reverse((deadline, token)));
             self.leased.insert(token, Lease { p, deadline });
         }

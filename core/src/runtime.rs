@@ -263,7 +263,7 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     group: Vec<Chain>,
     mut slots: OwnedSemaphorePermit,
 ) {
-    let mut acks = Vec::new();
+    let mut acks = Vec::with_capacity(slots.num_permits());
     let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
     for chain in group {
         match chain {
@@ -438,7 +438,7 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Ou
 async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::UnboundedReceiver<Settle>) {
     let mut buf = Vec::with_capacity(64);
     while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
-        let (mut acks, mut nacks, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut acks, mut nacks, mut dead) = (Vec::with_capacity(buf.len()), Vec::new(), Vec::new());
         for s in buf.drain(..) {
             match s {
                 Settle::Ack(id) => acks.push(id),
