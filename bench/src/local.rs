@@ -109,6 +109,14 @@ async fn omniqueue_fanout(k: usize, n: u64) -> (f64, f64) {
     ((n * k as u64) as f64 / start.elapsed().as_secs_f64(), mb(peak_rss()))
 }
 
+/// Runs of each side per fan-out benchmark.
+const ROUNDS: usize = 3;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub async fn fanout(k: usize, n: u64) -> String {
     if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
         // Profiling aid: only the tidings side.
@@ -117,11 +125,28 @@ pub async fn fanout(k: usize, n: u64) -> String {
             "{{\"bench\":\"local_fanout{k}_profile\",\"publish\":{p:.0},\"deliveries\":{d:.0},\"rss\":{r:.1}}}"
         );
     }
-    let (base, base_rss) = baseline_fanout(k, n).await;
-    let (omni, omni_rss) = omniqueue_fanout(k, n).await;
-    let (publish, deliveries, peak) = tidings_fanout(k, n).await;
+    // Rounds interleave the three, and each figure is the median of its rounds: this machine's speed drifts by tens
+    // of percent between runs, and the drift should hit all three alike. Peak RSS is from the first round, before any
+    // run has grown the heap.
+    let (mut bases, mut omnis, mut publishes, mut deliveries_) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base_rss, mut omni_rss, mut peak) = (0.0, 0.0, 0.0);
+    for round in 0..ROUNDS {
+        let (b, b_rss) = baseline_fanout(k, n).await;
+        let (o, o_rss) = omniqueue_fanout(k, n).await;
+        let (p, d, t_rss) = tidings_fanout(k, n).await;
+        if round == 0 {
+            (base_rss, omni_rss, peak) = (b_rss, o_rss, t_rss);
+        }
+        bases.push(b);
+        omnis.push(o);
+        publishes.push(p);
+        deliveries_.push(d);
+    }
+    let (base, omni, publish, deliveries) =
+        (median(&mut bases), median(&mut omnis), median(&mut publishes), median(&mut deliveries_));
+    let rounds = ROUNDS;
     format!(
-        "{{\"bench\":\"local_fanout{k}\",\"messages\":{n},\"subscriptions\":{k},\"tidings_publish_msgs_per_s\":{publish:.0},\
+        "{{\"bench\":\"local_fanout{k}\",\"messages\":{n},\"subscriptions\":{k},\"rounds\":{rounds},\"tidings_publish_msgs_per_s\":{publish:.0},\
          \"tidings_msgs_per_s\":{deliveries:.0},\"baseline_msgs_per_s\":{base:.0},\"omniqueue_msgs_per_s\":{omni:.0},\
          \"vs_baseline\":{:.2},\"vs_omniqueue\":{:.2},\"tidings_peak_rss_mb\":{peak:.1},\"baseline_peak_rss_mb\":{base_rss:.1},\
          \"omniqueue_peak_rss_mb\":{omni_rss:.1},\"omniqueue_note\":\"no fan-out: one queue per subscriber, published to each\"}}",
