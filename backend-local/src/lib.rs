@@ -157,12 +157,23 @@ struct LocalTopic {
 #[async_trait]
 impl TopicDriver for LocalTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
-        let stored: Vec<Arc<Stored>> = batch.iter().map(|m| Arc::new(Stored::from(m))).collect();
+        let one;
+        let many: Vec<Arc<Stored>>;
+        let stored: &[Arc<Stored>] = match batch {
+            [m] => {
+                one = [Arc::new(Stored::from(m))];
+                &one
+            }
+            _ => {
+                many = batch.iter().map(|m| Arc::new(Stored::from(m))).collect();
+                &many
+            }
+        };
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");
         for s in subs.iter() {
-            if s.queue.lock().push(&stored, now) {
+            if s.queue.lock().push(stored, now) {
                 s.notify.notify_waiters();
             }
         }

@@ -244,9 +244,18 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<MessageId> {
         let out = self.prepare(topic, message, options)?;
-        let id = out.id.clone();
-        self.send(topic.name(), topic.config(), vec![out]).await?;
-        Ok(id)
+        // One message: no batch vector on this path, the most common publish there is.
+        let name = topic.name();
+        let driver = self.topic_driver(name, topic.config()).await?;
+        publish_with_retries(driver.as_ref(), name, std::slice::from_ref(&out)).await?;
+        match &self.inner.recorder {
+            Some(rec) => {
+                let id = out.id.clone();
+                rec.lock().unwrap().entry(name.to_string()).or_default().push(out);
+                Ok(id)
+            }
+            None => Ok(out.id),
+        }
     }
 
     pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(
