@@ -73,7 +73,6 @@ impl Runner {
 
 enum Settle {
     Ack(AckId),
-    Acks(Vec<AckId>),
     Nack(AckId, Duration),
     DeadLetter(DeadLetterRequest),
 }
@@ -256,7 +255,7 @@ type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
 type Slow = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Runs a group of chains within one task. The fast path: each single message is decoded and its handler polled
-/// once, inline; the acks of every handler that finished right there go to the settler as one batch, and their slots
+/// once, inline; the acks of every handler that finished right there go to the driver in one call, and their slots
 /// are released together. Handlers still running, failures and ordered chains continue concurrently.
 async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
@@ -282,10 +281,15 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
         }
     }
     drop(slots);
-    if !acks.is_empty() {
-        let _ = ctx.settle.send(Settle::Acks(acks));
-    }
-    while slow.next().await.is_some() {}
+    // The fast path's acks go straight to the driver, one call per group, while the slow ones run on.
+    let ack = async {
+        if !acks.is_empty() {
+            if let Err(e) = ctx.runner.driver.ack(acks).await {
+                tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
+            }
+        }
+    };
+    futures_util::join!(ack, async { while slow.next().await.is_some() {} });
 }
 
 /// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
@@ -442,7 +446,6 @@ async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::Unbounde
         for s in buf.drain(..) {
             match s {
                 Settle::Ack(id) => acks.push(id),
-                Settle::Acks(ids) => acks.extend(ids),
                 Settle::Nack(id, d) => nacks.push((id, d)),
                 Settle::DeadLetter(r) => dead.push(r),
             }
