@@ -289,7 +289,7 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
             }
         }
     };
-    futures_util::join!(ack, async { while slow.next().await.is_some() {} });
+    futures_util::future::join(ack, async { while slow.next().await.is_some() {} }).await;
 }
 
 /// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
