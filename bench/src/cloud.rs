@@ -77,12 +77,7 @@ pub async fn aws(n: u64) -> String {
         .await;
     let (sns, sqs) = (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk));
     let raw_topic = unique("bench-raw");
-    let spec = SubscriptionSpec {
-        topic: TopicSpec { name: raw_topic.into(), resource: raw_topic.into(), config: TopicConfig::at_least_once() },
-        name: "raw".into(),
-        resource: format!("{raw_topic}--raw"),
-        config: SubscriptionConfig::default(),
-    };
+    let spec = raw_spec(raw_topic);
     backend.subscription(&spec).await.unwrap();
     let arn = sns.create_topic().name(raw_topic).send().await.unwrap().topic_arn().unwrap().to_string();
     let url = sqs.get_queue_url().queue_name(&spec.resource).send().await.unwrap().queue_url().unwrap().to_string();
@@ -242,12 +237,7 @@ pub async fn gcp(n: u64) -> String {
 
     // The same work by hand with the same crate: one Publisher (default batching), one streaming pull with acks.
     let raw_topic = unique("bench-raw");
-    let spec = SubscriptionSpec {
-        topic: TopicSpec { name: raw_topic.into(), resource: raw_topic.into(), config: TopicConfig::at_least_once() },
-        name: "raw".into(),
-        resource: format!("{raw_topic}--raw"),
-        config: SubscriptionConfig::default(),
-    };
+    let spec = raw_spec(raw_topic);
     subscriber.provision(&spec).await.unwrap();
     let anon = || google_cloud_auth::credentials::anonymous::Builder::new().build();
     let ep = format!("http://{emulator}");
@@ -298,4 +288,14 @@ pub async fn gcp(n: u64) -> String {
          streaming pull (acks flow on it), so per-message consume calls are not meaningful; emulator on the same 2 cores\"}}",
         rate / raw_rate
     )
+}
+
+/// The subscription the hand-written SDK loops consume from (provisioned through tidings, used raw).
+fn raw_spec(raw_topic: &str) -> SubscriptionSpec {
+    SubscriptionSpec {
+        topic: TopicSpec { name: raw_topic.into(), resource: raw_topic.into(), config: TopicConfig::at_least_once() },
+        name: "raw".into(),
+        resource: format!("{raw_topic}--raw"),
+        config: SubscriptionConfig::default(),
+    }
 }

@@ -421,12 +421,9 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Ou
     let deadline = ctx.runner.spec.config.ack_deadline;
     let period = (deadline / 2).max(Duration::from_millis(1));
     let mut fut = std::pin::pin!(fut);
-    // Most handlers finish on their first poll: then no timer is created at all.
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return out;
-    }
     loop {
-        // Biased: a handler that finishes on its first poll never registers the lease timer.
+        // Biased: the work is polled before the lease timer (handlers that finish on their first poll never get here:
+        // `begin` polls them once inline).
         tokio::select! {
             biased;
             out = &mut fut => return out,
