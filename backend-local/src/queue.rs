@@ -39,11 +39,7 @@ impl Stored {
     ) -> Self {
         let extra =
             (!attributes.is_empty() || ordering_key.is_some()).then(|| Box::new(Extra { attributes, ordering_key }));
-        let publish_micros = match publish_time.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => d.as_micros() as i64,
-            Err(e) => -(e.duration().as_micros() as i64),
-        };
-        Stored { id, payload, extra, publish_micros }
+        Stored { id, payload, extra, publish_micros: micros(publish_time) }
     }
 
     pub fn ordering_key(&self) -> Option<&Arc<str>> {
@@ -66,7 +62,18 @@ impl Stored {
 
 impl From<&OutgoingMessage> for Stored {
     fn from(m: &OutgoingMessage) -> Self {
-        Stored::new(m.id.clone(), m.payload.clone(), m.attributes.clone(), m.ordering_key.clone(), m.publish_time)
+        // Most messages have neither attributes nor a key: no map is cloned only to be dropped again.
+        let extra = (!m.attributes.is_empty() || m.ordering_key.is_some())
+            .then(|| Box::new(Extra { attributes: m.attributes.clone(), ordering_key: m.ordering_key.clone() }));
+        Stored { id: m.id.clone(), payload: m.payload.clone(), extra, publish_micros: micros(m.publish_time) }
+    }
+}
+
+/// Microseconds since the Unix epoch, negative before it.
+fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
@@ -338,7 +345,9 @@ impl Queue {
     /// stays proportional to the messages in flight.
     fn compact_deadlines(&mut self) {
         if self.lease_deadlines.len() > 2 * self.leased.len() + 1024 {
-            self.lease_deadlines = self.leased.iter().map(|(t, l)| Reverse((l.deadline, *t))).collect();
+            // In place: the heap keeps its allocation instead of being rebuilt and grown again from empty.
+            let leased = &self.leased;
+            self.lease_deadlines.retain(|Reverse((at, t))| leased.get(t).is_some_and(|l| l.deadline == *at));
         }
     }
 
@@ -372,7 +381,9 @@ impl Queue {
                 let m = &l.p.msg;
                 self.dlq.push_back(DeadLetter {
                     id: m.id.clone(),
-                    payload: m.payload.clone(),
+                    // Its own copy: a dead letter can stay for days, and must not keep the chunk its payload was
+                    // encoded into (shared with the messages published beside it) alive that long.
+                    payload: Bytes::copy_from_slice(&m.payload),
                     attributes: m.attributes(),
                     ordering_key: m.ordering_key().map(|k| k.to_string()),
                     publish_time: m.publish_time(),

@@ -1,11 +1,13 @@
 //! The bus: one backend plus the portable layer (validation, encoding, publish retries, subscriptions).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -33,7 +35,9 @@ struct Inner {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
     settings: Settings,
-    topics: std::sync::RwLock<HashMap<String, TopicEntry>>,
+    /// Topics in use on this bus. FxHash: the names are the application's own declarations, and this lookup is on
+    /// every publish.
+    topics: std::sync::RwLock<FxHashMap<String, TopicEntry>>,
     runners: Mutex<Vec<Arc<Runner>>>,
     recorder: Option<Mutex<HashMap<String, Vec<OutgoingMessage>>>>,
 }
@@ -133,12 +137,20 @@ impl Bus {
         TopicSpec { name: name.to_string(), resource: self.inner.settings.resource_name(name), config }
     }
 
+    /// The driver of a topic already provisioned on this bus with `config` (its name was validated then).
+    fn cached_driver(&self, name: &str, config: TopicConfig) -> Option<Arc<dyn TopicDriver>> {
+        let topics = self.inner.topics.read().unwrap();
+        let e = topics.get(name)?;
+        if e.config == config {
+            e.driver.get().cloned()
+        } else {
+            None
+        }
+    }
+
     async fn topic_driver(&self, name: &str, config: TopicConfig) -> Result<Arc<dyn TopicDriver>> {
-        // Fast path: a topic already provisioned on this bus.
-        if let Some(e) = self.inner.topics.read().unwrap().get(name) {
-            if let (true, Some(d)) = (e.config == config, e.driver.get()) {
-                return Ok(d.clone());
-            }
+        if let Some(d) = self.cached_driver(name, config) {
+            return Ok(d);
         }
         let entry = {
             let mut topics = self.inner.topics.write().unwrap();
@@ -175,12 +187,23 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<OutgoingMessage> {
         validate_name("topic", topic.name())?;
+        self.outgoing(topic, message, options)
+    }
+
+    /// [`Bus::prepare`] without the topic name check, for a topic already in use on this bus.
+    fn outgoing<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<OutgoingMessage> {
+        let now = SystemTime::now();
         let out = OutgoingMessage {
-            id: options.id.unwrap_or_else(MessageId::generate),
+            id: options.id.unwrap_or_else(|| MessageId::generate_at(now)),
             payload: encode(message)?,
             attributes: options.attributes,
             ordering_key: options.ordering_key.map(Arc::from),
-            publish_time: SystemTime::now(),
+            publish_time: now,
         };
         self.validate(topic.name(), topic.config(), &out)?;
         Ok(out)
@@ -243,9 +266,17 @@ impl Bus {
         message: &T,
         options: PublishOptions,
     ) -> Result<MessageId> {
-        let out = self.prepare(topic, message, options)?;
-        // One message: no batch vector on this path, the most common publish there is.
-        self.send(topic.name(), topic.config(), std::slice::from_ref(&out)).await?;
+        // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
+        // still checked before the first use of a topic provisions it.
+        let (name, config) = (topic.name(), topic.config());
+        let (driver, out) = match self.cached_driver(name, config) {
+            Some(driver) => (driver, self.outgoing(topic, message, options)?),
+            None => {
+                let out = self.prepare(topic, message, options)?;
+                (self.topic_driver(name, config).await?, out)
+            }
+        };
+        self.send_to(driver.as_ref(), name, std::slice::from_ref(&out)).await?;
         Ok(out.id)
     }
 
@@ -275,9 +306,13 @@ impl Bus {
 
     async fn send(&self, name: &str, config: TopicConfig, batch: &[OutgoingMessage]) -> Result<()> {
         let driver = self.topic_driver(name, config).await?;
+        self.send_to(driver.as_ref(), name, batch).await
+    }
+
+    async fn send_to(&self, driver: &dyn TopicDriver, name: &str, batch: &[OutgoingMessage]) -> Result<()> {
         let max = self.inner.caps.max_publish_batch.max(1);
         for chunk in batch.chunks(max) {
-            publish_with_retries(driver.as_ref(), name, chunk).await?;
+            publish_with_retries(driver, name, chunk).await?;
         }
         if let Some(rec) = &self.inner.recorder {
             // Only a test bus records; the copy costs nothing that matters there.
@@ -352,12 +387,43 @@ impl Bus {
     }
 }
 
-/// JSON-encodes into an exactly sized buffer (`Bytes::from` keeps a `Vec`'s spare capacity, which a queued message
-/// would carry for its whole life).
-fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
-    let mut v = serde_json::to_vec(message)?;
-    v.shrink_to_fit();
-    Ok(Bytes::from(v))
+/// JSON-encodes a payload.
+///
+/// Small payloads (the common case) are cut from a per-thread chunk: one allocation serves many messages, a copy for
+/// a second subscriber is a reference count, and freeing the last message of a chunk frees it all at once. A payload
+/// that outlives its neighbours keeps its chunk alive, so the in-memory bus copies the payloads it parks for long (its
+/// dead-letter queue) out of their chunks. Larger payloads get an allocation of their own, of exactly their size.
+pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
+    /// Bytes of a chunk.
+    const CHUNK: usize = 8 * 1024;
+    /// Payloads above this size get their own allocation.
+    const OWN: usize = 1024;
+    thread_local! {
+        static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    SCRATCH.with(|scratch| {
+        // A `Serialize` impl that publishes from inside itself finds the chunk taken and gets a fresh buffer.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return Ok(Bytes::copy_from_slice(&serde_json::to_vec(message)?));
+        };
+        if buf.capacity() < OWN {
+            *buf = BytesMut::with_capacity(CHUNK);
+        }
+        if let Err(e) = serde_json::to_writer((&mut *buf).writer(), message) {
+            buf.clear();
+            return Err(e.into());
+        }
+        if buf.len() <= OWN {
+            return Ok(buf.split().freeze());
+        }
+        let own = Bytes::copy_from_slice(&buf);
+        buf.clear();
+        if buf.capacity() > 2 * CHUNK {
+            // A large payload grew the buffer: do not keep that much for the small ones.
+            *buf = BytesMut::new();
+        }
+        Ok(own)
+    })
 }
 
 async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[OutgoingMessage]) -> Result<()> {

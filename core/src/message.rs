@@ -80,8 +80,13 @@ impl MessageId {
     /// A new, unique, time-ordered id (UUIDv7). The random bits come from a per-thread generator seeded once from
     /// the OS, so generating an id makes no system call.
     pub fn generate() -> Self {
-        let millis =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Self::generate_at(SystemTime::now())
+    }
+
+    /// [`MessageId::generate`] with the time taken by the caller (a publish reads the clock once for the id and the
+    /// publish time).
+    pub(crate) fn generate_at(now: SystemTime) -> Self {
+        let millis = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let random = fast_random();
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
