@@ -446,6 +446,21 @@ mod tests {
         assert_eq!((k.publish_time(), k.ordering_key().map(|k| &**k)), (before, Some("k")));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_holds_its_own_copy_of_the_payload() {
+        let mut q = Queue::new(cfg(), false, false);
+        let t0 = Instant::now();
+        let payload = Bytes::from(b"{\"n\":1}".to_vec());
+        let m =
+            Arc::new(Stored::new(MessageId::from("a"), payload.clone(), Attributes::new(), None, SystemTime::now()));
+        q.push(&[m], t0);
+        let got = take(&mut q, 1, t0);
+        q.dead_letter(vec![DeadLetterRequest { message: got[0].clone(), reason: "bad".into() }]);
+        let dl = q.dead_letters(10);
+        assert_eq!(dl[0].payload, payload);
+        assert_ne!(dl[0].payload.as_ptr(), payload.as_ptr(), "not a view into the publish-time buffer");
+    }
+
     fn cfg() -> SubscriptionConfig {
         SubscriptionConfig::DEFAULT
             .with_ack_deadline(Duration::from_secs(10))

@@ -444,3 +444,40 @@ async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[Ou
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn encoded_payloads_never_alias_across_chunks_and_sizes() {
+        // Sizes around the chunk and own-allocation limits, in an order that crosses chunk ends many times.
+        let sizes: Vec<usize> = (0..2_000).map(|i| (i * 7919) % 3_000).collect();
+        let texts: Vec<String> = sizes.iter().enumerate().map(|(i, n)| format!("{i}:{}", "x".repeat(*n))).collect();
+        let payloads: Vec<_> = texts.iter().map(|t| encode(t).unwrap()).collect();
+        for (t, p) in texts.iter().zip(&payloads) {
+            assert_eq!(serde_json::from_slice::<String>(p).unwrap(), *t);
+            assert_eq!(p.len(), t.len() + 2, "exactly the encoding, no spare bytes");
+        }
+    }
+
+    #[test]
+    fn small_payloads_share_a_chunk_and_large_ones_do_not() {
+        let (a, b) = (encode(&"first").unwrap(), encode(&"second").unwrap());
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr(), "consecutive small payloads are adjacent");
+        let large = encode(&"y".repeat(5_000)).unwrap();
+        let c = encode(&"third").unwrap();
+        assert_eq!(b.as_ptr().wrapping_add(b.len()), c.as_ptr(), "a large payload does not take chunk space");
+        let range = large.as_ptr() as usize..large.as_ptr() as usize + large.len();
+        assert!(!range.contains(&(c.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn an_encoding_error_leaves_no_partial_payload_behind() {
+        use std::collections::HashMap;
+        // JSON object keys must be strings: serde_json refuses a map keyed by a tuple after writing "{".
+        let bad: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
+        assert!(encode(&bad).is_err());
+        assert_eq!(&encode(&7).unwrap()[..], b"7");
+    }
+}
