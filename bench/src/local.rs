@@ -227,27 +227,45 @@ pub async fn latency(secs: u64) -> String {
 
 static BACKLOG: Topic<Event> = Topic::new("backlog", TopicConfig::at_least_once());
 
-/// Deliveries/s of one live subscription receiving `m` messages, on `bus`.
-async fn live_rate(bus: &Bus, name: &str, m: u64, offset: u64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    bus.subscribe(&BACKLOG, name, SubscriptionConfig::default(), counting(&done)).await.unwrap();
-    let start = Instant::now();
-    for i in 0..m {
-        BACKLOG.publish(bus, &event(offset + i)).await.unwrap();
-    }
-    wait_for(&done, m).await;
-    m as f64 / start.elapsed().as_secs_f64()
+/// Rounds of the live subscription alone and beside the backlog.
+const BACKLOG_ROUNDS: usize = 5;
+
+/// A live subscription of `BACKLOG` on a bus, measured round after round.
+struct Live {
+    bus: Bus,
+    done: Arc<AtomicU64>,
+    /// Messages published since the subscription started.
+    sent: u64,
+    /// Event numbers start here (after the backlog's).
+    offset: u64,
 }
 
-/// Memory per message queued in a stalled subscription, and a live subscription's throughput beside that backlog.
+impl Live {
+    async fn new(bus: Bus) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        bus.subscribe(&BACKLOG, "live", SubscriptionConfig::default(), counting(&done)).await.unwrap();
+        Live { bus, done, sent: 0, offset: 0 }
+    }
+
+    /// Deliveries/s of `m` more messages.
+    async fn rate(&mut self, m: u64) -> f64 {
+        let start = Instant::now();
+        for i in 0..m {
+            BACKLOG.publish(&self.bus, &event(self.offset + self.sent + i)).await.unwrap();
+        }
+        self.sent += m;
+        wait_for(&self.done, self.sent).await;
+        m as f64 / start.elapsed().as_secs_f64()
+    }
+}
+
+/// Memory per message queued in a stalled subscription, and a live subscription's throughput beside that backlog
+/// (the stalled subscription is on the same topic, so it keeps receiving, and growing, while the live one is measured).
 pub async fn backlog(n: u64) -> String {
     let m = (n / 5).max(10_000);
-    let alone = {
-        let bus = Bus::new(Arc::new(LocalBackend::new()));
-        let r = live_rate(&bus, "live", m, 0).await;
-        bus.shutdown(Duration::from_secs(5)).await;
-        r
-    };
+    // A throwaway round first: the first run in a process pays for warming the heap and the worker threads.
+    let mut alone = Live::new(Bus::new(Arc::new(LocalBackend::new()))).await;
+    alone.rate(m).await;
     let bus = Bus::new(Arc::new(LocalBackend::new()));
     let stalled = SubscriptionConfig::default().with_max_concurrency(1);
     bus.subscribe(&BACKLOG, "stalled", stalled, |_m: Message<Event>| {
@@ -264,13 +282,28 @@ pub async fn backlog(n: u64) -> String {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = rss();
     let per_msg = (after.saturating_sub(before)) as f64 / n as f64;
-    let beside = live_rate(&bus, "live", m, n).await;
+    // Interleaved rounds; the ratio is the median of each round's ratio, as a round's two runs are close in time and
+    // this machine's speed drifts by tens of percent between runs.
+    let mut beside = Live::new(bus.clone()).await;
+    beside.offset = n;
+    let (mut alones, mut besides, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..BACKLOG_ROUNDS {
+        let (a, b) = (alone.rate(m).await, beside.rate(m).await);
+        alones.push(a);
+        besides.push(b);
+        ratios.push(b / a);
+    }
+    if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
+        eprintln!("alone {alones:.0?}\nbeside {besides:.0?}");
+    }
+    let (alone_rate, beside_rate, ratio) = (median(&mut alones), median(&mut besides), median(&mut ratios));
+    alone.bus.shutdown(Duration::from_secs(5)).await;
     bus.shutdown(Duration::from_millis(100)).await;
     format!(
         "{{\"bench\":\"local_backlog_memory\",\"queued\":{n},\"payload_bytes\":{payload:.0},\"rss_delta_per_msg\":{per_msg:.0},\
-         \"bytes_per_queued_msg\":{:.0},\"live_msgs_per_s_alone\":{alone:.0},\"live_msgs_per_s_beside_backlog\":{beside:.0},\
-         \"independence_ratio\":{:.2}}}",
+         \"bytes_per_queued_msg\":{:.0},\"rounds\":{BACKLOG_ROUNDS},\"live_msgs_per_s_alone\":{alone_rate:.0},\
+         \"live_msgs_per_s_beside_backlog\":{beside_rate:.0},\"independence_ratio\":{:.2}}}",
         per_msg - payload,
-        beside / alone
+        ratio
     )
 }
