@@ -146,6 +146,14 @@ pub trait Backend: Send + Sync + Debug + 'static {
 pub trait TopicDriver: Send + Sync + Debug {
     /// Publishes at most `max_publish_batch` messages; `Ok` only when the backend accepted all of them.
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()>;
+
+    /// Publishes without waiting, where the backend can (an in-process bus): `Some` with what [`TopicDriver::publish`]
+    /// would have returned, or `None` to have the caller use `publish`. Spares the boxed future of an async call on
+    /// the hottest path there is; network backends keep the default.
+    fn publish_now(&self, batch: &[OutgoingMessage]) -> Option<Result<()>> {
+        let _ = batch;
+        None
+    }
 }
 
 /// Receives from and settles deliveries of one subscription. Every method is one batch call and does not retry.

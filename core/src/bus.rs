@@ -427,6 +427,15 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
 }
 
 async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[OutgoingMessage]) -> Result<()> {
+    match driver.publish_now(chunk) {
+        Some(Ok(())) => return Ok(()),
+        Some(Err(e)) if !e.is_retryable() => {
+            tracing::error!(topic, error = %e, "publish failed");
+            return Err(e);
+        }
+        // Not supported, or worth retrying: the async path below.
+        _ => {}
+    }
     let mut attempt = 1;
     loop {
         match driver.publish(chunk).await {
@@ -447,7 +456,40 @@ async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[Ou
 
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
+    use super::{encode, publish_with_retries};
+    use crate::backend::{OutgoingMessage, TopicDriver};
+    use crate::{Error, Result};
+
+    /// Refuses every immediate publish, retryably or not; the async path accepts.
+    #[derive(Debug)]
+    struct RefusesAtOnce {
+        retryable: bool,
+        async_calls: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl TopicDriver for RefusesAtOnce {
+        async fn publish(&self, _batch: &[OutgoingMessage]) -> Result<()> {
+            self.async_calls.fetch_add(1, SeqCst);
+            Ok(())
+        }
+        fn publish_now(&self, _batch: &[OutgoingMessage]) -> Option<Result<()>> {
+            Some(Err(Error::backend("refused (injected)", self.retryable)))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_immediate_publish_that_fails_retryably_goes_the_async_way_and_a_final_failure_does_not() {
+        let retryable = RefusesAtOnce { retryable: true, async_calls: AtomicU32::new(0) };
+        publish_with_retries(&retryable, "t", &[]).await.unwrap();
+        assert_eq!(retryable.async_calls.load(SeqCst), 1);
+        let fatal = RefusesAtOnce { retryable: false, async_calls: AtomicU32::new(0) };
+        let e = publish_with_retries(&fatal, "t", &[]).await.unwrap_err();
+        assert!(e.to_string().contains("refused (injected)"), "{e}");
+        assert_eq!(fatal.async_calls.load(SeqCst), 0);
+    }
 
     #[test]
     fn encoded_payloads_never_alias_across_chunks_and_sizes() {
