@@ -2,7 +2,7 @@
 //!
 //! Real semantics, not a bare channel: each subscription has its own queue with leases (ack deadline), attempt
 //! counting, delayed redelivery, a dead-letter queue, ordering keys with head-of-line blocking, de-duplication for
-//! exactly-once topics and retention expiry. Publishing stores each message once and shares it between
+//! exactly-once topics and retention expiry. Publishing encodes each payload once and shares it between
 //! subscriptions. State lives as long as the [`LocalBackend`] (clones share it).
 //!
 //! ```
@@ -161,24 +161,33 @@ impl TopicDriver for LocalTopic {
     }
 
     fn publish_now(&self, batch: &[OutgoingMessage]) -> Option<Result<()>> {
-        let one;
-        let many: Vec<Arc<Stored>>;
-        let stored: &[Arc<Stored>] = match batch {
-            [m] => {
-                one = [Arc::new(Stored::from(m))];
-                &one
-            }
-            _ => {
-                many = batch.iter().map(|m| Arc::new(Stored::from(m))).collect();
-                &many
-            }
-        };
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
-        tracing::trace!(topic = %self.name, n = stored.len(), subscriptions = subs.len(), "publish");
-        for s in subs.iter() {
-            if s.queue.lock().push(stored, now) {
-                s.notify.notify_waiters();
+        tracing::trace!(topic = %self.name, n = batch.len(), subscriptions = subs.len(), "publish");
+        let last = subs.len().saturating_sub(1);
+        match batch {
+            // One message: no vector; the last subscription takes the copy the others were cloned from.
+            [m] => {
+                let mut stored = Some(Stored::from(m));
+                for (i, s) in subs.iter().enumerate() {
+                    let copy = if i == last { stored.take() } else { stored.clone() };
+                    if s.queue.lock().push(copy, now) {
+                        s.notify.notify_waiters();
+                    }
+                }
+            }
+            _ => {
+                let mut stored: Vec<Stored> = batch.iter().map(Stored::from).collect();
+                for (i, s) in subs.iter().enumerate() {
+                    let woken = if i == last {
+                        s.queue.lock().push(std::mem::take(&mut stored), now)
+                    } else {
+                        s.queue.lock().push(stored.iter().cloned(), now)
+                    };
+                    if woken {
+                        s.notify.notify_waiters();
+                    }
+                }
             }
         }
         Some(Ok(()))

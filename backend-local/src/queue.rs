@@ -12,14 +12,15 @@ use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedM
 use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
 use tokio::time::Instant;
 
-/// A published message, shared by every subscription of its topic. Kept small (88 bytes; a backlog holds millions):
-/// attributes and ordering key, absent from most messages, sit behind one optional box, and the publish time is
-/// microseconds since the Unix epoch.
-#[derive(Debug)]
+/// A published message as a subscription's queue holds it, inline (no allocation of its own: each subscription
+/// keeps a copy, which shares the payload and the extras). Kept small (88 bytes; a backlog holds millions):
+/// attributes and ordering key, absent from most messages, sit behind one optional shared pointer, and the publish
+/// time is microseconds since the Unix epoch.
+#[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub id: MessageId,
     pub payload: Bytes,
-    extra: Option<Box<Extra>>,
+    extra: Option<Arc<Extra>>,
     publish_micros: i64,
 }
 
@@ -38,7 +39,7 @@ impl Stored {
         publish_time: SystemTime,
     ) -> Self {
         let extra =
-            (!attributes.is_empty() || ordering_key.is_some()).then(|| Box::new(Extra { attributes, ordering_key }));
+            (!attributes.is_empty() || ordering_key.is_some()).then(|| Arc::new(Extra { attributes, ordering_key }));
         Stored { id, payload, extra, publish_micros: micros(publish_time) }
     }
 
@@ -64,7 +65,7 @@ impl From<&OutgoingMessage> for Stored {
     fn from(m: &OutgoingMessage) -> Self {
         // Most messages have neither attributes nor a key: no map is cloned only to be dropped again.
         let extra = (!m.attributes.is_empty() || m.ordering_key.is_some())
-            .then(|| Box::new(Extra { attributes: m.attributes.clone(), ordering_key: m.ordering_key.clone() }));
+            .then(|| Arc::new(Extra { attributes: m.attributes.clone(), ordering_key: m.ordering_key.clone() }));
         Stored { id: m.id.clone(), payload: m.payload.clone(), extra, publish_micros: micros(m.publish_time) }
     }
 }
@@ -80,7 +81,7 @@ fn micros(t: SystemTime) -> i64 {
 #[derive(Debug)]
 struct Pending {
     seq: u64,
-    msg: Arc<Stored>,
+    msg: Stored,
     /// Deliveries made so far.
     attempts: u32,
     /// When it was enqueued, in milliseconds since the queue was created (keeps `Pending` at 24 bytes).
@@ -198,7 +199,7 @@ impl Queue {
 
     /// Adds published messages; exactly-once subscriptions drop ids they already accepted. Returns whether a waiting
     /// receiver must be woken (it only waits after finding nothing ready).
-    pub fn push(&mut self, msgs: &[Arc<Stored>], now: Instant) -> bool {
+    pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) -> bool {
         let was_empty = self.ready.is_empty();
         if self.exactly_once {
             let horizon = now.checked_sub(self.config.message_retention);
@@ -220,7 +221,7 @@ impl Queue {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.ready.push_back(Pending { seq, msg: m.clone(), attempts: 0, enqueued_ms: self.millis(now) });
+            self.ready.push_back(Pending { seq, msg: m, attempts: 0, enqueued_ms: self.millis(now) });
         }
         was_empty && !self.ready.is_empty()
     }
@@ -410,8 +411,7 @@ impl Queue {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            let msg =
-                Arc::new(Stored::new(d.id, d.payload, d.attributes, d.ordering_key.map(Arc::from), d.publish_time));
+            let msg = Stored::new(d.id, d.payload, d.attributes, d.ordering_key.map(Arc::from), d.publish_time);
             self.ready.push_back(Pending { seq, msg, attempts: 0, enqueued_ms });
             moved += 1;
         }
@@ -424,19 +424,20 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn msg(id: &str, key: Option<&str>) -> Arc<Stored> {
-        Arc::new(Stored::new(
+    fn msg(id: &str, key: Option<&str>) -> Stored {
+        Stored::new(
             MessageId::from(id),
             Bytes::from_static(b"{}"),
             Attributes::new(),
             key.map(Arc::from),
             SystemTime::now(),
-        ))
+        )
     }
 
     #[test]
     fn a_stored_message_stays_small() {
         assert_eq!(std::mem::size_of::<Stored>(), 88);
+        assert_eq!(std::mem::size_of::<Pending>(), 104, "a queued message, inline in its subscription's queue");
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         let s = Stored::new(MessageId::from("a"), Bytes::new(), Attributes::new(), None, t);
         assert_eq!(s.publish_time(), t);
@@ -451,9 +452,8 @@ mod tests {
         let mut q = Queue::new(cfg(), false, false);
         let t0 = Instant::now();
         let payload = Bytes::from(b"{\"n\":1}".to_vec());
-        let m =
-            Arc::new(Stored::new(MessageId::from("a"), payload.clone(), Attributes::new(), None, SystemTime::now()));
-        q.push(&[m], t0);
+        let m = Stored::new(MessageId::from("a"), payload.clone(), Attributes::new(), None, SystemTime::now());
+        q.push([m], t0);
         let got = take(&mut q, 1, t0);
         q.dead_letter(vec![DeadLetterRequest { message: got[0].clone(), reason: "bad".into() }]);
         let dl = q.dead_letters(10);
@@ -477,8 +477,8 @@ mod tests {
     async fn retention_expiry_drops_undelivered_messages() {
         let mut q = Queue::new(cfg(), false, false);
         let t0 = Instant::now();
-        q.push(&[msg("a", None)], t0);
-        q.push(&[msg("b", None)], t0 + Duration::from_secs(30));
+        q.push([msg("a", None)], t0);
+        q.push([msg("b", None)], t0 + Duration::from_secs(30));
         let got = take(&mut q, 10, t0 + Duration::from_secs(61));
         assert_eq!(got.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["b"], "a expired, b did not");
         q.ack(&[got[0].ack_id.clone()]);
@@ -489,7 +489,7 @@ mod tests {
     async fn a_stale_ack_after_lease_expiry_is_ignored() {
         let mut q = Queue::new(cfg(), false, false);
         let t0 = Instant::now();
-        q.push(&[msg("a", None)], t0);
+        q.push([msg("a", None)], t0);
         let first = take(&mut q, 1, t0);
         let second = take(&mut q, 1, t0 + Duration::from_secs(11));
         assert_eq!(second.len(), 1, "redelivered after the ack deadline");
@@ -504,7 +504,7 @@ mod tests {
     async fn extended_lease_is_not_redelivered() {
         let mut q = Queue::new(cfg(), false, false);
         let t0 = Instant::now();
-        q.push(&[msg("a", None)], t0);
+        q.push([msg("a", None)], t0);
         let first = take(&mut q, 1, t0);
         q.extend(&[first[0].ack_id.clone()], Duration::from_secs(10), t0 + Duration::from_secs(8));
         assert!(take(&mut q, 1, t0 + Duration::from_secs(12)).is_empty(), "lease runs to 18 s now");
@@ -515,7 +515,7 @@ mod tests {
     async fn ordering_key_blocks_until_dead_lettered_and_keeps_order() {
         let mut q = Queue::new(cfg(), true, false);
         let t0 = Instant::now();
-        q.push(&[msg("k1", Some("k")), msg("o1", Some("other")), msg("k2", Some("k")), msg("k3", Some("k"))], t0);
+        q.push([msg("k1", Some("k")), msg("o1", Some("other")), msg("k2", Some("k")), msg("k3", Some("k"))], t0);
         let got = take(&mut q, 10, t0);
         let ids: Vec<_> = got.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, vec!["k1", "o1"], "k2 waits behind k1");
@@ -538,13 +538,13 @@ mod tests {
     async fn exactly_once_drops_known_ids_until_retention_passes() {
         let mut q = Queue::new(cfg(), false, true);
         let t0 = Instant::now();
-        q.push(&[msg("a", None), msg("a", None)], t0);
+        q.push([msg("a", None), msg("a", None)], t0);
         assert_eq!(q.backlog(), 1);
         let got = take(&mut q, 10, t0);
         q.ack(&[got[0].ack_id.clone()]);
-        q.push(&[msg("a", None)], t0 + Duration::from_secs(30));
+        q.push([msg("a", None)], t0 + Duration::from_secs(30));
         assert_eq!(q.backlog(), 0, "acked id republished within retention: dropped");
-        q.push(&[msg("a", None)], t0 + Duration::from_secs(100));
+        q.push([msg("a", None)], t0 + Duration::from_secs(100));
         assert_eq!(q.backlog(), 1, "outside the de-duplication window it is a new message");
     }
 }
