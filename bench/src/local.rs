@@ -226,13 +226,16 @@ pub async fn latency(secs: u64) -> String {
 }
 
 static BACKLOG: Topic<Event> = Topic::new("backlog", TopicConfig::at_least_once());
+/// A topic beside the backlog's, on the same bus.
+static UNRELATED: Topic<Event> = Topic::new("unrelated", TopicConfig::at_least_once());
 
 /// Rounds of the live subscription alone and beside the backlog.
 const BACKLOG_ROUNDS: usize = 7;
 
-/// A live subscription of `BACKLOG` on a bus, measured round after round.
+/// A live subscription on a bus, measured round after round.
 struct Live {
     bus: Bus,
+    topic: &'static Topic<Event>,
     done: Arc<AtomicU64>,
     /// Messages published since the subscription started.
     sent: u64,
@@ -241,17 +244,17 @@ struct Live {
 }
 
 impl Live {
-    async fn new(bus: Bus) -> Self {
+    async fn new(bus: Bus, topic: &'static Topic<Event>) -> Self {
         let done = Arc::new(AtomicU64::new(0));
-        bus.subscribe(&BACKLOG, "live", SubscriptionConfig::default(), counting(&done)).await.unwrap();
-        Live { bus, done, sent: 0, offset: 0 }
+        bus.subscribe(topic, "live", SubscriptionConfig::default(), counting(&done)).await.unwrap();
+        Live { bus, topic, done, sent: 0, offset: 0 }
     }
 
     /// Deliveries/s of `m` more messages.
     async fn rate(&mut self, m: u64) -> f64 {
         let start = Instant::now();
         for i in 0..m {
-            BACKLOG.publish(&self.bus, &event(self.offset + self.sent + i)).await.unwrap();
+            self.topic.publish(&self.bus, &event(self.offset + self.sent + i)).await.unwrap();
         }
         self.sent += m;
         wait_for(&self.done, self.sent).await;
@@ -264,7 +267,7 @@ impl Live {
 pub async fn backlog(n: u64) -> String {
     let m = (n / 5).max(10_000);
     // A throwaway round first: the first run in a process pays for warming the heap and the worker threads.
-    let mut alone = Live::new(Bus::new(Arc::new(LocalBackend::new()))).await;
+    let mut alone = Live::new(Bus::new(Arc::new(LocalBackend::new())), &BACKLOG).await;
     alone.rate(m).await;
     let bus = Bus::new(Arc::new(LocalBackend::new()));
     let stalled = SubscriptionConfig::default().with_max_concurrency(1);
@@ -284,22 +287,28 @@ pub async fn backlog(n: u64) -> String {
     let per_msg = (after.saturating_sub(before)) as f64 / n as f64;
     // Interleaved rounds; the ratio is the median of each round's ratio, as a round's two runs are close in time and
     // this machine's speed drifts by tens of percent between runs.
-    let mut beside = Live::new(bus.clone()).await;
+    let mut beside = Live::new(bus.clone(), &BACKLOG).await;
     beside.offset = n;
-    let (mut alones, mut besides, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // The same bus, another topic: the backlog is there but takes no new messages.
+    let mut unrelated = Live::new(bus.clone(), &UNRELATED).await;
+    let (mut alones, mut besides, mut ratios, mut other_ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..BACKLOG_ROUNDS {
         // Which side goes first alternates, so a drift within a round favours neither.
-        let (a, b) = if round % 2 == 0 {
+        let (a, b, u) = if round % 2 == 0 {
             let a = alone.rate(m).await;
-            (a, beside.rate(m).await)
-        } else {
             let b = beside.rate(m).await;
-            (alone.rate(m).await, b)
+            (a, b, unrelated.rate(m).await)
+        } else {
+            let u = unrelated.rate(m).await;
+            let b = beside.rate(m).await;
+            (alone.rate(m).await, b, u)
         };
         alones.push(a);
         besides.push(b);
         ratios.push(b / a);
+        other_ratios.push(u / a);
     }
+    let other_ratio = median(&mut other_ratios);
     if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
         eprintln!("alone {alones:.0?}\nbeside {besides:.0?}");
     }
@@ -309,7 +318,7 @@ pub async fn backlog(n: u64) -> String {
     format!(
         "{{\"bench\":\"local_backlog_memory\",\"queued\":{n},\"payload_bytes\":{payload:.0},\"rss_delta_per_msg\":{per_msg:.0},\
          \"bytes_per_queued_msg\":{:.0},\"rounds\":{BACKLOG_ROUNDS},\"live_msgs_per_s_alone\":{alone_rate:.0},\
-         \"live_msgs_per_s_beside_backlog\":{beside_rate:.0},\"independence_ratio\":{:.2}}}",
+         \"live_msgs_per_s_beside_backlog\":{beside_rate:.0},\"independence_ratio\":{:.2},\"independence_ratio_other_topic\":{other_ratio:.2}}}",
         per_msg - payload,
         ratio
     )
