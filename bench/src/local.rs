@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
 use tidings_local::LocalBackend;
 
-use crate::util::{event, mb, peak_rss, reset_peak, rss, Event};
+use crate::util::{event, mb, minor_faults, peak_rss, reset_peak, rss, Event};
 
 static FANOUT: Topic<Event> = Topic::new("fanout", TopicConfig::at_least_once());
 
@@ -252,12 +252,15 @@ impl Live {
 
     /// Deliveries/s of `m` more messages.
     async fn rate(&mut self, m: u64) -> f64 {
-        let start = Instant::now();
+        let (start, faults) = (Instant::now(), minor_faults());
         for i in 0..m {
             self.topic.publish(&self.bus, &event(self.offset + self.sent + i)).await.unwrap();
         }
         self.sent += m;
         wait_for(&self.done, self.sent).await;
+        if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
+            eprintln!("{}: {} page faults per 1,000 messages", self.topic.name(), (minor_faults() - faults) * 1000 / m);
+        }
         m as f64 / start.elapsed().as_secs_f64()
     }
 }

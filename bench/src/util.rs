@@ -49,3 +49,10 @@ pub fn reset_peak() {
 pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
+
+/// Minor page faults of this process so far (`/proc/self/stat`, field 10): memory touched for the first time.
+pub fn minor_faults() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, minflt field 10.
+    s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok()).unwrap_or(0)
+}
