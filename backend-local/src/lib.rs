@@ -157,38 +157,22 @@ struct LocalTopic {
 #[async_trait]
 impl TopicDriver for LocalTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
-        self.publish_now(batch).expect("the in-process bus always publishes at once")
+        self.publish_now(&mut batch.to_vec()).expect("the in-process bus always publishes at once")
     }
 
-    fn publish_now(&self, batch: &[OutgoingMessage]) -> Option<Result<()>> {
+    fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = batch.len(), subscriptions = subs.len(), "publish");
-        let last = subs.len().saturating_sub(1);
-        match batch {
-            // One message: no vector; the last subscription takes the copy the others were cloned from.
-            [m] => {
-                let mut stored = Some(Stored::from(m));
-                for (i, s) in subs.iter().enumerate() {
-                    let copy = if i == last { stored.take() } else { stored.clone() };
-                    if s.queue.lock().push(copy, now) {
-                        s.notify.notify_waiters();
-                    }
-                }
+        let Some((last, others)) = subs.split_last() else { return Some(Ok(())) };
+        // Every subscription but the last gets a copy (sharing the payload); the last takes the message itself.
+        for s in others {
+            if s.queue.lock().push(batch.iter().map(Stored::from), now) {
+                s.notify.notify_waiters();
             }
-            _ => {
-                let mut stored: Vec<Stored> = batch.iter().map(Stored::from).collect();
-                for (i, s) in subs.iter().enumerate() {
-                    let woken = if i == last {
-                        s.queue.lock().push(std::mem::take(&mut stored), now)
-                    } else {
-                        s.queue.lock().push(stored.iter().cloned(), now)
-                    };
-                    if woken {
-                        s.notify.notify_waiters();
-                    }
-                }
-            }
+        }
+        if last.queue.lock().push(batch.iter_mut().map(Stored::take), now) {
+            last.notify.notify_waiters();
         }
         Some(Ok(()))
     }

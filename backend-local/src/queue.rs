@@ -70,6 +70,21 @@ impl From<&OutgoingMessage> for Stored {
     }
 }
 
+impl Stored {
+    /// Moves a published message in (its payload and extras; the id is copied).
+    pub fn take(m: &mut OutgoingMessage) -> Self {
+        let extra = (!m.attributes.is_empty() || m.ordering_key.is_some()).then(|| {
+            Arc::new(Extra { attributes: std::mem::take(&mut m.attributes), ordering_key: m.ordering_key.take() })
+        });
+        Stored {
+            id: m.id.clone(),
+            payload: std::mem::take(&mut m.payload),
+            extra,
+            publish_micros: micros(m.publish_time),
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch, negative before it.
 fn micros(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {

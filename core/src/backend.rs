@@ -150,7 +150,10 @@ pub trait TopicDriver: Send + Sync + Debug {
     /// Publishes without waiting, where the backend can (an in-process bus): `Some` with what [`TopicDriver::publish`]
     /// would have returned, or `None` to have the caller use `publish`. Spares the boxed future of an async call on
     /// the hottest path there is; network backends keep the default.
-    fn publish_now(&self, batch: &[OutgoingMessage]) -> Option<Result<()>> {
+    ///
+    /// On `Some(Ok(()))` the batch is the driver's: it may have moved the payloads out (the caller keeps only the
+    /// ids). Otherwise it must leave the batch as it found it, for `publish` to send.
+    fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         let _ = batch;
         None
     }

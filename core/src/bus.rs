@@ -269,14 +269,14 @@ impl Bus {
         // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
         // still checked before the first use of a topic provisions it.
         let (name, config) = (topic.name(), topic.config());
-        let (driver, out) = match self.cached_driver(name, config) {
+        let (driver, mut out) = match self.cached_driver(name, config) {
             Some(driver) => (driver, self.outgoing(topic, message, options)?),
             None => {
                 let out = self.prepare(topic, message, options)?;
                 (self.topic_driver(name, config).await?, out)
             }
         };
-        self.send_to(driver.as_ref(), name, std::slice::from_ref(&out)).await?;
+        self.send_to(driver.as_ref(), name, std::slice::from_mut(&mut out)).await?;
         Ok(out.id)
     }
 
@@ -288,35 +288,43 @@ impl Bus {
     where
         I: IntoIterator<Item = (&'a T, PublishOptions)>,
     {
-        let batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
+        let mut batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
         let ids = batch.iter().map(|m| m.id.clone()).collect();
-        self.send(topic.name(), topic.config(), &batch).await?;
+        self.send(topic.name(), topic.config(), &mut batch).await?;
         Ok(ids)
     }
 
     /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
     /// topic `name` with `config`; they are validated again against this backend's limits first. The ids are kept,
     /// so exactly-once topics de-duplicate a republish.
-    pub async fn publish_prepared(&self, name: &str, config: TopicConfig, batch: Vec<OutgoingMessage>) -> Result<()> {
+    pub async fn publish_prepared(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        mut batch: Vec<OutgoingMessage>,
+    ) -> Result<()> {
         for m in &batch {
             self.validate(name, config, m)?;
         }
-        self.send(name, config, &batch).await
+        self.send(name, config, &mut batch).await
     }
 
-    async fn send(&self, name: &str, config: TopicConfig, batch: &[OutgoingMessage]) -> Result<()> {
+    async fn send(&self, name: &str, config: TopicConfig, batch: &mut [OutgoingMessage]) -> Result<()> {
         let driver = self.topic_driver(name, config).await?;
         self.send_to(driver.as_ref(), name, batch).await
     }
 
-    async fn send_to(&self, driver: &dyn TopicDriver, name: &str, batch: &[OutgoingMessage]) -> Result<()> {
+    /// Sends in chunks the backend takes. The batch is the driver's once accepted (an in-process bus moves the
+    /// payloads into its queues), so a test bus copies what it records beforehand.
+    async fn send_to(&self, driver: &dyn TopicDriver, name: &str, batch: &mut [OutgoingMessage]) -> Result<()> {
+        // Only a test bus records; the copy costs nothing that matters there.
+        let record = self.inner.recorder.as_ref().map(|rec| (rec, batch.to_vec()));
         let max = self.inner.caps.max_publish_batch.max(1);
-        for chunk in batch.chunks(max) {
+        for chunk in batch.chunks_mut(max) {
             publish_with_retries(driver, name, chunk).await?;
         }
-        if let Some(rec) = &self.inner.recorder {
-            // Only a test bus records; the copy costs nothing that matters there.
-            rec.lock().unwrap().entry(name.to_string()).or_default().extend_from_slice(batch);
+        if let Some((rec, copy)) = record {
+            rec.lock().unwrap().entry(name.to_string()).or_default().extend(copy);
         }
         Ok(())
     }
@@ -426,7 +434,7 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
     })
 }
 
-async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[OutgoingMessage]) -> Result<()> {
+async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Result<()> {
     match driver.publish_now(chunk) {
         Some(Ok(())) => return Ok(()),
         Some(Err(e)) if !e.is_retryable() => {
@@ -438,7 +446,7 @@ async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &[Ou
     }
     let mut attempt = 1;
     loop {
-        match driver.publish(chunk).await {
+        match driver.publish(&*chunk).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
                 let delay = runtime::jittered(Duration::from_millis(100) * 2u32.pow(attempt - 1));
@@ -475,7 +483,7 @@ mod tests {
             self.async_calls.fetch_add(1, SeqCst);
             Ok(())
         }
-        fn publish_now(&self, _batch: &[OutgoingMessage]) -> Option<Result<()>> {
+        fn publish_now(&self, _batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
             Some(Err(Error::backend("refused (injected)", self.retryable)))
         }
     }
@@ -483,10 +491,10 @@ mod tests {
     #[tokio::test]
     async fn an_immediate_publish_that_fails_retryably_goes_the_async_way_and_a_final_failure_does_not() {
         let retryable = RefusesAtOnce { retryable: true, async_calls: AtomicU32::new(0) };
-        publish_with_retries(&retryable, "t", &[]).await.unwrap();
+        publish_with_retries(&retryable, "t", &mut []).await.unwrap();
         assert_eq!(retryable.async_calls.load(SeqCst), 1);
         let fatal = RefusesAtOnce { retryable: false, async_calls: AtomicU32::new(0) };
-        let e = publish_with_retries(&fatal, "t", &[]).await.unwrap_err();
+        let e = publish_with_retries(&fatal, "t", &mut []).await.unwrap_err();
         assert!(e.to_string().contains("refused (injected)"), "{e}");
         assert_eq!(fatal.async_calls.load(SeqCst), 0);
     }
