@@ -270,6 +270,14 @@ impl Bus {
         // still checked before the first use of a topic provisions it.
         let (name, config) = (topic.name(), topic.config());
         let (driver, mut out) = match self.cached_driver(name, config) {
+            // An in-process bus accepts at once: no future beyond this one, unless it refuses and retries are due.
+            Some(driver) if self.inner.recorder.is_none() => {
+                let mut out = self.outgoing(topic, message, options)?;
+                match publish_now(driver.as_ref(), name, std::slice::from_mut(&mut out)) {
+                    Some(r) => return r.map(|()| out.id),
+                    None => (driver, out),
+                }
+            }
             Some(driver) => (driver, self.outgoing(topic, message, options)?),
             None => {
                 let out = self.prepare(topic, message, options)?;
@@ -434,15 +442,22 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
     })
 }
 
-async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Result<()> {
-    match driver.publish_now(chunk) {
-        Some(Ok(())) => return Ok(()),
-        Some(Err(e)) if !e.is_retryable() => {
+/// The driver's immediate publish: its final outcome, or `None` when the async path (with retries) must follow (not
+/// supported, or failed retryably).
+fn publish_now(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Option<Result<()>> {
+    match driver.publish_now(chunk)? {
+        Ok(()) => Some(Ok(())),
+        Err(e) if e.is_retryable() => None,
+        Err(e) => {
             tracing::error!(topic, error = %e, "publish failed");
-            return Err(e);
+            Some(Err(e))
         }
-        // Not supported, or worth retrying: the async path below.
-        _ => {}
+    }
+}
+
+async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Result<()> {
+    if let Some(outcome) = publish_now(driver, topic, chunk) {
+        return outcome;
     }
     let mut attempt = 1;
     loop {
