@@ -425,6 +425,8 @@ pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
         if buf.capacity() < OWN {
             *buf = BytesMut::with_capacity(CHUNK);
         }
+        // Empty unless a `Serialize` impl panicked half-way through the previous message.
+        buf.clear();
         if let Err(e) = serde_json::to_writer((&mut *buf).writer(), message) {
             buf.clear();
             return Err(e.into());
@@ -535,6 +537,21 @@ mod tests {
         assert_eq!(b.as_ptr().wrapping_add(b.len()), c.as_ptr(), "a large payload does not take chunk space");
         let range = large.as_ptr() as usize..large.as_ptr() as usize + large.len();
         assert!(!range.contains(&(c.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn a_serializer_that_panics_leaves_no_partial_payload_behind() {
+        struct Panics;
+        impl serde::Serialize for Panics {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("half", "written")?;
+                panic!("serializer bug");
+            }
+        }
+        assert!(std::panic::catch_unwind(|| encode(&Panics)).is_err());
+        assert_eq!(&encode(&"next").unwrap()[..], b"\"next\"");
     }
 
     #[test]
