@@ -151,27 +151,14 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
                     permits.merge(more.expect("receive never exceeds the free handler slots"));
                 }
                 // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
-                // Handlers in a group still run concurrently (and release their slots as they finish). The first
-                // group starts right here, after the others are spawned: while consumers keep up, batches are small
-                // and their handlers finish on the first poll, so most batches need no task at all.
+                // Handlers in a group still run concurrently (and release their slots as they finish).
                 let mut all = chains(ordered, batch).into_iter().peekable();
-                let first_group: Vec<Chain> = all.by_ref().take(CHAINS_PER_TASK).collect();
-                let first_slots = match all.peek() {
-                    Some(_) => permits.split(first_group.iter().map(Chain::len).sum()).expect("one slot per delivery"),
-                    None => std::mem::replace(&mut permits, empty_permit(&sem)),
-                };
                 while all.peek().is_some() {
                     let group: Vec<Chain> = all.by_ref().take(CHAINS_PER_TASK).collect();
                     let n: usize = group.iter().map(Chain::len).sum();
                     let slots = if all.peek().is_some() { permits.split(n) } else { None };
                     let slots = slots.unwrap_or_else(|| std::mem::replace(&mut permits, empty_permit(&sem)));
                     tasks.spawn(run_group(ctx.clone(), group, slots));
-                }
-                let (acks, slow) = start_group(&ctx, first_group, first_slots).await;
-                let mut rest = Box::pin(finish_group(ctx.clone(), acks, slow));
-                // On an in-process bus the ack completes at once; a remote ack or a running handler goes to a task.
-                if std::future::poll_fn(|cx| Poll::Ready(rest.as_mut().poll(cx))).await.is_pending() {
-                    tasks.spawn(rest);
                 }
             }
             Err(e) => {
@@ -273,23 +260,13 @@ type Slow = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     group: Vec<Chain>,
-    slots: OwnedSemaphorePermit,
-) {
-    let (acks, slow) = start_group(&ctx, group, slots).await;
-    finish_group(ctx, acks, slow).await;
-}
-
-/// Begins every chain of a group: the acks of the handlers that finished on their first poll, and the rest, running.
-async fn start_group<T: DeserializeOwned + Send + Sync + 'static>(
-    ctx: &Arc<Ctx<T>>,
-    group: Vec<Chain>,
     mut slots: OwnedSemaphorePermit,
-) -> (Vec<AckId>, FuturesUnordered<Slow>) {
+) {
     let mut acks = Vec::with_capacity(slots.num_permits());
-    let slow: FuturesUnordered<Slow> = FuturesUnordered::new();
+    let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
     for chain in group {
         match chain {
-            Chain::One(msg) => match begin(ctx, &msg).await {
+            Chain::One(msg) => match begin(&ctx, &msg).await {
                 Begin::Done(Done::Ok) => acks.push(msg.ack_id),
                 b => {
                     let permit = slots.split(1).expect("one slot per delivery");
@@ -303,15 +280,8 @@ async fn start_group<T: DeserializeOwned + Send + Sync + 'static>(
             }
         }
     }
-    (acks, slow)
-}
-
-/// Sends a group's fast-path acks to the driver in one call while its slow deliveries run on.
-async fn finish_group<T: DeserializeOwned + Send + Sync + 'static>(
-    ctx: Arc<Ctx<T>>,
-    acks: Vec<AckId>,
-    mut slow: FuturesUnordered<Slow>,
-) {
+    drop(slots);
+    // The fast path's acks go straight to the driver, one call per group, while the slow ones run on.
     let ack = async {
         if !acks.is_empty() {
             if let Err(e) = ctx.runner.driver.ack(acks).await {
