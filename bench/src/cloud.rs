@@ -160,10 +160,25 @@ pub async fn aws(n: u64) -> String {
         .load()
         .await;
     let (sns, sqs) = (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk));
+    if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
+        // Profiling aid: only the tidings side, with this process's CPU per 1,000 messages.
+        let c0 = crate::util::cpu_seconds();
+        let (_, rate, _) = aws_tidings_round(&backend, n).await;
+        let cpu_ms = (crate::util::cpu_seconds() - c0) * 1e6 / n as f64;
+        return format!("{{\"bench\":\"aws_calls_profile\",\"deliveries\":{rate:.0},\"cpu_ms_per_1k\":{cpu_ms:.0}}}");
+    }
+    let cpu = crate::util::cpu_seconds;
+    let c0 = cpu();
     let (p1, t1, c1) = aws_tidings_round(&backend, n).await;
+    let c_t1 = cpu();
     let r1 = aws_raw_round(&backend, &sns, &sqs, n).await;
     let r2 = aws_raw_round(&backend, &sns, &sqs, n).await;
+    let c_r = cpu();
     let (p2, t2, c2) = aws_tidings_round(&backend, n).await;
+    let c_t2 = cpu();
+    // This process's CPU per 1,000 messages: on the 2 cores it shares with LocalStack, the client's CPU is LocalStack's loss.
+    let (tidings_cpu_ms, raw_cpu_ms) =
+        ((c_t1 - c0 + c_t2 - c_r) * 1e6 / (2 * n) as f64, (c_r - c_t1) * 1e6 / (2 * n) as f64);
     let (publish_rate, rate, raw_rate) = ((p1 + p2) / 2.0, (t1 + t2) / 2.0, (r1 + r2) / 2.0);
     let d = |op: &str| {
         (c1.get(op).copied().unwrap_or(0) + c2.get(op).copied().unwrap_or(0)) as f64 * 1000.0 / (2 * n) as f64
@@ -174,7 +189,8 @@ pub async fn aws(n: u64) -> String {
         "{{\"bench\":\"aws_calls\",\"messages\":{n},\"rounds\":2,\"publish_calls_per_1k\":{publish:.1},\"consume_calls_per_1k\":{consume:.1},\
          \"receive_calls_per_1k\":{:.1},\"delete_calls_per_1k\":{:.1},\"visibility_calls_per_1k\":{:.1},\
          \"tidings_publish_msgs_per_s\":{publish_rate:.0},\"tidings_msgs_per_s\":{rate:.0},\"raw_sdk_msgs_per_s\":{raw_rate:.0},\
-         \"vs_raw_sdk\":{:.2},\"note\":\"LocalStack on the same 2 cores; says nothing about AWS throughput\"}}",
+         \"vs_raw_sdk\":{:.2},\"tidings_client_cpu_ms_per_1k\":{tidings_cpu_ms:.0},\"raw_client_cpu_ms_per_1k\":{raw_cpu_ms:.0},\
+         \"note\":\"LocalStack on the same 2 cores; says nothing about AWS throughput\"}}",
         d("sqs:ReceiveMessage"),
         d("sqs:DeleteMessageBatch"),
         d("sqs:ChangeMessageVisibilityBatch"),

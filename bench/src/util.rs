@@ -56,3 +56,12 @@ pub fn minor_faults() -> u64 {
     // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, minflt field 10.
     s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok()).unwrap_or(0)
 }
+
+/// CPU seconds this process has used so far (user and system, `/proc/self/stat` fields 14 and 15, in clock ticks of
+/// 1/100 s).
+pub fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = s.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
