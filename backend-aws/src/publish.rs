@@ -23,8 +23,10 @@ const MAX_ENTRIES: usize = 10;
 const MAX_BATCH_BYTES: usize = 262_144;
 /// Attempts for a failed entry whose error is retryable.
 const ENTRY_ATTEMPTS: u32 = 4;
-/// `PublishBatch` calls in flight at once on a standard topic (FIFO topics send one at a time, to keep order).
-const IN_FLIGHT: usize = 4;
+/// `PublishBatch` calls in flight at once on a standard topic (FIFO topics send one at a time, to keep order). At
+/// AWS's tens of milliseconds a call, 4 in flight would cap a topic near a thousand messages a second per process;
+/// Go CDK allows 100.
+const IN_FLIGHT: usize = 64;
 
 type Reply = oneshot::Sender<Result<()>>;
 
