@@ -136,6 +136,9 @@ impl Backend for AwsBackend {
         c.max_message_size = 262_144 - METADATA_RESERVE;
         c.max_publish_batch = 10;
         c.max_receive_batch = 10;
+        // One ReceiveMessage returns at most 10: with one call in flight, a subscription would take at most 10
+        // messages per round trip.
+        c.concurrent_receives = 4;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c
     }

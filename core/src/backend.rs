@@ -33,6 +33,10 @@ pub struct Capabilities {
     pub max_publish_batch: usize,
     /// Most messages per `receive` call.
     pub max_receive_batch: usize,
+    /// `receive` calls the runtime may have in flight at once for one subscription of an unordered topic: above 1
+    /// only where `receive` is safe to call concurrently and a call's round trip is worth overlapping (SQS hands out
+    /// at most 10 messages a call). The runtime adds a call only while the previous one came back full.
+    pub concurrent_receives: usize,
     /// Most attributes per message (tidings reserves none on the local bus).
     pub max_attributes: usize,
 }
@@ -47,6 +51,7 @@ impl Default for Capabilities {
             max_message_size: 256 * 1024,
             max_publish_batch: 10,
             max_receive_batch: 10,
+            concurrent_receives: 1,
             max_attributes: 10,
         }
     }

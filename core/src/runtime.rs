@@ -131,25 +131,46 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
     let mut tasks = JoinSet::new();
     let mut error_backoff = Duration::from_millis(100);
     let ordered = ctx.runner.spec.topic.config.ordered;
-    loop {
-        let first = tokio::select! {
-            p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = cancel.cancelled() => break,
-        };
-        let n = (1 + sem.available_permits()).min(max_batch);
-        let received = tokio::select! {
-            r = ctx.runner.driver.receive(n, RECEIVE_WAIT) => r,
+    // Ordered topics keep one receive at a time: the broker's hand-out order is the delivery order.
+    let max_receives = if ordered { 1 } else { ctx.caps.concurrent_receives.max(1) };
+    // Each receive in flight holds a handler slot for every message it asked for; unused slots go back on return.
+    let mut receiving = FuturesUnordered::new();
+    // Receives wanted in flight: one more after each full batch (up to the capability), back to one after a partial.
+    let mut wanted = 1;
+    'run: loop {
+        while receiving.len() < wanted {
+            let mut slots = if receiving.is_empty() {
+                tokio::select! {
+                    p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                    _ = cancel.cancelled() => break 'run,
+                }
+            } else {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            };
+            let n = (1 + sem.available_permits()).min(max_batch);
+            if n > 1 {
+                slots.merge(sem.clone().try_acquire_many_owned(n as u32 - 1).expect("only this loop takes slots"));
+            }
+            let driver = ctx.runner.driver.clone();
+            receiving.push(async move { (driver.receive(n, RECEIVE_WAIT).await, slots) });
+        }
+        let (received, mut slots) = tokio::select! {
+            Some(r) = receiving.next() => r,
             _ = cancel.cancelled() => break,
         };
         match received {
             Ok(batch) => {
                 error_backoff = Duration::from_millis(100);
-                // One permit per delivery, taken as one block and handed to the groups in slices.
-                let mut permits = first;
-                if batch.len() > 1 {
-                    let more = sem.clone().try_acquire_many_owned(batch.len() as u32 - 1);
-                    permits.merge(more.expect("receive never exceeds the free handler slots"));
-                }
+                wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
+                // One slot per delivery, handed to the groups in slices; the ones asked for but not filled go back.
+                let mut permits = match slots.split(batch.len()) {
+                    Some(used) => used,
+                    None => std::mem::replace(&mut slots, empty_permit(&sem)),
+                };
+                drop(slots);
                 // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
                 // Handlers in a group still run concurrently (and release their slots as they finish).
                 let mut all = chains(ordered, batch).into_iter().peekable();
@@ -163,18 +184,22 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
             }
             Err(e) => {
                 tracing::warn!(subscription = %ctx.runner.key.1, error = %e, retry_in = ?error_backoff, "receive failed");
-                drop(first);
-                tokio::select! {
-                    _ = tokio::time::sleep(jittered(error_backoff)) => {},
-                    _ = cancel.cancelled() => break,
+                drop(slots);
+                wanted = 1;
+                if receiving.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(jittered(error_backoff)) => {},
+                        _ = cancel.cancelled() => break,
+                    }
+                    error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
                 }
-                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
             }
         }
         while let Some(r) = tasks.try_join_next() {
             log_task_end(r);
         }
     }
+    drop(receiving);
     // Graceful shutdown: let in-flight handlers finish unless the shutdown timeout aborts them.
     loop {
         tokio::select! {
@@ -480,4 +505,110 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 pub(crate) fn jittered(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
     d.mul_f64(0.5 + (nanos % 1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use std::time::SystemTime;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::backend::TopicSpec;
+    use crate::{DeadLetter, MessageId, Result, TopicConfig};
+
+    /// An endless subscription: each receive takes 20 ms and returns `max` messages, or one when `full` is off.
+    #[derive(Debug, Default)]
+    struct Endless {
+        full: bool,
+        receiving: AtomicUsize,
+        most_receiving: AtomicUsize,
+        next: AtomicU64,
+    }
+
+    #[async_trait]
+    impl SubscriptionDriver for Endless {
+        async fn receive(&self, max: usize, _wait: Duration) -> Result<Vec<ReceivedMessage>> {
+            let now = self.receiving.fetch_add(1, SeqCst) + 1;
+            self.most_receiving.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.receiving.fetch_sub(1, SeqCst);
+            let n = if self.full { max } else { 1 };
+            Ok((0..n)
+                .map(|_| {
+                    let i = self.next.fetch_add(1, SeqCst);
+                    ReceivedMessage {
+                        ack_id: AckId::Num(i),
+                        id: MessageId::from(i.to_string()),
+                        payload: Bytes::from_static(b"{}"),
+                        attributes: Default::default(),
+                        ordering_key: None,
+                        publish_time: SystemTime::now(),
+                        attempt: 1,
+                    }
+                })
+                .collect())
+        }
+        async fn ack(&self, _ids: Vec<AckId>) -> Result<()> {
+            Ok(())
+        }
+        async fn nack(&self, _items: Vec<(AckId, Duration)>) -> Result<()> {
+            Ok(())
+        }
+        async fn extend_lease(&self, _ids: Vec<AckId>, _by: Duration) -> Result<()> {
+            Ok(())
+        }
+        async fn dead_letter(&self, _items: Vec<DeadLetterRequest>) -> Result<()> {
+            Ok(())
+        }
+        async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>> {
+            Ok(Vec::new())
+        }
+        async fn redrive(&self, _ids: Option<Vec<MessageId>>) -> Result<usize> {
+            Ok(0)
+        }
+    }
+
+    /// Runs `driver` with 4 concurrent receives allowed and 30 handler slots (handlers take 50 ms) until 600 messages
+    /// were handled; returns (most receives in flight, most handlers running).
+    async fn run(driver: Arc<Endless>) -> (usize, usize) {
+        let caps = Capabilities { concurrent_receives: 4, ..Capabilities::default() };
+        let topic = TopicSpec { name: "t".into(), resource: "t".into(), config: TopicConfig::at_least_once() };
+        let config = crate::SubscriptionConfig::default().with_max_concurrency(30);
+        let spec = SubscriptionSpec { topic, name: "s".into(), resource: "s".into(), config };
+        let (running, most, handled) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+        let (r, m, h) = (running.clone(), most.clone(), handled.clone());
+        let handler = move |_m: Message<serde_json::Value>| {
+            let (r, m, h) = (r.clone(), m.clone(), h.clone());
+            async move {
+                m.fetch_max(r.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                r.fetch_sub(1, SeqCst);
+                h.fetch_add(1, SeqCst);
+                Ok(())
+            }
+        };
+        let runner = start(("t".into(), "s".into()), spec, driver.clone(), caps, handler);
+        while handled.load(SeqCst) < 600 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        runner.wait(Duration::from_secs(5)).await;
+        (driver.most_receiving.load(SeqCst), most.load(SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_batches_bring_more_receives_in_flight_within_the_handler_slots() {
+        let (receives, handlers) = run(Arc::new(Endless { full: true, ..Default::default() })).await;
+        assert!(receives > 1 && receives <= 4, "{receives} receives in flight");
+        assert!(handlers <= 30, "{handlers} handlers ran at once, above max_concurrency 30");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_batches_keep_one_receive_in_flight() {
+        let (receives, _) = run(Arc::new(Endless { full: false, ..Default::default() })).await;
+        assert_eq!(receives, 1);
+    }
 }
