@@ -63,25 +63,15 @@ impl Stored {
 
 impl From<&OutgoingMessage> for Stored {
     fn from(m: &OutgoingMessage) -> Self {
-        // Most messages have neither attributes nor a key: no map is cloned only to be dropped again.
-        let extra = (!m.attributes.is_empty() || m.ordering_key.is_some())
-            .then(|| Arc::new(Extra { attributes: m.attributes.clone(), ordering_key: m.ordering_key.clone() }));
-        Stored { id: m.id.clone(), payload: m.payload.clone(), extra, publish_micros: micros(m.publish_time) }
+        Stored::new(m.id.clone(), m.payload.clone(), m.attributes.clone(), m.ordering_key.clone(), m.publish_time)
     }
 }
 
 impl Stored {
     /// Moves a published message in (its payload and extras; the id is copied).
     pub fn take(m: &mut OutgoingMessage) -> Self {
-        let extra = (!m.attributes.is_empty() || m.ordering_key.is_some()).then(|| {
-            Arc::new(Extra { attributes: std::mem::take(&mut m.attributes), ordering_key: m.ordering_key.take() })
-        });
-        Stored {
-            id: m.id.clone(),
-            payload: std::mem::take(&mut m.payload),
-            extra,
-            publish_micros: micros(m.publish_time),
-        }
+        let (payload, attributes) = (std::mem::take(&mut m.payload), std::mem::take(&mut m.attributes));
+        Stored::new(m.id.clone(), payload, attributes, m.ordering_key.take(), m.publish_time)
     }
 }
 

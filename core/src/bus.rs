@@ -269,21 +269,21 @@ impl Bus {
         // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
         // still checked before the first use of a topic provisions it.
         let (name, config) = (topic.name(), topic.config());
-        let (driver, mut out) = match self.cached_driver(name, config) {
-            // An in-process bus accepts at once: no future beyond this one, unless it refuses and retries are due.
-            Some(driver) if self.inner.recorder.is_none() => {
-                let mut out = self.outgoing(topic, message, options)?;
-                match publish_now(driver.as_ref(), name, std::slice::from_mut(&mut out)) {
-                    Some(r) => return r.map(|()| out.id),
-                    None => (driver, out),
-                }
-            }
-            Some(driver) => (driver, self.outgoing(topic, message, options)?),
-            None => {
-                let out = self.prepare(topic, message, options)?;
-                (self.topic_driver(name, config).await?, out)
-            }
+        let cached = self.cached_driver(name, config);
+        let mut out = match cached {
+            Some(_) => self.outgoing(topic, message, options)?,
+            None => self.prepare(topic, message, options)?,
         };
+        let driver = match cached {
+            Some(driver) => driver,
+            None => self.topic_driver(name, config).await?,
+        };
+        // An in-process bus accepts at once: no send or retry futures (a test bus takes the long way, which records).
+        if self.inner.recorder.is_none() {
+            if let Some(outcome) = publish_now(driver.as_ref(), name, std::slice::from_mut(&mut out)) {
+                return outcome.map(|()| out.id);
+            }
+        }
         self.send_to(driver.as_ref(), name, std::slice::from_mut(&mut out)).await?;
         Ok(out.id)
     }
