@@ -25,10 +25,10 @@
 #![warn(missing_docs)]
 
 pub use tidings_core::{
-    backend, config, dead_letter, handler, message, retry, subscription, topic, validate_name, Attributes, Backend,
-    Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler, HandlerError,
-    HandlerResult, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings, Subscription,
-    SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig,
+    backend, cloud, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name, wire,
+    Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
+    HandlerError, HandlerResult, Layer, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings,
+    Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig,
 };
 
 #[cfg(feature = "local")]
@@ -53,6 +53,7 @@ pub async fn from_env() -> Result<Bus> {
 
 /// Builds the bus these settings name.
 pub async fn from_settings(settings: Settings) -> Result<Bus> {
+    settings.check_sections(BACKENDS)?;
     let backend: Arc<dyn Backend> = match settings.backend.as_str() {
         #[cfg(feature = "local")]
         "local" => Arc::new(tidings_local::LocalBackend::from_settings(&settings)?),
@@ -102,31 +103,5 @@ pub fn local() -> Bus {
     Bus::new(Arc::new(tidings_local::LocalBackend::new()))
 }
 
-/// Helpers for applications' unit tests.
-///
-/// [`testing::bus`] gives each test its own in-memory bus that records what the code published, so a test can
-/// assert on it (like Encore's `et.Topic(...).PublishedMessages()`), and can drive subscriptions' handlers: the
-/// local bus runs on tokio's clock, so under `#[tokio::test(start_paused = true)]` backoffs and ack deadlines
-/// elapse without real waiting.
-///
-/// ```
-/// # use serde::{Deserialize, Serialize};
-/// # use tidings::{Topic, TopicConfig};
-/// # #[derive(Serialize, Deserialize, Debug, PartialEq)] struct Signup { id: u32 }
-/// # static SIGNUPS: Topic<Signup> = Topic::new("signups", TopicConfig::at_least_once());
-/// # async fn register(bus: &tidings::Bus, id: u32) { SIGNUPS.publish(bus, &Signup { id }).await.unwrap(); }
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let bus = tidings::testing::bus();
-/// register(&bus, 7).await;
-/// assert_eq!(bus.published(&SIGNUPS), vec![Signup { id: 7 }]);
-/// # }
-/// ```
 #[cfg(feature = "local")]
-pub mod testing {
-    use super::*;
-
-    /// An isolated in-memory bus that records published messages ([`Bus::published`]).
-    pub fn bus() -> Bus {
-        Bus::builder(Arc::new(tidings_local::LocalBackend::new())).record_published(true).build()
-    }
-}
+pub mod testing;

@@ -4,11 +4,11 @@
 //! `off` takes ARNs and URLs from config.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde_json::json;
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::time::secs_ceil;
 use tidings_core::{Error, ErrorKind, Result, TopicConfig};
 
 use crate::config::Provisioning;
@@ -71,10 +71,6 @@ pub fn queue_policy(queue_arn: &str, topic_arn: &str) -> serde_json::Value {
 /// what the runtime could not (a consumer that crashes on every delivery). `None` for infinite retries.
 pub fn max_receive_count(spec: &SubscriptionSpec) -> Option<u32> {
     spec.config.retry.max_attempts().map(|a| a.saturating_add(1).min(MAX_RECEIVE_COUNT))
-}
-
-fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The settings a subscription queue must have (besides `FifoQueue` and the ARN-bearing ones).

@@ -23,8 +23,8 @@ fn unique(base: &str) -> String {
 }
 
 fn spec(topic: &str, config: TopicConfig, sub: SubscriptionConfig) -> SubscriptionSpec {
-    let t = TopicSpec { name: topic.into(), resource: topic.into(), config };
-    SubscriptionSpec { topic: t, name: "sub".into(), resource: format!("{topic}--sub"), config: sub }
+    let t = TopicSpec::new(topic, topic, config);
+    SubscriptionSpec::new(t, "sub", format!("{topic}--sub"), sub)
 }
 
 async fn sqs() -> aws_sdk_sqs::Client {
@@ -103,7 +103,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
     assert!(m.contains(&format!("{topic}--sub")) && m.contains("VisibilityTimeout"), "{m}");
     assert!(m.contains("\"30\"") && m.contains("\"45\""), "{m}");
     let calls_before = verify.api_calls().snapshot();
-    let missing = TopicSpec { name: "x".into(), resource: unique("missing"), config: TopicConfig::at_least_once() };
+    let missing = TopicSpec::new("x", unique("missing"), TopicConfig::at_least_once());
     assert_eq!(verify.topic(&missing).await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(
         verify.api_calls().snapshot().get("sns:CreateTopic"),
@@ -115,7 +115,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
 #[tokio::test]
 async fn provisioning_off_needs_the_resources_in_config() {
     let off = support::backend(AwsConfig { provisioning: Provisioning::Off, ..support::config() }).await;
-    let orders = TopicSpec { name: "orders".into(), resource: "orders".into(), config: TopicConfig::at_least_once() };
+    let orders = TopicSpec::new("orders", "orders", TopicConfig::at_least_once());
     let e = off.topic(&orders).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("aws.topic_arns.\"orders\""), "{e}");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use tidings_core::wire::Provisioning;
+pub use tidings_core::cloud::Provisioning;
 
 /// Settings of the GCP backend.
 #[derive(Debug, Clone, Deserialize)]

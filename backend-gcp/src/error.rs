@@ -2,7 +2,7 @@
 
 use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::Error as GError;
-use tidings_core::wire::Provisioning;
+use tidings_core::cloud::Provisioning;
 use tidings_core::{Error, ErrorKind};
 
 /// gRPC codes worth retrying.

@@ -101,7 +101,7 @@ impl GcpBackend {
         let endpoint = config.endpoint.clone().or_else(|| emulator.as_ref().map(|h| format!("http://{h}")));
         if let Some(e) = &endpoint {
             let key = if config.endpoint.is_some() { "gcp.endpoint" } else { "PUBSUB_EMULATOR_HOST" };
-            tidings_core::wire::require_tls(key, e)?;
+            tidings_core::cloud::require_tls(key, e)?;
         }
         // Plain-text endpoints (the emulator) get anonymous credentials; real credentials need TLS anyway.
         let anonymous = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
@@ -174,7 +174,6 @@ impl Backend for GcpBackend {
 
     fn capabilities(&self) -> Capabilities {
         let mut c = Capabilities::default();
-        c.native_dead_letter = true;
         c.ordering = true;
         c.exactly_once = true;
         c.nack_delay = false;

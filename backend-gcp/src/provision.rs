@@ -7,6 +7,7 @@
 use google_cloud_pubsub::model::{DeadLetterPolicy, Subscription, Topic as GTopic};
 use google_cloud_wkt as wkt;
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::time::secs_ceil;
 use tidings_core::{Error, ErrorKind, Result};
 
 use crate::config::Provisioning;
@@ -48,10 +49,6 @@ pub fn paths(s: &Shared, spec: &SubscriptionSpec) -> Paths {
 pub fn native_attempts(spec: &SubscriptionSpec) -> i32 {
     let want = spec.config.retry.max_attempts().unwrap_or(*NATIVE_ATTEMPTS.end());
     want.clamp(*NATIVE_ATTEMPTS.start(), *NATIVE_ATTEMPTS.end()) as i32
-}
-
-fn secs_ceil(d: std::time::Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The subscription the code declares.

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
-use tidings_core::backend::{OutgoingMessage, TopicDriver};
+use tidings_core::backend::{OutgoingMessage, PublishReport, TopicDriver};
 use tidings_core::{Error, Result};
 
 use crate::meta::{micros, Meta, META_ATTRIBUTE};
@@ -19,7 +19,7 @@ pub struct GcpTopic {
     pub(crate) publisher: Publisher,
     pub(crate) path: String,
     pub(crate) ordered: bool,
-    pub(crate) provisioning: tidings_core::wire::Provisioning,
+    pub(crate) provisioning: tidings_core::cloud::Provisioning,
 }
 
 /// Checks Pub/Sub's attribute rules; the error names the attribute and the rule.
@@ -63,24 +63,28 @@ pub fn meta_of(m: &OutgoingMessage) -> Meta {
 
 #[async_trait]
 impl TopicDriver for GcpTopic {
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
-        for m in batch {
-            check_attributes(&self.path, m)?;
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
+        let mut report = PublishReport::accepted();
+        let mut pending = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            match check_attributes(&self.path, m) {
+                Ok(()) => pending.push((
+                    i,
+                    m.ordering_key.clone(),
+                    self.publisher.publish(to_message(m, meta_of(m), self.ordered)),
+                )),
+                Err(e) => report.refuse(i, e),
+            }
         }
-        let pending: Vec<_> = batch
-            .iter()
-            .map(|m| (m.ordering_key.clone(), self.publisher.publish(to_message(m, meta_of(m), self.ordered))))
-            .collect();
-        let mut first_error = None;
-        for (key, fut) in pending {
+        for (i, key, fut) in pending {
             if let Err(e) = fut.await {
                 if let (true, Some(k)) = (self.ordered, key) {
                     // The publisher pauses a key after a failure; resume it so later publishes can go through.
                     self.publisher.resume_publish(k.to_string());
                 }
-                first_error.get_or_insert_with(|| crate::error::publish(&self.path, self.provisioning, &e));
+                report.refuse(i, crate::error::publish(&self.path, self.provisioning, &e));
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(report)
     }
 }

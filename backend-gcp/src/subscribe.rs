@@ -333,13 +333,13 @@ impl GcpSubscription {
     }
 
     async fn publish_copy(&self, publisher: &Publisher, m: &ReceivedMessage, meta: Meta) -> Result<()> {
-        let out = OutgoingMessage {
-            id: m.id.clone(),
-            payload: m.payload.clone(),
-            attributes: m.attributes.clone(),
-            ordering_key: m.ordering_key.clone(),
-            publish_time: m.publish_time,
-        };
+        let out = OutgoingMessage::new(
+            m.id.clone(),
+            m.payload.clone(),
+            m.attributes.clone(),
+            m.ordering_key.clone(),
+            m.publish_time,
+        );
         publisher
             .publish(to_message(&out, meta, self.ordered))
             .await

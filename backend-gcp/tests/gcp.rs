@@ -22,8 +22,8 @@ fn unique(base: &str) -> &'static str {
 }
 
 fn spec(topic: &str, config: TopicConfig, sub: SubscriptionConfig) -> SubscriptionSpec {
-    let t = TopicSpec { name: topic.into(), resource: topic.into(), config };
-    SubscriptionSpec { topic: t, name: "sub".into(), resource: format!("{topic}--sub"), config: sub }
+    let t = TopicSpec::new(topic, topic, config);
+    SubscriptionSpec::new(t, "sub", format!("{topic}--sub"), sub)
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tidings_core::backend::{
-    AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, SubscriptionSpec, TopicDriver,
-    TopicSpec,
+    AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
+    TopicDriver, TopicSpec,
 };
 use tidings_core::{Backend, Capabilities, DeadLetter, MessageId, Result, Settings};
 use tokio::sync::Notify;
@@ -75,7 +75,6 @@ impl LocalBackend {
     /// A bus with these settings.
     pub fn with_config(config: LocalConfig) -> Self {
         let mut caps = Capabilities::default();
-        caps.native_dead_letter = true;
         caps.ordering = true;
         caps.exactly_once = true;
         caps.nack_delay = true;
@@ -156,8 +155,9 @@ struct LocalTopic {
 
 #[async_trait]
 impl TopicDriver for LocalTopic {
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
-        self.publish_now(&mut batch.to_vec()).expect("the in-process bus always publishes at once")
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
+        self.publish_now(&mut batch.to_vec()).expect("the in-process bus always publishes at once")?;
+        Ok(PublishReport::accepted())
     }
 
     fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {

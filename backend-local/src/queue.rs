@@ -3,12 +3,14 @@
 //! operation is a batch so the lock is taken once per call.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage};
+use tidings_core::dedup::SeenIds;
+use tidings_core::time::{from_micros, micros};
 use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
 use tokio::time::Instant;
 
@@ -52,12 +54,7 @@ impl Stored {
     }
 
     pub fn publish_time(&self) -> SystemTime {
-        let d = Duration::from_micros(self.publish_micros.unsigned_abs());
-        if self.publish_micros >= 0 {
-            SystemTime::UNIX_EPOCH + d
-        } else {
-            SystemTime::UNIX_EPOCH - d
-        }
+        from_micros(self.publish_micros)
     }
 }
 
@@ -72,14 +69,6 @@ impl Stored {
     pub fn take(m: &mut OutgoingMessage) -> Self {
         let (payload, attributes) = (std::mem::take(&mut m.payload), std::mem::take(&mut m.attributes));
         Stored::new(m.id.clone(), payload, attributes, m.ordering_key.take(), m.publish_time)
-    }
-}
-
-/// Microseconds since the Unix epoch, negative before it.
-fn micros(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_micros() as i64,
-        Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
@@ -167,8 +156,7 @@ pub(crate) struct Queue {
     parked: HashMap<Arc<str>, VecDeque<Pending>>,
     parked_len: usize,
     /// Exactly-once: ids accepted within the retention window.
-    seen: HashSet<MessageId>,
-    seen_order: VecDeque<(Instant, MessageId)>,
+    seen: SeenIds<MessageId>,
     dlq: VecDeque<DeadLetter>,
 }
 
@@ -188,8 +176,7 @@ impl Queue {
             key_owner: HashMap::new(),
             parked: HashMap::new(),
             parked_len: 0,
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            seen: SeenIds::new(config.message_retention),
             dlq: VecDeque::new(),
         }
     }
@@ -206,23 +193,9 @@ impl Queue {
     /// receiver must be woken (it only waits after finding nothing ready).
     pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) -> bool {
         let was_empty = self.ready.is_empty();
-        if self.exactly_once {
-            let horizon = now.checked_sub(self.config.message_retention);
-            while let Some((t, _)) = self.seen_order.front() {
-                if horizon.is_some_and(|h| *t < h) {
-                    let (_, id) = self.seen_order.pop_front().unwrap();
-                    self.seen.remove(&id);
-                } else {
-                    break;
-                }
-            }
-        }
         for m in msgs {
-            if self.exactly_once {
-                if !self.seen.insert(m.id.clone()) {
-                    continue;
-                }
-                self.seen_order.push_back((now, m.id.clone()));
+            if self.exactly_once && !self.seen.insert(m.id.clone(), now) {
+                continue;
             }
             let seq = self.next_seq;
             self.next_seq += 1;

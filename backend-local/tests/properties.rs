@@ -36,15 +36,17 @@ fn run(payloads: Vec<Vec<u8>>) -> Result<(), TestCaseError> {
         let driver = bus.backend().topic(&spec).await.unwrap();
         let batch: Vec<OutgoingMessage> = payloads
             .iter()
-            .map(|p| OutgoingMessage {
-                id: MessageId::generate(),
-                payload: p.clone().into(),
-                attributes: Default::default(),
-                ordering_key: None,
-                publish_time: SystemTime::now(),
+            .map(|p| {
+                OutgoingMessage::new(
+                    MessageId::generate(),
+                    p.clone().into(),
+                    Default::default(),
+                    None,
+                    SystemTime::now(),
+                )
             })
             .collect();
-        driver.publish(&batch).await.unwrap();
+        assert!(driver.publish(&batch).await.unwrap().failures().is_empty());
         prop_assert!(sub.wait_idle(Duration::from_secs(10)).await.unwrap(), "everything settled");
         let dead = sub.dead_letters(usize::MAX).await.unwrap();
         let valid = payloads.iter().filter(|p| serde_json::from_slice::<Order>(p).is_ok()).count();

@@ -332,10 +332,10 @@ pub async fn gcp(n: u64) -> String {
 
 /// The subscription the hand-written SDK loops consume from (provisioned through tidings, used raw).
 fn raw_spec(raw_topic: &str) -> SubscriptionSpec {
-    SubscriptionSpec {
-        topic: TopicSpec { name: raw_topic.into(), resource: raw_topic.into(), config: TopicConfig::at_least_once() },
-        name: "raw".into(),
-        resource: format!("{raw_topic}--raw"),
-        config: SubscriptionConfig::default(),
-    }
+    SubscriptionSpec::new(
+        TopicSpec::new(raw_topic, raw_topic, TopicConfig::at_least_once()),
+        "raw",
+        format!("{raw_topic}--raw"),
+        SubscriptionConfig::default(),
+    )
 }

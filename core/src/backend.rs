@@ -19,8 +19,6 @@ use crate::topic::TopicConfig;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// The broker moves exhausted messages to a DLQ by itself (the runtime still dead-letters explicitly).
-    pub native_dead_letter: bool,
     /// Messages sharing an ordering key are delivered in order, one at a time.
     pub ordering: bool,
     /// Acked messages are never redelivered and republished ids are de-duplicated.
@@ -31,6 +29,16 @@ pub struct Capabilities {
     pub max_message_size: usize,
     /// Most messages per `publish` call.
     pub max_publish_batch: usize,
+    /// Most bytes per `publish` call: the sum over its messages of payload, attributes, ordering key and
+    /// [`Capabilities::publish_overhead`] (a single message always fits).
+    pub max_publish_bytes: usize,
+    /// Bytes a message costs a publish call beyond payload, attributes and key (metadata, framing).
+    pub publish_overhead: usize,
+    /// How long a publish waits for concurrent publishes to share its call; zero sends each publish (or batch) at
+    /// once. The portable layer does the coalescing; the driver only sees the batches.
+    pub publish_linger: std::time::Duration,
+    /// Publish calls the portable layer keeps in flight per topic when it coalesces (ordered topics: one).
+    pub publish_in_flight: usize,
     /// Most messages per `receive` call.
     pub max_receive_batch: usize,
     /// `receive` calls the runtime may have in flight at once for one subscription of an unordered topic: above 1
@@ -44,12 +52,15 @@ pub struct Capabilities {
 impl Default for Capabilities {
     fn default() -> Self {
         Self {
-            native_dead_letter: false,
             ordering: false,
             exactly_once: false,
             nack_delay: false,
             max_message_size: 256 * 1024,
             max_publish_batch: 10,
+            max_publish_bytes: usize::MAX,
+            publish_overhead: 0,
+            publish_linger: Duration::ZERO,
+            publish_in_flight: 1,
             max_receive_batch: 10,
             concurrent_receives: 1,
             max_attributes: 10,
@@ -59,6 +70,7 @@ impl Default for Capabilities {
 
 /// A topic as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicSpec {
     /// Logical name used in code.
     pub name: String,
@@ -68,8 +80,16 @@ pub struct TopicSpec {
     pub config: TopicConfig,
 }
 
+impl TopicSpec {
+    /// A topic spec.
+    pub fn new(name: impl Into<String>, resource: impl Into<String>, config: TopicConfig) -> Self {
+        Self { name: name.into(), resource: resource.into(), config }
+    }
+}
+
 /// A subscription as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscriptionSpec {
     /// The topic it belongs to.
     pub topic: TopicSpec,
@@ -81,8 +101,21 @@ pub struct SubscriptionSpec {
     pub config: SubscriptionConfig,
 }
 
+impl SubscriptionSpec {
+    /// A subscription spec.
+    pub fn new(
+        topic: TopicSpec,
+        name: impl Into<String>,
+        resource: impl Into<String>,
+        config: SubscriptionConfig,
+    ) -> Self {
+        Self { topic, name: name.into(), resource: resource.into(), config }
+    }
+}
+
 /// A message on its way to the backend, already encoded and validated.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OutgoingMessage {
     /// Assigned by tidings; reused when the same message is published again.
     pub id: MessageId,
@@ -94,6 +127,48 @@ pub struct OutgoingMessage {
     pub ordering_key: Option<Arc<str>>,
     /// Publish time.
     pub publish_time: SystemTime,
+}
+
+impl OutgoingMessage {
+    /// An outgoing message.
+    pub fn new(
+        id: MessageId,
+        payload: Bytes,
+        attributes: Attributes,
+        ordering_key: Option<Arc<str>>,
+        publish_time: SystemTime,
+    ) -> Self {
+        Self { id, payload, attributes, ordering_key, publish_time }
+    }
+}
+
+/// What became of a publish call's messages: the backend refused those listed (by index in the batch, with each
+/// one's error) and accepted the rest. The default accepted everything.
+#[derive(Debug, Default)]
+pub struct PublishReport {
+    failed: Vec<(usize, crate::Error)>,
+}
+
+impl PublishReport {
+    /// Every message was accepted.
+    pub fn accepted() -> Self {
+        Self::default()
+    }
+
+    /// The message at `index` of the batch was refused with `error`.
+    pub fn refuse(&mut self, index: usize, error: crate::Error) {
+        self.failed.push((index, error));
+    }
+
+    /// The refused messages, by index.
+    pub fn failures(&self) -> &[(usize, crate::Error)] {
+        &self.failed
+    }
+
+    /// The refused messages, by index, taken.
+    pub fn into_failures(self) -> Vec<(usize, crate::Error)> {
+        self.failed
+    }
 }
 
 /// Opaque token naming one delivery of one message, for ack, nack and lease extension.
@@ -149,15 +224,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
 /// Publishes to one topic.
 #[async_trait]
 pub trait TopicDriver: Send + Sync + Debug {
-    /// Publishes at most `max_publish_batch` messages; `Ok` only when the backend accepted all of them.
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()>;
+    /// Publishes at most `max_publish_batch` messages (and `max_publish_bytes`) in one call, without retrying:
+    /// `Err` when the call failed as a whole, otherwise a report of the messages the backend refused (each with its
+    /// own error and retryable flag). The portable layer retries what is retryable.
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport>;
 
-    /// Publishes without waiting, where the backend can (an in-process bus): `Some` with what [`TopicDriver::publish`]
-    /// would have returned, or `None` to have the caller use `publish`. Spares the boxed future of an async call on
-    /// the hottest path there is; network backends keep the default.
+    /// Publishes without waiting, where the backend can (an in-process bus): `Some` with the outcome of the whole
+    /// batch, or `None` to have the caller use `publish`. Spares the boxed future of an async call on the hottest
+    /// path there is; network backends keep the default.
     ///
-    /// On `Some(Ok(()))` the batch is the driver's: it may have moved the payloads out (the caller keeps only the
-    /// ids). Otherwise it must leave the batch as it found it, for `publish` to send.
+    /// All or nothing: on `Some(Ok(()))` every message was accepted, and the batch is the driver's: it may have moved
+    /// the payloads out (the caller keeps only the ids). Otherwise it must leave the batch as it found it, for
+    /// `publish` to send.
     fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         let _ = batch;
         None

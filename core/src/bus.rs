@@ -1,31 +1,36 @@
-//! The bus: one backend plus the portable layer (validation, encoding, publish retries, subscriptions).
+//! The bus: one backend (with its layers) plus the portable layer: validation, encoding, publishing through
+//! [`crate::publish`], subscriptions through the runtime, and shutdown.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, Capabilities, OutgoingMessage, SubscriptionSpec, TopicDriver, TopicSpec};
+use crate::backend::{Backend, Capabilities, OutgoingMessage, SubscriptionSpec, TopicSpec};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Handler;
-use crate::message::{MessageId, PublishOptions, RESERVED_ATTRIBUTE_PREFIX};
+use crate::layer::Layer;
+use crate::message::{MessageId, PublishOptions};
 use crate::name::validate_name;
-use crate::runtime::{self, Runner};
+use crate::publish::{encode, validate, Publisher};
+use crate::runtime::{self, Runner, Subscription};
 use crate::subscription::SubscriptionConfig;
 use crate::topic::{Topic, TopicConfig};
 
-/// Attempts for a publish call that fails with a retryable backend error.
-const PUBLISH_ATTEMPTS: u32 = 4;
+/// How long after the last `subscribe` the bus checks for subscription overrides that matched nothing.
+const OVERRIDE_CHECK_DELAY: Duration = Duration::from_secs(5);
 
 /// A handle on one backend. Cheap to clone; every clone shares topics and subscriptions.
+///
+/// Applications use [`Bus::subscribe`], [`Bus::shutdown`] and the publish methods of [`Topic`]; the methods under
+/// "For backends and tools" serve the outbox, operator tools and backend tests.
 #[derive(Clone)]
 pub struct Bus {
     inner: Arc<Inner>,
@@ -38,14 +43,27 @@ struct Inner {
     /// Topics in use on this bus. FxHash: the names are the application's own declarations, and this lookup is on
     /// every publish.
     topics: std::sync::RwLock<FxHashMap<String, TopicEntry>>,
-    runners: Mutex<Vec<Arc<Runner>>>,
-    recorder: Option<Mutex<HashMap<String, Vec<OutgoingMessage>>>>,
+    subscriptions: Mutex<Subscriptions>,
+    shut: AtomicBool,
+}
+
+#[derive(Default)]
+struct Subscriptions {
+    running: Vec<Arc<Runner>>,
+    /// Keys whose `subscribe` is under way (checked and reserved under one lock, so two calls cannot both pass).
+    reserved: HashSet<(String, String)>,
+    /// Every subscription ever declared on this bus, for the override check.
+    declared: BTreeSet<(String, String)>,
+    /// Overrides already reported as matching nothing.
+    warned: BTreeSet<String>,
+    last_subscribe: Option<tokio::time::Instant>,
+    check_scheduled: bool,
 }
 
 #[derive(Clone)]
 struct TopicEntry {
     config: TopicConfig,
-    driver: Arc<OnceCell<Arc<dyn TopicDriver>>>,
+    publisher: Arc<OnceCell<Arc<Publisher>>>,
 }
 
 impl fmt::Debug for Bus {
@@ -58,7 +76,6 @@ impl fmt::Debug for Bus {
 pub struct BusBuilder {
     backend: Arc<dyn Backend>,
     settings: Settings,
-    record: bool,
 }
 
 impl BusBuilder {
@@ -67,11 +84,14 @@ impl BusBuilder {
         self.settings = settings;
         self
     }
-    /// Keep a copy of every published message for [`Bus::published`] (for tests).
-    pub fn record_published(mut self, on: bool) -> Self {
-        self.record = on;
+
+    /// Wraps the backend in `layer` (recording, metrics, tracing, fault injection). Layers added later wrap the
+    /// ones added before, so the last one sees every call first.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.backend = layer.layer(self.backend);
         self
     }
+
     /// The bus.
     pub fn build(self) -> Bus {
         let caps = self.backend.capabilities();
@@ -81,8 +101,8 @@ impl BusBuilder {
                 caps,
                 settings: self.settings,
                 topics: std::sync::RwLock::default(),
-                runners: Mutex::default(),
-                recorder: self.record.then(Mutex::default),
+                subscriptions: Mutex::default(),
+                shut: AtomicBool::new(false),
             }),
         }
     }
@@ -96,10 +116,10 @@ impl Bus {
 
     /// A builder for a bus on `backend`.
     pub fn builder(backend: Arc<dyn Backend>) -> BusBuilder {
-        BusBuilder { backend, settings: Settings::default(), record: false }
+        BusBuilder { backend, settings: Settings::default() }
     }
 
-    /// The backend's name (`local`, `aws`, `gcp`).
+    /// The backend's name (`local`, `aws`, `gcp`, ...).
     pub fn backend_name(&self) -> &str {
         self.inner.backend.name()
     }
@@ -114,43 +134,163 @@ impl Bus {
         &self.inner.settings
     }
 
-    /// The backend itself, for tools and backend tests that need the raw driver.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.inner.backend
+    /// Starts a subscription: every message published to `topic` after it exists is handed to `handler`, with
+    /// `config`'s concurrency, ack deadline, retries and dead-letter queue (config file overrides apply).
+    ///
+    /// The name must be unique per topic on this bus until the subscription is shut down. After
+    /// [`Bus::shutdown`] this fails with [`ErrorKind::Shutdown`].
+    pub async fn subscribe<T, H>(
+        &self,
+        topic: &Topic<T>,
+        name: &str,
+        config: SubscriptionConfig,
+        handler: H,
+    ) -> Result<Subscription>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        H: Handler<T>,
+    {
+        self.check_open()?;
+        validate_name("subscription", name)?;
+        let spec = self.subscription_spec(topic, name, config);
+        spec.config
+            .validate()
+            .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
+        self.publisher(topic.name(), topic.config()).await?;
+        let key = (topic.name().to_string(), name.to_string());
+        let reservation = self.reserve(key.clone())?;
+        let driver = self.inner.backend.subscription(&spec).await?;
+        let runner = runtime::start(key, spec, driver, self.inner.caps.clone(), handler);
+        {
+            let mut subs = self.inner.subscriptions.lock().unwrap();
+            subs.running.retain(|r| !r.is_stopped());
+            subs.running.push(runner.clone());
+        }
+        drop(reservation);
+        self.schedule_override_check();
+        Ok(Subscription::new(runner))
     }
 
-    /// The spec a subscription of `topic` named `name` gets on this bus (names mapped, config overrides applied).
-    pub fn subscription_spec<T>(&self, topic: &Topic<T>, name: &str, config: SubscriptionConfig) -> SubscriptionSpec {
-        let config = match self.inner.settings.subscription_override(topic.name(), name) {
-            Some(o) => config.apply(o),
-            None => config,
-        };
-        SubscriptionSpec {
-            topic: self.topic_spec(topic.name(), topic.config()),
-            name: name.to_string(),
-            resource: self.inner.settings.subscription_resource_name(topic.name(), name),
-            config,
+    /// Checks that no other subscription with this key runs or is being started, and reserves it until the guard
+    /// drops.
+    fn reserve(&self, key: (String, String)) -> Result<Reservation<'_>> {
+        let mut subs = self.inner.subscriptions.lock().unwrap();
+        let taken = subs.reserved.contains(&key) || subs.running.iter().any(|r| r.key == key && !r.is_stopped());
+        if taken {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("subscription {:?} on topic {:?} is already declared on this bus", key.1, key.0),
+            ));
+        }
+        subs.reserved.insert(key.clone());
+        subs.declared.insert(key.clone());
+        subs.last_subscribe = Some(tokio::time::Instant::now());
+        Ok(Reservation { bus: self, key })
+    }
+
+    /// Stops every subscription on this bus: no new deliveries, messages received but not yet handed to a handler
+    /// are released at once, in-flight handlers get up to `timeout` to finish, unfinished messages stay unacked (they
+    /// are redelivered after their ack deadline). Afterwards, publishing and subscribing on this bus (and its clones)
+    /// fail with [`ErrorKind::Shutdown`].
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inner.shut.store(true, Ordering::Release);
+        let runners: Vec<_> = self.inner.subscriptions.lock().unwrap().running.drain(..).collect();
+        for r in &runners {
+            r.cancel();
+        }
+        for r in runners {
+            r.wait(timeout).await;
         }
     }
 
-    fn topic_spec(&self, name: &str, config: TopicConfig) -> TopicSpec {
-        TopicSpec { name: name.to_string(), resource: self.inner.settings.resource_name(name), config }
+    /// Whether [`Bus::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shut.load(Ordering::Acquire)
     }
 
-    /// The driver of a topic already provisioned on this bus with `config` (its name was validated then).
-    fn cached_driver(&self, name: &str, config: TopicConfig) -> Option<Arc<dyn TopicDriver>> {
+    fn check_open(&self) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::new(
+                ErrorKind::Shutdown,
+                "the bus was shut down; build a new one to publish or subscribe",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Subscription overrides in configuration (`subscriptions.<topic>.<subscription>`) that match no subscription
+    /// declared on this bus so far, as `<topic>.<subscription>` spelled as in the configuration.
+    pub fn unmatched_overrides(&self) -> Vec<String> {
+        let declared = self.inner.subscriptions.lock().unwrap().declared.clone();
+        self.inner.settings.unmatched_overrides(&declared)
+    }
+
+    /// Fails, naming each one and the declared subscriptions, when a subscription override in configuration matches
+    /// no subscription declared on this bus. Call it once the application's subscriptions are up; the bus also logs
+    /// a warning per unmatched override a few seconds after the last `subscribe`.
+    pub fn verify_overrides(&self) -> Result<()> {
+        let unmatched = self.unmatched_overrides();
+        if unmatched.is_empty() {
+            return Ok(());
+        }
+        let declared = self.inner.subscriptions.lock().unwrap().declared.clone();
+        Err(Error::config(crate::config::unmatched_message(&unmatched, &declared)))
+    }
+
+    fn schedule_override_check(&self) {
+        if self.inner.settings.subscriptions.is_empty() {
+            return;
+        }
+        {
+            let mut subs = self.inner.subscriptions.lock().unwrap();
+            if subs.check_scheduled {
+                return;
+            }
+            subs.check_scheduled = true;
+        }
+        let bus = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = bus.upgrade() else { return };
+                let last = inner.subscriptions.lock().unwrap().last_subscribe;
+                let due = last.map_or_else(tokio::time::Instant::now, |t| t + OVERRIDE_CHECK_DELAY);
+                drop(inner);
+                tokio::time::sleep_until(due).await;
+                let Some(inner) = bus.upgrade() else { return };
+                let mut subs = inner.subscriptions.lock().unwrap();
+                if subs.last_subscribe != last {
+                    continue;
+                }
+                subs.check_scheduled = false;
+                let unmatched = inner.settings.unmatched_overrides(&subs.declared);
+                for key in unmatched {
+                    if subs.warned.insert(key.clone()) {
+                        tracing::warn!(
+                            key = %format!("subscriptions.{key}"),
+                            declared = ?subs.declared.iter().map(|(t, s)| format!("{t}.{s}")).collect::<Vec<_>>(),
+                            "a subscription override in configuration matches no subscription declared on this bus"
+                        );
+                    }
+                }
+                return;
+            }
+        });
+    }
+
+    /// The publisher of a topic already in use on this bus with `config` (its name was validated then).
+    fn cached_publisher(&self, name: &str, config: TopicConfig) -> Option<Arc<Publisher>> {
         let topics = self.inner.topics.read().unwrap();
         let e = topics.get(name)?;
         if e.config == config {
-            e.driver.get().cloned()
+            e.publisher.get().cloned()
         } else {
             None
         }
     }
 
-    async fn topic_driver(&self, name: &str, config: TopicConfig) -> Result<Arc<dyn TopicDriver>> {
-        if let Some(d) = self.cached_driver(name, config) {
-            return Ok(d);
+    async fn publisher(&self, name: &str, config: TopicConfig) -> Result<Arc<Publisher>> {
+        if let Some(p) = self.cached_publisher(name, config) {
+            return Ok(p);
         }
         let entry = {
             let mut topics = self.inner.topics.write().unwrap();
@@ -167,15 +307,109 @@ impl Bus {
                 Some(e) => e.clone(),
                 None => {
                     validate_name("topic", name)?;
-                    let e = TopicEntry { config, driver: Arc::default() };
+                    let e = TopicEntry { config, publisher: Arc::default() };
                     topics.insert(name.to_string(), e.clone());
                     e
                 }
             }
         };
         let spec = self.topic_spec(name, config);
-        let driver = entry.driver.get_or_try_init(|| async { self.inner.backend.topic(&spec).await }).await?;
-        Ok(driver.clone())
+        let publisher = entry
+            .publisher
+            .get_or_try_init(|| async {
+                let driver = self.inner.backend.topic(&spec).await?;
+                Ok::<_, Error>(Arc::new(Publisher::new(name, config, driver, &self.inner.caps)))
+            })
+            .await?;
+        Ok(publisher.clone())
+    }
+
+    fn topic_spec(&self, name: &str, config: TopicConfig) -> TopicSpec {
+        TopicSpec::new(name, self.inner.settings.resource_name(name), config)
+    }
+
+    /// [`Bus::prepare`] without the topic name check, for a topic already in use on this bus.
+    fn outgoing<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<OutgoingMessage> {
+        let now = SystemTime::now();
+        let out = OutgoingMessage::new(
+            options.id.unwrap_or_else(|| MessageId::generate_at(now)),
+            encode(message)?,
+            options.attributes,
+            options.ordering_key.map(Arc::from),
+            now,
+        );
+        self.validate(topic.name(), topic.config(), &out)?;
+        Ok(out)
+    }
+
+    fn validate(&self, name: &str, config: TopicConfig, m: &OutgoingMessage) -> Result<()> {
+        validate(&self.inner.caps, self.backend_name(), name, config, m)
+    }
+
+    pub(crate) async fn publish<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        message: &T,
+        options: PublishOptions,
+    ) -> Result<MessageId> {
+        self.check_open()?;
+        // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
+        // still checked before the first use of a topic provisions it.
+        let (name, config) = (topic.name(), topic.config());
+        let cached = self.cached_publisher(name, config);
+        let out = match cached {
+            Some(_) => self.outgoing(topic, message, options)?,
+            None => self.prepare(topic, message, options)?,
+        };
+        let publisher = match cached {
+            Some(p) => p,
+            None => self.publisher(name, config).await?,
+        };
+        let id = out.id.clone();
+        publisher.publish_one(out).await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(
+        &self,
+        topic: &Topic<T>,
+        messages: I,
+    ) -> Result<Vec<MessageId>>
+    where
+        I: IntoIterator<Item = (&'a T, PublishOptions)>,
+    {
+        self.check_open()?;
+        let mut batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
+        let ids = batch.iter().map(|m| m.id.clone()).collect();
+        self.publisher(topic.name(), topic.config()).await?.publish_many(&mut batch).await?;
+        Ok(ids)
+    }
+}
+
+/// For backends and tools: the outbox, operator tools and backend tests.
+impl Bus {
+    /// The backend itself (the outermost layer), for tools and backend tests that need the raw driver.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The spec a subscription of `topic` named `name` gets on this bus (names mapped, config overrides applied).
+    pub fn subscription_spec<T>(&self, topic: &Topic<T>, name: &str, config: SubscriptionConfig) -> SubscriptionSpec {
+        let config = match self.inner.settings.subscription_override(topic.name(), name) {
+            Some(o) => config.apply(o),
+            None => config,
+        };
+        SubscriptionSpec::new(
+            self.topic_spec(topic.name(), topic.config()),
+            name,
+            self.inner.settings.subscription_resource_name(topic.name(), name),
+            config,
+        )
     }
 
     /// Encodes and validates a message for `topic` without sending it (an outbox stores the result and relays it
@@ -190,118 +424,6 @@ impl Bus {
         self.outgoing(topic, message, options)
     }
 
-    /// [`Bus::prepare`] without the topic name check, for a topic already in use on this bus.
-    fn outgoing<T: Serialize>(
-        &self,
-        topic: &Topic<T>,
-        message: &T,
-        options: PublishOptions,
-    ) -> Result<OutgoingMessage> {
-        let now = SystemTime::now();
-        let out = OutgoingMessage {
-            id: options.id.unwrap_or_else(|| MessageId::generate_at(now)),
-            payload: encode(message)?,
-            attributes: options.attributes,
-            ordering_key: options.ordering_key.map(Arc::from),
-            publish_time: now,
-        };
-        self.validate(topic.name(), topic.config(), &out)?;
-        Ok(out)
-    }
-
-    /// Checks a prepared message against the topic and this backend's limits; errors name the value and the rule.
-    fn validate(&self, name: &str, config: TopicConfig, m: &OutgoingMessage) -> Result<()> {
-        let caps = &self.inner.caps;
-        if m.attributes.len() > caps.max_attributes {
-            return Err(Error::invalid(format!(
-                "message on topic {name:?} has {} attributes; the {} backend allows at most {}",
-                m.attributes.len(),
-                self.backend_name(),
-                caps.max_attributes
-            )));
-        }
-        for key in m.attributes.keys() {
-            if key.is_empty() {
-                return Err(Error::invalid(format!("message on topic {name:?} has an attribute with an empty name")));
-            }
-            if key.starts_with(RESERVED_ATTRIBUTE_PREFIX) {
-                return Err(Error::invalid(format!(
-                    "attribute name {key:?} on topic {name:?} is reserved: names starting with \
-                     {RESERVED_ATTRIBUTE_PREFIX:?} are tidings' own"
-                )));
-            }
-        }
-        match (&m.ordering_key, config.ordered) {
-            (Some(k), false) => {
-                return Err(Error::invalid(format!(
-                    "ordering key {k:?} given for topic {name:?}, which is not ordered; declare it with \
-                     TopicConfig::ordered() or drop the key"
-                )))
-            }
-            (Some(k), true) if k.is_empty() => {
-                return Err(Error::invalid(format!("empty ordering key on ordered topic {name:?}")))
-            }
-            _ => {}
-        }
-        let size = m.payload.len()
-            + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-            + m.ordering_key.as_ref().map_or(0, |k| k.len());
-        if size > caps.max_message_size {
-            return Err(Error::new(
-                ErrorKind::MessageTooLarge,
-                format!(
-                    "message on topic {name:?} is {size} bytes (payload and attributes); the {} backend's limit is {} \
-                     bytes",
-                    self.backend_name(),
-                    caps.max_message_size
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn publish<T: Serialize>(
-        &self,
-        topic: &Topic<T>,
-        message: &T,
-        options: PublishOptions,
-    ) -> Result<MessageId> {
-        // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
-        // still checked before the first use of a topic provisions it.
-        let (name, config) = (topic.name(), topic.config());
-        let cached = self.cached_driver(name, config);
-        let mut out = match cached {
-            Some(_) => self.outgoing(topic, message, options)?,
-            None => self.prepare(topic, message, options)?,
-        };
-        let driver = match cached {
-            Some(driver) => driver,
-            None => self.topic_driver(name, config).await?,
-        };
-        // An in-process bus accepts at once: no send or retry futures (a test bus takes the long way, which records).
-        if self.inner.recorder.is_none() {
-            if let Some(outcome) = publish_now(driver.as_ref(), name, std::slice::from_mut(&mut out)) {
-                return outcome.map(|()| out.id);
-            }
-        }
-        self.send_to(driver.as_ref(), name, std::slice::from_mut(&mut out)).await?;
-        Ok(out.id)
-    }
-
-    pub(crate) async fn publish_batch<'a, T: Serialize + 'a, I>(
-        &self,
-        topic: &Topic<T>,
-        messages: I,
-    ) -> Result<Vec<MessageId>>
-    where
-        I: IntoIterator<Item = (&'a T, PublishOptions)>,
-    {
-        let mut batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
-        let ids = batch.iter().map(|m| m.id.clone()).collect();
-        self.send(topic.name(), topic.config(), &mut batch).await?;
-        Ok(ids)
-    }
-
     /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
     /// topic `name` with `config`; they are validated again against this backend's limits first. The ids are kept,
     /// so exactly-once topics de-duplicate a republish.
@@ -311,255 +433,45 @@ impl Bus {
         config: TopicConfig,
         mut batch: Vec<OutgoingMessage>,
     ) -> Result<()> {
+        self.check_open()?;
         for m in &batch {
             self.validate(name, config, m)?;
         }
-        self.send(name, config, &mut batch).await
+        self.publisher(name, config).await?.publish_many(&mut batch).await
+    }
+}
+
+/// Releases a reserved subscription key.
+struct Reservation<'a> {
+    bus: &'a Bus,
+    key: (String, String),
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.bus.inner.subscriptions.lock().unwrap().reserved.remove(&self.key);
+    }
+}
+
+/// Publishing, on the topic declarations (the implementation is the bus's: a declaration holds no connection).
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Topic<T> {
+    /// Publishes one message and returns its id once the backend has accepted it.
+    pub async fn publish(&self, bus: &Bus, message: &T) -> Result<MessageId> {
+        bus.publish(self, message, PublishOptions::default()).await
     }
 
-    async fn send(&self, name: &str, config: TopicConfig, batch: &mut [OutgoingMessage]) -> Result<()> {
-        let driver = self.topic_driver(name, config).await?;
-        self.send_to(driver.as_ref(), name, batch).await
+    /// Publishes one message with attributes and/or an ordering key.
+    pub async fn publish_with(&self, bus: &Bus, message: &T, options: PublishOptions) -> Result<MessageId> {
+        bus.publish(self, message, options).await
     }
 
-    /// Sends in chunks the backend takes. The batch is the driver's once accepted (an in-process bus moves the
-    /// payloads into its queues), so a test bus copies what it records beforehand.
-    async fn send_to(&self, driver: &dyn TopicDriver, name: &str, batch: &mut [OutgoingMessage]) -> Result<()> {
-        // Only a test bus records; the copy costs nothing that matters there.
-        let record = self.inner.recorder.as_ref().map(|rec| (rec, batch.to_vec()));
-        let max = self.inner.caps.max_publish_batch.max(1);
-        for chunk in batch.chunks_mut(max) {
-            publish_with_retries(driver, name, chunk).await?;
-        }
-        if let Some((rec, copy)) = record {
-            rec.lock().unwrap().entry(name.to_string()).or_default().extend(copy);
-        }
-        Ok(())
-    }
-
-    /// Starts a subscription: every message published to `topic` after it exists is handed to `handler`, with
-    /// `config`'s concurrency, ack deadline, retries and dead-letter queue (config file overrides apply).
-    ///
-    /// The name must be unique per topic on this bus until the subscription is shut down.
-    pub async fn subscribe<T, H>(
-        &self,
-        topic: &Topic<T>,
-        name: &str,
-        config: SubscriptionConfig,
-        handler: H,
-    ) -> Result<crate::Subscription>
+    /// Publishes a batch; returns the ids in input order once the backend has accepted all of them.
+    /// The batch is validated whole before anything is sent.
+    pub async fn publish_batch<'a, I>(&self, bus: &Bus, messages: I) -> Result<Vec<MessageId>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        H: Handler<T>,
+        I: IntoIterator<Item = (&'a T, PublishOptions)>,
+        T: 'a,
     {
-        validate_name("subscription", name)?;
-        let spec = self.subscription_spec(topic, name, config);
-        spec.config
-            .validate()
-            .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
-        self.topic_driver(topic.name(), topic.config()).await?;
-        let key = (topic.name().to_string(), name.to_string());
-        {
-            let runners = self.inner.runners.lock().unwrap();
-            if runners.iter().any(|r| r.key == key && !r.is_stopped()) {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!("subscription {name:?} on topic {:?} is already declared on this bus", topic.name()),
-                ));
-            }
-        }
-        let driver = self.inner.backend.subscription(&spec).await?;
-        let runner = runtime::start(key, spec, driver, self.inner.caps.clone(), handler);
-        let mut runners = self.inner.runners.lock().unwrap();
-        runners.retain(|r| !r.is_stopped());
-        runners.push(runner.clone());
-        Ok(crate::Subscription::new(runner))
-    }
-
-    /// Stops every subscription on this bus: no new deliveries, in-flight handlers get up to `timeout` to finish,
-    /// unfinished messages stay unacked (they are redelivered after their ack deadline).
-    pub async fn shutdown(&self, timeout: Duration) {
-        let runners: Vec<_> = self.inner.runners.lock().unwrap().drain(..).collect();
-        for r in &runners {
-            r.cancel();
-        }
-        for r in runners {
-            r.wait(timeout).await;
-        }
-    }
-
-    /// What the code published to `topic` on this bus, decoded (only on a bus built with `record_published`).
-    pub fn published<T: DeserializeOwned>(&self, topic: &Topic<T>) -> Vec<T> {
-        self.published_raw(topic.name())
-            .iter()
-            .map(|m| serde_json::from_slice(&m.payload).expect("recorded payloads were encoded from T"))
-            .collect()
-    }
-
-    /// Recorded messages of a topic with ids, attributes and ordering keys.
-    pub fn published_raw(&self, topic: &str) -> Vec<OutgoingMessage> {
-        let rec = self.inner.recorder.as_ref().expect("Bus::published needs a bus built with record_published(true)");
-        rec.lock().unwrap().get(topic).cloned().unwrap_or_default()
-    }
-}
-
-/// JSON-encodes a payload.
-///
-/// Small payloads (the common case) are cut from a per-thread chunk: one allocation serves many messages, a copy for
-/// a second subscriber is a reference count, and freeing the last message of a chunk frees it all at once. A payload
-/// that outlives its neighbours keeps its chunk alive, so the in-memory bus copies the payloads it parks for long (its
-/// dead-letter queue) out of their chunks. Larger payloads get an allocation of their own, of exactly their size.
-pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Bytes> {
-    /// Bytes of a chunk.
-    const CHUNK: usize = 8 * 1024;
-    /// Payloads above this size get their own allocation.
-    const OWN: usize = 1024;
-    thread_local! {
-        static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-    }
-    SCRATCH.with(|scratch| {
-        // A `Serialize` impl that publishes from inside itself finds the chunk taken and gets a fresh buffer.
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            return Ok(Bytes::copy_from_slice(&serde_json::to_vec(message)?));
-        };
-        if buf.capacity() < OWN {
-            *buf = BytesMut::with_capacity(CHUNK);
-        }
-        // Empty unless a `Serialize` impl panicked half-way through the previous message.
-        buf.clear();
-        if let Err(e) = serde_json::to_writer((&mut *buf).writer(), message) {
-            buf.clear();
-            return Err(e.into());
-        }
-        if buf.len() <= OWN {
-            return Ok(buf.split().freeze());
-        }
-        let own = Bytes::copy_from_slice(&buf);
-        buf.clear();
-        if buf.capacity() > 2 * CHUNK {
-            // A large payload grew the buffer: do not keep that much for the small ones.
-            *buf = BytesMut::new();
-        }
-        Ok(own)
-    })
-}
-
-/// The driver's immediate publish: its final outcome, or `None` when the async path (with retries) must follow (not
-/// supported, or failed retryably).
-fn publish_now(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Option<Result<()>> {
-    match driver.publish_now(chunk)? {
-        Ok(()) => Some(Ok(())),
-        Err(e) if e.is_retryable() => None,
-        Err(e) => {
-            tracing::error!(topic, error = %e, "publish failed");
-            Some(Err(e))
-        }
-    }
-}
-
-async fn publish_with_retries(driver: &dyn TopicDriver, topic: &str, chunk: &mut [OutgoingMessage]) -> Result<()> {
-    if let Some(outcome) = publish_now(driver, topic, chunk) {
-        return outcome;
-    }
-    let mut attempt = 1;
-    loop {
-        match driver.publish(&*chunk).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
-                let delay = runtime::jittered(Duration::from_millis(100) * 2u32.pow(attempt - 1));
-                tracing::warn!(topic, attempt, error = %e, ?delay, "publish failed, retrying");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                tracing::error!(topic, attempt, error = %e, "publish failed; the message may or may not have been delivered");
-                return Err(e);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-
-    use super::{encode, publish_with_retries};
-    use crate::backend::{OutgoingMessage, TopicDriver};
-    use crate::{Error, Result};
-
-    /// Refuses every immediate publish, retryably or not; the async path accepts.
-    #[derive(Debug)]
-    struct RefusesAtOnce {
-        retryable: bool,
-        async_calls: AtomicU32,
-    }
-
-    #[async_trait::async_trait]
-    impl TopicDriver for RefusesAtOnce {
-        async fn publish(&self, _batch: &[OutgoingMessage]) -> Result<()> {
-            self.async_calls.fetch_add(1, SeqCst);
-            Ok(())
-        }
-        fn publish_now(&self, _batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
-            Some(Err(Error::backend("refused (injected)", self.retryable)))
-        }
-    }
-
-    #[tokio::test]
-    async fn an_immediate_publish_that_fails_retryably_goes_the_async_way_and_a_final_failure_does_not() {
-        let retryable = RefusesAtOnce { retryable: true, async_calls: AtomicU32::new(0) };
-        publish_with_retries(&retryable, "t", &mut []).await.unwrap();
-        assert_eq!(retryable.async_calls.load(SeqCst), 1);
-        let fatal = RefusesAtOnce { retryable: false, async_calls: AtomicU32::new(0) };
-        let e = publish_with_retries(&fatal, "t", &mut []).await.unwrap_err();
-        assert!(e.to_string().contains("refused (injected)"), "{e}");
-        assert_eq!(fatal.async_calls.load(SeqCst), 0);
-    }
-
-    #[test]
-    fn encoded_payloads_never_alias_across_chunks_and_sizes() {
-        // Sizes around the chunk and own-allocation limits, in an order that crosses chunk ends many times.
-        let sizes: Vec<usize> = (0..2_000).map(|i| (i * 7919) % 3_000).collect();
-        let texts: Vec<String> = sizes.iter().enumerate().map(|(i, n)| format!("{i}:{}", "x".repeat(*n))).collect();
-        let payloads: Vec<_> = texts.iter().map(|t| encode(t).unwrap()).collect();
-        for (t, p) in texts.iter().zip(&payloads) {
-            assert_eq!(serde_json::from_slice::<String>(p).unwrap(), *t);
-            assert_eq!(p.len(), t.len() + 2, "exactly the encoding, no spare bytes");
-        }
-    }
-
-    #[test]
-    fn small_payloads_share_a_chunk_and_large_ones_do_not() {
-        let (a, b) = (encode(&"first").unwrap(), encode(&"second").unwrap());
-        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr(), "consecutive small payloads are adjacent");
-        let large = encode(&"y".repeat(5_000)).unwrap();
-        let c = encode(&"third").unwrap();
-        assert_eq!(b.as_ptr().wrapping_add(b.len()), c.as_ptr(), "a large payload does not take chunk space");
-        let range = large.as_ptr() as usize..large.as_ptr() as usize + large.len();
-        assert!(!range.contains(&(c.as_ptr() as usize)));
-    }
-
-    #[test]
-    fn a_serializer_that_panics_leaves_no_partial_payload_behind() {
-        struct Panics;
-        impl serde::Serialize for Panics {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeMap;
-                let mut m = s.serialize_map(None)?;
-                m.serialize_entry("half", "written")?;
-                panic!("serializer bug");
-            }
-        }
-        assert!(std::panic::catch_unwind(|| encode(&Panics)).is_err());
-        assert_eq!(&encode(&"next").unwrap()[..], b"\"next\"");
-    }
-
-    #[test]
-    fn an_encoding_error_leaves_no_partial_payload_behind() {
-        use std::collections::HashMap;
-        // JSON object keys must be strings: serde_json refuses a map keyed by a tuple after writing "{".
-        let bad: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
-        assert!(encode(&bad).is_err());
-        assert_eq!(&encode(&7).unwrap()[..], b"7");
+        bus.publish_batch(self, messages).await
     }
 }

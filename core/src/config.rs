@@ -13,9 +13,15 @@
 //! min_backoff = "1s"
 //! ```
 //!
-//! Backend sections (`[local]`, `[aws]`, `[gcp]`) are read by the backend through [`Settings::section`].
+//! Every other top-level table is a backend's section (`[aws]`, `[gcp]`, ...), read and checked by that backend
+//! through [`Settings::section`]; [`Settings::sections`] lists them so the caller can reject a misspelt one.
+//!
+//! Subscription overrides are keyed by the names the code declares. Environment variables cannot hold `-`, so
+//! `subscriptions.signup_events.email_sender` (from `TIDINGS_SUBSCRIPTIONS__SIGNUP_EVENTS__EMAIL_SENDER__...`) also
+//! matches topic `signup-events`, subscription `email-sender`. An override that matches no declared subscription is
+//! reported: see `Bus::verify_overrides`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -43,11 +49,12 @@ pub struct Settings {
     pub names: BTreeMap<String, String>,
     /// `subscriptions.<topic>.<subscription>` overrides.
     pub subscriptions: BTreeMap<String, BTreeMap<String, SubscriptionOverride>>,
+    /// Top-level tables other than the common keys: the backends' sections.
+    sections: Vec<String>,
     raw: config::Config,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Common {
     #[serde(default = "default_backend")]
     backend: String,
@@ -57,14 +64,10 @@ struct Common {
     names: BTreeMap<String, String>,
     #[serde(default)]
     subscriptions: BTreeMap<String, BTreeMap<String, SubscriptionOverride>>,
-    // Backend sections are read by each backend.
-    #[serde(default)]
-    local: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    aws: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    gcp: Option<serde::de::IgnoredAny>,
 }
+
+/// The top-level keys [`Common`] reads; every other one is a backend section.
+const COMMON_KEYS: [&str; 4] = ["backend", "name_prefix", "names", "subscriptions"];
 
 fn default_backend() -> String {
     "local".into()
@@ -115,6 +118,21 @@ impl Settings {
     fn build(b: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self> {
         let raw = b.build().map_err(config_error)?;
         let c: Common = raw.clone().try_deserialize().map_err(config_error)?;
+        let table: config::Map<String, config::Value> = raw.clone().try_deserialize().map_err(config_error)?;
+        let mut sections = Vec::new();
+        for (key, value) in table {
+            if COMMON_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if value.clone().into_table().is_err() {
+                return Err(Error::config(format!(
+                    "unknown config key `{key}`: expected one of {} or a backend's section (a table such as [aws])",
+                    COMMON_KEYS.join(", ")
+                )));
+            }
+            sections.push(key);
+        }
+        sections.sort();
         for (logical, cloud) in &c.names {
             validate_name(&format!("names.{logical} override"), cloud)?;
         }
@@ -123,9 +141,9 @@ impl Settings {
             name_prefix: c.name_prefix,
             names: c.names,
             subscriptions: c.subscriptions,
+            sections,
             raw,
         };
-        let _ = (c.local, c.aws, c.gcp);
         Ok(s)
     }
 
@@ -144,9 +162,44 @@ impl Settings {
         }
     }
 
-    /// Config overrides for one subscription, if any.
+    /// Config overrides for one subscription, if any: keyed by the declared names, or by the same names with `_`
+    /// for `-` (environment variables cannot hold `-`).
     pub fn subscription_override(&self, topic: &str, subscription: &str) -> Option<&SubscriptionOverride> {
-        self.subscriptions.get(topic)?.get(subscription)
+        let subs = self.subscriptions.get(topic).or_else(|| self.subscriptions.get(&topic.replace('-', "_")))?;
+        subs.get(subscription).or_else(|| subs.get(&subscription.replace('-', "_")))
+    }
+
+    /// Backend sections present in configuration (top-level tables other than the common keys), such as `aws`.
+    pub fn sections(&self) -> &[String] {
+        &self.sections
+    }
+
+    /// Fails, naming the section and the valid ones, when configuration has a section that is not in `known`.
+    pub fn check_sections(&self, known: &[&str]) -> Result<()> {
+        match self.sections.iter().find(|s| !known.contains(&s.as_str())) {
+            None => Ok(()),
+            Some(s) => Err(Error::config(format!(
+                "unknown config section [{s}] (env TIDINGS_{}__...): expected a backend's section, one of: {}",
+                s.to_ascii_uppercase(),
+                known.join(", ")
+            ))),
+        }
+    }
+
+    /// The overrides (as `<topic>.<subscription>`, spelt as configured) matching none of the `declared`
+    /// (topic, subscription) pairs.
+    pub fn unmatched_overrides(&self, declared: &BTreeSet<(String, String)>) -> Vec<String> {
+        let norm = |s: &str| s.replace('_', "-");
+        let mut out = Vec::new();
+        for (topic, subs) in &self.subscriptions {
+            for sub in subs.keys() {
+                let hit = declared.iter().any(|(t, s)| *t == norm(topic) && *s == norm(sub));
+                if !hit {
+                    out.push(format!("{topic}.{sub}"));
+                }
+            }
+        }
+        out
     }
 
     /// Deserializes a backend's section (`[aws]`, `[gcp]`, `[local]`); an absent section deserializes from an empty
@@ -174,6 +227,19 @@ impl Settings {
             Error::config(hint).with_source(e)
         })
     }
+}
+
+/// The error of an override check: each unmatched key and what is declared.
+pub(crate) fn unmatched_message(unmatched: &[String], declared: &BTreeSet<(String, String)>) -> String {
+    let declared: Vec<String> = declared.iter().map(|(t, s)| format!("{t}.{s}")).collect();
+    format!(
+        "subscription override{} {} match{} no subscription declared on this bus (declared: {}); check the topic and \
+         subscription names (`_` may stand for `-`)",
+        if unmatched.len() == 1 { "" } else { "s" },
+        unmatched.iter().map(|k| format!("`subscriptions.{k}`")).collect::<Vec<_>>().join(", "),
+        if unmatched.len() == 1 { "es" } else { "" },
+        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+    )
 }
 
 fn file_source(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
@@ -254,5 +320,31 @@ mod tests {
         assert!(e.to_string().contains("max_concurency"), "{e}");
         let e = Settings::from_toml("[names]\nsignups = \"Bad_Name\"").unwrap_err();
         assert!(e.to_string().contains("Bad_Name"), "{e}");
+        let e = Settings::from_toml("name_prefx = \"dev-\"").unwrap_err();
+        assert!(e.to_string().contains("unknown config key `name_prefx`"), "{e}");
+    }
+
+    #[test]
+    fn sections_are_listed_and_an_unknown_one_is_named() {
+        let s = Settings::from_toml("[aws]\nregion = \"x\"\n[awz]\nregion = \"y\"").unwrap();
+        assert_eq!(s.sections(), ["aws", "awz"]);
+        let e = s.check_sections(&["local", "aws", "gcp"]).unwrap_err().to_string();
+        assert!(e.contains("[awz]") && e.contains("local, aws, gcp"), "{e}");
+        s.check_sections(&["aws", "awz"]).unwrap();
+    }
+
+    #[test]
+    fn underscores_stand_for_hyphens_and_unmatched_overrides_are_named() {
+        let s = Settings::load(vars(&[
+            ("TIDINGS_SUBSCRIPTIONS__SIGNUP_EVENTS__EMAIL_SENDER__MAX_CONCURRENCY", "7"),
+            ("TIDINGS_SUBSCRIPTIONS__ORDERS__FULFILLMENT__MAX_RETRIES", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.subscription_override("signup-events", "email-sender").unwrap().max_concurrency, Some(7));
+        let declared: BTreeSet<(String, String)> =
+            [("signup-events".into(), "email-sender".into()), ("orders".into(), "fulfilment".into())].into();
+        assert_eq!(s.unmatched_overrides(&declared), vec!["orders.fulfillment".to_string()]);
+        let m = unmatched_message(&s.unmatched_overrides(&declared), &declared);
+        assert!(m.contains("`subscriptions.orders.fulfillment`") && m.contains("orders.fulfilment"), "{m}");
     }
 }

@@ -89,6 +89,16 @@ impl Error {
         self
     }
 
+    /// A copy for each of several messages one failed call concerned: kind, message and retryable flag, with the
+    /// cause as text.
+    pub(crate) fn duplicate(&self) -> Error {
+        let mut e = Error::new(self.kind, self.message.clone()).with_retryable(self.retryable);
+        if let Some(s) = &self.source {
+            e.source = Some(s.to_string().into());
+        }
+        e
+    }
+
     /// The class of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -7,29 +7,36 @@
 
 pub mod backend;
 mod bus;
+pub mod cloud;
 pub mod config;
 pub mod dead_letter;
+pub mod dedup;
 mod error;
 pub mod handler;
+pub mod layer;
 pub mod message;
 mod name;
+mod publish;
 pub mod retry;
 mod runtime;
 pub mod subscription;
+pub mod time;
 pub mod topic;
 pub mod wire;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use backend::{Backend, Capabilities, SubscriptionDriver, TopicDriver};
+pub use backend::{Backend, Capabilities, PublishReport, SubscriptionDriver, TopicDriver};
 pub use bus::{Bus, BusBuilder};
 pub use config::Settings;
 pub use dead_letter::DeadLetter;
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult};
+pub use layer::Layer;
 pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use retry::RetryPolicy;
-pub use subscription::{Subscription, SubscriptionConfig, SubscriptionOverride};
+pub use runtime::Subscription;
+pub use subscription::{SubscriptionConfig, SubscriptionOverride};
 pub use topic::{DeliveryGuarantee, Topic, TopicConfig};

@@ -159,7 +159,7 @@ impl fmt::Debug for MessageId {
 /// Per-message publish options: attributes and an ordering key.
 ///
 /// ```
-/// use tidings_core::PublishOptions;
+/// use tidings::PublishOptions;
 /// let opts = PublishOptions::new().attribute("source", "web").ordering_key("user-42");
 /// assert_eq!(opts.ordering_key.as_deref(), Some("user-42"));
 /// ```

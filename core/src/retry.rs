@@ -65,8 +65,8 @@ impl RetryPolicy {
 
     /// Checks the policy's rules; the error names the field, its value and the rule.
     pub fn validate(&self) -> Result<()> {
-        crate::subscription::positive("retry.min_backoff", self.min_backoff)?;
-        crate::subscription::positive("retry.max_backoff", self.max_backoff)?;
+        positive("retry.min_backoff", self.min_backoff)?;
+        positive("retry.max_backoff", self.max_backoff)?;
         if self.min_backoff > self.max_backoff {
             return Err(Error::invalid(format!(
                 "retry.min_backoff {:?} is above retry.max_backoff {:?}; min_backoff must be <= max_backoff",
@@ -75,6 +75,14 @@ impl RetryPolicy {
         }
         Ok(())
     }
+}
+
+/// Checks that a duration setting is positive; the error names the field and its value.
+pub(crate) fn positive(field: &str, d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::invalid(format!("{field} {d:?} is invalid: it must be a positive duration")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::retry::RetryPolicy;
+use crate::retry::{positive, RetryPolicy};
 
 /// Settings of one subscription. Defaults: max concurrency 100, ack deadline 30 s, retention 7 days,
 /// [`RetryPolicy::DEFAULT`].
@@ -119,13 +119,6 @@ pub struct SubscriptionOverride {
     pub max_retries: Option<u32>,
 }
 
-pub(crate) fn positive(field: &str, d: Duration) -> Result<()> {
-    if d.is_zero() {
-        return Err(Error::invalid(format!("{field} {d:?} is invalid: it must be a positive duration")));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,82 +143,5 @@ mod tests {
         assert!(e.to_string().contains("message_retention"), "{e}");
         let e = SubscriptionConfig::DEFAULT.with_max_concurrency(0).validate().unwrap_err();
         assert!(e.to_string().contains("max_concurrency 0"), "{e}");
-    }
-}
-
-/// A running subscription, returned by [`crate::Bus::subscribe`]. Dropping it leaves the subscription running until
-/// [`crate::Bus::shutdown`]; [`Subscription::shutdown`] stops just this one.
-#[derive(Clone)]
-pub struct Subscription {
-    runner: std::sync::Arc<crate::runtime::Runner>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("topic", &self.runner.key.0).field("name", &self.runner.key.1).finish()
-    }
-}
-
-impl Subscription {
-    pub(crate) fn new(runner: std::sync::Arc<crate::runtime::Runner>) -> Self {
-        Self { runner }
-    }
-
-    /// The subscription's logical name.
-    pub fn name(&self) -> &str {
-        &self.runner.key.1
-    }
-
-    /// The effective settings (code, then config overrides).
-    pub fn config(&self) -> &SubscriptionConfig {
-        &self.runner.spec.config
-    }
-
-    /// Reads up to `max` messages from the dead-letter queue without removing them.
-    pub async fn dead_letters(&self, max: usize) -> Result<Vec<crate::DeadLetter>> {
-        self.runner.driver.dead_letters(max).await
-    }
-
-    /// Moves every dead letter back into the subscription, attempt counter reset; returns how many moved.
-    pub async fn redrive_all(&self) -> Result<usize> {
-        self.runner.driver.redrive(None).await
-    }
-
-    /// Moves the dead letters with these ids back into the subscription; returns how many moved.
-    pub async fn redrive(&self, ids: &[crate::MessageId]) -> Result<usize> {
-        self.runner.driver.redrive(Some(ids.to_vec())).await
-    }
-
-    /// Messages not yet acked or dead-lettered, where the backend can tell.
-    pub async fn backlog(&self) -> Result<Option<u64>> {
-        self.runner.driver.backlog().await
-    }
-
-    /// Waits until the backlog is empty (everything acked or dead-lettered), polling every few milliseconds, for at
-    /// most `timeout`. Returns whether it emptied. Needs a backend that reports its backlog.
-    pub async fn wait_idle(&self, timeout: Duration) -> Result<bool> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match self.backlog().await? {
-                Some(0) => return Ok(true),
-                Some(_) => {}
-                None => {
-                    return Err(Error::new(
-                        crate::ErrorKind::Unsupported,
-                        "wait_idle needs a backend that reports its backlog",
-                    ))
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Stops this subscription: no new deliveries; in-flight handlers get up to `timeout` to finish; unfinished
-    /// messages stay unacked and are redelivered after their ack deadline. The name can then be subscribed again.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.runner.wait(timeout).await;
     }
 }

@@ -3,13 +3,6 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::bus::Bus;
-use crate::error::Result;
-use crate::message::{MessageId, PublishOptions};
-
 /// Delivery guarantee of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryGuarantee {
@@ -54,7 +47,7 @@ impl TopicConfig {
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use tidings_core::{Topic, TopicConfig};
+/// use tidings::{Topic, TopicConfig};
 ///
 /// #[derive(Serialize, Deserialize)]
 /// pub struct SignupEvent { pub user_id: u64 }
@@ -62,7 +55,7 @@ impl TopicConfig {
 /// pub static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
 /// ```
 ///
-/// The declaration holds no connection; [`Topic::publish`] takes the [`Bus`] to publish on, so the same static works
+/// The declaration holds no connection; [`Topic::publish`] takes the [`Bus`](crate::Bus) to publish on, so the same static works
 /// with any backend and in isolated tests.
 pub struct Topic<T> {
     name: &'static str,
@@ -89,27 +82,5 @@ impl<T> Topic<T> {
     /// The settings.
     pub const fn config(&self) -> TopicConfig {
         self.config
-    }
-}
-
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Topic<T> {
-    /// Publishes one message and returns its id once the backend has accepted it.
-    pub async fn publish(&self, bus: &Bus, message: &T) -> Result<MessageId> {
-        bus.publish(self, message, PublishOptions::default()).await
-    }
-
-    /// Publishes one message with attributes and/or an ordering key.
-    pub async fn publish_with(&self, bus: &Bus, message: &T, options: PublishOptions) -> Result<MessageId> {
-        bus.publish(self, message, options).await
-    }
-
-    /// Publishes a batch; returns the ids in input order once the backend has accepted all of them.
-    /// The batch is validated whole before anything is sent.
-    pub async fn publish_batch<'a, I>(&self, bus: &Bus, messages: I) -> Result<Vec<MessageId>>
-    where
-        I: IntoIterator<Item = (&'a T, PublishOptions)>,
-        T: 'a,
-    {
-        bus.publish_batch(self, messages).await
     }
 }

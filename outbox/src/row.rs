@@ -71,13 +71,13 @@ impl Claimed {
         Ok(Claimed {
             seq: r.try_get("seq").map_err(get)?,
             config,
-            message: OutgoingMessage {
-                id: MessageId::from(id),
-                payload: Bytes::from(payload),
+            message: OutgoingMessage::new(
+                MessageId::from(id),
+                Bytes::from(payload),
                 attributes,
-                ordering_key: key.map(Into::into),
-                publish_time: UNIX_EPOCH + Duration::from_micros(created_at.max(0) as u64),
-            },
+                key.map(Into::into),
+                UNIX_EPOCH + Duration::from_micros(created_at.max(0) as u64),
+            ),
         })
     }
 }

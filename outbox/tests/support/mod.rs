@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tidings_core::backend::{OutgoingMessage, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::backend::{
+    OutgoingMessage, PublishReport, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec,
+};
 use tidings_core::{Backend, Bus, Capabilities, Error, Result};
 use tidings_local::LocalBackend;
 
@@ -68,17 +70,18 @@ impl Backend for Faulty {
 
 #[async_trait]
 impl TopicDriver for FaultyTopic {
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         if self.faults.down.load(SeqCst) {
             return Err(Error::backend("broker unreachable (injected)", true));
         }
         let ids: Vec<String> = batch.iter().map(|m| m.id.to_string()).collect();
-        self.inner.publish(batch).await?;
+        let report = self.inner.publish(batch).await?;
+        assert!(report.failures().is_empty(), "the local bus accepts whole batches");
         self.faults.accepted.lock().unwrap().entry(self.name.clone()).or_default().extend(ids);
         if self.faults.hang_after_publish.load(SeqCst) {
             std::future::pending::<()>().await;
         }
-        Ok(())
+        Ok(report)
     }
 }
 

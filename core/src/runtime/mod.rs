@@ -21,6 +21,9 @@ use crate::backend::{AckId, Capabilities, DeadLetterRequest, ReceivedMessage, Su
 use crate::handler::Handler;
 use crate::message::{Message, Metadata};
 
+mod handle;
+pub use handle::Subscription;
+
 /// Longest single receive call; shutdown interrupts it.
 const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 /// Most settlements applied per driver call.
@@ -188,7 +191,7 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
                 wanted = 1;
                 if receiving.is_empty() {
                     tokio::select! {
-                        _ = tokio::time::sleep(jittered(error_backoff)) => {},
+                        _ = tokio::time::sleep(crate::time::jittered(error_backoff)) => {},
                         _ = cancel.cancelled() => break,
                     }
                     error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
@@ -501,12 +504,6 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// `d` scaled by a factor in [0.5, 1.5), from a cheap clock-derived source (enough to spread retries).
-pub(crate) fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
-    d.mul_f64(0.5 + (nanos % 1000) as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -575,9 +572,9 @@ mod tests {
     /// were handled; returns (most receives in flight, most handlers running).
     async fn run(driver: Arc<Endless>) -> (usize, usize) {
         let caps = Capabilities { concurrent_receives: 4, ..Capabilities::default() };
-        let topic = TopicSpec { name: "t".into(), resource: "t".into(), config: TopicConfig::at_least_once() };
+        let topic = TopicSpec::new("t", "t", TopicConfig::at_least_once());
         let config = crate::SubscriptionConfig::default().with_max_concurrency(30);
-        let spec = SubscriptionSpec { topic, name: "s".into(), resource: "s".into(), config };
+        let spec = SubscriptionSpec::new(topic, "s", "s", config);
         let (running, most, handled) =
             (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
         let (r, m, h) = (running.clone(), most.clone(), handled.clone());

@@ -1,0 +1,86 @@
+//! The handle of a running subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::subscription::SubscriptionConfig;
+
+use super::Runner;
+
+/// A running subscription, returned by [`crate::Bus::subscribe`]. Dropping it leaves the subscription running until
+/// [`crate::Bus::shutdown`]; [`Subscription::shutdown`] stops just this one.
+#[derive(Clone)]
+pub struct Subscription {
+    runner: Arc<Runner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("topic", &self.runner.key.0).field("name", &self.runner.key.1).finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(runner: Arc<Runner>) -> Self {
+        Self { runner }
+    }
+
+    /// The subscription's logical name.
+    pub fn name(&self) -> &str {
+        &self.runner.key.1
+    }
+
+    /// The effective settings (code, then config overrides).
+    pub fn config(&self) -> &SubscriptionConfig {
+        &self.runner.spec.config
+    }
+
+    /// Reads up to `max` messages from the dead-letter queue without removing them.
+    pub async fn dead_letters(&self, max: usize) -> Result<Vec<crate::DeadLetter>> {
+        self.runner.driver.dead_letters(max).await
+    }
+
+    /// Moves every dead letter back into the subscription, attempt counter reset; returns how many moved.
+    pub async fn redrive_all(&self) -> Result<usize> {
+        self.runner.driver.redrive(None).await
+    }
+
+    /// Moves the dead letters with these ids back into the subscription; returns how many moved.
+    pub async fn redrive(&self, ids: &[crate::MessageId]) -> Result<usize> {
+        self.runner.driver.redrive(Some(ids.to_vec())).await
+    }
+
+    /// Messages not yet acked or dead-lettered, where the backend can tell.
+    pub async fn backlog(&self) -> Result<Option<u64>> {
+        self.runner.driver.backlog().await
+    }
+
+    /// Waits until the backlog is empty (everything acked or dead-lettered), polling every few milliseconds, for at
+    /// most `timeout`. Returns whether it emptied. Needs a backend that reports its backlog.
+    pub async fn wait_idle(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.backlog().await? {
+                Some(0) => return Ok(true),
+                Some(_) => {}
+                None => {
+                    return Err(Error::new(
+                        crate::ErrorKind::Unsupported,
+                        "wait_idle needs a backend that reports its backlog",
+                    ))
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops this subscription: no new deliveries; in-flight handlers get up to `timeout` to finish; unfinished
+    /// messages stay unacked and are redelivered after their ack deadline. The name can then be subscribed again.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.runner.wait(timeout).await;
+    }
+}
