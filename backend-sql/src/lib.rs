@@ -1,0 +1,168 @@
+//! Durable SQL backends of tidings on sqlx: **SQLite** (feature `sqlite`; one file that several processes on one
+//! host share, for local development with no daemon) and **PostgreSQL** (feature `postgres`; production without a
+//! broker). Everything lives in the database, nothing only in one process's memory:
+//!
+//! - a publish writes one delivery row per subscription registered at that moment (fan-out at publish), in one
+//!   transaction; [`publish_in`] does it inside the application's own transaction;
+//! - a claim leases rows (`visible_at` is the lease end; a crashed consumer's lease expires and the row comes back),
+//!   with `UPDATE ... RETURNING` (SQLite: one writer at a time) or `FOR UPDATE SKIP LOCKED` (PostgreSQL), so processes
+//!   subscribed under the same name compete for one subscription's messages and a message runs in one at a time;
+//! - nack with delay moves `visible_at`; attempts count claims; the DLQ is a state with its reason, redrivable;
+//! - ordering keys: only the oldest pending row of a key can be claimed, so head-of-line blocking holds across
+//!   processes;
+//! - exactly-once: a unique index on (subscription, message id) for exactly-once topics; acked rows are kept without
+//!   their payload for the subscription's message retention (the de-duplication window);
+//! - retention: pending rows older than the subscription's retention are deleted; backlog and DLQ depth are counts.
+//!
+//! Wake-ups: PostgreSQL `LISTEN/NOTIFY` (the publish notifies in its own transaction), polling as the fallback;
+//! SQLite: a watcher polls `PRAGMA data_version` (2 ms after a change, backing off to `sqlite.poll_interval`), and a
+//! publish in the same process wakes its receivers at once.
+#![warn(missing_docs)]
+
+pub mod config;
+mod driver;
+mod error;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod publish_in;
+pub mod schema;
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod store;
+mod wake;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::{Backend, Capabilities, Result};
+
+pub use config::{PostgresConfig, Provisioning, SqliteConfig};
+pub use publish_in::{publish_in, publish_in_with, InTransaction};
+
+use store::Store;
+use wake::Wake;
+
+/// A SQLite or PostgreSQL backend. Clones share the pool.
+#[derive(Debug, Clone)]
+pub struct SqlBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    wake: Arc<Wake>,
+    caps: Capabilities,
+    provisioning: Provisioning,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl SqlBackend {
+    fn new(
+        name: &'static str,
+        store: Arc<dyn Store>,
+        wake: Arc<Wake>,
+        max_message_size: usize,
+        provisioning: Provisioning,
+    ) -> Self {
+        let mut caps = Capabilities::default();
+        caps.native_dead_letter = true;
+        caps.ordering = true;
+        caps.exactly_once = true;
+        caps.nack_delay = true;
+        caps.max_message_size = max_message_size;
+        caps.max_publish_batch = 500;
+        caps.max_receive_batch = 256;
+        caps.max_attributes = 100;
+        let inner = Inner { name, store, wake, caps, provisioning, tasks: Mutex::default() };
+        SqlBackend { inner: Arc::new(inner) }
+    }
+
+    fn own_task(&self, task: tokio::task::AbortHandle) {
+        self.inner.tasks.lock().unwrap().push(task);
+    }
+
+    /// Opens (creating it, with `provisioning = "auto"`) the SQLite database `config.path`.
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite(config: SqliteConfig) -> Result<Self> {
+        sqlite::open(config).await
+    }
+
+    /// Connects to PostgreSQL and (with `provisioning = "auto"`) creates the schema and tables.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(config: PostgresConfig) -> Result<Self> {
+        postgres::open(config).await
+    }
+
+    /// Reads the section of `settings.backend` (`[sqlite]` or `[postgres]`) and opens that backend.
+    pub async fn from_settings(settings: &tidings_core::Settings) -> Result<Self> {
+        match settings.backend.as_str() {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Self::sqlite(settings.section("sqlite")?).await,
+            #[cfg(feature = "postgres")]
+            "postgres" => Self::postgres(settings.section("postgres")?).await,
+            other => Err(tidings_core::Error::config(format!(
+                "tidings-sql cannot open backend {other:?}: this build has {}",
+                [cfg!(feature = "sqlite").then_some("sqlite"), cfg!(feature = "postgres").then_some("postgres")]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Messages dead-lettered in a subscription (by its resource name, `<topic>--<subscription>` by default).
+    pub async fn dead_letter_depth(&self, subscription: &str, topic: &str) -> Result<u64> {
+        let id = self.inner.store.register(topic, subscription, false).await?;
+        let sql = &self.inner.store.sql().dead_depth;
+        self.inner.store.count(sql, id).await
+    }
+}
+
+#[async_trait]
+impl Backend for SqlBackend {
+    fn name(&self) -> &str {
+        self.inner.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {
+        Ok(Arc::new(driver::SqlTopic {
+            store: self.inner.store.clone(),
+            wake: self.inner.wake.clone(),
+            topic: spec.resource.clone(),
+            dedup: spec.config.is_exactly_once(),
+        }))
+    }
+
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
+        let create = self.inner.provisioning == Provisioning::Auto;
+        let sub = self.inner.store.register(&spec.topic.resource, &spec.resource, create).await?;
+        Ok(Arc::new(driver::SqlSubscription {
+            store: self.inner.store.clone(),
+            wake: self.inner.wake.clone(),
+            notify: self.inner.wake.topic(&spec.topic.resource),
+            topic: spec.topic.resource.clone(),
+            sub,
+            ordered: spec.topic.config.ordered,
+            dedup: spec.topic.config.is_exactly_once(),
+            config: spec.config,
+            last_sweep: Mutex::default(),
+        }))
+    }
+}

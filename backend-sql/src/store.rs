@@ -1,0 +1,389 @@
+//! What the drivers ask of the database, one method per batch operation, implemented once for both dialects by
+//! [`impl_store!`] (the statements differ, the calls do not).
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use tidings_core::backend::{OutgoingMessage, ReceivedMessage};
+use tidings_core::{DeadLetter, MessageId, Result};
+
+use crate::sql::Sql;
+
+#[async_trait]
+pub(crate) trait Store: Send + Sync + Debug {
+    fn sql(&self) -> &Sql;
+    /// The id of a subscription, registering it first when `create`.
+    async fn register(&self, topic: &str, name: &str, create: bool) -> Result<i64>;
+    /// Writes one delivery per subscription of `topic` for each message, in one transaction.
+    async fn publish(&self, topic: &str, dedup: bool, batch: &[OutgoingMessage]) -> Result<()>;
+    /// Leases up to `max` deliveries visible at `now` until `until` under the token `lease`, oldest first.
+    async fn claim(
+        &self,
+        sub: i64,
+        ordered: bool,
+        max: usize,
+        now: i64,
+        until: i64,
+        lease: i64,
+    ) -> Result<Vec<ReceivedMessage>>;
+    /// When the next pending delivery becomes visible (a past time when one is claimable now).
+    async fn next_due(&self, sub: i64, ordered: bool) -> Result<Option<i64>>;
+    /// Removes acked deliveries, or keeps them without payload until `keep_until` (exactly-once).
+    async fn ack(&self, ids: &[(i64, i64)], keep_until: Option<i64>) -> Result<()>;
+    /// Makes deliveries visible again at the given times.
+    async fn nack(&self, items: &[(i64, i64, i64)]) -> Result<()>;
+    async fn extend(&self, ids: &[(i64, i64)], until: i64) -> Result<()>;
+    async fn dead_letter(&self, items: &[(i64, i64, String)], now: i64) -> Result<()>;
+    async fn dead_letters(&self, sub: i64, max: usize) -> Result<Vec<DeadLetter>>;
+    async fn redrive(&self, sub: i64, ids: Option<&[MessageId]>, now: i64) -> Result<usize>;
+    /// Runs one of the `count(*)` statements for a subscription.
+    async fn count(&self, statement: &str, sub: i64) -> Result<u64>;
+    /// Drops pending deliveries enqueued before `cutoff` (retention) and expired de-duplication rows.
+    async fn sweep(&self, sub: i64, now: i64, cutoff: i64) -> Result<u64>;
+    /// Tells other processes that `topic` changed (PostgreSQL NOTIFY; SQLite's watchers see every commit).
+    async fn signal(&self, topic: &str) -> Result<()>;
+}
+
+/// Most (seq, lease) pairs per statement (SQLite allows 32,766 placeholders; PostgreSQL 65,535).
+pub(crate) const PAIRS_PER_STATEMENT: usize = 500;
+
+/// A store on one pool of `$db`, with statements for its dialect; `channel` is PostgreSQL's NOTIFY channel.
+pub(crate) struct SqlStore<DB: sqlx::Database> {
+    pub pool: sqlx::Pool<DB>,
+    pub sql: Sql,
+    pub channel: Option<String>,
+}
+
+impl<DB: sqlx::Database> Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore").field("dialect", &self.sql.dialect).finish_non_exhaustive()
+    }
+}
+
+/// Attributes are stored as JSON text, or an empty string for none (most messages).
+pub(crate) fn encode_attributes(a: &tidings_core::Attributes) -> Result<String> {
+    if a.is_empty() {
+        Ok(String::new())
+    } else {
+        Ok(serde_json::to_string(a)?)
+    }
+}
+
+pub(crate) fn decode_attributes(s: &str) -> Result<tidings_core::Attributes> {
+    if s.is_empty() {
+        return Ok(Default::default());
+    }
+    serde_json::from_str(s)
+        .map_err(|e| tidings_core::Error::invalid(format!("sql: delivery row has invalid attributes JSON {s:?}: {e}")))
+}
+
+/// Implements [`Store`] for `SqlStore<$db>` and `publish_on` for `$conn` (a transaction of the application's, or
+/// one of the store's).
+macro_rules! impl_store {
+    ($db:ty, $conn:ty) => {
+        /// Writes the deliveries of `batch` on `conn` (no commit).
+        pub(crate) async fn publish_on(
+            conn: &mut $conn,
+            sql: &$crate::sql::Sql,
+            channel: Option<&str>,
+            topic: &str,
+            dedup: bool,
+            batch: &[tidings_core::backend::OutgoingMessage],
+        ) -> tidings_core::Result<()> {
+            let now = tidings_core::wire::micros(std::time::SystemTime::now());
+            for m in batch {
+                let mut q = sqlx::query(&sql.publish)
+                    .bind(topic)
+                    .bind(m.id.as_str())
+                    .bind(&m.payload[..])
+                    .bind($crate::store::encode_attributes(&m.attributes)?)
+                    .bind(m.ordering_key.as_deref())
+                    .bind(tidings_core::wire::micros(m.publish_time))
+                    .bind(now)
+                    .bind(dedup);
+                if let Some(c) = channel {
+                    q = q.bind(c);
+                }
+                q.execute(&mut *conn).await.map_err(|e| $crate::error::db_error("publishing", e))?;
+            }
+            Ok(())
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $crate::store::SqlStore<$db> {
+            fn sql(&self) -> &$crate::sql::Sql {
+                &self.sql
+            }
+
+            async fn register(&self, topic: &str, name: &str, create: bool) -> tidings_core::Result<i64> {
+                use sqlx::Row;
+                use $crate::error::db_error;
+                if create {
+                    let now = tidings_core::wire::micros(std::time::SystemTime::now());
+                    return sqlx::query_scalar(&self.sql.register)
+                        .bind(topic)
+                        .bind(name)
+                        .bind(now)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(|e| db_error("registering the subscription", e));
+                }
+                let row = sqlx::query(&self.sql.lookup)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| db_error("looking up the subscription", e))?;
+                let Some(row) = row else {
+                    return Err(tidings_core::Error::config(format!(
+                        "subscription {name:?} is not registered in {} (provisioning is not \"auto\"): run once \
+                         with provisioning = \"auto\", or insert it",
+                        self.sql.tables.subs
+                    )));
+                };
+                let found: String = row.try_get("topic").map_err(|e| db_error("reading the subscription", e))?;
+                if found != topic {
+                    return Err(tidings_core::Error::config(format!(
+                        "subscription {name:?} is registered on topic {found:?}, not {topic:?}"
+                    )));
+                }
+                row.try_get("id").map_err(|e| db_error("reading the subscription", e))
+            }
+
+            async fn publish(
+                &self,
+                topic: &str,
+                dedup: bool,
+                batch: &[tidings_core::backend::OutgoingMessage],
+            ) -> tidings_core::Result<()> {
+                use $crate::error::db_error;
+                let mut tx =
+                    self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a publish", e))?;
+                publish_on(&mut tx, &self.sql, self.channel.as_deref(), topic, dedup, batch).await?;
+                tx.commit().await.map_err(|e| db_error("committing a publish", e))
+            }
+
+            async fn claim(
+                &self,
+                sub: i64,
+                ordered: bool,
+                max: usize,
+                now: i64,
+                until: i64,
+                lease: i64,
+            ) -> tidings_core::Result<Vec<tidings_core::backend::ReceivedMessage>> {
+                use sqlx::Row;
+                use $crate::error::db_error;
+                let sql = if ordered { &self.sql.claim_ordered } else { &self.sql.claim };
+                let rows = sqlx::query(sql)
+                    .bind(sub)
+                    .bind(now)
+                    .bind(until)
+                    .bind(lease)
+                    .bind(max as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| db_error("claiming deliveries", e))?;
+                let get = |e| db_error("reading a claimed delivery", e);
+                let mut out = Vec::with_capacity(rows.len());
+                let mut seqs = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let seq: i64 = r.try_get("seq").map_err(get)?;
+                    let id: String = r.try_get("message_id").map_err(get)?;
+                    let payload: Vec<u8> = r.try_get("payload").map_err(get)?;
+                    let attributes: String = r.try_get("attributes").map_err(get)?;
+                    let key: Option<String> = r.try_get("ordering_key").map_err(get)?;
+                    let published: i64 = r.try_get("publish_time").map_err(get)?;
+                    let attempts: i64 = r.try_get("attempts").map_err(get)?;
+                    seqs.push(seq);
+                    out.push(tidings_core::backend::ReceivedMessage {
+                        ack_id: $crate::error::ack_id(seq, lease),
+                        id: tidings_core::MessageId::from(id),
+                        payload: bytes::Bytes::from(payload),
+                        attributes: $crate::store::decode_attributes(&attributes)?,
+                        ordering_key: key.map(Into::into),
+                        publish_time: tidings_core::wire::from_micros(published),
+                        attempt: attempts.clamp(1, i64::from(u32::MAX)) as u32,
+                    });
+                }
+                // RETURNING has no order: hand them out oldest first.
+                let mut order: Vec<usize> = (0..out.len()).collect();
+                order.sort_by_key(|&i| seqs[i]);
+                let mut slots: Vec<Option<_>> = out.into_iter().map(Some).collect();
+                Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+            }
+
+            async fn next_due(&self, sub: i64, ordered: bool) -> tidings_core::Result<Option<i64>> {
+                let sql = if ordered { &self.sql.next_due_ordered } else { &self.sql.next_due };
+                sqlx::query_scalar::<_, Option<i64>>(sql)
+                    .bind(sub)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("finding the next due delivery", e))
+            }
+
+            async fn ack(&self, ids: &[(i64, i64)], keep_until: Option<i64>) -> tidings_core::Result<()> {
+                for chunk in ids.chunks($crate::store::PAIRS_PER_STATEMENT) {
+                    let sql = match keep_until {
+                        Some(_) => self.sql.ack_keep(chunk.len()),
+                        None => self.sql.ack_delete(chunk.len()),
+                    };
+                    let mut q = sqlx::query(&sql);
+                    if let Some(until) = keep_until {
+                        q = q.bind(Vec::<u8>::new()).bind(until);
+                    }
+                    for (seq, lease) in chunk {
+                        q = q.bind(*seq).bind(*lease);
+                    }
+                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("acking", e))?;
+                }
+                Ok(())
+            }
+
+            async fn nack(&self, items: &[(i64, i64, i64)]) -> tidings_core::Result<()> {
+                use $crate::error::db_error;
+                let sql = self.sql.nack();
+                let mut tx = self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a nack", e))?;
+                for (seq, lease, at) in items {
+                    sqlx::query(&sql)
+                        .bind(*seq)
+                        .bind(*lease)
+                        .bind(*at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_error("nacking", e))?;
+                }
+                tx.commit().await.map_err(|e| db_error("committing nacks", e))
+            }
+
+            async fn extend(&self, ids: &[(i64, i64)], until: i64) -> tidings_core::Result<()> {
+                for chunk in ids.chunks($crate::store::PAIRS_PER_STATEMENT) {
+                    let sql = self.sql.extend(chunk.len());
+                    let mut q = sqlx::query(&sql).bind(until);
+                    for (seq, lease) in chunk {
+                        q = q.bind(*seq).bind(*lease);
+                    }
+                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("extending leases", e))?;
+                }
+                Ok(())
+            }
+
+            async fn dead_letter(&self, items: &[(i64, i64, String)], now: i64) -> tidings_core::Result<()> {
+                use $crate::error::db_error;
+                let sql = self.sql.dead_letter();
+                let mut tx =
+                    self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a dead-letter", e))?;
+                for (seq, lease, reason) in items {
+                    sqlx::query(&sql)
+                        .bind(*seq)
+                        .bind(*lease)
+                        .bind(reason)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_error("dead-lettering", e))?;
+                }
+                tx.commit().await.map_err(|e| db_error("committing dead letters", e))
+            }
+
+            async fn dead_letters(&self, sub: i64, max: usize) -> tidings_core::Result<Vec<tidings_core::DeadLetter>> {
+                use sqlx::Row;
+                use $crate::error::db_error;
+                let rows = sqlx::query(&self.sql.dead_letters)
+                    .bind(sub)
+                    .bind(max.min(i64::MAX as usize) as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| db_error("reading dead letters", e))?;
+                let get = |e| db_error("reading a dead letter", e);
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let id: String = r.try_get("message_id").map_err(get)?;
+                    let payload: Vec<u8> = r.try_get("payload").map_err(get)?;
+                    let attributes: String = r.try_get("attributes").map_err(get)?;
+                    let attempts: i64 = r.try_get("attempts").map_err(get)?;
+                    let reason: Option<String> = r.try_get("reason").map_err(get)?;
+                    let dead_at: Option<i64> = r.try_get("dead_at").map_err(get)?;
+                    out.push(tidings_core::DeadLetter {
+                        id: tidings_core::MessageId::from(id),
+                        payload: bytes::Bytes::from(payload),
+                        attributes: $crate::store::decode_attributes(&attributes)?,
+                        ordering_key: r.try_get("ordering_key").map_err(get)?,
+                        publish_time: tidings_core::wire::from_micros(r.try_get("publish_time").map_err(get)?),
+                        attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+                        reason: reason.unwrap_or_default(),
+                        dead_lettered_at: tidings_core::wire::from_micros(dead_at.unwrap_or(0)),
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn redrive(
+                &self,
+                sub: i64,
+                ids: Option<&[tidings_core::MessageId]>,
+                now: i64,
+            ) -> tidings_core::Result<usize> {
+                use sqlx::Row;
+                use $crate::error::db_error;
+                let mut tx =
+                    self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a redrive", e))?;
+                let rows = sqlx::query(&self.sql.dead_candidates)
+                    .bind(sub)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| db_error("reading dead letters", e))?;
+                let mut moved = 0;
+                for r in rows {
+                    let seq: i64 = r.try_get("seq").map_err(|e| db_error("reading a dead letter", e))?;
+                    let id: String = r.try_get("message_id").map_err(|e| db_error("reading a dead letter", e))?;
+                    if ids.is_some_and(|ids| !ids.iter().any(|i| i.as_str() == id)) {
+                        continue;
+                    }
+                    // A new seq puts it behind everything pending, as a republish would.
+                    let done = sqlx::query(&self.sql.renumber)
+                        .bind(seq)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_error("redriving", e))?;
+                    moved += done.rows_affected() as usize;
+                }
+                tx.commit().await.map_err(|e| db_error("committing a redrive", e))?;
+                Ok(moved)
+            }
+
+            async fn count(&self, statement: &str, sub: i64) -> tidings_core::Result<u64> {
+                let n: i64 = sqlx::query_scalar(statement)
+                    .bind(sub)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("counting deliveries", e))?;
+                Ok(n.max(0) as u64)
+            }
+
+            async fn sweep(&self, sub: i64, now: i64, cutoff: i64) -> tidings_core::Result<u64> {
+                let done = sqlx::query(&self.sql.sweep)
+                    .bind(sub)
+                    .bind(now)
+                    .bind(cutoff)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("expiring deliveries", e))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn signal(&self, topic: &str) -> tidings_core::Result<()> {
+                let Some(channel) = &self.channel else { return Ok(()) };
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(channel)
+                    .bind(topic)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("notifying", e))?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

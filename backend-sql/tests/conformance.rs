@@ -1,0 +1,30 @@
+//! The shared conformance suite and the ledger on both dialects: SQLite on a temporary file, PostgreSQL in a fresh
+//! schema of the machine's server.
+
+mod support;
+
+use support::{Postgres, Sqlite};
+
+tidings_core::conformance_tests!(sqlite => Sqlite, postgres => Postgres);
+
+/// Load with injected failures, panics and slow handlers: every message ends acked or dead-lettered, in each of two
+/// subscriptions.
+#[test]
+fn ledger_sqlite_2000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Sqlite, 2_000, false));
+}
+
+#[test]
+fn ledger_sqlite_exactly_once_has_no_duplicate_after_ack() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Sqlite, 1_000, true));
+}
+
+#[test]
+fn ledger_postgres_2000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Postgres, 2_000, false));
+}
+
+#[test]
+fn ledger_postgres_exactly_once_has_no_duplicate_after_ack() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Postgres, 1_000, true));
+}
