@@ -22,8 +22,8 @@ crate::store::impl_store!(Postgres, PgConnection);
 
 /// Longest wait for a subscription with nothing due while the listener is connected.
 const IDLE: Duration = Duration::from_secs(10);
-/// Attempts to reach the server at start, with a doubling pause from 250 ms.
-const CONNECT_ATTEMPTS: u32 = 5;
+/// How long a connection (at start, or for a query) is retried before the error is returned.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The NOTIFY channel of a schema.
 pub(crate) fn channel(schema: &str) -> String {
@@ -41,28 +41,18 @@ pub(crate) async fn open(config: PostgresConfig) -> Result<SqlBackend> {
         opts.get_port(),
         opts.get_database().unwrap_or(opts.get_username())
     );
-    let pool_opts =
-        PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(Duration::from_secs(10));
-    let mut pause = Duration::from_millis(250);
-    let mut attempt = 1;
-    let pool = loop {
-        match pool_opts.clone().connect_with(opts.clone()).await {
-            Ok(p) => break p,
-            Err(e) if attempt < CONNECT_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "{server} unreachable; retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(Error::backend(
-                format!(
-                    "cannot connect to {server} after {CONNECT_ATTEMPTS} attempts (postgres.url or DATABASE_URL): {e}"
-                ),
-                true,
-            )
-            .with_source(e)),
-        }
-    };
+    let pool_opts = PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(CONNECT_TIMEOUT);
+    // The pool retries a refused or failed connection, with backoff, until its acquire timeout.
+    let pool = pool_opts.connect_with(opts).await.map_err(|e| {
+        Error::backend(
+            format!(
+                "cannot connect to {server} (postgres.url or DATABASE_URL), retried for {} s: {e}",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            true,
+        )
+        .with_source(e)
+    })?;
     let sql = Sql::new(Dialect::Postgres, Tables::postgres(&config.schema));
     migrate(&pool, &sql, &config.schema, config.provisioning, &server).await?;
     let wake = Arc::new(Wake::new(config.poll_interval, IDLE));
