@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver,
 };
-use tidings_core::wire::micros;
-use tidings_core::{DeadLetter, MessageId, Result, SubscriptionConfig};
+use tidings_core::time::micros;
+use tidings_core::{DeadLetter, MessageId, PublishReport, Result, SubscriptionConfig};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,10 +38,11 @@ pub(crate) struct SqlTopic {
 
 #[async_trait]
 impl TopicDriver for SqlTopic {
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
+    /// All or nothing: the batch is one transaction.
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         self.store.publish(&self.topic, self.dedup, batch).await?;
         self.wake.notify(&self.topic);
-        Ok(())
+        Ok(PublishReport::accepted())
     }
 }
 

@@ -77,7 +77,6 @@ impl SqlBackend {
         provisioning: Provisioning,
     ) -> Self {
         let mut caps = Capabilities::default();
-        caps.native_dead_letter = true;
         caps.ordering = true;
         caps.exactly_once = true;
         caps.nack_delay = true;

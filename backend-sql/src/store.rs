@@ -90,7 +90,7 @@ macro_rules! impl_store {
             dedup: bool,
             batch: &[tidings_core::backend::OutgoingMessage],
         ) -> tidings_core::Result<()> {
-            let now = tidings_core::wire::micros(std::time::SystemTime::now());
+            let now = tidings_core::time::micros(std::time::SystemTime::now());
             for m in batch {
                 let mut q = sqlx::query(&sql.publish)
                     .bind(topic)
@@ -98,7 +98,7 @@ macro_rules! impl_store {
                     .bind(&m.payload[..])
                     .bind($crate::store::encode_attributes(&m.attributes)?)
                     .bind(m.ordering_key.as_deref())
-                    .bind(tidings_core::wire::micros(m.publish_time))
+                    .bind(tidings_core::time::micros(m.publish_time))
                     .bind(now)
                     .bind(dedup);
                 if let Some(c) = channel {
@@ -119,7 +119,7 @@ macro_rules! impl_store {
                 use sqlx::Row;
                 use $crate::error::db_error;
                 if create {
-                    let now = tidings_core::wire::micros(std::time::SystemTime::now());
+                    let now = tidings_core::time::micros(std::time::SystemTime::now());
                     return sqlx::query_scalar(&self.sql.register)
                         .bind(topic)
                         .bind(name)
@@ -201,7 +201,7 @@ macro_rules! impl_store {
                         payload: bytes::Bytes::from(payload),
                         attributes: $crate::store::decode_attributes(&attributes)?,
                         ordering_key: key.map(Into::into),
-                        publish_time: tidings_core::wire::from_micros(published),
+                        publish_time: tidings_core::time::from_micros(published),
                         attempt: attempts.clamp(1, i64::from(u32::MAX)) as u32,
                     });
                 }
@@ -308,10 +308,10 @@ macro_rules! impl_store {
                         payload: bytes::Bytes::from(payload),
                         attributes: $crate::store::decode_attributes(&attributes)?,
                         ordering_key: r.try_get("ordering_key").map_err(get)?,
-                        publish_time: tidings_core::wire::from_micros(r.try_get("publish_time").map_err(get)?),
+                        publish_time: tidings_core::time::from_micros(r.try_get("publish_time").map_err(get)?),
                         attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
                         reason: reason.unwrap_or_default(),
-                        dead_lettered_at: tidings_core::wire::from_micros(dead_at.unwrap_or(0)),
+                        dead_lettered_at: tidings_core::time::from_micros(dead_at.unwrap_or(0)),
                     });
                 }
                 Ok(out)
