@@ -307,6 +307,7 @@ impl Bus {
                 Some(e) => e.clone(),
                 None => {
                     validate_name("topic", name)?;
+                    self.check_supported(name, config)?;
                     let e = TopicEntry { config, publisher: Arc::default() };
                     topics.insert(name.to_string(), e.clone());
                     e
@@ -322,6 +323,29 @@ impl Bus {
             })
             .await?;
         Ok(publisher.clone())
+    }
+
+    /// A topic config the backend cannot honour is refused when the topic is first used, never downgraded.
+    fn check_supported(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let caps = &self.inner.caps;
+        let missing = if config.ordered && !caps.ordering {
+            Some(("ordering", "ordered"))
+        } else if config.is_exactly_once() && !caps.exactly_once {
+            Some(("exactly_once", "exactly-once"))
+        } else {
+            None
+        };
+        match missing {
+            None => Ok(()),
+            Some((capability, what)) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "topic {name:?} is declared {what}, but the {} backend lacks the `{capability}` capability; \
+                     declare it without that guarantee or choose another backend",
+                    self.backend_name()
+                ),
+            )),
+        }
     }
 
     fn topic_spec(&self, name: &str, config: TopicConfig) -> TopicSpec {

@@ -427,4 +427,154 @@ mod tests {
         assert!(encode(&bad).is_err());
         assert_eq!(&encode(&7).unwrap()[..], b"7");
     }
+
+    type Script = Box<dyn Fn(usize, &[OutgoingMessage]) -> Result<PublishReport> + Send + Sync>;
+
+    /// Answers each call by `script(call number, batch)`, after `delay`; records the ids of each call and the most
+    /// calls in flight at once.
+    struct Scripted {
+        script: Script,
+        delay: std::time::Duration,
+        calls: std::sync::Mutex<Vec<Vec<String>>>,
+        in_flight: AtomicU32,
+        most_in_flight: AtomicU32,
+    }
+
+    impl std::fmt::Debug for Scripted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Scripted")
+        }
+    }
+
+    impl Scripted {
+        fn new(
+            delay_ms: u64,
+            script: impl Fn(usize, &[OutgoingMessage]) -> Result<PublishReport> + Send + Sync + 'static,
+        ) -> Arc<Self> {
+            Arc::new(Scripted {
+                script: Box::new(script),
+                delay: std::time::Duration::from_millis(delay_ms),
+                calls: Default::default(),
+                in_flight: AtomicU32::new(0),
+                most_in_flight: AtomicU32::new(0),
+            })
+        }
+        fn calls(&self) -> Vec<Vec<String>> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl TopicDriver for Scripted {
+        async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(batch.iter().map(|m| m.id.to_string()).collect());
+                calls.len()
+            };
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            (self.script)(n, batch)
+        }
+    }
+
+    fn refuse(pairs: &[(usize, bool)]) -> PublishReport {
+        let mut r = PublishReport::accepted();
+        for &(i, retryable) in pairs {
+            r.refuse(i, Error::backend(format!("entry {i} refused (injected)"), retryable));
+        }
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_the_refused_messages_are_retried_and_a_final_refusal_is_not() {
+        let d = Scripted::new(0, |n, _| Ok(if n == 1 { refuse(&[(1, true), (2, false)]) } else { refuse(&[]) }));
+        let mut batch: Vec<_> = (0..3).map(message).collect();
+        let results = super::send(d.as_ref(), "t", &mut batch).await;
+        assert_eq!(d.calls(), vec![vec!["m0", "m1", "m2"], vec!["m1"]], "only the retryable refusal is sent again");
+        assert!(results[0].is_ok() && results[1].is_ok());
+        assert!(!results[2].as_ref().unwrap_err().is_retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_message_has_one_budget_of_attempts() {
+        // Message 1 is always refused; message 0 of the first call fails the whole call once.
+        let d = Scripted::new(0, |n, batch| {
+            if n == 1 {
+                return Err(Error::backend("call failed (injected)", true));
+            }
+            Ok(refuse(&batch.iter().position(|m| m.id.as_str() == "m1").map(|i| vec![(i, true)]).unwrap_or_default()))
+        });
+        let mut batch: Vec<_> = (0..2).map(message).collect();
+        let results = super::send(d.as_ref(), "t", &mut batch).await;
+        assert_eq!(d.calls().len(), super::PUBLISH_ATTEMPTS as usize);
+        assert!(results[0].is_ok(), "retried after the failed call");
+        let e = results[1].as_ref().unwrap_err();
+        assert!(e.is_retryable() && e.to_string().contains("entry"), "gave up after its attempts: {e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_publishes_share_calls_over_the_linger() {
+        let d = Scripted::new(1, |_, _| Ok(PublishReport::accepted()));
+        let mut caps = Capabilities::default();
+        caps.publish_linger = std::time::Duration::from_millis(5);
+        caps.max_publish_batch = 10;
+        caps.publish_in_flight = 4;
+        let p = Arc::new(Publisher::new("t", TopicConfig::at_least_once(), d.clone(), &caps));
+        let tasks: Vec<_> = (0..25)
+            .map(|n| {
+                tokio::spawn({
+                    let p = p.clone();
+                    async move { p.publish_one(message(n)).await }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let sizes: Vec<usize> = d.calls().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![10, 10, 5], "coalesced into full calls of the backend's batch size");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ordered_topic_has_one_call_in_flight_and_others_several() {
+        for (config, expected) in [(TopicConfig::at_least_once().ordered(), 1), (TopicConfig::at_least_once(), 4)] {
+            let d = Scripted::new(20, |_, _| Ok(PublishReport::accepted()));
+            let mut caps = Capabilities::default();
+            caps.publish_linger = std::time::Duration::from_millis(1);
+            caps.max_publish_batch = 1;
+            caps.publish_in_flight = 4;
+            let p = Arc::new(Publisher::new("t", config, d.clone(), &caps));
+            let tasks: Vec<_> = (0..12)
+                .map(|n| {
+                    tokio::spawn({
+                        let p = p.clone();
+                        async move { p.publish_one(message(n)).await }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            assert_eq!(d.most_in_flight.load(SeqCst), expected, "{config:?}");
+        }
+    }
+
+    #[test]
+    fn a_call_takes_what_fits_its_bytes_and_at_least_one_message() {
+        let d = Scripted::new(0, |_, _| Ok(PublishReport::accepted()));
+        let parts = super::Parts { name: "t".into(), driver: d, max_batch: 10, max_bytes: 30, overhead: 4 };
+        let batch: Vec<_> = (0..5).map(message).collect(); // 7 bytes each + 4 overhead
+        assert_eq!(parts.chunk_len(&batch), 2);
+        let big = vec![OutgoingMessage::new(
+            crate::MessageId::from("b"),
+            bytes::Bytes::from(vec![b'x'; 100]),
+            Default::default(),
+            None,
+            std::time::SystemTime::now(),
+        )];
+        assert_eq!(parts.chunk_len(&big), 1, "a single message always fits");
+    }
 }

@@ -21,7 +21,7 @@
 //! sqlx::query("INSERT INTO users (id) VALUES (1)").execute(&mut *tx).await?;
 //! outbox.publish(&mut tx, &SIGNUPS, &SignupEvent { user_id: 1 }).await?;
 //! tx.commit().await?;                           // the event is relayed once this commits
-//! # relay.shutdown().await; Ok(()) }
+//! # let relayed: u64 = relay.shutdown().await; Ok(()) }
 //! ```
 //!
 //! PostgreSQL: several relays share the work (`FOR UPDATE SKIP LOCKED` on each topic's oldest row, so one relay owns a
@@ -46,13 +46,26 @@ pub use relay::{Relay, RelayHandle};
 /// Default outbox table name.
 pub const DEFAULT_TABLE: &str = "tidings_outbox";
 
-/// An outbox table in one database, feeding one bus. Cheap to clone.
-#[derive(Clone)]
+/// An outbox table in one database, feeding one bus. Cheap to clone (whatever the database type).
 pub struct Outbox<DB: sqlx::Database> {
     pool: sqlx::Pool<DB>,
     bus: Bus,
     table: Arc<str>,
+    /// Wakes this process's SQLite relay after a publish (PostgreSQL relays wake by NOTIFY).
+    #[cfg(feature = "sqlite")]
     wake: Arc<tokio::sync::Notify>,
+}
+
+impl<DB: sqlx::Database> Clone for Outbox<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            bus: self.bus.clone(),
+            table: self.table.clone(),
+            #[cfg(feature = "sqlite")]
+            wake: self.wake.clone(),
+        }
+    }
 }
 
 impl<DB: sqlx::Database> std::fmt::Debug for Outbox<DB> {
@@ -64,7 +77,13 @@ impl<DB: sqlx::Database> std::fmt::Debug for Outbox<DB> {
 impl<DB: sqlx::Database> Outbox<DB> {
     /// An outbox in the table `tidings_outbox`, relayed to `bus`.
     pub fn new(pool: sqlx::Pool<DB>, bus: Bus) -> Self {
-        Self { pool, bus, table: DEFAULT_TABLE.into(), wake: Arc::default() }
+        Self {
+            pool,
+            bus,
+            table: DEFAULT_TABLE.into(),
+            #[cfg(feature = "sqlite")]
+            wake: Arc::default(),
+        }
     }
 
     /// Uses another table name: 1-48 characters of `[a-z0-9_]`, starting with a letter or `_`.

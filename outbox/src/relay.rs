@@ -146,10 +146,11 @@ impl RelayHandle {
         self.relayed.load(Ordering::Relaxed)
     }
 
-    /// Finishes the batch in flight, then stops.
-    pub async fn shutdown(self) {
+    /// Finishes the batch in flight, then stops; returns the rows this relay published and deleted in all.
+    pub async fn shutdown(self) -> u64 {
         self.cancel.cancel();
         let _ = self.join.await;
+        self.relayed.load(Ordering::Acquire)
     }
 
     /// Stops at once, like a crash: a batch in flight is rolled back (its rows stay) and is published again by the

@@ -1,9 +1,8 @@
 //! The outbox row: what is stored per message, and its conversion back to a prepared message.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use tidings_core::backend::OutgoingMessage;
+use tidings_core::time::{from_micros, micros};
 use tidings_core::{Attributes, DeliveryGuarantee, Error, MessageId, Result, TopicConfig};
 
 /// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes
@@ -33,7 +32,7 @@ impl NewRow {
             payload: m.payload.to_vec(),
             attributes: serde_json::to_string(&m.attributes)?,
             ordering_key: m.ordering_key.as_deref().map(str::to_string),
-            created_at: m.publish_time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+            created_at: micros(m.publish_time),
         })
     }
 }
@@ -76,7 +75,7 @@ impl Claimed {
                 Bytes::from(payload),
                 attributes,
                 key.map(Into::into),
-                UNIX_EPOCH + Duration::from_micros(created_at.max(0) as u64),
+                from_micros(created_at),
             ),
         })
     }
@@ -94,8 +93,4 @@ pub(crate) async fn publish(bus: &tidings_core::Bus, topic: &str, rows: Vec<Clai
         bus.publish_prepared(topic, config, batch).await?;
     }
     Ok(())
-}
-
-pub(crate) fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }

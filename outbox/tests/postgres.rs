@@ -1,5 +1,6 @@
 //! The outbox against a real PostgreSQL, found through `DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`).
+#![cfg(feature = "postgres")]
 
 mod support;
 #[macro_use]
@@ -71,8 +72,8 @@ async fn two_relays_publish_every_row_once_and_share_the_work() {
     assert_eq!(accepted, ids, "every row published, none lost");
     assert!(a.relayed() > 0 && b.relayed() > 0, "both relays worked: {} and {}", a.relayed(), b.relayed());
     assert_eq!(rows(&outbox).await, 0);
-    a.shutdown().await;
-    b.shutdown().await;
+    let (ra, rb) = (a.relayed(), b.relayed());
+    assert_eq!(a.shutdown().await + b.shutdown().await, ra + rb, "shutdown returns each relay's final count");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

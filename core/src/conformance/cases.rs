@@ -234,7 +234,12 @@ pub async fn panic_counts_as_failure<H: Harness>(h: &H) {
     wait_until(t.patience, || log.len() >= 4).await;
     let by_n = |n| log.all().iter().filter(|d| d.event.n == n).map(|d| d.meta.attempt).collect::<Vec<_>>();
     assert_eq!(by_n(1), vec![1, 2], "a panic is retried like an error, and the process carries on");
-    assert_eq!(by_n(2), vec![1, 2]);
+    assert_eq!(
+        by_n(2),
+        vec![1, 2],
+        "{:#?}",
+        log.all().iter().map(|d| (d.event.n, d.meta.attempt, d.meta.id.to_string(), d.at)).collect::<Vec<_>>()
+    );
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("panicked") && dead[0].reason.contains("boom 2"), "{}", dead[0].reason);
     bus.shutdown(t.patience).await;
@@ -371,9 +376,7 @@ pub async fn lease_extension_prevents_redelivery<H: Harness>(h: &H) {
 
 pub async fn ordering_per_key<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
-    if support::skip_unless(&bus, bus.capabilities().ordering, "ordering_per_key", "ordering") {
-        return;
-    }
+    support::require(&bus, bus.capabilities().ordering, "ordering_per_key", "ordering");
     let topic = topic::<Event>("ordered", TopicConfig::at_least_once().ordered());
     let handled: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
     let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -426,9 +429,7 @@ pub async fn ordering_per_key<H: Harness>(h: &H) {
 
 pub async fn exactly_once_dedup<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
-    if support::skip_unless(&bus, bus.capabilities().exactly_once, "exactly_once_dedup", "exactly_once") {
-        return;
-    }
+    support::require(&bus, bus.capabilities().exactly_once, "exactly_once_dedup", "exactly_once");
     let topic = topic::<Event>("exactly-once", TopicConfig::exactly_once());
     let log = Log::default();
     bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
@@ -589,6 +590,64 @@ pub async fn duplicate_subscription_is_rejected<H: Harness>(h: &H) {
     let conflicting = crate::Topic::<Event>::new(topic.name(), TopicConfig::exactly_once());
     let e = conflicting.publish(&bus, &Event::new(1)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict, "one topic name, two configs: {e}");
+    bus.shutdown(t.patience).await;
+}
+
+pub async fn concurrent_duplicate_subscribe_is_rejected<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("dup-race", TopicConfig::at_least_once());
+    // Both calls provision (on a broker, an await) before registering: only one may win.
+    let (a, b) = tokio::join!(
+        bus.subscribe(&topic, "email", sub_config(&t, 5), logging(&Log::default())),
+        bus.subscribe(&topic, "email", sub_config(&t, 5), logging(&Log::default())),
+    );
+    let kinds: Vec<_> = [&a, &b].iter().map(|r| r.as_ref().err().map(|e| e.kind())).collect();
+    assert!(
+        kinds.contains(&None) && kinds.contains(&Some(ErrorKind::Conflict)),
+        "exactly one of two concurrent subscribes with one name wins: {kinds:?}"
+    );
+    bus.shutdown(t.patience).await;
+}
+
+pub async fn the_bus_refuses_work_after_shutdown<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("after-shutdown", TopicConfig::at_least_once());
+    let log = Log::default();
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
+    topic.publish(&bus, &Event::new(1)).await.unwrap();
+    log.wait_for(1, t.patience).await;
+    let clone = bus.clone();
+    bus.shutdown(t.patience).await;
+    assert!(clone.is_shut_down(), "clones share the bus");
+    let e = topic.publish(&clone, &Event::new(2)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Shutdown, "{e}");
+    let e = topic.publish_batch(&bus, [(&Event::new(3), PublishOptions::new())]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Shutdown, "{e}");
+    let e = bus.subscribe(&topic, "late", sub_config(&t, 5), logging(&log)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Shutdown, "{e}");
+    assert!(e.to_string().contains("shut down"), "{e}");
+}
+
+pub async fn unsupported_topic_configs_are_refused_at_declaration<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let caps = bus.capabilities().clone();
+    for (has, config, capability) in [
+        (caps.ordering, TopicConfig::at_least_once().ordered(), "ordering"),
+        (caps.exactly_once, TopicConfig::exactly_once(), "exactly_once"),
+    ] {
+        let topic = topic::<Event>("unsupported", config);
+        let published = topic.publish(&bus, &Event::new(1)).await;
+        let subscribed = bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&Log::default())).await;
+        if has {
+            published.unwrap();
+            subscribed.unwrap();
+            continue;
+        }
+        for e in [published.unwrap_err(), subscribed.unwrap_err()] {
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains(capability) && e.to_string().contains(topic.name()), "{e}");
+        }
+    }
     bus.shutdown(t.patience).await;
 }
 

@@ -104,14 +104,14 @@ pub(crate) async fn wait_dead_letters(
     }
 }
 
-/// Prints an uncaptured skip notice; returns true when the capability is missing.
-pub(crate) fn skip_unless(bus: &Bus, has: bool, test: &str, capability: &str) -> bool {
-    if !has {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED conformance::{}::{test}: backend lacks the `{capability}` capability",
-            bus.backend_name()
-        );
-    }
-    !has
+/// Fails a capability-gated case that runs on a backend lacking the capability: its harness must declare the
+/// capability missing (`lacks: [...]` in [`conformance_tests!`](crate::conformance_tests)), so the case is reported
+/// as ignored (skipped), by name, instead of passing.
+pub(crate) fn require(bus: &Bus, has: bool, test: &str, capability: &str) {
+    assert!(
+        has,
+        "conformance::{}::{test} needs the `{capability}` capability, which this backend lacks: declare it with \
+         `lacks: [{capability}]` in conformance_tests! so the case is reported as skipped",
+        bus.backend_name()
+    );
 }
