@@ -102,21 +102,75 @@ impl SubscriptionConfig {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionOverride {
     /// See [`SubscriptionConfig::max_concurrency`].
+    #[serde(default, deserialize_with = "count")]
     pub max_concurrency: Option<usize>,
     /// See [`SubscriptionConfig::ack_deadline`]; a duration such as `"30s"`.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     pub ack_deadline: Option<Duration>,
     /// See [`SubscriptionConfig::message_retention`].
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     pub message_retention: Option<Duration>,
     /// See [`RetryPolicy::min_backoff`].
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     pub min_backoff: Option<Duration>,
     /// See [`RetryPolicy::max_backoff`].
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration")]
     pub max_backoff: Option<Duration>,
     /// See [`RetryPolicy::max_retries`].
+    #[serde(default, deserialize_with = "count")]
     pub max_retries: Option<u32>,
+}
+
+/// A duration written with its unit, such as `"30s"` or `"10m"` (humantime syntax); a bare number is refused, as its
+/// unit would be a guess.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration with its unit, such as \"30s\" or \"10m\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| E::custom(format!("{v:?} is not a duration ({e}); write it like \"30s\" or \"10m\"")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Err(E::custom(format!("{v} has no unit; write a duration such as \"{v}s\" or \"{v}ms\"")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            Err(E::custom(format!("{v} has no unit; write a positive duration such as \"30s\"")))
+        }
+    }
+    d.deserialize_any(Text).map(Some)
+}
+
+/// A whole number, from an integer or a string of digits (environment variables), and nothing else: `true` is not a
+/// count.
+fn count<'de, D, N>(d: D) -> Result<Option<N>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    N: TryFrom<u64>,
+{
+    struct Count<N>(std::marker::PhantomData<N>);
+    impl<N: TryFrom<u64>> serde::de::Visitor<'_> for Count<N> {
+        type Value = N;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a whole number from 0 to {}", std::any::type_name::<N>().rsplit("::").next().unwrap_or("max"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<N, E> {
+            N::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<N, E> {
+            let v =
+                u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative; expected a whole number >= 0")))?;
+            self.visit_u64(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<N, E> {
+            let n: u64 = v.trim().parse().map_err(|_| E::custom(format!("{v:?} is not a whole number >= 0")))?;
+            self.visit_u64(n)
+        }
+    }
+    d.deserialize_any(Count(std::marker::PhantomData)).map(Some)
 }
 
 #[cfg(test)]
