@@ -1,6 +1,5 @@
 //! Helpers shared by the conformance cases.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
