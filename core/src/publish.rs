@@ -518,10 +518,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn concurrent_publishes_share_calls_over_the_linger() {
         let d = Scripted::new(1, |_, _| Ok(PublishReport::accepted()));
-        let mut caps = Capabilities::default();
-        caps.publish_linger = std::time::Duration::from_millis(5);
-        caps.max_publish_batch = 10;
-        caps.publish_in_flight = 4;
+        let caps = Capabilities {
+            publish_linger: std::time::Duration::from_millis(5),
+            max_publish_batch: 10,
+            publish_in_flight: 4,
+            ..Default::default()
+        };
         let p = Arc::new(Publisher::new("t", TopicConfig::at_least_once(), d.clone(), &caps));
         let tasks: Vec<_> = (0..25)
             .map(|n| {
@@ -542,10 +544,12 @@ mod tests {
     async fn an_ordered_topic_has_one_call_in_flight_and_others_several() {
         for (config, expected) in [(TopicConfig::at_least_once().ordered(), 1), (TopicConfig::at_least_once(), 4)] {
             let d = Scripted::new(20, |_, _| Ok(PublishReport::accepted()));
-            let mut caps = Capabilities::default();
-            caps.publish_linger = std::time::Duration::from_millis(1);
-            caps.max_publish_batch = 1;
-            caps.publish_in_flight = 4;
+            let caps = Capabilities {
+                publish_linger: std::time::Duration::from_millis(1),
+                max_publish_batch: 1,
+                publish_in_flight: 4,
+                ..Default::default()
+            };
             let p = Arc::new(Publisher::new("t", config, d.clone(), &caps));
             let tasks: Vec<_> = (0..12)
                 .map(|n| {
