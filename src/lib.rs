@@ -40,10 +40,13 @@ pub use tidings_aws as aws;
 #[cfg(feature = "gcp")]
 pub use tidings_gcp as gcp;
 
+#[cfg(feature = "nats")]
+pub use tidings_nats as nats;
+
 use std::sync::Arc;
 
 /// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
-pub const BACKENDS: &[&str] = &["local", "aws", "gcp"];
+pub const BACKENDS: &[&str] = &["local", "aws", "gcp", "nats"];
 
 /// Builds the bus the configuration names: defaults < `tidings.toml` (or the file `TIDINGS_CONFIG` names) <
 /// `TIDINGS_*` environment variables. With nothing configured, this is the in-memory bus.
@@ -61,6 +64,8 @@ pub async fn from_settings(settings: Settings) -> Result<Bus> {
         "aws" => Arc::new(tidings_aws::AwsBackend::from_settings(&settings).await?),
         #[cfg(feature = "gcp")]
         "gcp" => Arc::new(tidings_gcp::GcpBackend::from_settings(&settings).await?),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(tidings_nats::NatsBackend::from_settings(&settings).await?),
         name if BACKENDS.contains(&name) => {
             return Err(Error::config(format!(
                 "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
@@ -90,6 +95,9 @@ fn compiled_in() -> Vec<&'static str> {
     }
     if cfg!(feature = "gcp") {
         v.push("gcp");
+    }
+    if cfg!(feature = "nats") {
+        v.push("nats");
     }
     if v.is_empty() {
         v.push("none");

@@ -25,13 +25,17 @@ async fn unknown_backend_is_a_clear_error() {
     let e = tidings::from_settings(Settings::from_toml("backend = \"kafka\"").unwrap()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     let m = e.to_string();
-    assert!(m.contains("\"kafka\"") && m.contains("TIDINGS_BACKEND") && m.contains("local, aws, gcp"), "{m}");
+    assert!(m.contains("\"kafka\"") && m.contains("TIDINGS_BACKEND") && m.contains("local, aws, gcp, nats"), "{m}");
 }
 
 #[tokio::test]
 async fn backend_whose_feature_is_off_names_the_feature() {
-    let compiled = |n: &str| (n == "aws" && cfg!(feature = "aws")) || (n == "gcp" && cfg!(feature = "gcp"));
-    let off: Vec<&str> = ["aws", "gcp"].into_iter().filter(|n| !compiled(n)).collect();
+    let compiled = |n: &str| {
+        (n == "aws" && cfg!(feature = "aws"))
+            || (n == "gcp" && cfg!(feature = "gcp"))
+            || (n == "nats" && cfg!(feature = "nats"))
+    };
+    let off: Vec<&str> = ["aws", "gcp", "nats"].into_iter().filter(|n| !compiled(n)).collect();
     for name in off {
         let e =
             tidings::from_settings(Settings::from_toml(&format!("backend = \"{name}\"")).unwrap()).await.unwrap_err();

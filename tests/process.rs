@@ -1,4 +1,4 @@
-//! Process-level reliability against LocalStack and the Pub/Sub emulator (which keep the state): a subscriber process
+//! Process-level reliability against LocalStack, the Pub/Sub emulator and a NATS server (which keep the state): a subscriber process
 //! killed with SIGKILL in the middle of handlers loses nothing (another consumer gets the messages after the ack
 //! deadline), and one stopped with SIGTERM finishes its in-flight handlers, acks them once, and loses nothing.
 #![cfg(feature = "test-worker")]
@@ -29,6 +29,7 @@ fn backend_env(backend: &str) -> Vec<(String, String)> {
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
         ],
+        "nats" => &[("NATS_URL", "nats://127.0.0.1:4222")],
         _ => &[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"), ("PUBSUB_PROJECT_ID", "tidings-test")],
     };
     v.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -55,6 +56,8 @@ impl Run {
         if self.backend == "aws" {
             vars.insert("TIDINGS_AWS__ENDPOINT_URL".into(), "http://127.0.0.1:4566".into());
             vars.insert("TIDINGS_AWS__REGION".into(), "us-east-1".into());
+        } else if self.backend == "nats" {
+            vars.insert("TIDINGS_NATS__URL".into(), "nats://127.0.0.1:4222".into());
         } else {
             vars.insert("TIDINGS_GCP__ENDPOINT".into(), "http://127.0.0.1:8085".into());
             vars.insert("TIDINGS_GCP__PROJECT_ID".into(), "tidings-test".into());
@@ -237,4 +240,14 @@ async fn gcp_subscriber_killed_with_sigkill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
     sigterm("gcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_subscriber_killed_with_sigkill_loses_nothing() {
+    sigkill("nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
+    sigterm("nats").await;
 }

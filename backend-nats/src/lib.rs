@@ -1,0 +1,152 @@
+//! NATS JetStream backend of tidings, on the official `async-nats` crate.
+//!
+//! | tidings | JetStream |
+//! |---|---|
+//! | topic | stream `<prefix><topic>` on subjects `<stream>.>` (`Limits` retention, `MaxAge`, a `Nats-Msg-Id` de-duplication window) |
+//! | subscription | durable pull consumer `<prefix><topic>--<sub>`: `DeliverPolicy::New`, explicit acks, `AckWait` = ack deadline, `MaxDeliver` = attempts + 1 |
+//! | dead-letter queue | stream `<consumer>-dlq`; the delivery is terminated (`+TERM`) once the copy is stored |
+//! | ordering key | subject `<stream>.k.<hash of key>`; one message per key out at a time, client-side |
+//! | exactly-once | `Nats-Msg-Id` = the tidings id, acks confirmed by the server (`AckSync`) |
+//! | attempt | the delivery count |
+//! | ack / nack with delay / lease | `+ACK` / `-NAK {"delay"}` / `+WPI` |
+//!
+//! tidings' metadata travels in one header (`tidings`); attributes are the other headers. Connection: `nats.url` or
+//! `NATS_URL`, credentials and TLS from the `[nats]` section.
+#![warn(missing_docs)]
+
+mod backstop;
+mod calls;
+pub mod config;
+mod connect;
+mod dlq;
+mod error;
+mod meta;
+mod names;
+mod order;
+mod provision;
+mod publish;
+mod pull;
+mod settle;
+mod subscribe;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::{Backend, Capabilities, Error, Result, Settings};
+
+pub use calls::RoundTrips;
+pub use config::{NatsConfig, Provisioning, Storage};
+pub use connect::DEFAULT_URL;
+pub use meta::{MAX_USER_ATTRIBUTES, META_ATTRIBUTE};
+pub use provision::{consumer_config, max_ack_pending, max_deliver, EXACTLY_ONCE_WINDOW, STREAM_RETENTION};
+
+/// Bytes of the server's `max_payload` kept for headers: tidings' metadata, `Nats-Msg-Id`, and the header framing of
+/// each attribute (a dead-letter copy adds the reason, up to 1 KiB).
+pub const METADATA_RESERVE: usize = 2048;
+
+/// The connection and settings shared by every driver of one backend.
+pub(crate) struct Shared {
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub config: NatsConfig,
+    pub calls: RoundTrips,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The NATS JetStream backend.
+#[derive(Debug, Clone)]
+pub struct NatsBackend {
+    shared: Arc<Shared>,
+    max_payload: usize,
+}
+
+impl NatsBackend {
+    /// Reads the `[nats]` section (and `NATS_URL`) and connects.
+    pub async fn from_settings(settings: &Settings) -> Result<Self> {
+        Self::new(settings.section::<NatsConfig>("nats")?).await
+    }
+
+    /// Connects with this configuration.
+    pub async fn new(config: NatsConfig) -> Result<Self> {
+        if !(1..=60).contains(&config.wait_time.as_secs()) {
+            return Err(Error::config(format!(
+                "nats.wait_time {:?} is invalid: a pull waits 1-60 s",
+                config.wait_time
+            )));
+        }
+        if config.replicas == 0 || config.replicas > 5 {
+            return Err(Error::config(format!(
+                "nats.replicas {} is invalid: JetStream keeps 1-5 replicas",
+                config.replicas
+            )));
+        }
+        let (urls, key, raw) = connect::urls(&config)?;
+        let options = connect::options(&config).await?;
+        let client = options
+            .connect(urls)
+            .await
+            .map_err(|e| Error::backend(format!("nats: cannot connect to {key} {raw:?}: {e}"), true).with_source(e))?;
+        Ok(Self::with_client(client, config))
+    }
+
+    /// A backend on a client the application connected itself (its own auth callback, say).
+    pub fn with_client(client: async_nats::Client, config: NatsConfig) -> Self {
+        let js = async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone());
+        let max_payload = client.server_info().max_payload;
+        let shared = Shared { client, js, config, calls: RoundTrips::default() };
+        Self { shared: Arc::new(shared), max_payload }
+    }
+
+    /// Server round trips made so far, by operation.
+    pub fn round_trips(&self) -> &RoundTrips {
+        &self.shared.calls
+    }
+
+    /// The server's `max_payload` (read when connecting).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Creates (`auto`) or checks (`verify`) a subscription's stream, consumer and dead-letter stream without
+    /// starting to receive (for deployment tooling and tests).
+    pub async fn provision(&self, spec: &SubscriptionSpec) -> Result<()> {
+        provision::subscription(&self.shared, spec).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl Backend for NatsBackend {
+    fn name(&self) -> &str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.native_dead_letter = false;
+        c.ordering = true;
+        c.exactly_once = true;
+        c.nack_delay = true;
+        c.max_message_size = self.max_payload.saturating_sub(METADATA_RESERVE);
+        c.max_publish_batch = 256;
+        c.max_receive_batch = 256;
+        c.concurrent_receives = 2;
+        c.max_attributes = MAX_USER_ATTRIBUTES;
+        c
+    }
+
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {
+        let names = provision::topic(&self.shared, spec).await?;
+        Ok(Arc::new(publish::NatsTopic { s: self.shared.clone(), names, ordered: spec.config.ordered }))
+    }
+
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
+        let names = provision::subscription(&self.shared, spec).await?;
+        Ok(Arc::new(subscribe::NatsSubscription::new(self.shared.clone(), names, spec)))
+    }
+}

@@ -1,0 +1,241 @@
+//! Receiving: a pull without waiting for what is there (one round trip under load), else a waiting pull for one
+//! message followed by one without waiting for the rest (a waiting pull for N would be held until N arrived).
+//! Attempt = the delivery count of the reply subject. Deliveries addressed to another subscription (redrive copies)
+//! or older than this subscription's retention are acked and skipped; on ordered topics the [`Sequencer`] keeps
+//! one message per key out.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
+use tidings_core::{DeadLetter, MessageId, Result};
+
+use crate::meta::{delivery, from_micros, split};
+use crate::names::SubNames;
+use crate::order::Sequencer;
+use crate::pull::pull;
+use crate::settle::{ack_sync, nak, reply, send};
+use crate::{dlq, provision, Shared};
+
+/// Longest waiting pull while messages are parked behind their keys (released ones are handed out after it).
+const HOLDING_WAIT: Duration = Duration::from_millis(200);
+
+/// One subscription's consumer and dead-letter stream.
+#[derive(Debug)]
+pub struct NatsSubscription {
+    s: Arc<Shared>,
+    names: SubNames,
+    exactly_once: bool,
+    retention: Duration,
+    seq: Option<Arc<Sequencer>>,
+    /// The last receive found the consumer drained: the next one starts with a waiting pull.
+    dry: AtomicBool,
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    backstop: tokio::task::JoinHandle<()>,
+}
+
+impl NatsSubscription {
+    pub(crate) fn new(s: Arc<Shared>, names: SubNames, spec: &SubscriptionSpec) -> Self {
+        let seq = spec.topic.config.ordered.then(|| Arc::new(Sequencer::default()));
+        let keeper = seq.as_ref().map(|q| keep_leases(s.clone(), Arc::downgrade(q), spec.config.ack_deadline));
+        Self {
+            backstop: crate::backstop::start(s.clone(), names.clone()),
+            s,
+            names,
+            exactly_once: spec.topic.config.is_exactly_once(),
+            retention: spec.config.message_retention,
+            seq,
+            dry: AtomicBool::new(false),
+            keeper: Mutex::new(keeper),
+        }
+    }
+
+    /// Turns deliveries into tidings messages; acks and drops those not for this subscription.
+    async fn accept(&self, raw: Vec<async_nats::Message>) -> Vec<ReceivedMessage> {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut skip = Vec::new();
+        let now = SystemTime::now();
+        for m in raw {
+            let Some(r) = m.reply.as_ref().map(|r| r.to_string()) else { continue };
+            let Some(d) = delivery(&r) else {
+                tracing::warn!(consumer = %self.names.consumer, reply = %r, "delivery without a JetStream reply subject");
+                continue;
+            };
+            let (meta, msg_id, attributes) = split(m.headers.as_ref());
+            if meta.as_ref().and_then(|m| m.target.as_deref()).is_some_and(|t| t != self.names.consumer) {
+                skip.push((r, Bytes::from_static(b"+ACK")));
+                continue;
+            }
+            let publish_time = meta.as_ref().filter(|m| m.ts > 0).map_or(d.stored, |m| from_micros(m.ts));
+            if now.duration_since(publish_time).is_ok_and(|age| age > self.retention) {
+                tracing::debug!(consumer = %self.names.consumer, seq = d.stream_seq, "older than the retention: dropped");
+                skip.push((r, Bytes::from_static(b"+ACK")));
+                continue;
+            }
+            let id = match meta.as_ref().filter(|m| !m.id.is_empty()) {
+                Some(m) => m.id.clone(),
+                None => msg_id.unwrap_or_else(|| format!("{}-{}", self.names.topic.stream, d.stream_seq)),
+            };
+            let key = meta.and_then(|m| m.key).filter(|_| self.seq.is_some());
+            let msg = ReceivedMessage {
+                ack_id: AckId::Text(r.into()),
+                id: MessageId::from(id),
+                payload: m.payload,
+                attributes,
+                ordering_key: key.map(Into::into),
+                publish_time,
+                attempt: d.delivered.min(u64::from(u32::MAX)) as u32,
+            };
+            match &self.seq {
+                Some(q) => out.extend(q.arrive(d.stream_seq, msg)),
+                None => out.push(msg),
+            }
+        }
+        if let Err(e) = send(&self.s, "ack of skipped deliveries", skip).await {
+            tracing::debug!(error = %e, "skipped deliveries return later");
+        }
+        out
+    }
+
+    fn ready(&self, max: usize) -> Vec<ReceivedMessage> {
+        self.seq.as_ref().map(|q| q.take_ready(max)).unwrap_or_default()
+    }
+
+    fn done(&self, ids: &[AckId]) {
+        if let Some(q) = &self.seq {
+            for id in ids {
+                if let Some(d) = delivery(reply(id)) {
+                    q.done(d.stream_seq);
+                }
+            }
+        }
+    }
+}
+
+/// The same settle body for each delivery.
+fn bodies(ids: &[AckId], body: &'static [u8]) -> Vec<(String, Bytes)> {
+    ids.iter().map(|id| (reply(id).to_string(), Bytes::from_static(body))).collect()
+}
+
+/// Keeps the leases of parked messages alive (`+WPI` every half ack deadline) while the subscription lives.
+fn keep_leases(s: Arc<Shared>, q: std::sync::Weak<Sequencer>, deadline: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = (deadline / 2).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(q) = q.upgrade() else { return };
+            let held = q.held();
+            drop(q);
+            let items = held.iter().map(|id| (reply(id).to_string(), Bytes::from_static(b"+WPI"))).collect();
+            if let Err(e) = send(&s, "lease extension of parked messages", items).await {
+                tracing::warn!(error = %e, "lease extension of parked messages failed");
+            }
+        }
+    })
+}
+
+impl Drop for NatsSubscription {
+    fn drop(&mut self) {
+        if let Some(k) = self.keeper.lock().unwrap().take() {
+            k.abort();
+        }
+        self.backstop.abort();
+    }
+}
+
+#[async_trait]
+impl SubscriptionDriver for NatsSubscription {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        let max = max.max(1);
+        let mut out = self.ready(max);
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        if !self.dry.load(Ordering::Relaxed) {
+            let got = pull(&self.s, &self.names, max, None).await?.messages;
+            self.dry.store(got.len() < max, Ordering::Relaxed);
+            out = self.accept(got).await;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        let holding = self.seq.as_ref().is_some_and(|q| q.is_holding());
+        let mut wait = wait.min(self.s.config.wait_time).max(Duration::from_millis(1));
+        if holding {
+            wait = wait.min(HOLDING_WAIT);
+        }
+        let mut got = pull(&self.s, &self.names, 1, Some(wait)).await?.messages;
+        if !got.is_empty() && max > 1 {
+            match pull(&self.s, &self.names, max - 1, None).await {
+                Ok(rest) => {
+                    self.dry.store(rest.messages.len() < max - 1, Ordering::Relaxed);
+                    got.extend(rest.messages);
+                }
+                Err(e) => tracing::debug!(error = %e, "second pull failed; returning the first message"),
+            }
+        }
+        let mut out = self.accept(got).await;
+        out.extend(self.ready(max.saturating_sub(out.len())));
+        Ok(out)
+    }
+
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        if self.exactly_once {
+            ack_sync(&self.s, &ids).await?;
+        } else {
+            send(&self.s, "ack", bodies(&ids, b"+ACK")).await?;
+        }
+        self.done(&ids);
+        Ok(())
+    }
+
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        send(&self.s, "nack", items.iter().map(|(id, d)| (reply(id).to_string(), nak(*d))).collect()).await
+    }
+
+    async fn extend_lease(&self, ids: Vec<AckId>, _by: Duration) -> Result<()> {
+        // `+WPI` restarts the consumer's ack wait, which is the ack deadline.
+        send(&self.s, "lease extension", bodies(&ids, b"+WPI")).await
+    }
+
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        let seqs: Vec<u64> =
+            items.iter().map(|r| delivery(reply(&r.message.ack_id)).map_or(0, |d| d.stream_seq)).collect();
+        let results = dlq::copy(&self.s, &self.names, &items, &seqs).await;
+        let mut first_err = None;
+        let mut stored = Vec::new();
+        for (r, res) in items.iter().zip(results) {
+            match res {
+                Ok(()) => stored.push(r.message.ack_id.clone()),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        send(&self.s, "terminate", bodies(&stored, b"+TERM")).await?;
+        self.done(&stored);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(dlq::read(&self.s, &self.names, max).await?.into_iter().map(|d| d.letter).collect())
+    }
+
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        dlq::redrive(&self.s, &self.names, ids.as_deref()).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // What was parked comes back after its ack wait, to whichever process consumes then.
+        if let Some(q) = &self.seq {
+            q.clear();
+        }
+        self.dry.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>> {
+        provision::backlog(&self.s, &self.names).await
+    }
+}

@@ -1,0 +1,27 @@
+//! The shared conformance suite and the ledger against a NATS server with JetStream.
+
+mod support;
+
+use std::sync::Arc;
+
+use tidings_core::conformance::{Harness, Timing};
+use tidings_core::Bus;
+
+struct Nats;
+
+impl Harness for Nats {
+    async fn bus(&self) -> Bus {
+        Bus::new(Arc::new(support::backend(support::config()).await))
+    }
+    fn timing(&self) -> Timing {
+        support::TIMING
+    }
+}
+
+tidings_core::conformance_tests!(nats => Nats);
+
+/// Load with injected failures, panics and slow handlers (bounded: 1,000 messages).
+#[test]
+fn ledger_1000_messages_under_failures() {
+    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Nats, 1_000, false));
+}
