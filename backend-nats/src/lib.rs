@@ -30,6 +30,7 @@ mod settle;
 mod subscribe;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
@@ -44,6 +45,11 @@ pub use provision::{consumer_config, max_ack_pending, max_deliver, EXACTLY_ONCE_
 /// Bytes of the server's `max_payload` kept for headers: tidings' metadata, `Nats-Msg-Id`, and the header framing of
 /// each attribute (a dead-letter copy adds the reason, up to 1 KiB).
 pub const METADATA_RESERVE: usize = 2048;
+
+/// Bytes of one publish call (its messages are written to the connection together).
+pub const MAX_PUBLISH_BYTES: usize = 8 * 1024 * 1024;
+/// What a message costs a publish call beyond payload, attributes and key: subject, `Nats-Msg-Id` and metadata.
+pub const PUBLISH_OVERHEAD: usize = 256;
 
 /// The connection and settings shared by every driver of one backend.
 pub(crate) struct Shared {
@@ -128,12 +134,16 @@ impl Backend for NatsBackend {
 
     fn capabilities(&self) -> Capabilities {
         let mut c = Capabilities::default();
-        c.native_dead_letter = false;
         c.ordering = true;
         c.exactly_once = true;
         c.nack_delay = true;
         c.max_message_size = self.max_payload.saturating_sub(METADATA_RESERVE);
         c.max_publish_batch = 256;
+        c.max_publish_bytes = MAX_PUBLISH_BYTES;
+        c.publish_overhead = PUBLISH_OVERHEAD;
+        // Concurrent publishes share a call: its messages are written at once and their acks awaited together.
+        c.publish_linger = Duration::from_millis(1);
+        c.publish_in_flight = 16;
         c.max_receive_batch = 256;
         c.concurrent_receives = 2;
         c.max_attributes = MAX_USER_ATTRIBUTES;

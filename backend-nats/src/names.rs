@@ -84,15 +84,14 @@ mod tests {
 
     #[test]
     fn subjects_and_bad_names() {
-        let spec =
-            TopicSpec { name: "signups".into(), resource: "dev-signups".into(), config: TopicConfig::at_least_once() };
+        let spec = TopicSpec::new("signups", "dev-signups", TopicConfig::at_least_once());
         let t = TopicNames::of(&spec).unwrap();
         assert_eq!(t.filter(), "dev-signups.>");
         assert_eq!(t.subject(None), "dev-signups.m");
         assert_eq!(t.subject(Some("a.b *>")), t.subject(Some("a.b *>")));
         assert_ne!(t.subject(Some("alice")), t.subject(Some("bob")));
         assert!(t.subject(Some("a.b *>")).split('.').count() == 3);
-        let bad = TopicSpec { resource: "dev.signups".into(), ..spec };
+        let bad = TopicSpec::new("signups", "dev.signups", TopicConfig::at_least_once());
         let e = TopicNames::of(&bad).unwrap_err().to_string();
         assert!(e.contains("\"dev.signups\"") && e.contains("'.'"), "{e}");
     }

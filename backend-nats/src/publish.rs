@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_trait::async_trait;
-use tidings_core::backend::{OutgoingMessage, TopicDriver};
+use tidings_core::backend::{OutgoingMessage, PublishReport, TopicDriver};
 use tidings_core::{Error, ErrorKind, Result};
 
 use crate::meta::{check_attribute, headers, micros, Meta};
@@ -36,7 +36,7 @@ fn publish_error(stream: &str, e: async_nats::jetstream::context::PublishError) 
 
 #[async_trait]
 impl TopicDriver for NatsTopic {
-    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<()> {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         // Checked whole first: a batch is never half-sent because of a bad attribute.
         for m in batch {
             for (k, v) in &m.attributes {
@@ -44,7 +44,8 @@ impl TopicDriver for NatsTopic {
             }
         }
         let mut acks = Vec::with_capacity(batch.len());
-        for m in batch {
+        let mut report = PublishReport::accepted();
+        for (i, m) in batch.iter().enumerate() {
             let key = m.ordering_key.as_deref().filter(|_| self.ordered);
             let meta = Meta {
                 id: m.id.to_string(),
@@ -53,18 +54,21 @@ impl TopicDriver for NatsTopic {
                 ..Default::default()
             };
             let h = headers(&meta.id, &meta, &m.attributes);
-            let ack = self
-                .s
-                .js
-                .publish_with_headers(self.names.subject(key), h, m.payload.clone())
-                .await
-                .map_err(|e| publish_error(&self.names.stream, e))?;
-            acks.push(ack.into_future());
+            match self.s.js.publish_with_headers(self.names.subject(key), h, m.payload.clone()).await {
+                Ok(ack) => acks.push((i, ack.into_future())),
+                Err(e) => report.refuse(i, publish_error(&self.names.stream, e)),
+            }
+        }
+        if acks.is_empty() {
+            return Ok(report);
         }
         self.s.calls.count("PUBLISH.ACKS");
-        for r in futures_util::future::join_all(acks).await {
-            r.map_err(|e| publish_error(&self.names.stream, e))?;
+        let (index, waits): (Vec<usize>, Vec<_>) = acks.into_iter().unzip();
+        for (i, r) in index.into_iter().zip(futures_util::future::join_all(waits).await) {
+            if let Err(e) = r {
+                report.refuse(i, publish_error(&self.names.stream, e));
+            }
         }
-        Ok(())
+        Ok(report)
     }
 }

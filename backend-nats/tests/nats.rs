@@ -20,8 +20,7 @@ struct Event {
 }
 
 fn spec(topic: &str, config: TopicConfig, sub: SubscriptionConfig) -> SubscriptionSpec {
-    let t = TopicSpec { name: topic.into(), resource: topic.into(), config };
-    SubscriptionSpec { topic: t, name: "sub".into(), resource: format!("{topic}--sub"), config: sub }
+    SubscriptionSpec::new(TopicSpec::new(topic, topic, config), "sub", format!("{topic}--sub"), sub)
 }
 
 async fn js() -> async_nats::jetstream::Context {
@@ -86,8 +85,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
     assert!(m.contains("30s") && m.contains("45s"), "{m}");
     let e = verify.provision(&spec(&topic, TopicConfig::exactly_once(), declared)).await.unwrap_err();
     assert!(e.kind() == ErrorKind::Mismatch && e.to_string().contains("duplicate_window"), "{e}");
-    let missing =
-        TopicSpec { name: "x".into(), resource: support::unique("missing"), config: TopicConfig::at_least_once() };
+    let missing = TopicSpec::new("x", support::unique("missing"), TopicConfig::at_least_once());
     let e = verify.topic(&missing).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.to_string().contains(&missing.resource), "{e}");
@@ -123,17 +121,17 @@ async fn provisioning_off_makes_no_api_calls_and_a_missing_stream_is_reported_on
         .filter(|k| k.starts_with("STREAM") || k.starts_with("CONSUMER"))
         .collect();
     assert!(api.is_empty(), "off made JetStream API calls: {api:?}");
-    let nowhere =
-        TopicSpec { name: "n".into(), resource: support::unique("nowhere"), config: TopicConfig::at_least_once() };
+    let nowhere = TopicSpec::new("n", support::unique("nowhere"), TopicConfig::at_least_once());
     let driver = off.topic(&nowhere).await.expect("off trusts the name");
-    let m = tidings_core::backend::OutgoingMessage {
-        id: tidings_core::MessageId::generate(),
-        payload: bytes::Bytes::from_static(b"{}"),
-        attributes: Default::default(),
-        ordering_key: None,
-        publish_time: std::time::SystemTime::now(),
-    };
-    let e = driver.publish(&[m]).await.unwrap_err();
+    let m = tidings_core::backend::OutgoingMessage::new(
+        tidings_core::MessageId::generate(),
+        bytes::Bytes::from_static(b"{}"),
+        Default::default(),
+        None,
+        std::time::SystemTime::now(),
+    );
+    let report = driver.publish(&[m]).await.expect("the call itself works");
+    let e = &report.failures()[0].1;
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(!e.is_retryable() && e.to_string().contains(&nowhere.resource), "{e}");
     bus.shutdown(Duration::from_secs(5)).await;
