@@ -35,11 +35,11 @@ use tidings_core::{Backend, Capabilities, Result, Settings};
 
 pub use calls::ApiCalls;
 pub use config::{AwsConfig, Provisioning};
-pub use meta::{MAX_USER_ATTRIBUTES, META_ATTRIBUTE};
-pub use provision::{max_receive_count, queue_names, queue_policy, topic_name};
+use meta::MAX_USER_ATTRIBUTES;
+pub use meta::META_ATTRIBUTE;
 
 /// SNS accepts 262,144 bytes per message including attributes; tidings keeps this much for its own attribute.
-pub const METADATA_RESERVE: usize = 512;
+pub(crate) const METADATA_RESERVE: usize = 512;
 
 /// Clients, config and call counters shared by every driver of one backend.
 pub(crate) struct Shared {

@@ -33,10 +33,9 @@ use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 
 pub use config::{GcpConfig, Provisioning};
 pub use meta::META_ATTRIBUTE;
-pub use provision::{native_attempts, NATIVE_ATTEMPTS};
 
 /// Pub/Sub's message limit is 10 MB; tidings keeps this much of it for its own attribute.
-pub const METADATA_RESERVE: usize = 1024;
+pub(crate) const METADATA_RESERVE: usize = 1024;
 
 /// Clients and settings shared by every driver of one backend.
 pub(crate) struct Shared {

@@ -217,9 +217,36 @@ pub struct Message<T> {
     pub payload: T,
     /// Id, publish time, attempt, attributes, ordering key.
     pub meta: Metadata,
+    /// Fires when the subscription starts shutting down.
+    shutdown: Arc<tokio_util::sync::CancellationToken>,
 }
 
 impl<T> Message<T> {
+    /// A message as a handler receives it (for unit tests of handlers); its shutdown signal never fires.
+    pub fn new(payload: T, meta: Metadata) -> Self {
+        Self { payload, meta, shutdown: Arc::default() }
+    }
+
+    pub(crate) fn with_shutdown(
+        payload: T,
+        meta: Metadata,
+        shutdown: Arc<tokio_util::sync::CancellationToken>,
+    ) -> Self {
+        Self { payload, meta, shutdown }
+    }
+
+    /// Whether the subscription is shutting down: the handler has until the shutdown timeout to finish, after which
+    /// it is dropped (cancelled at its next `.await`) and its message stays unacked, to be redelivered.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Completes when the subscription starts shutting down (see [`Message::is_shutting_down`]); a long handler can
+    /// `select!` on it to stop early and return an error, so the message is retried elsewhere.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await
+    }
+
     /// The id assigned at publish.
     pub fn id(&self) -> &MessageId {
         &self.meta.id
@@ -227,6 +254,14 @@ impl<T> Message<T> {
     /// Which delivery this is; the first delivery is 1.
     pub fn attempt(&self) -> u32 {
         self.meta.attempt
+    }
+    /// When the message was published (by the broker's clock for a message from another producer).
+    pub fn publish_time(&self) -> SystemTime {
+        self.meta.publish_time
+    }
+    /// The ordering key set at publish (on an ordered topic).
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.meta.ordering_key.as_deref()
     }
     /// One attribute.
     pub fn attribute(&self, key: &str) -> Option<&str> {

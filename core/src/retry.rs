@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 /// The backoff after the n-th failed attempt is `min(max_backoff, min_backoff * 2^(n-1))`; after
 /// `max_retries + 1` failed attempts the message goes to the subscription's dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Delay before the first redelivery.
     pub min_backoff: Duration,

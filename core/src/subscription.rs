@@ -10,6 +10,7 @@ use crate::retry::{positive, RetryPolicy};
 /// Settings of one subscription. Defaults: max concurrency 100, ack deadline 30 s, retention 7 days,
 /// [`RetryPolicy::DEFAULT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscriptionConfig {
     /// Handlers of this subscription running at once in this process.
     pub max_concurrency: usize,

@@ -15,6 +15,7 @@ pub enum DeliveryGuarantee {
 
 /// Settings of a topic, fixed in code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct TopicConfig {
     /// At-least-once or exactly-once.
     pub delivery: DeliveryGuarantee,

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tidings_core::backend::OutgoingMessage;
 use tidings_core::time::{from_micros, micros};
-use tidings_core::{Attributes, DeliveryGuarantee, Error, MessageId, Result, TopicConfig};
+use tidings_core::{Attributes, Error, MessageId, Result, TopicConfig};
 
 /// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes
 /// (JSON text), ordering_key, created_at (microseconds since the Unix epoch).
@@ -56,10 +56,8 @@ impl Claimed {
     {
         let get = |e: sqlx::Error| crate::db_error("reading an outbox row", e);
         let exactly_once: bool = r.try_get("exactly_once").map_err(get)?;
-        let config = TopicConfig {
-            delivery: if exactly_once { DeliveryGuarantee::ExactlyOnce } else { DeliveryGuarantee::AtLeastOnce },
-            ordered: r.try_get("ordered").map_err(get)?,
-        };
+        let config = if exactly_once { TopicConfig::exactly_once() } else { TopicConfig::at_least_once() };
+        let config = if r.try_get("ordered").map_err(get)? { config.ordered() } else { config };
         let attributes: String = r.try_get("attributes").map_err(get)?;
         let attributes: Attributes = serde_json::from_str(&attributes)
             .map_err(|e| Error::invalid(format!("outbox row has invalid attributes JSON {attributes:?}: {e}")))?;

@@ -650,6 +650,30 @@ pub async fn unsupported_topic_configs_are_refused_at_declaration<H: Harness>(h:
     bus.shutdown(t.patience).await;
 }
 
+pub async fn handlers_are_told_of_shutdown<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("told-of-shutdown", TopicConfig::at_least_once());
+    let (started, noticed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (s, n) = (started.clone(), noticed.clone());
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), move |m: Message<Event>| {
+        let (s, n) = (s.clone(), n.clone());
+        async move {
+            assert!(!m.is_shutting_down());
+            s.store(true, SeqCst);
+            // Waits for nothing but the signal: without it, the handler would be dropped at the timeout.
+            m.shutdown_requested().await;
+            n.store(m.is_shutting_down(), SeqCst);
+            Err(HandlerError::retry("stopping for shutdown"))
+        }
+    })
+    .await
+    .unwrap();
+    topic.publish(&bus, &Event::new(1)).await.unwrap();
+    assert!(wait_until(t.patience, || started.load(SeqCst)).await, "the handler started");
+    bus.shutdown(t.patience).await;
+    assert!(noticed.load(SeqCst), "the running handler saw the shutdown signal and returned on its own");
+}
+
 pub async fn oversized_message_is_rejected<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     let topic = topic::<Event>("too-big", TopicConfig::at_least_once());

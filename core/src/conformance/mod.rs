@@ -117,6 +117,7 @@ macro_rules! conformance_tests {
                     duplicate_subscription_is_rejected,
                     concurrent_duplicate_subscribe_is_rejected,
                     the_bus_refuses_work_after_shutdown,
+                    handlers_are_told_of_shutdown,
                     unsupported_topic_configs_are_refused_at_declaration,
                     oversized_message_is_rejected,
                     invalid_publish_options_are_rejected,

@@ -37,6 +37,8 @@ pub(crate) struct Runner {
     pub(crate) spec: SubscriptionSpec,
     pub(crate) driver: Arc<dyn SubscriptionDriver>,
     cancel: CancellationToken,
+    /// The handlers' view of `cancel` ([`Message::shutdown_requested`]): one shared pointer per message.
+    shutdown_signal: Arc<CancellationToken>,
     abort: CancellationToken,
     stopped: AtomicBool,
     done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
@@ -99,11 +101,13 @@ where
     H: Handler<T>,
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let cancel = CancellationToken::new();
     let runner = Arc::new(Runner {
         key,
         spec,
         driver: driver.clone(),
-        cancel: CancellationToken::new(),
+        shutdown_signal: Arc::new(cancel.clone()),
+        cancel,
         abort: CancellationToken::new(),
         stopped: AtomicBool::new(false),
         done: Mutex::new(Some(done_rx)),
@@ -372,16 +376,14 @@ async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &
             )))
         }
     };
-    let message = Message {
-        payload,
-        meta: Metadata {
-            id: msg.id.clone(),
-            publish_time: msg.publish_time,
-            attempt: msg.attempt,
-            attributes: msg.attributes.clone(),
-            ordering_key: msg.ordering_key.as_deref().map(str::to_string),
-        },
+    let meta = Metadata {
+        id: msg.id.clone(),
+        publish_time: msg.publish_time,
+        attempt: msg.attempt,
+        attributes: msg.attributes.clone(),
+        ordering_key: msg.ordering_key.as_deref().map(str::to_string),
     };
+    let message = Message::with_shutdown(payload, meta, ctx.runner.shutdown_signal.clone());
     let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))) {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
         Err(panic) => return Begin::Done(done(Err(panic))),
