@@ -11,18 +11,57 @@ pub use tidings_core::wire::{WireMeta as Meta, META_ATTRIBUTE};
 /// AWS allows 10 message attributes per message with raw delivery; one is tidings'.
 pub const MAX_USER_ATTRIBUTES: usize = 9;
 
-/// Splits received SQS message attributes into tidings metadata and user attributes (string-valued ones; binary
-/// attributes of foreign producers are dropped).
+/// Splits received SQS message attributes into tidings metadata and user attributes. Nothing a foreign producer
+/// sends is dropped: a `Binary` attribute arrives base64-encoded (standard alphabet, padded) under its own name, and
+/// an attribute named `tidings` that is not tidings metadata arrives as an ordinary attribute.
 pub fn split(attrs: Option<&HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>) -> (Option<Meta>, Attributes) {
+    use base64::Engine;
     let mut meta = None;
     let mut user = Attributes::new();
     for (k, v) in attrs.into_iter().flatten() {
-        let Some(s) = v.string_value() else { continue };
+        let value = match (v.string_value(), v.binary_value()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
+            (None, None) => String::new(),
+        };
         if k == META_ATTRIBUTE {
-            meta = Meta::decode(s);
-        } else {
-            user.insert(k.clone(), s.to_string());
+            if let Some(m) = Meta::decode(&value) {
+                meta = Some(m);
+                continue;
+            }
         }
+        user.insert(k.clone(), value);
     }
     (meta, user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::primitives::Blob;
+    use aws_sdk_sqs::types::MessageAttributeValue as V;
+
+    #[test]
+    fn foreign_binary_and_tidings_named_attributes_are_kept() {
+        let mut attrs = HashMap::new();
+        attrs.insert(
+            "blob".to_string(),
+            V::builder().data_type("Binary").binary_value(Blob::new(vec![0, 1, 255])).build().unwrap(),
+        );
+        attrs.insert("n".to_string(), V::builder().data_type("Number").string_value("42").build().unwrap());
+        attrs.insert(
+            META_ATTRIBUTE.to_string(),
+            V::builder().data_type("String").string_value("not ours").build().unwrap(),
+        );
+        let (meta, user) = split(Some(&attrs));
+        assert!(meta.is_none());
+        assert_eq!(user.get("blob").map(String::as_str), Some("AAH/"));
+        assert_eq!(user.get("n").map(String::as_str), Some("42"));
+        assert_eq!(user.get(META_ATTRIBUTE).map(String::as_str), Some("not ours"));
+        let ours = Meta { id: "a".into(), ts: 1, ..Default::default() }.encode();
+        attrs.insert(META_ATTRIBUTE.to_string(), V::builder().data_type("String").string_value(ours).build().unwrap());
+        let (meta, user) = split(Some(&attrs));
+        assert_eq!(meta.unwrap().id, "a");
+        assert!(!user.contains_key(META_ATTRIBUTE));
+    }
 }

@@ -133,7 +133,10 @@ fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
 fn user_attributes(m: &GMessage) -> Attributes {
     m.attributes
         .iter()
-        .filter(|(k, _)| k.as_str() != META_ATTRIBUTE && !k.starts_with(NATIVE_DLQ_PREFIX))
+        // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is.
+        .filter(|(k, v)| {
+            !(k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some()) && !k.starts_with(NATIVE_DLQ_PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

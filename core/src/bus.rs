@@ -360,6 +360,9 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<OutgoingMessage> {
         let now = SystemTime::now();
+        if let Some(id) = &options.id {
+            crate::message::validate_custom_id(id)?;
+        }
         let out = OutgoingMessage::new(
             options.id.unwrap_or_else(|| MessageId::generate_at(now)),
             encode(message)?,

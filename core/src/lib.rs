@@ -34,7 +34,7 @@ pub use dead_letter::DeadLetter;
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult};
 pub use layer::Layer;
-pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions};
+pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions, MAX_ID_LEN};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use retry::RetryPolicy;
 pub use runtime::Subscription;

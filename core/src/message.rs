@@ -169,8 +169,26 @@ pub struct PublishOptions {
     pub attributes: Attributes,
     /// Messages sharing a key are delivered in order on an ordered topic; must be `None` on an unordered topic.
     pub ordering_key: Option<String>,
-    /// Reuse an id (an outbox relay republishing); `None` assigns a new one.
+    /// Reuse an id (an outbox relay republishing); `None` assigns a new one. A custom id is 1-128 characters of
+    /// printable ASCII without spaces (`!` to `~`): what every backend can carry and de-duplicate on (SQS FIFO's
+    /// `MessageDeduplicationId` allows no more). Exactly-once topics drop a second message with the same id within
+    /// the backend's de-duplication window.
     pub id: Option<MessageId>,
+}
+
+/// Longest custom message id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Checks a custom message id against the rule of [`PublishOptions::id`]; the error names the id and the rule.
+pub(crate) fn validate_custom_id(id: &MessageId) -> crate::Result<()> {
+    let s = id.as_str();
+    if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(crate::Error::invalid(format!(
+            "message id {s:?} is invalid: a custom id must be 1-{MAX_ID_LEN} characters of printable ASCII without \
+             spaces (! to ~)"
+        )));
+    }
+    Ok(())
 }
 
 impl PublishOptions {

@@ -719,6 +719,15 @@ pub async fn invalid_publish_options_are_rejected<H: Harness>(h: &H) {
         e.to_string().contains(&format!("{} attributes", max + 1)) && e.to_string().contains(&max.to_string()),
         "{e}"
     );
+    for bad in ["", "has space", "caf\u{e9}", &"x".repeat(crate::message::MAX_ID_LEN + 1)] {
+        let opts = PublishOptions::new().id(crate::MessageId::from(bad));
+        let e = topic.publish_with(&bus, &ev, opts).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(&format!("{bad:?}")) && e.to_string().contains("printable ASCII"), "{e}");
+    }
+    let longest = "o".repeat(crate::message::MAX_ID_LEN);
+    let id = topic.publish_with(&bus, &ev, PublishOptions::new().id(crate::MessageId::from(longest.as_str()))).await;
+    assert_eq!(id.unwrap().as_str(), longest, "the longest custom id is accepted and kept");
 }
 
 pub async fn invalid_batch_sends_nothing<H: Harness>(h: &H) {
