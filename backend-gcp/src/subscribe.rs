@@ -135,7 +135,7 @@ fn user_attributes(m: &GMessage) -> Attributes {
         .iter()
         // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is.
         .filter(|(k, v)| {
-            !(k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some()) && !k.starts_with(NATIVE_DLQ_PREFIX)
+            !(k.starts_with(NATIVE_DLQ_PREFIX) || k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some())
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
