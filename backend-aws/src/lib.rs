@@ -15,7 +15,6 @@
 //! `aws.endpoint_url` (LocalStack, SNS/SQS-compatible providers).
 #![warn(missing_docs)]
 
-mod calls;
 pub mod config;
 mod error;
 mod meta;
@@ -33,10 +32,10 @@ use aws_config::{BehaviorVersion, Region};
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
 use tidings_core::{Backend, Capabilities, Result, Settings};
 
-pub use calls::ApiCalls;
 pub use config::{AwsConfig, Provisioning};
 use meta::MAX_USER_ATTRIBUTES;
 pub use meta::META_ATTRIBUTE;
+pub use tidings_core::calls::ApiCalls;
 
 /// SNS accepts 262,144 bytes per message including attributes; tidings keeps this much for its own attribute.
 pub(crate) const METADATA_RESERVE: usize = 512;

@@ -6,9 +6,9 @@
 //! subscriptions. State lives as long as the [`LocalBackend`] (clones share it).
 //!
 //! ```
-//! # async fn demo() -> tidings_core::Result<()> {
+//! # async fn demo() -> tidings::Result<()> {
 //! use std::sync::Arc;
-//! let bus = tidings_core::Bus::new(Arc::new(tidings_local::LocalBackend::new()));
+//! let bus = tidings::Bus::new(Arc::new(tidings_local::LocalBackend::new())); // what `tidings::local()` does
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]

@@ -15,7 +15,6 @@
 #![warn(missing_docs)]
 
 mod backstop;
-mod calls;
 pub mod config;
 mod connect;
 mod dlq;
@@ -36,11 +35,14 @@ use async_trait::async_trait;
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
 use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 
-pub use calls::RoundTrips;
 pub use config::{NatsConfig, Provisioning, Storage};
 pub use connect::DEFAULT_URL;
 pub use meta::{MAX_USER_ATTRIBUTES, META_ATTRIBUTE};
 pub use provision::{consumer_config, max_ack_pending, max_deliver, EXACTLY_ONCE_WINDOW, STREAM_RETENTION};
+/// Server round trips by operation (`PULL`, `PUBLISH.ACKS`, `FLUSH`, `STREAM.INFO`, ...): what the backend waits for.
+/// Messages written without waiting (publishes before their acks, acks before the flush) are not round trips of their
+/// own.
+pub use tidings_core::calls::ApiCalls as RoundTrips;
 
 /// Bytes of the server's `max_payload` kept for headers: tidings' metadata, `Nats-Msg-Id`, and the header framing of
 /// each attribute (a dead-letter copy adds the reason, up to 1 KiB).

@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod bus;
+pub mod calls;
 pub mod cloud;
 pub mod config;
 pub mod dead_letter;

@@ -515,6 +515,22 @@ mod tests {
         assert!(e.is_retryable() && e.to_string().contains("entry"), "gave up after its attempts: {e}");
     }
 
+    /// Publishes `n` messages from `n` tasks at once; each must succeed.
+    async fn publish_concurrently(p: Publisher, n: u32) {
+        let p = Arc::new(p);
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                tokio::spawn({
+                    let p = p.clone();
+                    async move { p.publish_one(message(i)).await }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn concurrent_publishes_share_calls_over_the_linger() {
         let d = Scripted::new(1, |_, _| Ok(PublishReport::accepted()));
@@ -524,18 +540,7 @@ mod tests {
             publish_in_flight: 4,
             ..Default::default()
         };
-        let p = Arc::new(Publisher::new("t", TopicConfig::at_least_once(), d.clone(), &caps));
-        let tasks: Vec<_> = (0..25)
-            .map(|n| {
-                tokio::spawn({
-                    let p = p.clone();
-                    async move { p.publish_one(message(n)).await }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        publish_concurrently(Publisher::new("t", TopicConfig::at_least_once(), d.clone(), &caps), 25).await;
         let sizes: Vec<usize> = d.calls().iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5], "coalesced into full calls of the backend's batch size");
     }
@@ -550,18 +555,7 @@ mod tests {
                 publish_in_flight: 4,
                 ..Default::default()
             };
-            let p = Arc::new(Publisher::new("t", config, d.clone(), &caps));
-            let tasks: Vec<_> = (0..12)
-                .map(|n| {
-                    tokio::spawn({
-                        let p = p.clone();
-                        async move { p.publish_one(message(n)).await }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap().unwrap();
-            }
+            publish_concurrently(Publisher::new("t", config, d.clone(), &caps), 12).await;
             assert_eq!(d.most_in_flight.load(SeqCst), expected, "{config:?}");
         }
     }

@@ -7,10 +7,10 @@
 //!
 //! ```no_run
 //! # use serde::{Deserialize, Serialize};
-//! # use tidings_core::{Topic, TopicConfig};
+//! # use tidings::{Topic, TopicConfig};
 //! # #[derive(Serialize, Deserialize)] struct SignupEvent { user_id: i64 }
 //! # static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
-//! # async fn demo(bus: tidings_core::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(bus: tidings::Bus) -> Result<(), Box<dyn std::error::Error>> {
 //! use tidings_outbox::Outbox;
 //! let pool = sqlx::SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
 //! let outbox = Outbox::new(pool.clone(), bus);
