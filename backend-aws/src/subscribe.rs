@@ -60,7 +60,8 @@ impl AwsSubscription {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_attribute_names("All")
             .message_system_attribute_names(Sys::ApproximateReceiveCount)
-            .message_system_attribute_names(Sys::SentTimestamp);
+            .message_system_attribute_names(Sys::SentTimestamp)
+            .message_system_attribute_names(Sys::MessageGroupId);
         if let Some(v) = visibility {
             req = req.visibility_timeout(v);
         }
@@ -77,7 +78,14 @@ impl AwsSubscription {
                     |m| from_micros(m.ts),
                 );
                 let id = meta.as_ref().map_or_else(|| m.message_id().unwrap_or_default().to_string(), |m| m.id.clone());
-                let key = meta.as_ref().and_then(|m| m.key.clone()).filter(|_| self.ordered);
+                // tidings' own messages carry their key (a keyless one has its id as group); another producer's
+                // message has only its MessageGroupId, which FIFO queues order by.
+                let group = || sys.and_then(|a| a.get(&Sys::MessageGroupId)).cloned();
+                let key = match &meta {
+                    Some(m) => m.key.clone(),
+                    None => group(),
+                }
+                .filter(|_| self.ordered);
                 Read {
                     msg: ReceivedMessage {
                         ack_id: AckId::Text(m.receipt_handle().unwrap_or_default().into()),
