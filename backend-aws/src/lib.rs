@@ -155,6 +155,6 @@ impl Backend for AwsBackend {
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
         let topic = provision::topic(&self.shared, &spec.topic).await?;
         let res = provision::subscription(&self.shared, spec, &topic).await?;
-        Ok(Arc::new(subscribe::AwsSubscription { s: self.shared.clone(), res, ordered: spec.topic.config.ordered }))
+        Ok(Arc::new(subscribe::AwsSubscription::new(self.shared.clone(), res, spec.topic.config.ordered)))
     }
 }

@@ -1,6 +1,10 @@
 //! Receiving and settling: long-poll `ReceiveMessage` (at most 10, never more than the free handler slots),
 //! `ApproximateReceiveCount` as the attempt, `DeleteMessageBatch` to ack, `ChangeMessageVisibilityBatch` to nack
 //! with a delay and to extend leases, and an explicit copy to the dead-letter queue (SQS redrive is the backstop).
+//!
+//! A `ReceiveMessage` long poll is never cut: SQS hands messages to a poll whose connection was closed, and they would
+//! stay invisible for the whole ack deadline. Each receive runs in a task of its own; when its caller has gone (the
+//! runtime stopped while it waited), the task releases what it got (visibility 0), and `close` waits for such polls.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use aws_sdk_sqs::types::{
 use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{entry, sdk};
 use crate::meta::{from_micros, micros, split, Meta, META_ATTRIBUTE};
@@ -23,12 +28,38 @@ use crate::Shared;
 /// Longest dead-letter reason kept.
 const MAX_REASON: usize = 1024;
 
+/// Receives one subscription may have in flight (each holds a permit; `close` takes them all).
+const MAX_RECEIVES: u32 = 1024;
+
 /// One subscription's queues.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AwsSubscription {
-    pub(crate) s: Arc<Shared>,
-    pub(crate) res: SubRes,
-    pub(crate) ordered: bool,
+    s: Arc<Shared>,
+    res: SubRes,
+    ordered: bool,
+    /// One permit per receive in flight (or releasing what its gone caller did not take).
+    receiving: Arc<Semaphore>,
+}
+
+/// A receive's result on its way from the task that ran it; what its caller never took is released.
+struct Pending {
+    rx: oneshot::Receiver<Result<Vec<ReceivedMessage>>>,
+    sub: AwsSubscription,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // The caller went away after the task had sent the messages.
+        if let Ok(Ok(msgs)) = self.rx.try_recv() {
+            if let (false, Ok(rt)) = (msgs.is_empty(), tokio::runtime::Handle::try_current()) {
+                let (sub, permit) = (self.sub.clone(), self.sub.receiving.clone().try_acquire_owned().ok());
+                rt.spawn(async move {
+                    sub.release(msgs).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
 }
 
 /// A message read from a queue, in tidings terms.
@@ -49,6 +80,19 @@ fn handle(id: &AckId) -> &str {
 }
 
 impl AwsSubscription {
+    pub(crate) fn new(s: Arc<Shared>, res: SubRes, ordered: bool) -> Self {
+        Self { s, res, ordered, receiving: Arc::new(Semaphore::new(MAX_RECEIVES as usize)) }
+    }
+
+    /// Makes messages nobody will handle visible again at once.
+    async fn release(&self, msgs: Vec<ReceivedMessage>) {
+        tracing::debug!(queue = %self.res.queue_url, count = msgs.len(), "releasing messages received after the caller left");
+        let items = msgs.into_iter().map(|m| (m.ack_id, 0)).collect();
+        if let Err(e) = self.change_visibility(&self.res.queue_url, items, "release").await {
+            tracing::warn!(error = %e, "releasing received messages failed; they return after their ack deadline");
+        }
+    }
+
     async fn read(&self, url: &str, max: usize, wait: Duration, visibility: Option<i32>) -> Result<Vec<Read>> {
         self.s.calls.count("sqs:ReceiveMessage");
         let mut req = self
@@ -194,7 +238,30 @@ impl AwsSubscription {
 impl SubscriptionDriver for AwsSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let wait = wait.min(self.s.config.wait_time);
-        Ok(self.read(&self.res.queue_url, max, wait, None).await?.into_iter().map(|r| r.msg).collect())
+        let permit = self.receiving.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (tx, rx) = oneshot::channel();
+        let sub = self.clone();
+        tokio::spawn(async move {
+            let got = sub.read(&sub.res.queue_url, max, wait, None).await;
+            let got = got.map(|v| v.into_iter().map(|r| r.msg).collect::<Vec<_>>());
+            if let Err(Ok(orphaned)) = tx.send(got) {
+                if !orphaned.is_empty() {
+                    sub.release(orphaned).await;
+                }
+            }
+            drop(permit);
+        });
+        let mut pending = Pending { rx, sub: self.clone() };
+        match (&mut pending.rx).await {
+            Ok(got) => got,
+            Err(_) => Err(Error::backend("aws: the receive task ended without an answer", true)),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Polls still open release what they get; wait for them, so nothing is left invisible if the process exits.
+        let _all = self.receiving.acquire_many(MAX_RECEIVES).await.expect("the semaphore is never closed");
+        Ok(())
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {

@@ -537,6 +537,45 @@ pub async fn shutdown_timeout_leaves_unfinished_unacked<H: Harness>(h: &H) {
     bus.shutdown(t.patience).await;
 }
 
+pub async fn restart_after_shutdown_resumes_at_once<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("restart", TopicConfig::at_least_once());
+    // An ack deadline well beyond the test's patience: a message that shutdown left leased (received but never handed
+    // to a handler) would come back only after it, and the restart below would run out of patience.
+    let cfg = sub_config(&t, 5).with_ack_deadline((t.patience * 2).max(Duration::from_secs(30)));
+    let log = Log::default();
+    let sub = bus.subscribe(&topic, "sub", cfg, logging(&log)).await.unwrap();
+    for n in 0..5 {
+        topic.publish(&bus, &Event::new(n)).await.unwrap();
+    }
+    assert_eq!(log.wait_for(5, t.patience).await.len(), 5);
+    // Idle now, with a receive waiting for the next message (a long poll, on brokers that have them).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sub.shutdown(t.patience).await;
+    // Published while nothing runs: whatever the stopped subscription's receive would have taken must stay available.
+    for n in 5..15 {
+        topic.publish(&bus, &Event::new(n)).await.unwrap();
+    }
+    let restarted = Instant::now();
+    bus.subscribe(&topic, "sub", cfg, logging(&log)).await.unwrap();
+    let all = |log: &Log| {
+        let mut ns: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
+        ns.sort();
+        ns.dedup();
+        ns.len() == 15
+    };
+    let resumed = wait_until(t.patience, || all(&log)).await;
+    eprintln!(
+        "conformance::{}::restart_after_shutdown_resumes_at_once: the restarted subscription had every message after \
+         {:?} (ack deadline {:?})",
+        bus.backend_name(),
+        restarted.elapsed(),
+        cfg.ack_deadline
+    );
+    assert!(resumed, "the restart got every message well before the ack deadline: {:?}", log.all().len());
+    bus.shutdown(t.patience).await;
+}
+
 pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     for bad in ["Signups", "1signups", "sign_ups", "signups-", ""] {

@@ -224,6 +224,17 @@ fn log_task_end(r: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// Nacks, without delay, deliveries no handler started.
+fn release<T>(ctx: &Ctx<T>, chain: Chain) {
+    let msgs = match chain {
+        Chain::One(m) => vec![m],
+        Chain::Many(v) => v,
+    };
+    for m in msgs {
+        let _ = ctx.settle.send(Settle::Nack(m.ack_id, Duration::ZERO));
+    }
+}
+
 /// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -297,6 +308,11 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     let mut acks = Vec::with_capacity(slots.num_permits());
     let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
     for chain in group {
+        if ctx.runner.cancel.is_cancelled() {
+            // Shutdown began after this batch was received: what no handler started goes back at once.
+            release(&ctx, chain);
+            continue;
+        }
         match chain {
             Chain::One(msg) => match begin(&ctx, &msg).await {
                 Begin::Done(Done::Ok) => acks.push(msg.ack_id),
@@ -329,6 +345,11 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
 async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, chain: Vec<Delivery>) {
     let mut chain = chain.into_iter();
     while let Some((msg, permit)) = chain.next() {
+        if ctx.runner.cancel.is_cancelled() {
+            // Shutdown: the rest of the chain goes back at once, in order, rather than waiting out its lease.
+            release(&ctx, Chain::Many(std::iter::once(msg).chain(chain.map(|(m, _)| m)).collect()));
+            return;
+        }
         let b = begin(&ctx, &msg).await;
         if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b).await {
             // The same delay: brokers that let later messages of a group through while an earlier one is invisible
