@@ -20,6 +20,7 @@ use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
+use tidings_core::dedup::SeenIds;
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,6 +34,8 @@ use crate::Shared;
 const NATIVE_DLQ_PREFIX: &str = "CloudPubSubDeadLetterSource";
 /// How long acked ids of an exactly-once topic are remembered to drop republished copies.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// At least this long (and two ack deadlines), an ordered subscription remembers settled ids to drop late redeliveries.
+const ORDERED_WINDOW: Duration = Duration::from_secs(60);
 
 struct Held {
     handler: Handler,
@@ -41,7 +44,6 @@ struct Held {
     key: Option<String>,
 }
 
-#[derive(Default)]
 struct State {
     next_token: u64,
     held: HashMap<u64, Held>,
@@ -50,8 +52,10 @@ struct State {
     key_order: HashMap<String, VecDeque<String>>,
     /// Messages waiting for their key's turn, by id (also redelivered duplicates of a held message).
     parked: HashMap<String, (GMessage, Handler)>,
-    seen: HashSet<String>,
-    seen_order: VecDeque<(Instant, String)>,
+    /// Exactly-once topics: ids acked in the last [`DEDUP_WINDOW`], to drop republished copies.
+    acked: SeenIds<String>,
+    /// Ordered topics: ids acked or dead-lettered lately, to drop late redeliveries.
+    settled: SeenIds<String>,
 }
 
 /// One subscription's stream and its client-side bookkeeping.
@@ -180,7 +184,15 @@ impl GcpSubscription {
             shared: s,
             stream: Mutex::new(Some(token)),
             inbox: tokio::sync::Mutex::new(rx),
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                next_token: 0,
+                held: HashMap::new(),
+                ready: VecDeque::new(),
+                key_order: HashMap::new(),
+                parked: HashMap::new(),
+                acked: SeenIds::new(DEDUP_WINDOW),
+                settled: SeenIds::new((spec.config.ack_deadline * 2).max(ORDERED_WINDOW)),
+            }),
             dlq,
             topic_publisher,
             dlq_publisher,
@@ -226,6 +238,16 @@ impl GcpSubscription {
             h.ack();
             return;
         }
+        let redriven = meta.as_ref().is_some_and(|x| x.target.is_some());
+        if self.ordered && !m.ordering_key.is_empty() && !redriven && st.settled.contains(&id) {
+            // A message of this key that was already acked or dead-lettered, delivered again: on an ordered
+            // subscription Pub/Sub redelivers a message's successors with it (after a nack, an expired lease, or the
+            // emulator's redelivery of a leased message), so this copy comes after later messages of its key. Handled
+            // again it would break the key's order; it was settled, so it goes.
+            tracing::debug!(id = %id, key = %m.ordering_key, "gcp: late redelivery of a settled message dropped");
+            h.ack();
+            return;
+        }
         if !self.ordered || m.ordering_key.is_empty() {
             st.ready.push_back((m, h));
             return;
@@ -246,7 +268,7 @@ impl GcpSubscription {
     }
 
     fn known(st: &State, id: &str) -> bool {
-        st.seen.contains(id)
+        st.acked.contains(id)
             || st.held.values().any(|h| h.id == id)
             || st.parked.contains_key(id)
             || st.ready.iter().any(|(m, _)| id_of(m, meta_of(m).as_ref()) == id)
@@ -307,19 +329,18 @@ impl GcpSubscription {
         self.state.lock().unwrap().held.remove(t)
     }
 
-    /// Ends a delivery for good; `acked` records the id for exactly-once de-duplication (not for dead letters, which
-    /// may be redriven under the same id).
+    /// Ends a delivery for good; records the id for exactly-once de-duplication when `acked` (not for dead letters,
+    /// which may be redriven under the same id), and on ordered subscriptions either way (redrive copies are told
+    /// apart by their target).
     async fn settle_done(&self, h: Held, acked: bool) -> Result<()> {
         {
             let mut st = self.state.lock().unwrap();
+            let now = Instant::now();
             if self.exactly_once && acked {
-                let now = Instant::now();
-                while st.seen_order.front().is_some_and(|(t, _)| now.duration_since(*t) > DEDUP_WINDOW) {
-                    let (_, old) = st.seen_order.pop_front().unwrap();
-                    st.seen.remove(&old);
-                }
-                st.seen.insert(h.id.clone());
-                st.seen_order.push_back((now, h.id.clone()));
+                st.acked.insert(h.id.clone(), now);
+            }
+            if self.ordered {
+                st.settled.insert(h.id.clone(), now);
             }
             Self::unhold(&mut st, &h, true);
         }
