@@ -23,8 +23,7 @@ mod publish;
 mod subscribe;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
@@ -112,9 +111,7 @@ impl GcpBackend {
             project,
             config,
         };
-        let backend = Self { shared: Arc::new(shared), publishers: Arc::default(), subscriptions: Arc::default() };
-        backend.start_lease_reaper();
-        Ok(backend)
+        Ok(Self { shared: Arc::new(shared), publishers: Arc::default(), subscriptions: Arc::default() })
     }
 
     /// Creates (`auto`) or checks (`verify`) a subscription, its topic and its dead-letter topic and subscription,
@@ -122,21 +119,6 @@ impl GcpBackend {
     pub async fn provision(&self, spec: &SubscriptionSpec) -> Result<()> {
         check_resource_name(&spec.topic.name, &spec.topic.resource)?;
         provision::subscription(&self.shared, spec).await.map(|_| ())
-    }
-
-    fn start_lease_reaper(&self) {
-        let subs: Weak<tokio::sync::Mutex<HashMap<String, Arc<subscribe::GcpSubscription>>>> =
-            Arc::downgrade(&self.subscriptions);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let Some(subs) = subs.upgrade() else { return };
-                let list: Vec<_> = subs.lock().await.values().cloned().collect();
-                for s in list {
-                    s.expire();
-                }
-            }
-        });
     }
 
     async fn publisher(&self, path: &str) -> Publisher {
@@ -214,6 +196,7 @@ impl Backend for GcpBackend {
             topic_publisher,
             dlq_publisher,
         ));
+        subscribe::GcpSubscription::spawn_reaper(&sub);
         subs.insert(spec.resource.clone(), sub.clone());
         Ok(sub)
     }

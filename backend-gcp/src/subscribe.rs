@@ -6,6 +6,11 @@
 //! service streams later messages of a key before the earlier one is acked), de-duplication of republished ids on
 //! exactly-once topics, and redrive copies addressed to one subscription.
 //!
+//! Waiting is event-driven: a receive sleeps until a message arrives, until a key's next message is released (its
+//! predecessor acked, nacked or expired) or until its wait ends; a reaper task per subscription sleeps until the
+//! earliest client-side lease deadline. The dead-letter queue is read on demand, through a stream opened for the call
+//! with at most `max` (reading) or [`DLQ_OUTSTANDING`] (redrive) messages leased, and closed after it.
+//!
 //! Nack with delay: the crate's `nack()` redelivers at once and it has no "modify ack deadline to N seconds", so the
 //! backend declares `nack_delay = false` and the runtime holds the message (lease kept alive) for the exact backoff,
 //! then nacks. No retry policy is set on the subscription, so the service adds no second delay on top.
@@ -18,11 +23,11 @@ use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
 use tidings_core::dedup::SeenIds;
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::meta::{from_micros, micros, Meta, META_ATTRIBUTE};
@@ -34,6 +39,12 @@ use crate::Shared;
 const NATIVE_DLQ_PREFIX: &str = "CloudPubSubDeadLetterSource";
 /// How long acked ids of an exactly-once topic are remembered to drop republished copies.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// Most dead letters leased at once by a redrive (the rest wait in the DLQ for the next call).
+const DLQ_OUTSTANDING: usize = 1000;
+/// How long a dead-letter read waits for the stream's first message: an empty DLQ costs this.
+const DLQ_FIRST: Duration = Duration::from_secs(3);
+/// How long a dead-letter read waits for one more message before it counts the DLQ as read.
+const DLQ_IDLE: Duration = Duration::from_millis(500);
 /// At least this long (and two ack deadlines), an ordered subscription remembers settled ids to drop late redeliveries.
 const ORDERED_WINDOW: Duration = Duration::from_secs(60);
 
@@ -70,7 +81,12 @@ pub struct GcpSubscription {
     stream: Mutex<Option<ShutdownToken>>,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<(GMessage, Handler)>>,
     state: Mutex<State>,
-    dlq: Arc<Mutex<Vec<(GMessage, Handler)>>>,
+    /// Wakes the waiting receive: a key's next message became ready.
+    wake: Notify,
+    /// Wakes the lease reaper: the first lease was taken while none was held (or the driver is going away).
+    reaper: Arc<Notify>,
+    /// One dead-letter read or redrive at a time (two streams would split the dead letters between them).
+    dlq: tokio::sync::Mutex<()>,
     topic_publisher: Publisher,
     dlq_publisher: Publisher,
 }
@@ -165,16 +181,6 @@ impl GcpSubscription {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let token = pump(&s, &paths.subscription, outstanding(spec), spec.config.ack_deadline, tx);
-        let (dtx, mut drx) = mpsc::unbounded_channel();
-        // The DLQ stream lives as long as the driver: dead letters stay listable and redrivable after a shutdown.
-        let _ = pump(&s, &paths.dlq_subscription, 1000, Duration::from_secs(60), dtx);
-        let dlq: Arc<Mutex<Vec<(GMessage, Handler)>>> = Arc::default();
-        let d = dlq.clone();
-        tokio::spawn(async move {
-            while let Some(pair) = drx.recv().await {
-                d.lock().unwrap().push(pair);
-            }
-        });
         Self {
             paths,
             name,
@@ -193,7 +199,9 @@ impl GcpSubscription {
                 acked: SeenIds::new(DEDUP_WINDOW),
                 settled: SeenIds::new((spec.config.ack_deadline * 2).max(ORDERED_WINDOW)),
             }),
-            dlq,
+            wake: Notify::new(),
+            reaper: Arc::new(Notify::new()),
+            dlq: tokio::sync::Mutex::new(()),
             topic_publisher,
             dlq_publisher,
         }
@@ -211,15 +219,40 @@ impl GcpSubscription {
         }
     }
 
-    /// Nacks deliveries whose client-side lease ran out (the consumer vanished or stalled without extending).
-    pub(crate) fn expire(&self) {
+    /// Starts the task that nacks deliveries whose client-side lease ran out (the consumer vanished or stalled
+    /// without extending). It sleeps until the earliest deadline, or until a lease is taken while none is held; it
+    /// ends with the driver.
+    pub(crate) fn spawn_reaper(sub: &Arc<Self>) {
+        let (weak, changed) = (Arc::downgrade(sub), sub.reaper.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(next) = weak.upgrade().map(|s| s.next_deadline()) else { return };
+                match next {
+                    Some(at) => tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed.notified() => {}
+                    },
+                    None => changed.notified().await,
+                }
+                let Some(sub) = weak.upgrade() else { return };
+                sub.expire();
+            }
+        });
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.state.lock().unwrap().held.values().map(|h| h.deadline).min()
+    }
+
+    /// Nacks deliveries whose client-side lease ran out.
+    fn expire(&self) {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap();
         let expired: Vec<u64> = st.held.iter().filter(|(_, h)| h.deadline <= now).map(|(t, _)| *t).collect();
         for t in expired {
             let h = st.held.remove(&t).unwrap();
             tracing::debug!(id = %h.id, "gcp: ack deadline expired; nacking for redelivery");
-            Self::unhold(&mut st, &h, false);
+            self.unhold(&mut st, &h, false);
             h.handler.nack();
         }
     }
@@ -274,8 +307,9 @@ impl GcpSubscription {
             || st.ready.iter().any(|(m, _)| id_of(m, meta_of(m).as_ref()) == id)
     }
 
-    /// Bookkeeping when a delivery ends; `done` (acked or dead-lettered) advances its key.
-    fn unhold(st: &mut State, h: &Held, done: bool) {
+    /// Bookkeeping when a delivery ends; `done` (acked or dead-lettered) advances its key, and the key's next
+    /// message, if it is here, wakes the waiting receive.
+    fn unhold(&self, st: &mut State, h: &Held, done: bool) {
         let Some(key) = &h.key else { return };
         if done {
             if let Some(order) = st.key_order.get_mut(key) {
@@ -292,6 +326,7 @@ impl GcpSubscription {
             Some(next) => {
                 if let Some(p) = st.parked.remove(&next) {
                     st.ready.push_front(p);
+                    self.wake.notify_waiters();
                 }
             }
             None => {
@@ -319,6 +354,9 @@ impl GcpSubscription {
                 publish_time: publish_time(&m, meta.as_ref()),
                 attempt: h.delivery_attempt().unwrap_or(1).max(1) as u32,
             });
+            if st.held.is_empty() {
+                self.reaper.notify_one();
+            }
             st.held.insert(token, Held { handler: h, deadline: Instant::now() + self.ack_deadline, id, key });
         }
         out
@@ -342,7 +380,7 @@ impl GcpSubscription {
             if self.ordered {
                 st.settled.insert(h.id.clone(), now);
             }
-            Self::unhold(&mut st, &h, true);
+            self.unhold(&mut st, &h, true);
         }
         match h.handler {
             Handler::ExactlyOnce(x) => x
@@ -372,13 +410,75 @@ impl GcpSubscription {
     }
 }
 
+impl GcpSubscription {
+    /// A stream on the dead-letter subscription for one read or redrive, with at most `outstanding` leased.
+    fn dlq_stream(&self, outstanding: usize) -> (MessageStream, ShutdownToken) {
+        let stream = self
+            .shared
+            .subscriber
+            .subscribe(&self.paths.dlq_subscription)
+            .set_max_outstanding_messages(outstanding as i64)
+            .set_max_lease_extension(Duration::from_secs(60))
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build();
+        let token = stream.shutdown_token();
+        (stream, token)
+    }
+
+    fn dlq_error(&self, what: &str, e: google_cloud_pubsub::Error) -> Error {
+        Error::backend(format!("gcp: {what} the dead-letter queue {} failed: {e}", self.paths.dlq_subscription), true)
+    }
+}
+
+/// The next dead letter, or `None` once the stream stays quiet ([`DLQ_FIRST`] for the first one, [`DLQ_IDLE`] after).
+async fn next_dead_letter(
+    stream: &mut MessageStream,
+    first: bool,
+) -> std::result::Result<Option<(GMessage, Handler)>, google_cloud_pubsub::Error> {
+    match tokio::time::timeout(if first { DLQ_FIRST } else { DLQ_IDLE }, stream.next()).await {
+        Ok(Some(Ok(pair))) => Ok(Some(pair)),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) | Err(_) => Ok(None),
+    }
+}
+
+fn dead_letter_of(m: &GMessage) -> DeadLetter {
+    let meta = meta_of(m);
+    let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
+    let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
+    let reason = meta
+        .as_ref()
+        .and_then(|x| x.reason.clone())
+        .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries"));
+    DeadLetter {
+        id: MessageId::from(id_of(m, meta.as_ref())),
+        payload: m.data.clone(),
+        attributes: user_attributes(m),
+        ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()),
+        publish_time: publish_time(m, meta.as_ref()),
+        attempts,
+        reason,
+        dead_lettered_at: meta.as_ref().and_then(|x| x.dlq_ts).map_or(std::time::SystemTime::now(), from_micros),
+    }
+}
+
+impl Drop for GcpSubscription {
+    fn drop(&mut self) {
+        self.reaper.notify_one(); // the reaper wakes, finds the driver gone and ends
+    }
+}
+
 #[async_trait]
 impl SubscriptionDriver for GcpSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
-        self.expire();
         let give_up = Instant::now() + wait;
         let mut inbox = self.inbox.lock().await;
+        let mut open = true;
         loop {
+            // Registered before looking, so a release between the look and the wait still wakes it.
+            let released = self.wake.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
             {
                 let mut st = self.state.lock().unwrap();
                 while let Ok((m, h)) = inbox.try_recv() {
@@ -389,13 +489,19 @@ impl SubscriptionDriver for GcpSubscription {
             if !out.is_empty() || Instant::now() >= give_up {
                 return Ok(out);
             }
-            // Wake for a new arrival, or to expire leases (which may unblock an ordering key).
-            let tick = (give_up - Instant::now()).min(Duration::from_millis(100));
-            if let Ok(Some((m, h))) = tokio::time::timeout(tick, inbox.recv()).await {
-                let mut st = self.state.lock().unwrap();
-                self.arrive(&mut st, m, h);
+            // Wake for an arrival, for a key's next message (released by an ack, a nack or an expired lease), or
+            // when the wait is over.
+            tokio::select! {
+                m = inbox.recv(), if open => match m {
+                    Some((m, h)) => {
+                        let mut st = self.state.lock().unwrap();
+                        self.arrive(&mut st, m, h);
+                    }
+                    None => open = false,
+                },
+                _ = &mut released => {}
+                _ = tokio::time::sleep_until(give_up) => {}
             }
-            self.expire();
         }
     }
 
@@ -415,7 +521,7 @@ impl SubscriptionDriver for GcpSubscription {
         for (id, _) in &items {
             if let Some(h) = self.release(id) {
                 let mut st = self.state.lock().unwrap();
-                Self::unhold(&mut st, &h, false);
+                self.unhold(&mut st, &h, false);
                 drop(st);
                 h.handler.nack();
             }
@@ -455,37 +561,32 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        let dlq = self.dlq.lock().unwrap();
+        let _one = self.dlq.lock().await;
+        let (mut stream, token) = self.dlq_stream(max.clamp(1, DLQ_OUTSTANDING));
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (m, h) in dlq.iter() {
-            let meta = meta_of(m);
-            let id = id_of(m, meta.as_ref());
-            if out.len() >= max || !seen.insert(id.clone()) {
-                continue;
+        // Leased until the stream closes, which nacks them: the dead letters stay where they are.
+        let mut leased = Vec::new();
+        let mut failed = None;
+        while out.len() < max {
+            match next_dead_letter(&mut stream, leased.is_empty()).await {
+                Ok(Some((m, h))) => {
+                    let d = dead_letter_of(&m);
+                    if seen.insert(d.id.clone()) {
+                        out.push(d);
+                    }
+                    leased.push(h);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(self.dlq_error("reading", e));
+                    break;
+                }
             }
-            let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
-            let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
-            let reason = meta
-                .as_ref()
-                .and_then(|x| x.reason.clone())
-                .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries"));
-            let _ = h;
-            out.push(DeadLetter {
-                id: MessageId::from(id),
-                payload: m.data.clone(),
-                attributes: user_attributes(m),
-                ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()),
-                publish_time: publish_time(m, meta.as_ref()),
-                attempts,
-                reason,
-                dead_lettered_at: meta
-                    .as_ref()
-                    .and_then(|x| x.dlq_ts)
-                    .map_or(std::time::SystemTime::now(), from_micros),
-            });
         }
-        Ok(out)
+        token.shutdown().await;
+        drop(leased);
+        failed.map_or(Ok(out), Err)
     }
 
     async fn close(&self) -> Result<()> {
@@ -507,20 +608,31 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let taken: Vec<(GMessage, Handler)> = {
-            let mut dlq = self.dlq.lock().unwrap();
-            let (take, keep): (Vec<_>, Vec<_>) = dlq.drain(..).partition(|(m, _)| {
-                let id = id_of(m, meta_of(m).as_ref());
-                ids.as_ref().is_none_or(|ids| ids.iter().any(|x| x.as_str() == id))
-            });
-            *dlq = keep;
-            take
-        };
+        let _one = self.dlq.lock().await;
+        let (mut stream, token) = self.dlq_stream(DLQ_OUTSTANDING);
+        let wanted = |id: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|x| x.as_str() == id));
         let mut moved = HashSet::new();
-        for (m, h) in taken {
+        // Dead letters not asked for: leased until the stream closes, which nacks them back.
+        let mut skipped = Vec::new();
+        let mut first = true;
+        let mut failed = None;
+        while ids.as_ref().is_none_or(|ids| ids.iter().any(|x| !moved.contains(x.as_str()))) {
+            let (m, h) = match next_dead_letter(&mut stream, first).await {
+                Ok(Some(pair)) => pair,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(self.dlq_error("redriving", e));
+                    break;
+                }
+            };
+            first = false;
             let meta = meta_of(&m);
             let id = id_of(&m, meta.as_ref());
-            if moved.insert(id.clone()) {
+            if !wanted(&id) {
+                skipped.push(h);
+                continue;
+            }
+            if !moved.contains(&id) {
                 let copy = ReceivedMessage {
                     ack_id: AckId::Num(0),
                     id: MessageId::from(id.clone()),
@@ -537,12 +649,16 @@ impl SubscriptionDriver for GcpSubscription {
                     ..Default::default()
                 };
                 if let Err(e) = self.publish_copy(&self.topic_publisher, &copy, meta).await {
-                    self.dlq.lock().unwrap().push((m, h));
-                    return Err(e);
+                    failed = Some(e);
+                    break; // this one is nacked with the stream: it stays in the DLQ
                 }
+                moved.insert(id);
             }
             h.ack();
         }
-        Ok(moved.len())
+        // Flushes the acks of what moved and nacks the rest back.
+        token.shutdown().await;
+        drop(skipped);
+        failed.map_or(Ok(moved.len()), Err)
     }
 }
