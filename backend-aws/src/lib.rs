@@ -144,6 +144,7 @@ impl Backend for AwsBackend {
         // messages per round trip.
         c.concurrent_receives = 4;
         c.max_attributes = MAX_USER_ATTRIBUTES;
+        c.backlog = true;
         c
     }
 

@@ -82,6 +82,7 @@ impl LocalBackend {
         caps.max_publish_batch = 1000;
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
+        caps.backlog = true;
         Self { caps, topics: Arc::default() }
     }
 

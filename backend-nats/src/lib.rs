@@ -149,6 +149,7 @@ impl Backend for NatsBackend {
         c.max_receive_batch = 256;
         c.concurrent_receives = 2;
         c.max_attributes = MAX_USER_ATTRIBUTES;
+        c.backlog = true;
         c
     }
 

@@ -84,6 +84,7 @@ impl SqlBackend {
         caps.max_publish_batch = 500;
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
+        caps.backlog = true;
         let inner = Inner { name, store, wake, caps, provisioning, tasks: Mutex::default() };
         SqlBackend { inner: Arc::new(inner) }
     }

@@ -47,6 +47,9 @@ pub struct Capabilities {
     pub concurrent_receives: usize,
     /// Most attributes per message (tidings reserves none on the local bus).
     pub max_attributes: usize,
+    /// [`SubscriptionDriver::backlog`] reports how many messages wait (so `Subscription::backlog` is `Some` and
+    /// `Subscription::wait_idle` works); Pub/Sub cannot tell.
+    pub backlog: bool,
 }
 
 impl Default for Capabilities {
@@ -64,6 +67,7 @@ impl Default for Capabilities {
             max_receive_batch: 10,
             concurrent_receives: 1,
             max_attributes: 10,
+            backlog: false,
         }
     }
 }

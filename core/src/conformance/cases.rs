@@ -576,6 +576,44 @@ pub async fn restart_after_shutdown_resumes_at_once<H: Harness>(h: &H) {
     bus.shutdown(t.patience).await;
 }
 
+pub async fn waiting_until_quiet_works_on_every_backend<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("quiet", TopicConfig::at_least_once());
+    let log = Log::default();
+    let l = log.clone();
+    let sub = bus
+        .subscribe(&topic, "sub", sub_config(&t, 5).with_max_concurrency(3), move |m: Message<Event>| {
+            let l = l.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                l.record(&m);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    for n in 0..10 {
+        topic.publish(&bus, &Event::new(n)).await.unwrap();
+    }
+    // Quiet: nothing in flight and nothing received for an ack deadline (well above the brokers' delivery latency).
+    assert!(sub.wait_quiet(t.ack_deadline, t.patience * 2).await.unwrap(), "the subscription got quiet");
+    assert_eq!(log.len(), 10, "quiet only once every message was handled");
+    let backlog = sub.backlog().await.unwrap();
+    assert_eq!(backlog.is_some(), bus.capabilities().backlog, "Capabilities::backlog says whether backlog is known");
+    match backlog {
+        Some(b) => {
+            assert_eq!(b, 0, "nothing left");
+            assert!(sub.wait_idle(t.patience).await.unwrap(), "wait_idle works where the backlog is known");
+        }
+        None => {
+            let e = sub.wait_idle(t.patience).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.to_string().contains("Capabilities::backlog") && e.to_string().contains("wait_quiet"), "{e}");
+        }
+    }
+    bus.shutdown(t.patience).await;
+}
+
 pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     for bad in ["Signups", "1signups", "sign_ups", "signups-", ""] {

@@ -113,6 +113,7 @@ macro_rules! conformance_tests {
                     graceful_shutdown_loses_nothing,
                     shutdown_timeout_leaves_unfinished_unacked,
                     restart_after_shutdown_resumes_at_once,
+                    waiting_until_quiet_works_on_every_backend,
                     invalid_names_are_rejected,
                     invalid_subscription_configs_are_rejected,
                     duplicate_subscription_is_rejected,

@@ -57,7 +57,9 @@ impl Subscription {
     }
 
     /// Waits until the backlog is empty (everything acked or dead-lettered), polling every few milliseconds, for at
-    /// most `timeout`. Returns whether it emptied. Needs a backend that reports its backlog.
+    /// most `timeout`. Returns whether it emptied. Needs a backend that reports its backlog
+    /// ([`crate::Capabilities::backlog`]; Pub/Sub does not): elsewhere it is an `Unsupported` error, and
+    /// [`Subscription::wait_quiet`] is the portable way to wait.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -67,9 +69,29 @@ impl Subscription {
                 None => {
                     return Err(Error::new(
                         crate::ErrorKind::Unsupported,
-                        "wait_idle needs a backend that reports its backlog",
+                        "wait_idle needs a backend that reports its backlog, and this one does not \
+                         (Capabilities::backlog is false): use Subscription::wait_quiet",
                     ))
                 }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits, for at most `timeout`, until this subscription is quiet: no delivery in flight (every message it
+    /// received was acked, dead-lettered or nacked, and none is held for its backoff) and nothing received for
+    /// `quiet`. Returns whether it got quiet. Works on every backend, but it sees only this process: a message still
+    /// on its way from the broker, or waiting out a retry backoff in the broker, is not in flight, so pick `quiet`
+    /// above the broker's delivery latency and the backoffs you expect. Where the backlog is known
+    /// ([`crate::Capabilities::backlog`]), [`Subscription::wait_idle`] is exact.
+    pub async fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.runner.is_stopped() || self.runner.activity.is_quiet(quiet) {
+                return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);

@@ -43,6 +43,31 @@ pub(crate) struct Runner {
     stopped: AtomicBool,
     done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     finished: tokio::sync::Notify,
+    pub(crate) activity: Arc<Activity>,
+}
+
+/// What a subscription is doing, for [`crate::Subscription::wait_quiet`]: deliveries received and not yet settled,
+/// and when the last one was received.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_received: Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn received(&self, n: usize) {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        *self.last_received.lock().unwrap() = tokio::time::Instant::now();
+    }
+
+    fn settled(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Nothing in flight, and nothing received for `quiet`.
+    pub(crate) fn is_quiet(&self, quiet: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.last_received.lock().unwrap().elapsed() >= quiet
+    }
 }
 
 impl Runner {
@@ -112,9 +137,13 @@ where
         stopped: AtomicBool::new(false),
         done: Mutex::new(Some(done_rx)),
         finished: tokio::sync::Notify::new(),
+        activity: Arc::new(Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last_received: Mutex::new(tokio::time::Instant::now()),
+        }),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(driver.clone(), rx));
+    let settler = tokio::spawn(settle_loop(driver.clone(), rx, runner.activity.clone()));
     let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx });
     tokio::spawn(async move {
         receive_loop(ctx.clone()).await;
@@ -170,6 +199,9 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
         };
         match received {
             Ok(batch) => {
+                if !batch.is_empty() {
+                    ctx.runner.activity.received(batch.len());
+                }
                 error_backoff = Duration::from_millis(100);
                 wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
                 // One slot per delivery, handed to the groups in slices; the ones asked for but not filled go back.
@@ -332,9 +364,11 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     // The fast path's acks go straight to the driver, one call per group, while the slow ones run on.
     let ack = async {
         if !acks.is_empty() {
+            let n = acks.len();
             if let Err(e) = ctx.runner.driver.ack(acks).await {
                 tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
             }
+            ctx.runner.activity.settled(n);
         }
     };
     futures_util::future::join(ack, async { while slow.next().await.is_some() {} }).await;
@@ -487,9 +521,14 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Ou
     }
 }
 
-async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::UnboundedReceiver<Settle>) {
+async fn settle_loop(
+    driver: Arc<dyn SubscriptionDriver>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    activity: Arc<Activity>,
+) {
     let mut buf = Vec::with_capacity(64);
     while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
+        let n = buf.len();
         let (mut acks, mut nacks, mut dead) = (Vec::with_capacity(buf.len()), Vec::new(), Vec::new());
         for s in buf.drain(..) {
             match s {
@@ -514,6 +553,7 @@ async fn settle_loop(driver: Arc<dyn SubscriptionDriver>, mut rx: mpsc::Unbounde
                 tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
             }
         }
+        activity.settled(n);
     }
 }
 
