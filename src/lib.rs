@@ -43,10 +43,14 @@ pub use tidings_gcp as gcp;
 #[cfg(feature = "nats")]
 pub use tidings_nats as nats;
 
+/// The durable SQL backends (features `sqlite`, `postgres`), and `publish_in` for the application's transaction.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use tidings_sql as sql;
+
 use std::sync::Arc;
 
 /// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
-pub const BACKENDS: &[&str] = &["local", "aws", "gcp", "nats"];
+pub const BACKENDS: &[&str] = &["local", "aws", "gcp", "nats", "sqlite", "postgres"];
 
 /// Builds the bus the configuration names: defaults < `tidings.toml` (or the file `TIDINGS_CONFIG` names) <
 /// `TIDINGS_*` environment variables. With nothing configured, this is the in-memory bus.
@@ -66,6 +70,10 @@ pub async fn from_settings(settings: Settings) -> Result<Bus> {
         "gcp" => Arc::new(tidings_gcp::GcpBackend::from_settings(&settings).await?),
         #[cfg(feature = "nats")]
         "nats" => Arc::new(tidings_nats::NatsBackend::from_settings(&settings).await?),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Arc::new(tidings_sql::SqlBackend::from_settings(&settings).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" => Arc::new(tidings_sql::SqlBackend::from_settings(&settings).await?),
         name if BACKENDS.contains(&name) => {
             return Err(Error::config(format!(
                 "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
@@ -98,6 +106,12 @@ fn compiled_in() -> Vec<&'static str> {
     }
     if cfg!(feature = "nats") {
         v.push("nats");
+    }
+    if cfg!(feature = "sqlite") {
+        v.push("sqlite");
+    }
+    if cfg!(feature = "postgres") {
+        v.push("postgres");
     }
     if v.is_empty() {
         v.push("none");

@@ -1,4 +1,5 @@
-//! Process-level reliability against LocalStack, the Pub/Sub emulator and a NATS server (which keep the state): a subscriber process
+//! Process-level reliability against LocalStack, the Pub/Sub emulator, a NATS server, a SQLite file and PostgreSQL
+//! (which keep the state): a subscriber process
 //! killed with SIGKILL in the middle of handlers loses nothing (another consumer gets the messages after the ack
 //! deadline), and one stopped with SIGTERM finishes its in-flight handlers, acks them once, and loses nothing.
 #![cfg(feature = "test-worker")]
@@ -20,9 +21,10 @@ struct Job {
 static JOBS: Topic<Job> = Topic::new("jobs", TopicConfig::at_least_once());
 const COUNT: u64 = 20;
 
-fn backend_env(backend: &str) -> Vec<(String, String)> {
-    let mut v = vec![("TIDINGS_BACKEND".to_string(), backend.to_string())];
-    let pairs: &[(&str, &str)] = match backend {
+fn backend_env(run: &Run) -> Vec<(String, String)> {
+    let mut v = vec![("TIDINGS_BACKEND".to_string(), run.backend.to_string())];
+    let sqlite_path = run.sqlite_path();
+    let pairs: &[(&str, &str)] = match run.backend {
         "aws" => &[
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
             ("AWS_REGION", "us-east-1"),
@@ -30,6 +32,9 @@ fn backend_env(backend: &str) -> Vec<(String, String)> {
             ("AWS_SECRET_ACCESS_KEY", "test"),
         ],
         "nats" => &[("NATS_URL", "nats://127.0.0.1:4222")],
+        "sqlite" => &[("TIDINGS_SQLITE__PATH", &sqlite_path)],
+        // The machine's server (DATABASE_URL or the default), schema `tidings`; the name prefix keeps runs apart.
+        "postgres" => &[],
         _ => &[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"), ("PUBSUB_PROJECT_ID", "tidings-test")],
     };
     v.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -49,18 +54,31 @@ impl Run {
         Run { backend, prefix: format!("p{id}-"), log }
     }
 
+    /// The database file of a SQLite run (one per run, under the system temp dir).
+    fn sqlite_path(&self) -> String {
+        std::env::temp_dir().join(format!("tidings-process-{}.db", self.prefix)).display().to_string()
+    }
+
     fn settings(&self) -> Settings {
         let mut vars: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         vars.insert("TIDINGS_BACKEND".into(), self.backend.into());
         vars.insert("TIDINGS_NAME_PREFIX".into(), self.prefix.clone());
-        if self.backend == "aws" {
-            vars.insert("TIDINGS_AWS__ENDPOINT_URL".into(), "http://127.0.0.1:4566".into());
-            vars.insert("TIDINGS_AWS__REGION".into(), "us-east-1".into());
-        } else if self.backend == "nats" {
-            vars.insert("TIDINGS_NATS__URL".into(), "nats://127.0.0.1:4222".into());
-        } else {
-            vars.insert("TIDINGS_GCP__ENDPOINT".into(), "http://127.0.0.1:8085".into());
-            vars.insert("TIDINGS_GCP__PROJECT_ID".into(), "tidings-test".into());
+        match self.backend {
+            "aws" => {
+                vars.insert("TIDINGS_AWS__ENDPOINT_URL".into(), "http://127.0.0.1:4566".into());
+                vars.insert("TIDINGS_AWS__REGION".into(), "us-east-1".into());
+            }
+            "sqlite" => {
+                vars.insert("TIDINGS_SQLITE__PATH".into(), self.sqlite_path());
+            }
+            "postgres" => {}
+            "nats" => {
+                vars.insert("TIDINGS_NATS__URL".into(), "nats://127.0.0.1:4222".into());
+            }
+            _ => {
+                vars.insert("TIDINGS_GCP__ENDPOINT".into(), "http://127.0.0.1:8085".into());
+                vars.insert("TIDINGS_GCP__PROJECT_ID".into(), "tidings-test".into());
+            }
         }
         Settings::load(vars).unwrap()
     }
@@ -83,7 +101,7 @@ impl Run {
 
     fn start_worker(&self) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings-test-worker"));
-        cmd.envs(backend_env(self.backend))
+        cmd.envs(backend_env(self))
             .env("TIDINGS_NAME_PREFIX", &self.prefix)
             .env("WORKER_LOG", &self.log)
             .env("WORKER_HANDLE_MS", "1500")
@@ -250,4 +268,24 @@ async fn nats_subscriber_killed_with_sigkill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
     sigterm("nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_subscriber_killed_with_sigkill_loses_nothing() {
+    sigkill("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
+    sigterm("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_subscriber_killed_with_sigkill_loses_nothing() {
+    sigkill("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
+    sigterm("postgres").await;
 }
