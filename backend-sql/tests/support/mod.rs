@@ -10,9 +10,11 @@ use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
 use tidings_sql::{PostgresConfig, SqlBackend, SqliteConfig};
 
-/// Test timing: sub-second deadlines, with a little more room than the in-memory bus for a database round trip.
+/// Test timing: sub-second backoffs; a 2 s ack deadline, because the runtime extends a lease every half deadline
+/// and, on a loaded machine, a SQLite write can wait that long for the lock (with 500 ms, a lease sometimes lapsed
+/// mid-handler and the exactly-once ledger saw the message run twice).
 pub const TIMING: Timing = Timing {
-    ack_deadline: Duration::from_millis(500),
+    ack_deadline: Duration::from_secs(2),
     min_backoff: Duration::from_millis(50),
     max_backoff: Duration::from_millis(200),
     patience: Duration::from_secs(20),
