@@ -33,6 +33,7 @@ fn p99(mut v: Vec<u64>) -> f64 {
 }
 
 struct Run {
+    publish_per_s: f64,
     per_s: f64,
     p99_ms: f64,
     round_trips_per_1000: f64,
@@ -72,6 +73,7 @@ async fn tidings(n: u64) -> Run {
     for t in tasks {
         t.await.unwrap();
     }
+    let published = start.elapsed();
     while done.load(SeqCst) < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -80,6 +82,7 @@ async fn tidings(n: u64) -> Run {
     sub.shutdown(Duration::from_secs(5)).await;
     let lat = std::mem::take(&mut *lat.lock().unwrap());
     Run {
+        publish_per_s: n as f64 / published.as_secs_f64(),
         per_s: n as f64 / elapsed.as_secs_f64(),
         p99_ms: p99(lat),
         round_trips_per_1000: trips as f64 * 1000.0 / n as f64,
@@ -145,11 +148,13 @@ async fn raw(n: u64) -> Run {
     for t in tasks {
         t.await.unwrap();
     }
+    let published = start.elapsed();
     consume.await.unwrap();
     let elapsed = start.elapsed();
     let _ = js.delete_stream(&name).await;
     let lat = std::mem::take(&mut *lat.lock().unwrap());
     Run {
+        publish_per_s: n as f64 / published.as_secs_f64(),
         per_s: n as f64 / elapsed.as_secs_f64(),
         p99_ms: p99(lat),
         round_trips_per_1000: trips.load(SeqCst) as f64 * 1000.0 / n as f64,
@@ -164,9 +169,12 @@ async fn main() {
     let r = raw(n).await;
     let t = tidings(n).await;
     println!(
-        "{{\"bench\":\"nats_roundtrips\",\"messages\":{n},\"publishers\":{PUBLISHERS},\"tidings_deliveries_per_s\":{:.0},\
+        "{{\"bench\":\"nats_roundtrips\",\"messages\":{n},\"publishers\":{PUBLISHERS},\"tidings_publish_per_s\":{:.0},\
+         \"raw_publish_per_s\":{:.0},\"tidings_deliveries_per_s\":{:.0},\
          \"raw_deliveries_per_s\":{:.0},\"vs_raw\":{:.2},\"tidings_p99_ms\":{:.1},\"raw_p99_ms\":{:.1},\
          \"tidings_round_trips_per_1000\":{:.0},\"raw_round_trips_per_1000\":{:.0},\"note\":\"nats-server on the same 2 cores\"}}",
+        t.publish_per_s,
+        r.publish_per_s,
         t.per_s,
         r.per_s,
         t.per_s / r.per_s,

@@ -29,7 +29,6 @@ mod settle;
 mod subscribe;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
@@ -143,9 +142,9 @@ impl Backend for NatsBackend {
         c.max_publish_batch = 256;
         c.max_publish_bytes = MAX_PUBLISH_BYTES;
         c.publish_overhead = PUBLISH_OVERHEAD;
-        // Concurrent publishes share a call: its messages are written at once and their acks awaited together.
-        c.publish_linger = Duration::from_millis(1);
-        c.publish_in_flight = 16;
+        // With a linger, concurrent publishes share a call: written at once, their acks awaited together.
+        c.publish_linger = self.shared.config.publish_linger;
+        c.publish_in_flight = 64;
         c.max_receive_batch = 256;
         c.concurrent_receives = 2;
         c.max_attributes = MAX_USER_ATTRIBUTES;
