@@ -37,7 +37,7 @@ use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 pub use config::{NatsConfig, Provisioning, Storage};
 pub use connect::DEFAULT_URL;
 pub use meta::{MAX_USER_ATTRIBUTES, META_ATTRIBUTE};
-pub use provision::{consumer_config, max_ack_pending, max_deliver, EXACTLY_ONCE_WINDOW, STREAM_RETENTION};
+pub use provision::{EXACTLY_ONCE_WINDOW, STREAM_RETENTION};
 /// Server round trips by operation (`PULL`, `PUBLISH.ACKS`, `FLUSH`, `STREAM.INFO`, ...): what the backend waits for.
 /// Messages written without waiting (publishes before their acks, acks before the flush) are not round trips of their
 /// own.

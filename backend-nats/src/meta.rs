@@ -53,8 +53,14 @@ pub fn split(headers: Option<&HeaderMap>) -> (Option<Meta>, Option<String>, Attr
     for (k, values) in headers.into_iter().flat_map(HeaderMap::iter) {
         let Some(v) = values.last() else { continue };
         let name: &str = k.as_ref();
-        if name == META_ATTRIBUTE {
-            meta = Meta::decode(v.as_str());
+        if name == META_ATTRIBUTE && meta.is_none() {
+            // A foreign producer's header of the same name that is not tidings metadata stays an attribute.
+            match Meta::decode(v.as_str()) {
+                Some(m) => meta = Some(m),
+                None => {
+                    user.insert(name.to_string(), v.as_str().to_string());
+                }
+            }
         } else if name.eq_ignore_ascii_case(NATS_MESSAGE_ID.as_ref()) {
             msg_id = Some(v.as_str().to_string());
         } else if !(name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")) {
@@ -124,5 +130,14 @@ mod tests {
         let h = headers("m1", &meta, &attrs);
         let (m, id, a) = split(Some(&h));
         assert_eq!((m, id, a), (Some(meta), Some("m1".into()), attrs));
+    }
+
+    #[test]
+    fn a_foreign_header_named_tidings_that_is_not_metadata_stays_an_attribute() {
+        let mut h = HeaderMap::new();
+        h.insert(META_ATTRIBUTE, "blue");
+        let (m, _, a) = split(Some(&h));
+        assert_eq!(m, None);
+        assert_eq!(a.get(META_ATTRIBUTE).map(String::as_str), Some("blue"));
     }
 }

@@ -27,16 +27,16 @@ pub const EXACTLY_ONCE_WINDOW: Duration = Duration::from_secs(600);
 const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
 /// `MaxAckPending` is at least this: nacked messages waiting for their backoff and messages parked behind their
 /// ordering key count as pending too, so it must exceed the handler slots by far.
-pub const MIN_ACK_PENDING: i64 = 1000;
+pub(crate) const MIN_ACK_PENDING: i64 = 1000;
 
 /// `MaxDeliver` of a subscription: one more delivery than the runtime's attempts (the runtime dead-letters first,
 /// with the reason); -1 (unlimited) for infinite retries.
-pub fn max_deliver(spec: &SubscriptionSpec) -> i64 {
+pub(crate) fn max_deliver(spec: &SubscriptionSpec) -> i64 {
     spec.config.retry.max_attempts().map_or(-1, |a| i64::from(a) + 1)
 }
 
 /// `MaxAckPending` of a subscription.
-pub fn max_ack_pending(spec: &SubscriptionSpec) -> i64 {
+pub(crate) fn max_ack_pending(spec: &SubscriptionSpec) -> i64 {
     (spec.config.max_concurrency as i64 * 10).max(MIN_ACK_PENDING)
 }
 
@@ -178,7 +178,7 @@ pub(crate) async fn topic(s: &Shared, spec: &TopicSpec) -> Result<TopicNames> {
 }
 
 /// The consumer a subscription must have.
-pub fn consumer_config(spec: &SubscriptionSpec) -> consumer::pull::Config {
+pub(crate) fn consumer_config(spec: &SubscriptionSpec) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(spec.resource.clone()),
         deliver_policy: DeliverPolicy::New,
