@@ -146,7 +146,8 @@ impl Backend for NatsBackend {
         c.publish_linger = self.shared.config.publish_linger;
         c.publish_in_flight = 64;
         c.max_receive_batch = 256;
-        c.concurrent_receives = 2;
+        // One pull at a time per subscription (they share its inbox); a pull takes up to every free handler slot.
+        c.concurrent_receives = 1;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
         c

@@ -1,5 +1,7 @@
-//! One pull request on a durable consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` with a fresh inbox,
-//! read until the batch is full or the server ends the request (404 no messages, 408 expired, 409 limits).
+//! One pull request on a durable consumer: `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`, answered to the
+//! subscription's own inbox, read until the batch is full or the server ends the request (404 no messages, 408
+//! expired, 409 limits). One inbox serves every pull of a driver, one pull at a time: no subscribe and unsubscribe per
+//! pull, and deliveries of a pull that was given up on (a receive cancelled at shutdown) go to the next one.
 
 use std::time::Duration;
 
@@ -15,20 +17,46 @@ pub struct Pulled {
     pub messages: Vec<async_nats::Message>,
 }
 
+/// A driver's reply subject and its subscription.
+#[derive(Debug)]
+pub struct Inbox {
+    subject: String,
+    sub: async_nats::Subscriber,
+}
+
+impl Inbox {
+    pub async fn new(s: &Shared, names: &SubNames) -> Result<Self> {
+        let subject = s.client.new_inbox();
+        let sub =
+            s.client.subscribe(subject.clone()).await.map_err(|e| {
+                Error::backend(format!("nats: inbox for consumer {} failed: {e}", names.consumer), true)
+            })?;
+        Ok(Self { subject, sub })
+    }
+}
+
 /// Pulls up to `batch` messages. `expires: None` takes only what is there now (`no_wait`); `Some(d)` waits up to `d`
 /// for the batch to fill.
-pub async fn pull(s: &Shared, names: &SubNames, batch: usize, expires: Option<Duration>) -> Result<Pulled> {
+pub async fn pull(
+    s: &Shared,
+    names: &SubNames,
+    inbox: &mut Inbox,
+    batch: usize,
+    expires: Option<Duration>,
+) -> Result<Pulled> {
     let op = |e: &dyn std::fmt::Display| {
         Error::backend(format!("nats: pull from consumer {} failed: {e}", names.consumer), true)
     };
-    let inbox = s.client.new_inbox();
-    let mut sub = s.client.subscribe(inbox.clone()).await.map_err(|e| op(&e))?;
+    let sub = &mut inbox.sub;
     let body = match expires {
         None => json!({ "batch": batch, "no_wait": true }),
         Some(d) => json!({ "batch": batch, "expires": d.as_nanos() as u64 }),
     };
     s.calls.count("PULL");
-    s.client.publish_with_reply(names.next_subject(), inbox, body.to_string().into()).await.map_err(|e| op(&e))?;
+    s.client
+        .publish_with_reply(names.next_subject(), inbox.subject.clone(), body.to_string().into())
+        .await
+        .map_err(|e| op(&e))?;
     // The server answers a no_wait pull at once and ends a waiting one at `expires`; past this, the connection was
     // lost (the client reconnects, but the request died with the old connection).
     let limit = expires.unwrap_or_default() + s.config.request_timeout;
@@ -37,7 +65,7 @@ pub async fn pull(s: &Shared, names: &SubNames, batch: usize, expires: Option<Du
     while messages.len() < batch {
         let m = match tokio::time::timeout_at(deadline, sub.next()).await {
             Ok(Some(m)) => m,
-            Ok(None) => break,
+            Ok(None) => return Err(op(&"the inbox subscription closed")),
             Err(_) if messages.is_empty() && expires.is_none() => {
                 return Err(Error::backend(
                     format!("nats: pull from consumer {}: no answer within {limit:?}", names.consumer),
@@ -81,6 +109,5 @@ pub async fn pull(s: &Shared, names: &SubNames, batch: usize, expires: Option<Du
             }
         }
     }
-    let _ = sub.unsubscribe().await;
     Ok(Pulled { messages })
 }

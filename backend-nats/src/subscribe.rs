@@ -16,7 +16,7 @@ use tidings_core::{DeadLetter, MessageId, Result};
 use crate::meta::{delivery, from_micros, split};
 use crate::names::SubNames;
 use crate::order::Sequencer;
-use crate::pull::pull;
+use crate::pull::{pull, Inbox};
 use crate::settle::{ack_sync, nak, reply, send};
 use crate::{dlq, provision, Shared};
 
@@ -34,6 +34,8 @@ pub struct NatsSubscription {
     /// The last receive found the consumer drained: the next one starts with a waiting pull.
     dry: AtomicBool,
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The reply subject of this driver's pulls, made on the first receive.
+    inbox: tokio::sync::Mutex<Option<Inbox>>,
     backstop: tokio::task::JoinHandle<()>,
 }
 
@@ -50,6 +52,7 @@ impl NatsSubscription {
             seq,
             dry: AtomicBool::new(false),
             keeper: Mutex::new(keeper),
+            inbox: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -98,6 +101,37 @@ impl NatsSubscription {
             tracing::debug!(error = %e, "skipped deliveries return later");
         }
         out
+    }
+
+    /// Pulls for one receive: without waiting while messages are there, else one waiting pull and one for the rest.
+    async fn pulled(&self, inbox: &mut Inbox, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        let mut out;
+        if !self.dry.load(Ordering::Relaxed) {
+            let got = pull(&self.s, &self.names, inbox, max, None).await?.messages;
+            self.dry.store(got.len() < max, Ordering::Relaxed);
+            out = self.accept(got).await;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        let holding = self.seq.as_ref().is_some_and(|q| q.is_holding());
+        let mut wait = wait.min(self.s.config.wait_time).max(Duration::from_millis(1));
+        if holding {
+            wait = wait.min(HOLDING_WAIT);
+        }
+        let mut got = pull(&self.s, &self.names, inbox, 1, Some(wait)).await?.messages;
+        if !got.is_empty() && max > 1 {
+            match pull(&self.s, &self.names, inbox, max - 1, None).await {
+                Ok(rest) => {
+                    self.dry.store(rest.messages.len() < max - 1, Ordering::Relaxed);
+                    got.extend(rest.messages);
+                }
+                Err(e) => tracing::debug!(error = %e, "second pull failed; returning the first message"),
+            }
+        }
+        out = self.accept(got).await;
+        out.extend(self.ready(max.saturating_sub(out.len())));
+        Ok(out)
     }
 
     fn ready(&self, max: usize) -> Vec<ReceivedMessage> {
@@ -150,36 +184,19 @@ impl Drop for NatsSubscription {
 impl SubscriptionDriver for NatsSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let max = max.max(1);
-        let mut out = self.ready(max);
+        let out = self.ready(max);
         if !out.is_empty() {
             return Ok(out);
         }
-        if !self.dry.load(Ordering::Relaxed) {
-            let got = pull(&self.s, &self.names, max, None).await?.messages;
-            self.dry.store(got.len() < max, Ordering::Relaxed);
-            out = self.accept(got).await;
-            if !out.is_empty() {
-                return Ok(out);
-            }
+        let mut guard = self.inbox.lock().await;
+        if guard.is_none() {
+            *guard = Some(Inbox::new(&self.s, &self.names).await?);
         }
-        let holding = self.seq.as_ref().is_some_and(|q| q.is_holding());
-        let mut wait = wait.min(self.s.config.wait_time).max(Duration::from_millis(1));
-        if holding {
-            wait = wait.min(HOLDING_WAIT);
+        let r = self.pulled(guard.as_mut().expect("made above"), max, wait).await;
+        if r.is_err() {
+            *guard = None; // a fresh inbox next time
         }
-        let mut got = pull(&self.s, &self.names, 1, Some(wait)).await?.messages;
-        if !got.is_empty() && max > 1 {
-            match pull(&self.s, &self.names, max - 1, None).await {
-                Ok(rest) => {
-                    self.dry.store(rest.messages.len() < max - 1, Ordering::Relaxed);
-                    got.extend(rest.messages);
-                }
-                Err(e) => tracing::debug!(error = %e, "second pull failed; returning the first message"),
-            }
-        }
-        let mut out = self.accept(got).await;
-        out.extend(self.ready(max.saturating_sub(out.len())));
-        Ok(out)
+        r
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
