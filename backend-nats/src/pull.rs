@@ -33,6 +33,16 @@ impl Inbox {
             })?;
         Ok(Self { subject, sub })
     }
+
+    /// The next message or status on the inbox.
+    pub async fn next(&mut self) -> Option<async_nats::Message> {
+        self.sub.next().await
+    }
+
+    /// Unsubscribes.
+    pub async fn close(mut self) {
+        let _ = self.sub.unsubscribe().await;
+    }
 }
 
 /// Pulls up to `batch` messages. `expires: None` takes only what is there now (`no_wait`); `Some(d)` waits up to `d`

@@ -20,6 +20,8 @@ use crate::pull::{pull, Inbox};
 use crate::settle::{ack_sync, nak, reply, send};
 use crate::{dlq, provision, Shared};
 
+/// How long past its expiry a pull may still bring messages (the server's answer in flight).
+const RELEASE_MARGIN: Duration = Duration::from_millis(500);
 /// Longest waiting pull while messages are parked behind their keys (released ones are handed out after it).
 const HOLDING_WAIT: Duration = Duration::from_millis(200);
 
@@ -36,6 +38,9 @@ pub struct NatsSubscription {
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The reply subject of this driver's pulls, made on the first receive.
     inbox: tokio::sync::Mutex<Option<Inbox>>,
+    /// Set while a pull runs, to when the server may still answer it: left set when its receive was dropped (at
+    /// shutdown), so `close` knows to collect and release what that pull still brings.
+    open_pull: Mutex<Option<tokio::time::Instant>>,
     backstop: tokio::task::JoinHandle<()>,
 }
 
@@ -53,6 +58,7 @@ impl NatsSubscription {
             dry: AtomicBool::new(false),
             keeper: Mutex::new(keeper),
             inbox: tokio::sync::Mutex::new(None),
+            open_pull: Mutex::new(None),
         }
     }
 
@@ -103,11 +109,47 @@ impl NatsSubscription {
         out
     }
 
+    /// One pull, remembered as open until it returns.
+    async fn pull(&self, inbox: &mut Inbox, batch: usize, expires: Option<Duration>) -> Result<crate::pull::Pulled> {
+        let until = tokio::time::Instant::now() + expires.unwrap_or_default() + RELEASE_MARGIN;
+        *self.open_pull.lock().unwrap() = Some(until);
+        let r = pull(&self.s, &self.names, inbox, batch, expires).await;
+        *self.open_pull.lock().unwrap() = None;
+        r
+    }
+
+    /// Releases (nacks, without delay) what nobody will handle: deliveries a dropped receive's pull still brings into
+    /// the inbox, and messages parked behind their ordering key. Then the inbox goes.
+    async fn release(&self) -> Result<()> {
+        let mut left: Vec<AckId> = self.seq.as_ref().map(|q| q.held()).unwrap_or_default();
+        if let Some(q) = &self.seq {
+            q.clear();
+        }
+        if let Some(mut inbox) = self.inbox.lock().await.take() {
+            let until = self.open_pull.lock().unwrap().take();
+            loop {
+                let next = match until {
+                    Some(until) => tokio::time::timeout_at(until, inbox.next()).await.ok().flatten(),
+                    None => futures_util::FutureExt::now_or_never(inbox.next()).flatten(),
+                };
+                let Some(m) = next else { break };
+                match m.status.map(|s| s.as_u16()) {
+                    None | Some(200) => left.extend(m.reply.map(|r| AckId::Text(r.as_str().into()))),
+                    Some(100) => {}
+                    Some(_) => break, // the pull ended
+                }
+            }
+            inbox.close().await;
+        }
+        let items = left.iter().map(|id| (reply(id).to_string(), nak(Duration::ZERO))).collect();
+        send(&self.s, "release at close", items).await
+    }
+
     /// Pulls for one receive: without waiting while messages are there, else one waiting pull and one for the rest.
     async fn pulled(&self, inbox: &mut Inbox, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let mut out;
         if !self.dry.load(Ordering::Relaxed) {
-            let got = pull(&self.s, &self.names, inbox, max, None).await?.messages;
+            let got = self.pull(inbox, max, None).await?.messages;
             self.dry.store(got.len() < max, Ordering::Relaxed);
             out = self.accept(got).await;
             if !out.is_empty() {
@@ -119,9 +161,9 @@ impl NatsSubscription {
         if holding {
             wait = wait.min(HOLDING_WAIT);
         }
-        let mut got = pull(&self.s, &self.names, inbox, 1, Some(wait)).await?.messages;
+        let mut got = self.pull(inbox, 1, Some(wait)).await?.messages;
         if !got.is_empty() && max > 1 {
-            match pull(&self.s, &self.names, inbox, max - 1, None).await {
+            match self.pull(inbox, max - 1, None).await {
                 Ok(rest) => {
                     self.dry.store(rest.messages.len() < max - 1, Ordering::Relaxed);
                     got.extend(rest.messages);
@@ -244,12 +286,8 @@ impl SubscriptionDriver for NatsSubscription {
     }
 
     async fn close(&self) -> Result<()> {
-        // What was parked comes back after its ack wait, to whichever process consumes then.
-        if let Some(q) = &self.seq {
-            q.clear();
-        }
         self.dry.store(false, Ordering::Relaxed);
-        Ok(())
+        self.release().await
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {
