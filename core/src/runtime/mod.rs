@@ -199,6 +199,9 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
         };
         match received {
             Ok(batch) => {
+                // Every lease of the batch started about now: extensions are scheduled from here, not from when a
+                // handler happens to start (on a busy machine that can be much later).
+                let received_at = tokio::time::Instant::now();
                 if !batch.is_empty() {
                     ctx.runner.activity.received(batch.len());
                 }
@@ -218,7 +221,7 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
                     let n: usize = group.iter().map(Chain::len).sum();
                     let slots = if all.peek().is_some() { permits.split(n) } else { None };
                     let slots = slots.unwrap_or_else(|| std::mem::replace(&mut permits, empty_permit(&sem)));
-                    tasks.spawn(run_group(ctx.clone(), group, slots));
+                    tasks.spawn(run_group(ctx.clone(), group, slots, received_at));
                 }
             }
             Err(e) => {
@@ -336,6 +339,7 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     group: Vec<Chain>,
     mut slots: OwnedSemaphorePermit,
+    received_at: tokio::time::Instant,
 ) {
     let mut acks = Vec::with_capacity(slots.num_permits());
     let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
@@ -350,13 +354,13 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
                 Begin::Done(Done::Ok) => acks.push(msg.ack_id),
                 b => {
                     let permit = slots.split(1).expect("one slot per delivery");
-                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b).map(drop)));
+                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, received_at).map(drop)));
                 }
             },
             Chain::Many(msgs) => {
                 let chain: Vec<Delivery> =
                     msgs.into_iter().map(|m| (m, slots.split(1).expect("one slot per delivery"))).collect();
-                slow.push(Box::pin(process_chain(ctx.clone(), chain)));
+                slow.push(Box::pin(process_chain(ctx.clone(), chain, received_at)));
             }
         }
     }
@@ -376,7 +380,11 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
 
 /// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
 /// delay, so they are redelivered after it.
-async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, chain: Vec<Delivery>) {
+async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    chain: Vec<Delivery>,
+    received_at: tokio::time::Instant,
+) {
     let mut chain = chain.into_iter();
     while let Some((msg, permit)) = chain.next() {
         if ctx.runner.cancel.is_cancelled() {
@@ -385,7 +393,7 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx
             return;
         }
         let b = begin(&ctx, &msg).await;
-        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b).await {
+        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, received_at).await {
             // The same delay: brokers that let later messages of a group through while an earlier one is invisible
             // (LocalStack does) still return them after it.
             for (rest, _permit) in chain.by_ref() {
@@ -457,12 +465,13 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     msg: ReceivedMessage,
     permit: OwnedSemaphorePermit,
     begun: Begin,
+    received_at: tokio::time::Instant,
 ) -> Outcome {
     let attempt = msg.attempt;
     let policy = ctx.runner.spec.config.retry;
     let finished = match begun {
         Begin::Done(d) => d,
-        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, fut).await),
+        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, received_at, fut).await),
     };
     let failure = match finished {
         Done::Ok => {
@@ -488,7 +497,7 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
     drop(permit);
     let cancel = ctx.runner.cancel.clone();
-    let _ = with_lease(&ctx, &msg.ack_id, async {
+    let _ = with_lease(&ctx, &msg.ack_id, received_at, async {
         tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
     })
     .await;
@@ -501,10 +510,13 @@ fn dead_letter<T>(ctx: &Ctx<T>, message: ReceivedMessage, reason: String) {
     let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
 }
 
-/// Runs `fut` while extending the delivery's lease every half ack deadline.
-async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Output {
+/// Runs `fut` while extending the delivery's lease every third of the ack deadline, counted from `leased_at` (when
+/// the lease began): a lease whose first third passed before the handler started is extended at once, so a delivery
+/// that waited for its turn on a busy machine does not expire under a running handler.
+async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, leased_at: tokio::time::Instant, fut: F) -> F::Output {
     let deadline = ctx.runner.spec.config.ack_deadline;
-    let period = (deadline / 2).max(Duration::from_millis(1));
+    let period = (deadline / 3).max(Duration::from_millis(1));
+    let mut next = leased_at + period;
     let mut fut = std::pin::pin!(fut);
     loop {
         // Biased: the work is polled before the lease timer (handlers that finish on their first poll never get here:
@@ -512,10 +524,11 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, fut: F) -> F::Ou
         tokio::select! {
             biased;
             out = &mut fut => return out,
-            _ = tokio::time::sleep(period) => {
+            _ = tokio::time::sleep_until(next) => {
                 if let Err(e) = ctx.runner.driver.extend_lease(vec![ack_id.clone()], deadline).await {
                     tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
                 }
+                next = tokio::time::Instant::now() + period;
             }
         }
     }
