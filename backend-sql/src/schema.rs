@@ -75,7 +75,11 @@ pub(crate) fn ddl(t: &Tables, ty: &Types) -> Vec<String> {
             b = ty.bytes
         ),
         format!("CREATE INDEX IF NOT EXISTS {i}_claim ON {d} (sub, state, seq)"),
-        format!("CREATE INDEX IF NOT EXISTS {i}_key ON {d} (sub, ordering_key, seq) WHERE state = 0"),
+        // Only keyed rows: unordered topics pay nothing for it.
+        format!(
+            "CREATE INDEX IF NOT EXISTS {i}_key ON {d} (sub, ordering_key, seq) WHERE state = 0 AND ordering_key IS \
+             NOT NULL"
+        ),
         format!("CREATE UNIQUE INDEX IF NOT EXISTS {i}_dedup ON {d} (sub, message_id) WHERE dedup"),
     ]
 }

@@ -39,7 +39,7 @@ pub(crate) struct Sql {
 fn head(d: &str) -> String {
     format!(
         " AND (d.ordering_key IS NULL OR d.seq = (SELECT min(h.seq) FROM {d} h WHERE h.sub = d.sub AND h.state = \
-         {PENDING} AND h.ordering_key = d.ordering_key))"
+         {PENDING} AND h.ordering_key IS NOT NULL AND h.ordering_key = d.ordering_key))"
     )
 }
 
