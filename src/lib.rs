@@ -24,11 +24,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub use tidings_core::topology;
 pub use tidings_core::{
-    backend, cloud, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name, wire,
-    Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
+    admin, backend, cloud, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
+    wire, Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
     HandlerError, HandlerResult, Layer, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings,
-    Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig,
+    Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig, Topology,
 };
 
 #[cfg(feature = "local")]
@@ -46,6 +47,9 @@ pub use tidings_nats as nats;
 /// The durable SQL backends (features `sqlite`, `postgres`), and `publish_in` for the application's transaction.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use tidings_sql as sql;
+
+#[cfg(feature = "dashboard")]
+pub use tidings_dashboard as dashboard;
 
 use std::sync::Arc;
 

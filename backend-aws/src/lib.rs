@@ -15,6 +15,7 @@
 //! `aws.endpoint_url` (LocalStack, SNS/SQS-compatible providers).
 #![warn(missing_docs)]
 
+mod admin;
 pub mod config;
 mod error;
 mod meta;
@@ -157,5 +158,9 @@ impl Backend for AwsBackend {
         let topic = provision::topic(&self.shared, &spec.topic).await?;
         let res = provision::subscription(&self.shared, spec, &topic).await?;
         Ok(Arc::new(subscribe::AwsSubscription::new(self.shared.clone(), res, spec.topic.config.ordered)))
+    }
+
+    fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
+        Some(Arc::new(admin::AwsAdmin { s: self.shared.clone() }))
     }
 }

@@ -63,16 +63,16 @@ impl Drop for Pending {
 }
 
 /// A message read from a queue, in tidings terms.
-struct Read {
-    msg: ReceivedMessage,
-    meta: Option<Meta>,
+pub(crate) struct Read {
+    pub(crate) msg: ReceivedMessage,
+    pub(crate) meta: Option<Meta>,
 }
 
 fn secs(d: Duration) -> i32 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).min(43_200) as i32
 }
 
-fn handle(id: &AckId) -> &str {
+pub(crate) fn handle(id: &AckId) -> &str {
     match id {
         AckId::Text(h) => h,
         AckId::Num(_) => "",
@@ -93,7 +93,13 @@ impl AwsSubscription {
         }
     }
 
-    async fn read(&self, url: &str, max: usize, wait: Duration, visibility: Option<i32>) -> Result<Vec<Read>> {
+    pub(crate) async fn read(
+        &self,
+        url: &str,
+        max: usize,
+        wait: Duration,
+        visibility: Option<i32>,
+    ) -> Result<Vec<Read>> {
         self.s.calls.count("sqs:ReceiveMessage");
         let mut req = self
             .s
@@ -146,7 +152,7 @@ impl AwsSubscription {
             .collect())
     }
 
-    async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
+    pub(crate) async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
         for chunk in items.chunks(10) {
             let entries = chunk
                 .iter()
@@ -178,7 +184,7 @@ impl AwsSubscription {
         Ok(())
     }
 
-    async fn delete(&self, url: &str, handles: &[&str]) -> Result<()> {
+    pub(crate) async fn delete(&self, url: &str, handles: &[&str]) -> Result<()> {
         for chunk in handles.chunks(10) {
             let entries = chunk
                 .iter()
@@ -209,7 +215,14 @@ impl AwsSubscription {
     }
 
     /// Sends a copy of a message to `url` (the DLQ, or the subscription queue on redrive).
-    async fn send_copy(&self, url: &str, body: &[u8], attributes: &Attributes, meta: &Meta, dedup: &str) -> Result<()> {
+    pub(crate) async fn send_copy(
+        &self,
+        url: &str,
+        body: &[u8],
+        attributes: &Attributes,
+        meta: &Meta,
+        dedup: &str,
+    ) -> Result<()> {
         let attr = |v: &str| {
             MessageAttributeValue::builder()
                 .data_type("String")

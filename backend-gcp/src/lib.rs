@@ -15,6 +15,7 @@
 //! `http://$PUBSUB_EMULATOR_HOST` with anonymous credentials (the crate itself does not read that variable).
 #![warn(missing_docs)]
 
+mod admin;
 pub mod config;
 mod error;
 mod meta;
@@ -199,5 +200,9 @@ impl Backend for GcpBackend {
         subscribe::GcpSubscription::spawn_reaper(&sub);
         subs.insert(spec.resource.clone(), sub.clone());
         Ok(sub)
+    }
+
+    fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
+        Some(Arc::new(admin::GcpAdmin { s: self.shared.clone() }))
     }
 }

@@ -142,15 +142,15 @@ fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
     (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000)
 }
 
-fn meta_of(m: &GMessage) -> Option<Meta> {
+pub(crate) fn meta_of(m: &GMessage) -> Option<Meta> {
     m.attributes.get(META_ATTRIBUTE).and_then(|v| Meta::decode(v))
 }
 
-fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
+pub(crate) fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
     meta.map_or_else(|| m.message_id.clone(), |x| x.id.clone())
 }
 
-fn user_attributes(m: &GMessage) -> Attributes {
+pub(crate) fn user_attributes(m: &GMessage) -> Attributes {
     m.attributes
         .iter()
         // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is.
@@ -161,7 +161,7 @@ fn user_attributes(m: &GMessage) -> Attributes {
         .collect()
 }
 
-fn publish_time(m: &GMessage, meta: Option<&Meta>) -> std::time::SystemTime {
+pub(crate) fn publish_time(m: &GMessage, meta: Option<&Meta>) -> std::time::SystemTime {
     match meta {
         Some(x) => from_micros(x.ts),
         None => m.publish_time.as_ref().map_or(std::time::SystemTime::now(), |t| {

@@ -223,6 +223,10 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>>;
     /// Ensures (or verifies) the subscription and its DLQ, and returns its driver.
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>>;
+    /// Operator access (the `tidings` CLI, the dashboard) where the backend's state lives outside one process.
+    fn admin(&self) -> Option<Arc<dyn crate::admin::Admin>> {
+        None
+    }
 }
 
 /// Publishes to one topic.

@@ -416,6 +416,16 @@ impl Bus {
         self.publisher(topic.name(), topic.config()).await?.publish_many(&mut batch).await?;
         Ok(ids)
     }
+
+    /// Topics in use on this bus, with their configs (for [`Bus::topology`]).
+    pub(crate) fn declared_topics(&self) -> Vec<(String, TopicConfig)> {
+        self.inner.topics.read().unwrap().iter().map(|(n, e)| (n.clone(), e.config)).collect()
+    }
+
+    /// Subscriptions running on this bus (for [`Bus::topology`] and the operator tools).
+    pub(crate) fn runners(&self) -> Vec<Arc<Runner>> {
+        self.inner.subscriptions.lock().unwrap().running.iter().filter(|r| !r.is_stopped()).cloned().collect()
+    }
 }
 
 /// For backends and tools: the outbox, operator tools and backend tests.

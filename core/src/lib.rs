@@ -5,6 +5,7 @@
 //! [`SubscriptionDriver`].
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 mod bus;
 pub mod calls;
@@ -23,6 +24,7 @@ mod runtime;
 pub mod subscription;
 pub mod time;
 pub mod topic;
+pub mod topology;
 pub mod wire;
 
 #[cfg(feature = "conformance")]
@@ -41,3 +43,4 @@ pub use retry::RetryPolicy;
 pub use runtime::Subscription;
 pub use subscription::{SubscriptionConfig, SubscriptionOverride};
 pub use topic::{DeliveryGuarantee, Topic, TopicConfig};
+pub use topology::Topology;

@@ -1,0 +1,264 @@
+//! The operator SPI on SNS + SQS: topics from `ListTopics`, their queues from `ListSubscriptionsByTopic`, figures
+//! from `GetQueueAttributes`, dead letters read by receiving from the DLQ with a visibility timeout and making them
+//! visible again, redrive as `SendMessage` to the subscription queue then `DeleteMessage` from the DLQ (one message at
+//! a time, so an interruption leaves each one in either queue, or in both, never in neither).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::QueueAttributeName as Q;
+use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec};
+use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
+
+use crate::error::sdk;
+use crate::meta::{from_micros, micros};
+use crate::names::{fit, MAX_QUEUE_NAME};
+use crate::provision::{queue_attributes, queue_names, topic_name, SubRes};
+use crate::subscribe::{handle, AwsSubscription, Read};
+use crate::Shared;
+
+/// How long a message read during a sweep stays hidden from consumers.
+const SWEEP_VISIBILITY: i32 = 30;
+
+/// Operator access to SNS topics and SQS queues.
+#[derive(Debug)]
+pub(crate) struct AwsAdmin {
+    pub(crate) s: Arc<Shared>,
+}
+
+fn last_segment(arn: &str) -> &str {
+    arn.rsplit(':').next().unwrap_or(arn)
+}
+
+fn dead_letter(r: Read) -> DeadLetter {
+    let meta = r.meta.unwrap_or_default();
+    DeadLetter {
+        id: r.msg.id,
+        payload: r.msg.payload,
+        attributes: r.msg.attributes,
+        ordering_key: meta.key,
+        publish_time: r.msg.publish_time,
+        attempts: meta.attempts.unwrap_or(0),
+        reason: meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into()),
+        dead_lettered_at: meta.dlq_ts.map_or(SystemTime::now(), from_micros),
+    }
+}
+
+impl AwsAdmin {
+    async fn topic_arns(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut pages = self.s.sns.list_topics().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            self.s.calls.count("sns:ListTopics");
+            let page = page.map_err(|e| sdk("ListTopics", prefix, e))?;
+            for t in page.topics() {
+                let arn = t.topic_arn().unwrap_or_default();
+                if last_segment(arn).starts_with(prefix) {
+                    out.push(arn.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn queue_arns_of(&self, topic_arn: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut pages = self.s.sns.list_subscriptions_by_topic().topic_arn(topic_arn).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            self.s.calls.count("sns:ListSubscriptionsByTopic");
+            let page = page.map_err(|e| sdk("ListSubscriptionsByTopic", topic_arn, e))?;
+            for sub in page.subscriptions() {
+                if sub.protocol() == Some("sqs") {
+                    let endpoint = sub.endpoint().unwrap_or_default().to_string();
+                    out.push((endpoint, sub.subscription_arn().unwrap_or_default().to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn queue_url(&self, name: &str) -> Result<String> {
+        self.s.calls.count("sqs:GetQueueUrl");
+        let out = self.s.sqs.get_queue_url().queue_name(name).send().await.map_err(|e| {
+            let e = sdk("GetQueueUrl", name, e);
+            match e.kind() {
+                ErrorKind::NotFound => {
+                    Error::new(ErrorKind::NotFound, format!("aws: SQS queue {name:?} does not exist"))
+                }
+                _ => e,
+            }
+        })?;
+        Ok(out.queue_url().unwrap_or_default().to_string())
+    }
+
+    /// The subscription's queues (from config for `provisioning = "off"` setups, else by name).
+    async fn driver(&self, spec: &SubscriptionSpec) -> Result<(AwsSubscription, SubRes)> {
+        let key = format!("{}.{}", spec.topic.name, spec.name);
+        let c = &self.s.config;
+        let (name, dlq_name) = queue_names(spec);
+        let queue_url = match c.queue_urls.get(&key) {
+            Some(u) => u.clone(),
+            None => self.queue_url(&name).await?,
+        };
+        let dlq_url = match c.dlq_urls.get(&key) {
+            Some(u) => u.clone(),
+            None => self.queue_url(&dlq_name).await?,
+        };
+        let fifo = name.ends_with(".fifo");
+        let res = SubRes { queue_url, dlq_url, fifo };
+        Ok((AwsSubscription::new(self.s.clone(), res.clone(), spec.topic.config.ordered), res))
+    }
+
+    /// Reads the DLQ through once: each selected message is redriven (a copy sent to the subscription queue first)
+    /// or only deleted; the others are made visible again at the end.
+    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
+        let (sub, res) = self.driver(spec).await?;
+        let dlq = res.dlq_url.clone();
+        // A slow pace takes one message per receive, so none waits past its visibility timeout.
+        let per_read = if pace.interval().is_some_and(|i| i > Duration::from_secs(1)) { 1 } else { 10 };
+        let mut skipped_ids = HashSet::new();
+        let mut skipped = Vec::new();
+        let mut done = 0;
+        loop {
+            let batch = sub.read(&dlq, per_read, Duration::from_secs(1), Some(SWEEP_VISIBILITY)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut progress = false;
+            for r in batch {
+                let ack = r.msg.ack_id.clone();
+                let h = handle(&ack).to_string();
+                let d = dead_letter(r);
+                if !select(&d) {
+                    progress |= skipped_ids.insert(d.id.clone());
+                    skipped.push((ack, 0));
+                    continue;
+                }
+                progress = true;
+                pace.wait().await;
+                if redrive {
+                    let meta = crate::meta::Meta {
+                        id: d.id.to_string(),
+                        ts: micros(d.publish_time),
+                        key: d.ordering_key.clone(),
+                        ..Default::default()
+                    };
+                    let dedup = format!("{}-redrive-{}", d.id, uuid::Uuid::now_v7().simple());
+                    sub.send_copy(&res.queue_url, &d.payload, &d.attributes, &meta, &dedup).await?;
+                }
+                sub.delete(&dlq, &[h.as_str()]).await?;
+                pace.done();
+                done += 1;
+            }
+            if !progress {
+                break;
+            }
+        }
+        if !skipped.is_empty() {
+            sub.change_visibility(&dlq, skipped, "dead-letter sweep").await?;
+        }
+        Ok(done)
+    }
+
+    async fn delete_queue(&self, url: &str) -> Result<()> {
+        self.s.calls.count("sqs:DeleteQueue");
+        self.s.sqs.delete_queue().queue_url(url).send().await.map_err(|e| sdk("DeleteQueue", url, e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Admin for AwsAdmin {
+    async fn list(&self, prefix: &str) -> Result<Vec<TopicResource>> {
+        let mut out = Vec::new();
+        for arn in self.topic_arns(prefix).await? {
+            let name = last_segment(&arn);
+            let fifo = name.ends_with(".fifo");
+            let config = if fifo { TopicConfig::exactly_once().ordered() } else { TopicConfig::at_least_once() };
+            let mut subscriptions = Vec::new();
+            for (queue_arn, _) in self.queue_arns_of(&arn).await? {
+                let queue = last_segment(&queue_arn);
+                let resource = queue.strip_suffix(".fifo").unwrap_or(queue).to_string();
+                let dlq = fit(&resource, "-dlq", fifo, MAX_QUEUE_NAME);
+                subscriptions.push(SubscriptionResource { resource, dead_letter_resource: Some(dlq) });
+            }
+            subscriptions.sort_by(|a, b| a.resource.cmp(&b.resource));
+            subscriptions.dedup();
+            out.push(TopicResource {
+                resource: name.strip_suffix(".fifo").unwrap_or(name).to_string(),
+                config: Some(config),
+                subscriptions,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
+        let (_, res) = self.driver(spec).await?;
+        let n = |a: &std::collections::HashMap<Q, String>, k: Q| a.get(&k).and_then(|v| v.parse::<u64>().ok());
+        let q = queue_attributes(&self.s, &res.queue_url).await?;
+        let d = queue_attributes(&self.s, &res.dlq_url).await?;
+        let visible = n(&q, Q::ApproximateNumberOfMessages);
+        let in_flight = n(&q, Q::ApproximateNumberOfMessagesNotVisible);
+        let delayed = n(&q, Q::ApproximateNumberOfMessagesDelayed);
+        let backlog = match (visible, in_flight, delayed) {
+            (Some(a), Some(b), c) => Some(a + b + c.unwrap_or(0)),
+            _ => None,
+        };
+        let dead = match (n(&d, Q::ApproximateNumberOfMessages), n(&d, Q::ApproximateNumberOfMessagesNotVisible)) {
+            (Some(a), b) => Some(a + b.unwrap_or(0)),
+            _ => None,
+        };
+        Ok(SubscriptionStats { backlog, in_flight, oldest_unacked: None, dead_letters: dead })
+    }
+
+    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
+        let mut out = self.driver(spec).await?.0.dead_letters(max).await?;
+        out.sort_by_key(|d| d.dead_lettered_at);
+        Ok(out)
+    }
+
+    async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
+        self.sweep(spec, select, pace, true).await
+    }
+
+    async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
+        self.sweep(spec, select, pace, false).await
+    }
+
+    async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {
+        let (_, res) = self.driver(spec).await?;
+        let queue_arn = queue_attributes(&self.s, &res.queue_url).await?.remove(&Q::QueueArn).unwrap_or_default();
+        let topic = topic_name(&spec.topic);
+        for arn in self.topic_arns(&topic).await?.iter().filter(|a| last_segment(a) == topic) {
+            for (endpoint, sub_arn) in self.queue_arns_of(arn).await? {
+                if endpoint == queue_arn {
+                    self.s.calls.count("sns:Unsubscribe");
+                    self.s
+                        .sns
+                        .unsubscribe()
+                        .subscription_arn(&sub_arn)
+                        .send()
+                        .await
+                        .map_err(|e| sdk("Unsubscribe", &sub_arn, e))?;
+                }
+            }
+        }
+        self.delete_queue(&res.queue_url).await?;
+        self.delete_queue(&res.dlq_url).await
+    }
+
+    fn unknown(&self) -> Vec<Unknown> {
+        vec![
+            (
+                "oldest_unacked",
+                "SQS reports the oldest message's age to CloudWatch only (ApproximateAgeOfOldestMessage)",
+            ),
+            ("rates", "SNS and SQS report message rates to CloudWatch only"),
+        ]
+    }
+}

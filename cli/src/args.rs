@@ -1,0 +1,157 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Operate tidings topics, subscriptions and dead letters on the backend the configuration names (tidings.toml,
+/// TIDINGS_* and the cloud's own environment, exactly as the application reads them).
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Config file (default ./tidings.toml; same as TIDINGS_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<String>,
+    /// Backend (same as TIDINGS_BACKEND).
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+    /// Name prefix (same as TIDINGS_NAME_PREFIX).
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Topics and subscriptions under the name prefix, with backlog, in-flight, oldest unacked age and DLQ depth.
+    Ls,
+    /// Dead-letter queues: list, show, redrive, purge.
+    #[command(subcommand)]
+    Dlq(Dlq),
+    /// Publishes one message.
+    Publish(Publish),
+    /// Serves the dashboard page: topology, backlog and DLQ depth per subscription, dead letters by reason.
+    Dashboard(DashboardArgs),
+    /// Prints messages published to a topic, through a temporary subscription removed on exit (Ctrl-C included).
+    Tail(Tail),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Dlq {
+    /// Lists dead letters of a subscription.
+    Ls(DlqLs),
+    /// Shows one dead letter: payload pretty-printed, attributes, attempts, reason, times.
+    /// `dlq show ID` searches every subscription; `dlq show TOPIC SUBSCRIPTION ID` one.
+    Show {
+        /// [TOPIC SUBSCRIPTION] ID
+        #[arg(num_args = 1..=3, required = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Moves dead letters back into their subscription (attempt counter reset).
+    Redrive(Action),
+    /// Deletes dead letters for good (asks first; --yes does not).
+    Purge(Action),
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Topic (logical name, as in code).
+    pub topic: String,
+    /// Subscription (logical name).
+    pub subscription: String,
+}
+
+#[derive(Debug, Args)]
+pub struct Filters {
+    /// Only dead letters dead-lettered within this long, such as 1h or 30m.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<humantime::Duration>,
+    /// Only dead letters whose payload, reason or attributes match this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub grep: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqLs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub filters: Filters,
+    /// Groups by `reason` (counts, oldest and newest per reason).
+    #[arg(long, value_name = "FIELD", value_parser = ["reason"])]
+    pub group_by: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct Action {
+    #[command(flatten)]
+    pub target: Target,
+    /// These dead letters (repeatable).
+    #[arg(long = "id", value_name = "ID", conflicts_with_all = ["reason", "all"])]
+    pub ids: Vec<String>,
+    /// Dead letters whose reason matches this regular expression.
+    #[arg(long, value_name = "REGEX", conflicts_with = "all")]
+    pub reason: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub filters: Filters,
+    /// Shows what would be done, does nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many messages a second, such as 50 or 50/s.
+    #[arg(long, value_name = "N/s")]
+    pub rate: Option<String>,
+    /// Does not ask for confirmation (purge).
+    #[arg(long, short)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Publish {
+    /// Topic (logical name).
+    pub topic: String,
+    /// The payload: JSON text, or @FILE to read it from a file (@- for stdin).
+    #[arg(long)]
+    pub data: String,
+    /// An attribute, k=v (repeatable).
+    #[arg(long = "attr", value_name = "K=V")]
+    pub attrs: Vec<String>,
+    /// Ordering key (ordered topics).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Message id (default: a new one); exactly-once topics drop a republished id.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Tail {
+    /// Topic (logical name).
+    pub topic: String,
+    /// Stops after this many messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to listen on; beyond loopback it needs a token.
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
+    pub listen: String,
+    /// Allows redrive and purge from the page.
+    #[arg(long)]
+    pub allow_actions: bool,
+    /// Requires this bearer token on every API call (visible to `ps`; prefer --token-file).
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Reads the token from this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<String>,
+}

@@ -1,0 +1,53 @@
+//! Builds the bus exactly as an application does (tidings.toml, TIDINGS_*, the cloud's environment), with the
+//! global flags as overrides, and refuses the in-memory bus with the reason and what to use instead.
+
+use std::collections::HashMap;
+
+use tidings::admin::Operator;
+use tidings::{Bus, Settings};
+
+use crate::args::Cli;
+use crate::exit::{Failure, CONFIG};
+
+/// Why a separate process cannot operate the in-memory bus, and what to do instead.
+pub const LOCAL_BUS: &str = "the configured backend is the in-memory bus (backend = \"local\", the default when \
+TIDINGS_BACKEND is unset): it lives inside each application process, so a separate `tidings` process cannot see its \
+topics, subscriptions or dead letters. Point the CLI at a backend whose state lives outside a process with the \
+application's own configuration (TIDINGS_BACKEND=aws or gcp, or --backend), or embed the dashboard in the \
+application: `tidings::dashboard::router(bus)` serves the same views on the in-memory bus";
+
+/// The settings: the process environment's TIDINGS_* variables, then the flags.
+pub fn settings(cli: &Cli) -> Result<Settings, Failure> {
+    let mut vars: HashMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with(tidings::config::ENV_PREFIX)).collect();
+    if let Some(c) = &cli.config {
+        vars.insert(tidings::config::CONFIG_PATH_ENV.into(), c.clone());
+    }
+    if let Some(b) = &cli.backend {
+        vars.insert("TIDINGS_BACKEND".into(), b.clone());
+    }
+    if let Some(p) = &cli.prefix {
+        vars.insert("TIDINGS_NAME_PREFIX".into(), p.clone());
+    }
+    Ok(Settings::load(vars)?)
+}
+
+/// The bus and its operator; an error for the in-memory bus.
+pub async fn connect(cli: &Cli) -> Result<(Bus, Operator), Failure> {
+    let settings = settings(cli)?;
+    if settings.backend == "local" {
+        return Err(Failure::new(CONFIG, LOCAL_BUS));
+    }
+    let bus = tidings::from_settings(settings).await?;
+    let op = Operator::new(&bus);
+    if !op.has_admin() {
+        return Err(Failure::new(
+            CONFIG,
+            format!(
+                "the {} backend offers no operator access (tidings_core::admin::Admin), so the CLI cannot work on it",
+                bus.backend_name()
+            ),
+        ));
+    }
+    Ok((bus, op))
+}

@@ -1,0 +1,57 @@
+//! `tidings ls`: topics and subscriptions under the prefix, with figures; `–` and a footnote where the backend
+//! cannot tell.
+
+use tidings::admin::Operator;
+
+use crate::exit::Outcome;
+use crate::table::{self, count, UNKNOWN};
+
+pub async fn run(op: &Operator, json: bool) -> Outcome {
+    let inv = op.inventory().await?;
+    if json {
+        table::json(&inv);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for t in &inv.topics {
+        let kind = match (t.delivery, t.ordered) {
+            (Some(tidings::topology::Delivery::ExactlyOnce), Some(true)) => "exactly-once, ordered",
+            (Some(tidings::topology::Delivery::ExactlyOnce), _) => "exactly-once",
+            (Some(_), Some(true)) => "ordered",
+            (Some(_), _) => "at-least-once",
+            (None, _) => UNKNOWN,
+        };
+        if t.subscriptions.is_empty() {
+            rows.push(vec![
+                t.name.clone(),
+                kind.into(),
+                "(none)".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for s in &t.subscriptions {
+            rows.push(vec![
+                t.name.clone(),
+                kind.into(),
+                s.name.clone(),
+                count(s.stats.backlog),
+                count(s.stats.in_flight),
+                s.stats.oldest_unacked.map_or_else(|| UNKNOWN.to_string(), table::age),
+                count(s.stats.dead_letters),
+            ]);
+        }
+    }
+    println!("backend {}, name prefix {:?}", inv.backend, inv.name_prefix);
+    if rows.is_empty() {
+        println!("no topics under this prefix");
+    } else {
+        table::print(&["TOPIC", "DELIVERY", "SUBSCRIPTION", "BACKLOG", "IN FLIGHT", "OLDEST UNACKED", "DLQ"], &rows);
+    }
+    for u in &inv.unknown {
+        println!("{UNKNOWN} {}: {}", u.field.replace('_', " "), u.reason);
+    }
+    Ok(())
+}

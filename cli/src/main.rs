@@ -1,0 +1,52 @@
+//! `tidings`: the operator CLI. Configured exactly like an application (tidings.toml, TIDINGS_*, the cloud's
+//! environment); works on every backend whose state lives outside a process.
+
+mod args;
+mod connect;
+mod dashboard;
+mod dlq;
+mod exit;
+mod ls;
+mod publish;
+mod select;
+mod signal;
+mod table;
+mod tail;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::exit::Outcome;
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let outcome = runtime.block_on(run(cli));
+    // Background tasks of the cloud clients (streams, lease loops) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(()) => std::process::exit(exit::OK),
+        Err(f) => {
+            eprintln!("tidings: {}", f.message);
+            std::process::exit(f.code);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Outcome {
+    let (bus, op) = connect::connect(&cli).await?;
+    let json = cli.json;
+    let outcome = match cli.command {
+        Command::Ls => ls::run(&op, json).await,
+        Command::Dlq(d) => dlq::run(&op, d, json).await,
+        Command::Publish(p) => publish::run(&bus, &op, p, json).await,
+        Command::Tail(t) => tail::run(&bus, &op, t, json).await,
+        Command::Dashboard(d) => dashboard::run(&bus, d).await,
+    };
+    bus.shutdown(std::time::Duration::from_secs(5)).await;
+    outcome
+}

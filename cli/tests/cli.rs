@@ -1,0 +1,255 @@
+//! The `tidings` binary against LocalStack and the Pub/Sub emulator: ls, dlq ls/show/redrive/purge, publish and
+//! tail, as an operator runs them beside an application process.
+
+#[path = "support/app.rs"]
+mod app;
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use support::{dead_letters, subscriptions, Env};
+
+/// The child-process entry of `Env::app`: the application side of the story. Run alone it does nothing.
+#[test]
+fn app_process() {
+    if let Ok(mode) = std::env::var("CLI_TEST_APP_MODE") {
+        app::main(&mode);
+    }
+}
+
+fn reasons(v: &serde_json::Value) -> Vec<String> {
+    let mut r: Vec<String> = dead_letters(v).iter().map(|d| d["reason"].as_str().unwrap().to_string()).collect();
+    r.sort();
+    r
+}
+
+/// The operator's story: see the dead letters, group them, look at one, redrive one group (dry run first), purge the
+/// other (refused without confirmation), and the application handles what was redriven.
+///
+/// `full = false` (Pub/Sub) skips the read-only variations (grep, limit, since, show), which are the CLI's own logic
+/// and run on AWS: every read on Pub/Sub is a streaming pull, and the emulator serves a burst of short-lived pulls
+/// less and less (a pull then sees part of the dead letters for up to a minute).
+fn dead_letter_story(env: &Env, full: bool) {
+    assert!(env.app("seed").contains("seeded"));
+    let dlq = ["dlq", "ls", "orders", "billing"];
+    let v = env.until(&dlq, "5 dead letters", |v| dead_letters(v).len() == 5);
+    assert_eq!(
+        reasons(&v),
+        [
+            "unrecoverable: card declined",
+            "unrecoverable: card declined",
+            "unrecoverable: card declined",
+            "unrecoverable: invalid total in order 4",
+            "unrecoverable: invalid total in order 5"
+        ]
+    );
+
+    let ls = env.json(&["ls"]);
+    assert!(subscriptions(&ls).contains(&"orders/billing".to_string()), "{ls}");
+    let text = env.ok(&["ls"]);
+    assert!(text.contains("orders") && text.contains("billing"), "{text}");
+
+    if !full {
+        return gcp_tail_of_the_story(env, &dlq);
+    }
+    let groups = env.until(&["dlq", "ls", "orders", "billing", "--group-by", "reason"], "3 groups", |g| {
+        g.as_array().is_some_and(|a| a.len() == 3) && g[0]["count"] == 3
+    });
+    assert_eq!(groups[0]["reason"], "unrecoverable: card declined");
+    let grep =
+        env.until(&["dlq", "ls", "orders", "billing", "--grep", "\"n\":5"], "order 5", |v| dead_letters(v).len() == 1);
+    env.until(&["dlq", "ls", "orders", "billing", "--limit", "2"], "2 rows", |v| dead_letters(v).len() == 2);
+    env.until(&["dlq", "ls", "orders", "billing", "--since", "1h"], "5 recent", |v| dead_letters(v).len() == 5);
+
+    let one = dead_letters(&grep)[0].clone();
+    let id = one["id"].as_str().unwrap();
+    let shown =
+        env.until_output(&["--json", "dlq", "show", "orders", "billing", id], "order 5", |o| o.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["dead_letter"]["payload"], serde_json::json!({"n": 5, "kind": "invalid"}));
+    assert_eq!(shown["dead_letter"]["reason"], "unrecoverable: invalid total in order 5");
+    let text = env.until_output(&["dlq", "show", id], "order 5 found", |o| o.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("\"kind\": \"invalid\"") && text.contains("orders / billing"), "{text}");
+    let missing = env.run(&["dlq", "show", "orders", "billing", "no-such-id"]);
+    assert_eq!(missing.status.code(), Some(4));
+
+    let redrive = ["dlq", "redrive", "orders", "billing", "--reason", "card declined$"];
+    let dry = env.until(&[&redrive[..], &["--dry-run"]].concat(), "3 selected", |d| d["selected"] == 3);
+    assert_eq!(dry["done"], 0, "{dry}");
+    env.until(&dlq, "5 dead letters after a dry run", |v| dead_letters(v).len() == 5);
+
+    let moved = env.act_until(&[&redrive[..], &["--rate", "20/s"]].concat(), &dlq, |v| dead_letters(v).len() == 2);
+    assert_eq!(moved, 3);
+    let v = env.until(&dlq, "the invalid totals", |v| dead_letters(v).len() == 2);
+    assert_eq!(reasons(&v), ["unrecoverable: invalid total in order 4", "unrecoverable: invalid total in order 5"]);
+
+    let refused =
+        env.until_output(&["dlq", "purge", "orders", "billing", "--all"], "a refusal", |o| o.status.code() != Some(0));
+    assert_eq!(refused.status.code(), Some(5), "no confirmation without a terminal");
+    env.until(&dlq, "2 dead letters after a refusal", |v| dead_letters(v).len() == 2);
+    let purge = ["dlq", "purge", "orders", "billing", "--reason", "invalid", "--yes"];
+    assert_eq!(env.act_until(&purge, &dlq, |v| dead_letters(v).is_empty()), 2);
+
+    let handled = env.app("handle:3");
+    assert!(handled.contains("handled 1,2,3"), "the redriven orders are handled: {handled}");
+}
+
+/// Redrive one reason group, purge the other, and the application handles what was redriven.
+fn gcp_tail_of_the_story(env: &Env, dlq: &[&str]) {
+    let redrive = ["dlq", "redrive", "orders", "billing", "--reason", "card declined$"];
+    assert_eq!(env.act_until(&redrive, dlq, |v| dead_letters(v).len() == 2), 3);
+    let v = env.until(dlq, "the invalid totals", |v| dead_letters(v).len() == 2);
+    assert_eq!(reasons(&v), ["unrecoverable: invalid total in order 4", "unrecoverable: invalid total in order 5"]);
+    let purge = ["dlq", "purge", "orders", "billing", "--reason", "invalid", "--yes"];
+    assert_eq!(env.act_until(&purge, dlq, |v| dead_letters(v).is_empty()), 2);
+    let handled = env.app("handle:3");
+    assert!(handled.contains("handled 1,2,3"), "the redriven orders are handled: {handled}");
+}
+
+/// `publish` and `tail`: the tail's temporary subscription sees what is published and is removed on exit, after
+/// `--count` and after Ctrl-C alike.
+fn publish_and_tail(env: &Env) {
+    env.app("seed"); // declares the topic and its subscription
+    let mut tail = env
+        .command(&["--json", "tail", "orders", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tail.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("tailing orders through temporary subscription tail-"), "{line}");
+    let temp = line.split_whitespace().nth(5).unwrap().to_string();
+    assert!(subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")));
+
+    let p = env.json(&[
+        "publish",
+        "orders",
+        "--data",
+        r#"{"n": 7, "kind": "ok"}"#,
+        "--attr",
+        "source=cli",
+        "--id",
+        "order-7",
+    ]);
+    assert_eq!(p["id"], "order-7");
+    let file = std::env::temp_dir().join(format!("{}order.json", env.prefix()));
+    std::fs::write(&file, r#"{"n": 8, "kind": "ok"}"#).unwrap();
+    env.ok(&["publish", "orders", "--data", &format!("@{}", file.display())]);
+    let bad = env.run(&["publish", "orders", "--data", "{not json"]);
+    assert_eq!(bad.status.code(), Some(2));
+
+    let out = tail.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut ns: Vec<u64> = lines.iter().map(|l| l["payload"]["n"].as_u64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, [7, 8]);
+    let seven = lines.iter().find(|l| l["payload"]["n"] == 7).unwrap();
+    assert_eq!((seven["id"].as_str(), seven["attributes"]["source"].as_str()), (Some("order-7"), Some("cli")));
+    assert!(!subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")), "removed after --count");
+
+    // Interrupted: Ctrl-C (SIGINT) removes the temporary subscription too.
+    let mut tail = env.command(&["tail", "orders"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut err = BufReader::new(tail.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let temp = line.split_whitespace().nth(5).unwrap().to_string();
+    assert!(subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")));
+    let status = Command::new("kill").args(["-INT", &tail.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(tail.wait().unwrap().success());
+    assert!(!subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")), "removed after Ctrl-C");
+}
+
+use std::process::Command;
+
+/// A redrive interrupted half-way (SIGINT at 1 message a second) says how far it got, and every message is in the
+/// dead-letter queue or back in the subscription.
+fn interrupted_redrive_loses_nothing(env: &Env) {
+    assert!(env.app("seed").contains("seeded"));
+    let dlq = ["dlq", "ls", "orders", "billing"];
+    env.until(&dlq, "5 dead letters", |v| dead_letters(v).len() == 5);
+    let child = env
+        .command(&["dlq", "redrive", "orders", "billing", "--all", "--rate", "1/s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stats = || {
+        let ls = env.json(&["ls"]);
+        let s = ls["topics"].as_array().unwrap().iter().find(|t| t["name"] == "orders").unwrap()["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "billing")
+            .unwrap()["stats"]
+            .clone();
+        (s["backlog"].as_u64().unwrap(), s["dead_letters"].as_u64().unwrap())
+    };
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while stats().0 == 0 {
+        assert!(std::time::Instant::now() < give_up, "the redrive moved nothing");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let moved: u64 = err
+        .split("interrupted: moved ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!((1..5).contains(&moved), "interrupted half-way: {err}");
+    let (backlog, dead) = stats();
+    assert!(backlog + dead >= 5, "nothing lost: {backlog} in the subscription, {dead} dead letters");
+    assert_eq!(dead, 5 - moved, "what was not moved is still in the dead-letter queue");
+}
+
+#[test]
+fn aws_interrupted_redrive_loses_nothing() {
+    interrupted_redrive_loses_nothing(&support::aws());
+}
+
+#[test]
+fn aws_dead_letter_story() {
+    dead_letter_story(&support::aws(), true);
+}
+
+#[test]
+fn gcp_dead_letter_story() {
+    dead_letter_story(&support::gcp(), false);
+}
+
+#[test]
+fn aws_publish_and_tail() {
+    publish_and_tail(&support::aws());
+}
+
+#[test]
+fn gcp_publish_and_tail() {
+    publish_and_tail(&support::gcp());
+}
+
+#[test]
+fn the_in_memory_bus_is_refused_with_the_reason_and_what_to_use_instead() {
+    let env = Env { vars: vec![("TIDINGS_BACKEND".into(), "local".into())] };
+    let out = env.run(&["ls"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in-memory bus")
+            && err.contains("TIDINGS_BACKEND=aws or gcp")
+            && err.contains("dashboard::router"),
+        "{err}"
+    );
+    let out = env.run(&["--backend", "nats-typo", "ls"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nats-typo"));
+}
