@@ -64,6 +64,7 @@ fn to_entry(i: usize, m: &OutgoingMessage, fifo: bool, ordered: bool) -> Result<
         id: m.id.to_string(),
         ts: micros(m.publish_time),
         key: if ordered { m.ordering_key.as_deref().map(str::to_string) } else { None },
+        trace: m.trace.clone(),
         ..Default::default()
     };
     let attr = |v: &str| MessageAttributeValue::builder().data_type("String").string_value(v).build();

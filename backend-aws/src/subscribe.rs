@@ -145,6 +145,7 @@ impl AwsSubscription {
                         ordering_key: key.map(Into::into),
                         publish_time,
                         attempt: sys_get(Sys::ApproximateReceiveCount).unwrap_or(1).max(1) as u32,
+                        trace: meta.as_ref().and_then(|m| m.trace.clone()),
                     },
                     meta,
                 }
@@ -312,6 +313,7 @@ impl SubscriptionDriver for AwsSubscription {
                 attempts: Some(m.attempt),
                 dlq_ts: Some(micros(SystemTime::now())),
                 target: None,
+                trace: m.trace.clone(),
             };
             let dedup = format!("{}-dlq-{}", m.id, m.attempt);
             // A foreign producer may have sent more attributes than SQS lets a copy carry: keep what fits, say so.

@@ -58,7 +58,7 @@ pub fn to_message(m: &OutgoingMessage, meta: Meta, ordered: bool) -> GMessage {
 }
 
 pub fn meta_of(m: &OutgoingMessage) -> Meta {
-    Meta { id: m.id.to_string(), ts: micros(m.publish_time), ..Default::default() }
+    Meta { id: m.id.to_string(), ts: micros(m.publish_time), trace: m.trace.clone(), ..Default::default() }
 }
 
 #[async_trait]

@@ -353,6 +353,7 @@ impl GcpSubscription {
                 ordering_key: key.as_deref().map(Into::into),
                 publish_time: publish_time(&m, meta.as_ref()),
                 attempt: h.delivery_attempt().unwrap_or(1).max(1) as u32,
+                trace: meta.as_ref().and_then(|m| m.trace.clone()),
             });
             if st.held.is_empty() {
                 self.reaper.notify_one();
@@ -550,6 +551,7 @@ impl SubscriptionDriver for GcpSubscription {
                 reason: Some(r.reason.clone()),
                 attempts: Some(m.attempt),
                 dlq_ts: Some(micros(std::time::SystemTime::now())),
+                trace: m.trace.clone(),
                 ..Default::default()
             };
             self.publish_copy(&self.dlq_publisher, m, meta).await?;
@@ -641,11 +643,13 @@ impl SubscriptionDriver for GcpSubscription {
                     ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()),
                     publish_time: publish_time(&m, meta.as_ref()),
                     attempt: 1,
+                    trace: meta.as_ref().and_then(|m| m.trace.clone()),
                 };
                 let meta = Meta {
                     id: id.clone(),
                     ts: micros(copy.publish_time),
                     target: Some(self.name.clone()),
+                    trace: copy.trace.clone(),
                     ..Default::default()
                 };
                 if let Err(e) = self.publish_copy(&self.topic_publisher, &copy, meta).await {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage};
 use tidings_core::dedup::SeenIds;
 use tidings_core::time::{from_micros, micros};
+use tidings_core::trace::TraceContext;
 use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
 use tokio::time::Instant;
 
@@ -30,6 +31,7 @@ pub(crate) struct Stored {
 struct Extra {
     attributes: Attributes,
     ordering_key: Option<Arc<str>>,
+    trace: Option<TraceContext>,
 }
 
 impl Stored {
@@ -40,8 +42,8 @@ impl Stored {
         ordering_key: Option<Arc<str>>,
         publish_time: SystemTime,
     ) -> Self {
-        let extra =
-            (!attributes.is_empty() || ordering_key.is_some()).then(|| Arc::new(Extra { attributes, ordering_key }));
+        let extra = (!attributes.is_empty() || ordering_key.is_some())
+            .then(|| Arc::new(Extra { attributes, ordering_key, trace: None }));
         Stored { id, payload, extra, publish_micros: micros(publish_time) }
     }
 
@@ -56,11 +58,29 @@ impl Stored {
     pub fn publish_time(&self) -> SystemTime {
         from_micros(self.publish_micros)
     }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.extra.as_ref().and_then(|x| x.trace.as_ref())
+    }
+
+    /// The same message carrying the trace context of its publish.
+    fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        let Some(trace) = trace else { return self };
+        match &mut self.extra {
+            Some(x) => Arc::get_mut(x).expect("extras are not shared before the message is stored").trace = Some(trace),
+            None => {
+                self.extra =
+                    Some(Arc::new(Extra { attributes: Attributes::new(), ordering_key: None, trace: Some(trace) }))
+            }
+        }
+        self
+    }
 }
 
 impl From<&OutgoingMessage> for Stored {
     fn from(m: &OutgoingMessage) -> Self {
         Stored::new(m.id.clone(), m.payload.clone(), m.attributes.clone(), m.ordering_key.clone(), m.publish_time)
+            .with_trace(m.trace.clone())
     }
 }
 
@@ -68,7 +88,7 @@ impl Stored {
     /// Moves a published message in (its payload and extras; the id is copied).
     pub fn take(m: &mut OutgoingMessage) -> Self {
         let (payload, attributes) = (std::mem::take(&mut m.payload), std::mem::take(&mut m.attributes));
-        Stored::new(m.id.clone(), payload, attributes, m.ordering_key.take(), m.publish_time)
+        Stored::new(m.id.clone(), payload, attributes, m.ordering_key.take(), m.publish_time).with_trace(m.trace.take())
     }
 }
 
@@ -277,6 +297,7 @@ impl Queue {
                 ordering_key: m.ordering_key().cloned(),
                 publish_time: m.publish_time(),
                 attempt: p.attempts,
+                trace: m.trace().cloned(),
             });
             self.lease_deadlines.push(Reverse((deadline, token)));
             self.leased.insert(token, Lease { p, deadline });

@@ -44,6 +44,7 @@ pub async fn copy(s: &Shared, names: &SubNames, items: &[DeadLetterRequest], seq
             attempts: Some(m.attempt),
             dlq_ts: Some(micros(SystemTime::now())),
             target: None,
+            trace: m.trace.clone(),
         };
         // De-duplicated per delivery: dead-lettering the same delivery twice stores one copy.
         let h = headers(&format!("{}-dlq-{seq}-{}", m.id, m.attempt), &meta, &m.attributes);

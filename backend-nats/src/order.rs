@@ -125,6 +125,7 @@ mod tests {
             ordering_key: Some(key.into()),
             publish_time: SystemTime::now(),
             attempt: 1,
+            trace: None,
         }
     }
 

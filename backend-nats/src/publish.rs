@@ -51,6 +51,7 @@ impl TopicDriver for NatsTopic {
                 id: m.id.to_string(),
                 ts: micros(m.publish_time),
                 key: key.map(str::to_string),
+                trace: m.trace.clone(),
                 ..Default::default()
             };
             let h = headers(&meta.id, &meta, &m.attributes);

@@ -88,6 +88,7 @@ impl NatsSubscription {
                 Some(m) => m.id.clone(),
                 None => msg_id.unwrap_or_else(|| format!("{}-{}", self.names.topic.stream, d.stream_seq)),
             };
+            let trace = meta.as_ref().and_then(|m| m.trace.clone());
             let key = meta.and_then(|m| m.key).filter(|_| self.seq.is_some());
             let msg = ReceivedMessage {
                 ack_id: AckId::Text(r.into()),
@@ -97,6 +98,7 @@ impl NatsSubscription {
                 ordering_key: key.map(Into::into),
                 publish_time,
                 attempt: d.delivered.min(u64::from(u32::MAX)) as u32,
+                trace,
             };
             match &self.seq {
                 Some(q) => out.extend(q.arrive(d.stream_seq, msg)),

@@ -60,21 +60,31 @@ impl<DB: sqlx::Database> Debug for SqlStore<DB> {
     }
 }
 
-/// Attributes are stored as JSON text, or an empty string for none (most messages).
-pub(crate) fn encode_attributes(a: &tidings_core::Attributes) -> Result<String> {
+/// Attributes are stored as JSON text, or an empty string for none (most messages). The trace context of the publish
+/// is stored beside them under reserved keys (`tidings.trace.*`).
+pub(crate) fn encode_attributes(
+    a: &tidings_core::Attributes,
+    trace: Option<&tidings_core::trace::TraceContext>,
+) -> Result<String> {
+    let a = tidings_core::trace::attributes_with_trace(a, trace);
     if a.is_empty() {
         Ok(String::new())
     } else {
-        Ok(serde_json::to_string(a)?)
+        Ok(serde_json::to_string(&*a)?)
     }
 }
 
-pub(crate) fn decode_attributes(s: &str) -> Result<tidings_core::Attributes> {
+/// The attributes and trace context [`encode_attributes`] stored.
+pub(crate) fn decode_attributes(
+    s: &str,
+) -> Result<(tidings_core::Attributes, Option<tidings_core::trace::TraceContext>)> {
     if s.is_empty() {
         return Ok(Default::default());
     }
-    serde_json::from_str(s)
-        .map_err(|e| tidings_core::Error::invalid(format!("sql: delivery row has invalid attributes JSON {s:?}: {e}")))
+    let all = serde_json::from_str(s).map_err(|e| {
+        tidings_core::Error::invalid(format!("sql: delivery row has invalid attributes JSON {s:?}: {e}"))
+    })?;
+    Ok(tidings_core::trace::split_trace(all))
 }
 
 /// Implements [`Store`] for `SqlStore<$db>` and `publish_on` for `$conn` (a transaction of the application's, or
@@ -96,7 +106,7 @@ macro_rules! impl_store {
                     .bind(topic)
                     .bind(m.id.as_str())
                     .bind(&m.payload[..])
-                    .bind($crate::store::encode_attributes(&m.attributes)?)
+                    .bind($crate::store::encode_attributes(&m.attributes, m.trace.as_ref())?)
                     .bind(m.ordering_key.as_deref())
                     .bind(tidings_core::time::micros(m.publish_time))
                     .bind(now)
@@ -195,14 +205,16 @@ macro_rules! impl_store {
                     let published: i64 = r.try_get("publish_time").map_err(get)?;
                     let attempts: i64 = r.try_get("attempts").map_err(get)?;
                     seqs.push(seq);
+                    let (attributes, trace) = $crate::store::decode_attributes(&attributes)?;
                     out.push(tidings_core::backend::ReceivedMessage {
                         ack_id: $crate::error::ack_id(seq, lease),
                         id: tidings_core::MessageId::from(id),
                         payload: bytes::Bytes::from(payload),
-                        attributes: $crate::store::decode_attributes(&attributes)?,
+                        attributes,
                         ordering_key: key.map(Into::into),
                         publish_time: tidings_core::time::from_micros(published),
                         attempt: attempts.clamp(1, i64::from(u32::MAX)) as u32,
+                        trace,
                     });
                 }
                 // RETURNING has no order: hand them out oldest first.
@@ -306,7 +318,7 @@ macro_rules! impl_store {
                     out.push(tidings_core::DeadLetter {
                         id: tidings_core::MessageId::from(id),
                         payload: bytes::Bytes::from(payload),
-                        attributes: $crate::store::decode_attributes(&attributes)?,
+                        attributes: $crate::store::decode_attributes(&attributes)?.0,
                         ordering_key: r.try_get("ordering_key").map_err(get)?,
                         publish_time: tidings_core::time::from_micros(r.try_get("publish_time").map_err(get)?),
                         attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,

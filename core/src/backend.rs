@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::message::{Attributes, MessageId};
 use crate::subscription::SubscriptionConfig;
 use crate::topic::TopicConfig;
+use crate::trace::TraceContext;
 
 /// What a backend can do natively. The runtime fills gaps client-side, and the conformance suite reads these flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +132,8 @@ pub struct OutgoingMessage {
     pub ordering_key: Option<Arc<str>>,
     /// Publish time.
     pub publish_time: SystemTime,
+    /// Trace context captured at publish (or when an outbox row was written), to carry in tidings' own metadata.
+    pub trace: Option<TraceContext>,
 }
 
 impl OutgoingMessage {
@@ -142,7 +145,13 @@ impl OutgoingMessage {
         ordering_key: Option<Arc<str>>,
         publish_time: SystemTime,
     ) -> Self {
-        Self { id, payload, attributes, ordering_key, publish_time }
+        Self { id, payload, attributes, ordering_key, publish_time, trace: None }
+    }
+
+    /// The same message carrying `trace`.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 }
 
@@ -201,6 +210,8 @@ pub struct ReceivedMessage {
     pub publish_time: SystemTime,
     /// Delivery attempt, 1 for the first delivery.
     pub attempt: u32,
+    /// Trace context the message carries (see [`crate::trace`]); `None` for messages published without one.
+    pub trace: Option<TraceContext>,
 }
 
 /// A message the runtime moves to the DLQ, with the reason.

@@ -23,6 +23,8 @@ use crate::publish::{encode, validate, Publisher};
 use crate::runtime::{self, Runner, Subscription};
 use crate::subscription::SubscriptionConfig;
 use crate::topic::{Topic, TopicConfig};
+use crate::trace::{self, TraceContext};
+use tracing::Instrument;
 
 /// How long after the last `subscribe` the bus checks for subscription overrides that matched nothing.
 const OVERRIDE_CHECK_DELAY: Duration = Duration::from_secs(5);
@@ -160,7 +162,7 @@ impl Bus {
         let key = (topic.name().to_string(), name.to_string());
         let reservation = self.reserve(key.clone())?;
         let driver = self.inner.backend.subscription(&spec).await?;
-        let runner = runtime::start(key, spec, driver, self.inner.caps.clone(), handler);
+        let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.caps.clone(), handler);
         {
             let mut subs = self.inner.subscriptions.lock().unwrap();
             subs.running.retain(|r| !r.is_stopped());
@@ -358,6 +360,7 @@ impl Bus {
         topic: &Topic<T>,
         message: &T,
         options: PublishOptions,
+        trace: Option<TraceContext>,
     ) -> Result<OutgoingMessage> {
         let now = SystemTime::now();
         if let Some(id) = &options.id {
@@ -369,7 +372,8 @@ impl Bus {
             options.attributes,
             options.ordering_key.map(Arc::from),
             now,
-        );
+        )
+        .with_trace(trace);
         self.validate(topic.name(), topic.config(), &out)?;
         Ok(out)
     }
@@ -388,17 +392,26 @@ impl Bus {
         // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
         // still checked before the first use of a topic provisions it.
         let (name, config) = (topic.name(), topic.config());
+        let span = trace::send_span(self.backend_name(), name);
+        let trace = trace::capture(&span);
         let cached = self.cached_publisher(name, config);
         let out = match cached {
-            Some(_) => self.outgoing(topic, message, options)?,
-            None => self.prepare(topic, message, options)?,
+            Some(_) => self.outgoing(topic, message, options, trace),
+            None => validate_name("topic", name).and_then(|()| self.outgoing(topic, message, options, trace)),
         };
-        let publisher = match cached {
-            Some(p) => p,
-            None => self.publisher(name, config).await?,
-        };
+        let out = out.inspect_err(|e| record_error(&span, e))?;
+        if !span.is_disabled() {
+            span.record("messaging.message.id", out.id.as_str());
+        }
         let id = out.id.clone();
-        publisher.publish_one(out).await?;
+        let sent = async {
+            let publisher = match cached {
+                Some(p) => p,
+                None => self.publisher(name, config).await?,
+            };
+            publisher.publish_one(out).await
+        };
+        sent.instrument(span.clone()).await.inspect_err(|e| record_error(&span, e))?;
         Ok(id)
     }
 
@@ -411,9 +424,18 @@ impl Bus {
         I: IntoIterator<Item = (&'a T, PublishOptions)>,
     {
         self.check_open()?;
-        let mut batch = messages.into_iter().map(|(m, o)| self.prepare(topic, m, o)).collect::<Result<Vec<_>>>()?;
+        validate_name("topic", topic.name())?;
+        let span = trace::send_span(self.backend_name(), topic.name());
+        let trace = trace::capture(&span);
+        let mut batch = messages
+            .into_iter()
+            .map(|(m, o)| self.outgoing(topic, m, o, trace.clone()))
+            .collect::<Result<Vec<_>>>()
+            .inspect_err(|e| record_error(&span, e))?;
+        span.record("messaging.batch.message_count", batch.len() as i64);
         let ids = batch.iter().map(|m| m.id.clone()).collect();
-        self.publisher(topic.name(), topic.config()).await?.publish_many(&mut batch).await?;
+        let sent = async { self.publisher(topic.name(), topic.config()).await?.publish_many(&mut batch).await };
+        sent.instrument(span.clone()).await.inspect_err(|e| record_error(&span, e))?;
         Ok(ids)
     }
 
@@ -458,7 +480,7 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<OutgoingMessage> {
         validate_name("topic", topic.name())?;
-        self.outgoing(topic, message, options)
+        self.outgoing(topic, message, options, trace::capture(&tracing::Span::none()))
     }
 
     /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
@@ -474,8 +496,16 @@ impl Bus {
         for m in &batch {
             self.validate(name, config, m)?;
         }
-        self.publisher(name, config).await?.publish_many(&mut batch).await
+        let span = trace::send_span(self.backend_name(), name);
+        span.record("messaging.batch.message_count", batch.len() as i64);
+        let sent = async { self.publisher(name, config).await?.publish_many(&mut batch).await };
+        sent.instrument(span.clone()).await.inspect_err(|e| record_error(&span, e))
     }
+}
+
+/// Records a failed publish on its span.
+fn record_error(span: &tracing::Span, e: &Error) {
+    span.record("error.type", trace::error_type(e));
 }
 
 /// Releases a reserved subscription key.

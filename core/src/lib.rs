@@ -25,6 +25,7 @@ pub mod subscription;
 pub mod time;
 pub mod topic;
 pub mod topology;
+pub mod trace;
 pub mod wire;
 
 #[cfg(feature = "conformance")]

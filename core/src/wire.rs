@@ -29,6 +29,10 @@ pub struct WireMeta {
     /// Dead-lettered at, microseconds since the Unix epoch (DLQ copies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_ts: Option<i64>,
+    /// Trace context of the publish: the propagator's fields (W3C `traceparent`, `tracestate`), for consumers that
+    /// continue the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl WireMeta {
@@ -53,5 +57,9 @@ mod tests {
         assert_eq!(m.encode(), r#"{"id":"a","ts":5}"#);
         assert_eq!(WireMeta::decode(&m.encode()), Some(m));
         assert_eq!(WireMeta::decode("not json"), None);
+        let trace = crate::trace::TraceContext::new([("traceparent".to_string(), "00-1-2-01".to_string())].into());
+        let m = WireMeta { id: "a".into(), ts: 5, trace, ..Default::default() };
+        assert_eq!(m.encode(), r#"{"id":"a","ts":5,"trace":{"traceparent":"00-1-2-01"}}"#);
+        assert_eq!(WireMeta::decode(&m.encode()), Some(m));
     }
 }

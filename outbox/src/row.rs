@@ -6,7 +6,8 @@ use tidings_core::time::{from_micros, micros};
 use tidings_core::{Attributes, Error, MessageId, Result, TopicConfig};
 
 /// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes
-/// (JSON text), ordering_key, created_at (microseconds since the Unix epoch).
+/// (JSON text; the trace context captured when the row was written sits beside the application's attributes under
+/// reserved `tidings.trace.*` keys), ordering_key, created_at (microseconds since the Unix epoch).
 pub(crate) const COLUMNS: &str =
     "seq, topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at";
 
@@ -30,7 +31,10 @@ impl NewRow {
             ordered: config.ordered,
             message_id: m.id.to_string(),
             payload: m.payload.to_vec(),
-            attributes: serde_json::to_string(&m.attributes)?,
+            attributes: serde_json::to_string(&*tidings_core::trace::attributes_with_trace(
+                &m.attributes,
+                m.trace.as_ref(),
+            ))?,
             ordering_key: m.ordering_key.as_deref().map(str::to_string),
             created_at: micros(m.publish_time),
         })
@@ -61,6 +65,7 @@ impl Claimed {
         let attributes: String = r.try_get("attributes").map_err(get)?;
         let attributes: Attributes = serde_json::from_str(&attributes)
             .map_err(|e| Error::invalid(format!("outbox row has invalid attributes JSON {attributes:?}: {e}")))?;
+        let (attributes, trace) = tidings_core::trace::split_trace(attributes);
         let created_at: i64 = r.try_get("created_at").map_err(get)?;
         let id: String = r.try_get("message_id").map_err(get)?;
         let key: Option<String> = r.try_get("ordering_key").map_err(get)?;
@@ -74,7 +79,8 @@ impl Claimed {
                 attributes,
                 key.map(Into::into),
                 from_micros(created_at),
-            ),
+            )
+            .with_trace(trace),
         })
     }
 }

@@ -52,6 +52,7 @@ fn roll(n: u64, attempt: u32, salt: u64) -> u64 {
 
 /// Runs the ledger with `n` messages published from 8 concurrent tasks; panics on a lost or doubly settled message.
 pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
+    let _exclusive = super::EXCLUSIVE.lock().await;
     quiet_injected_panics();
     let (bus, t) = (h.bus().await, h.timing());
     let config = if exactly_once { TopicConfig::exactly_once() } else { TopicConfig::at_least_once() };

@@ -18,6 +18,7 @@
 //! runner reports it as ignored, by name, never as passed. A gated case run on a backend that lacks its capability
 //! fails, asking for the declaration.
 
+pub mod capture;
 mod cases;
 mod faults;
 mod ledger;
@@ -74,6 +75,10 @@ pub trait Harness: Send + Sync + 'static {
     fn timing(&self) -> Timing;
 }
 
+/// Held by the cases that install or use process-wide tracing (the trace case records every span while it runs) and
+/// by the ledger (timing-sensitive at scale), so the two never overlap in one test process.
+pub(crate) static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs one test on a fresh two-worker tokio runtime (used by [`conformance_tests!`](crate::conformance_tests)).
 pub fn block_on<F: Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_multi_thread()
@@ -125,6 +130,7 @@ macro_rules! conformance_tests {
                     invalid_publish_options_are_rejected,
                     invalid_batch_sends_nothing,
                     foreign_bad_input_goes_to_dlq,
+                    trace_context_links_each_attempt_to_the_publish,
                 );
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{AckId, Capabilities, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
 use crate::handler::Handler;
 use crate::message::{Message, Metadata};
+use tracing::Span;
 
 mod handle;
 pub use handle::Subscription;
@@ -112,9 +113,38 @@ struct Ctx<T> {
     caps: Capabilities,
     handler: Box<dyn Handler<T>>,
     settle: mpsc::UnboundedSender<Settle>,
+    /// `messaging.system` of the process spans.
+    system: String,
+    /// `otel.name` of the process spans: `process <subscription>`.
+    span_name: String,
+}
+
+impl<T> Ctx<T> {
+    /// The consumer span of one delivery attempt, connected to the context the message carried.
+    fn process_span(&self, msg: &ReceivedMessage) -> Span {
+        let spec = &self.runner.spec;
+        let span = tracing::info_span!(
+            target: "tidings",
+            "process",
+            otel.name = %self.span_name,
+            otel.kind = "consumer",
+            messaging.system = %self.system,
+            messaging.destination.name = %spec.topic.name,
+            messaging.destination.subscription.name = %spec.name,
+            messaging.consumer.group.name = %spec.name,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.message.id = %msg.id,
+            tidings.delivery.attempt = i64::from(msg.attempt),
+            error.type = tracing::field::Empty,
+        );
+        crate::trace::connect(msg.trace.as_ref(), &span);
+        span
+    }
 }
 
 pub(crate) fn start<T, H>(
+    backend: &str,
     key: (String, String),
     spec: SubscriptionSpec,
     driver: Arc<dyn SubscriptionDriver>,
@@ -144,7 +174,9 @@ where
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let settler = tokio::spawn(settle_loop(driver.clone(), rx, runner.activity.clone()));
-    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx });
+    let system = crate::trace::messaging_system(backend, false).to_string();
+    let span_name = format!("process {}", runner.spec.name);
+    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx, system, span_name });
     tokio::spawn(async move {
         receive_loop(ctx.clone()).await;
         let runner = ctx.runner.clone();
@@ -351,10 +383,13 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
         }
         match chain {
             Chain::One(msg) => match begin(&ctx, &msg).await {
-                Begin::Done(Done::Ok) => acks.push(msg.ack_id),
-                b => {
+                (Begin::Done(Done::Ok), span) => {
+                    settled_ack(&ctx, &span);
+                    acks.push(msg.ack_id)
+                }
+                (b, span) => {
                     let permit = slots.split(1).expect("one slot per delivery");
-                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, received_at).map(drop)));
+                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, span, received_at).map(drop)));
                 }
             },
             Chain::Many(msgs) => {
@@ -392,8 +427,8 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
             release(&ctx, Chain::Many(std::iter::once(msg).chain(chain.map(|(m, _)| m)).collect()));
             return;
         }
-        let b = begin(&ctx, &msg).await;
-        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, received_at).await {
+        let (b, span) = begin(&ctx, &msg).await;
+        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, span, received_at).await {
             // The same delay: brokers that let later messages of a group through while an earlier one is invisible
             // (LocalStack does) still return them after it.
             for (rest, _permit) in chain.by_ref() {
@@ -412,7 +447,29 @@ enum Done {
     Failed(String),
 }
 
-type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;
+/// Start of the failure text of a handler that panicked.
+const PANIC_PREFIX: &str = "handler panicked: ";
+
+type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<InSpan>>;
+
+/// A handler's future, polled inside its delivery's span (when that span is enabled). A plain wrapper: tracing's
+/// `Instrumented` (which also enters the span to drop the future) slowed deliveries whose handler panicked.
+struct InSpan {
+    span: Span,
+    fut: crate::handler::HandlerFuture,
+}
+
+impl Future for InSpan {
+    type Output = crate::handler::HandlerResult;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.span.is_disabled() {
+            return this.fut.as_mut().poll(cx);
+        }
+        let _entered = this.span.enter();
+        this.fut.as_mut().poll(cx)
+    }
+}
 
 /// The first part of a delivery, without waiting: decode, call the handler, poll it once.
 enum Begin {
@@ -425,18 +482,18 @@ fn done(r: std::thread::Result<crate::handler::HandlerResult>) -> Done {
         Ok(Ok(())) => Done::Ok,
         Ok(Err(e)) if e.is_unrecoverable() => Done::DeadLetter(format!("unrecoverable: {e}")),
         Ok(Err(e)) => Done::Failed(e.to_string()),
-        Err(panic) => Done::Failed(format!("handler panicked: {}", panic_message(&panic))),
+        Err(panic) => Done::Failed(format!("{PANIC_PREFIX}{}", panic_message(&panic))),
     }
 }
 
-async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &ReceivedMessage) -> Begin {
+async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &ReceivedMessage) -> (Begin, Span) {
+    let span = ctx.process_span(msg);
     let payload = match serde_json::from_slice::<T>(&msg.payload) {
         Ok(p) => p,
         Err(e) => {
-            return Begin::Done(Done::DeadLetter(format!(
-                "poison message: payload cannot be decoded as {}: {e}",
-                type_name::<T>()
-            )))
+            span.record("error.type", "poison");
+            let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
+            return (Begin::Done(Done::DeadLetter(reason)), span);
         }
     };
     let meta = Metadata {
@@ -447,15 +504,21 @@ async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &
         ordering_key: msg.ordering_key.as_deref().map(str::to_string),
     };
     let message = Message::with_shutdown(payload, meta, ctx.runner.shutdown_signal.clone());
-    let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))) {
-        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return Begin::Done(done(Err(panic))),
+    let called = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))));
+    let mut fut = match called {
+        Ok(fut) => AssertUnwindSafe(InSpan { span: span.clone(), fut }).catch_unwind(),
+        Err(panic) => return (Begin::Done(done(Err(panic))), span),
     };
     // Most handlers finish on their first poll: then nothing more is allocated or scheduled for them.
     match std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await {
-        Poll::Ready(r) => Begin::Done(done(r)),
-        Poll::Pending => Begin::Running(fut),
+        Poll::Ready(r) => (Begin::Done(done(r)), span),
+        Poll::Pending => (Begin::Running(fut), span),
     }
+}
+
+/// Records an ack on the delivery's span.
+fn settled_ack<T>(ctx: &Ctx<T>, span: &Span) {
+    tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, tidings.settle = "ack", "acked");
 }
 
 /// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
@@ -465,31 +528,38 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     msg: ReceivedMessage,
     permit: OwnedSemaphorePermit,
     begun: Begin,
+    span: Span,
     received_at: tokio::time::Instant,
 ) -> Outcome {
     let attempt = msg.attempt;
     let policy = ctx.runner.spec.config.retry;
     let finished = match begun {
         Begin::Done(d) => d,
-        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, received_at, fut).await),
+        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, &span, received_at, fut).await),
     };
     let failure = match finished {
         Done::Ok => {
+            settled_ack(&ctx, &span);
             let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
             return Outcome::Acked;
         }
         Done::DeadLetter(reason) => {
-            dead_letter(&ctx, msg, reason);
+            if reason.starts_with("unrecoverable") {
+                span.record("error.type", "unrecoverable");
+            }
+            dead_letter(&ctx, &span, msg, reason);
             return Outcome::DeadLettered;
         }
         Done::Failed(f) => f,
     };
+    span.record("error.type", if failure.starts_with(PANIC_PREFIX) { "panic" } else { "handler_error" });
     if policy.is_exhausted(attempt) {
-        dead_letter(&ctx, msg, failure);
+        dead_letter(&ctx, &span, msg, failure);
         return Outcome::DeadLettered;
     }
     let delay = policy.backoff(attempt);
-    tracing::debug!(subscription = %ctx.runner.key.1, id = %msg.id, attempt, ?delay, error = %failure, "handler failed; will retry");
+    tracing::debug!(target: "tidings", parent: &span, subscription = %ctx.runner.key.1, id = %msg.id, attempt,
+        tidings.settle = "nack", tidings.retry_in = ?delay, error = %failure, "handler failed; will retry");
     if ctx.caps.nack_delay {
         let _ = ctx.settle.send(Settle::Nack(msg.ack_id, delay));
         return Outcome::Retried(delay);
@@ -497,7 +567,7 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
     drop(permit);
     let cancel = ctx.runner.cancel.clone();
-    let _ = with_lease(&ctx, &msg.ack_id, received_at, async {
+    let _ = with_lease(&ctx, &msg.ack_id, &span, received_at, async {
         tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
     })
     .await;
@@ -505,15 +575,22 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     Outcome::Retried(Duration::ZERO)
 }
 
-fn dead_letter<T>(ctx: &Ctx<T>, message: ReceivedMessage, reason: String) {
-    tracing::warn!(subscription = %ctx.runner.key.1, id = %message.id, attempt = message.attempt, %reason, "dead-lettering message");
+fn dead_letter<T>(ctx: &Ctx<T>, span: &Span, message: ReceivedMessage, reason: String) {
+    tracing::warn!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, id = %message.id,
+        attempt = message.attempt, tidings.settle = "dead_letter", %reason, "dead-lettering message");
     let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
 }
 
 /// Runs `fut` while extending the delivery's lease every third of the ack deadline, counted from `leased_at` (when
 /// the lease began): a lease whose first third passed before the handler started is extended at once, so a delivery
 /// that waited for its turn on a busy machine does not expire under a running handler.
-async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, leased_at: tokio::time::Instant, fut: F) -> F::Output {
+async fn with_lease<T, F: Future>(
+    ctx: &Ctx<T>,
+    ack_id: &AckId,
+    span: &Span,
+    leased_at: tokio::time::Instant,
+    fut: F,
+) -> F::Output {
     let deadline = ctx.runner.spec.config.ack_deadline;
     let period = (deadline / 3).max(Duration::from_millis(1));
     let mut next = leased_at + period;
@@ -525,6 +602,8 @@ async fn with_lease<T, F: Future>(ctx: &Ctx<T>, ack_id: &AckId, leased_at: tokio
             biased;
             out = &mut fut => return out,
             _ = tokio::time::sleep_until(next) => {
+                tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1,
+                    tidings.settle = "extend_lease", by = ?deadline, "extending the lease");
                 if let Err(e) = ctx.runner.driver.extend_lease(vec![ack_id.clone()], deadline).await {
                     tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
                 }
@@ -620,6 +699,7 @@ mod tests {
                         ordering_key: None,
                         publish_time: SystemTime::now(),
                         attempt: 1,
+                        trace: None,
                     }
                 })
                 .collect())
@@ -664,7 +744,7 @@ mod tests {
                 Ok(())
             }
         };
-        let runner = start(("t".into(), "s".into()), spec, driver.clone(), caps, handler);
+        let runner = start("test", ("t".into(), "s".into()), spec, driver.clone(), caps, handler);
         while handled.load(SeqCst) < 600 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -12,6 +12,54 @@ macro_rules! outbox_cases {
             use super::{relay_count, rows};
             use tidings_core::{ErrorKind, Message, PublishOptions, SubscriptionConfig, TopicConfig};
 
+            /// The trace context is captured when the row is written, inside the application's transaction and
+            /// span, stored with the row, and carried by the publish of a relay started after the row was written.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_trace_context_of_the_write_reaches_the_handler_after_a_relay_restart() {
+                use tracing::Instrument;
+                let capture = tidings_core::conformance::capture::install();
+                let (outbox, _faults, users) = super::setup().await;
+                let t = topic::<Event>("traced", TopicConfig::at_least_once());
+                let _watching = capture.watch(t.name());
+                let seen = Arc::new(AtomicUsize::new(0));
+                let s = seen.clone();
+                outbox
+                    .bus()
+                    .subscribe(&t, "sub", SubscriptionConfig::default(), move |_m: Message<Event>| {
+                        s.fetch_add(1, SeqCst);
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let first = outbox.relay().spawn();
+                first.shutdown().await;
+                let request = tracing::info_span!("request", test.topic = t.name());
+                let mut tx = outbox.pool().begin().await.unwrap();
+                async {
+                    sqlx::query(&format!("INSERT INTO {users} (id) VALUES (1)")).execute(&mut *tx).await.unwrap();
+                    outbox.publish(&mut tx, &t, &Event { n: 1 }).await.unwrap();
+                }
+                .instrument(request)
+                .await;
+                tx.commit().await.unwrap();
+                let stored: String = sqlx::query_scalar(&format!("SELECT attributes FROM {}", outbox.table()))
+                    .fetch_one(outbox.pool())
+                    .await
+                    .unwrap();
+                assert!(stored.contains("tidings.trace.traceparent"), "the row holds the context: {stored}");
+                let second = outbox.relay().spawn();
+                assert!(eventually(10, || seen.load(SeqCst) == 1).await, "relayed by the restarted relay");
+                second.shutdown().await;
+                let spans = capture.spans_of(t.name());
+                let of = |name: &str| spans.iter().filter(|s| s.name == name).cloned().collect::<Vec<_>>();
+                let (requests, process, sends) = (of("request"), of("process"), of("send"));
+                assert_eq!(requests.len(), 1, "{spans:#?}");
+                assert_eq!(process.len(), 1, "{spans:#?}");
+                assert_eq!(process[0].links, vec![requests[0].index], "the handler's span links to the request");
+                assert_eq!(sends.len(), 1, "the relay's publish has its send span: {spans:#?}");
+                assert_eq!(sends[0].field("messaging.batch.message_count"), Some("1"));
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_publishes_nothing() {
                 let (outbox, faults, users) = super::setup().await;
