@@ -28,7 +28,7 @@ pub struct Ledger {
 }
 
 /// Injected panics are expected; keep them out of the test output (other panics still print).
-fn quiet_injected_panics() {
+pub(crate) fn quiet_injected_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
