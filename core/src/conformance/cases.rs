@@ -535,8 +535,12 @@ pub async fn shutdown_timeout_leaves_unfinished_unacked<H: Harness>(h: &H) {
     assert!(begun.elapsed() < t.patience, "shutdown returns after its timeout");
     bus.subscribe(&topic, "sub", sub_config(&t, 5), stuck).await.unwrap();
     let got = log.wait_for(2, t.patience + t.ack_deadline).await;
-    assert_eq!(got.len(), 2, "the unfinished message was left unacked and came back");
-    assert_eq!(got[1].meta.attempt, 2);
+    assert!(got.len() >= 2, "the unfinished message was left unacked and came back: {} deliveries", got.len());
+    // At-least-once allows an extra copy (seen once in 6 full runs on NATS, whose old pull may still hand one out):
+    // every later delivery is the same message, redelivered.
+    assert_eq!(got[0].meta.attempt, 1);
+    let later: Vec<_> = got[1..].iter().map(|d| (d.meta.id == got[0].meta.id, d.meta.attempt)).collect();
+    assert!(later.iter().all(|(same, attempt)| *same && *attempt >= 2), "{later:?}");
     bus.shutdown(t.patience).await;
 }
 
