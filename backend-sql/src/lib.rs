@@ -19,6 +19,7 @@
 //! publish in the same process wakes its receivers at once.
 #![warn(missing_docs)]
 
+mod admin;
 pub mod config;
 mod driver;
 mod error;
@@ -148,6 +149,11 @@ impl Backend for SqlBackend {
             topic: spec.resource.clone(),
             dedup: spec.config.is_exactly_once(),
         }))
+    }
+
+    /// Operator access: exact figures from the rows, dead letters redriven or purged one row at a time.
+    fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
+        Some(Arc::new(admin::SqlAdmin { store: self.inner.store.clone(), wake: self.inner.wake.clone() }))
     }
 
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {

@@ -10,7 +10,7 @@ use tidings_core::{DeadLetter, MessageId, Result};
 use crate::sql::Sql;
 
 #[async_trait]
-pub(crate) trait Store: Send + Sync + Debug {
+pub(crate) trait Store: crate::admin::AdminStore + Send + Sync + Debug {
     fn sql(&self) -> &Sql;
     /// The id of a subscription, registering it first when `create`.
     async fn register(&self, topic: &str, name: &str, create: bool) -> Result<i64>;
