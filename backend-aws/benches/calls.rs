@@ -22,8 +22,13 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 =
         args.iter().position(|a| a == "--messages").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(1000);
-    let backend =
-        AwsBackend::new(AwsConfig { region: Some("us-east-1".into()), ..AwsConfig::default() }).await.unwrap();
+    let backend = AwsBackend::new({
+        let mut c = AwsConfig::default();
+        c.region = Some("us-east-1".into());
+        c
+    })
+    .await
+    .unwrap();
     let bus = Bus::new(Arc::new(backend.clone()));
     let id = uuid::Uuid::now_v7().simple().to_string();
     let topic: Topic<Event> =

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Q;
@@ -14,10 +14,10 @@ use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec};
 use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
 
 use crate::error::sdk;
-use crate::meta::{from_micros, micros};
+use crate::meta::micros;
 use crate::names::{fit, MAX_QUEUE_NAME};
 use crate::provision::{queue_attributes, queue_names, topic_name, SubRes};
-use crate::subscribe::{handle, AwsSubscription, Read};
+use crate::subscribe::{handle, AwsSubscription};
 use crate::Shared;
 
 /// How long a message read during a sweep stays hidden from consumers.
@@ -31,20 +31,6 @@ pub(crate) struct AwsAdmin {
 
 fn last_segment(arn: &str) -> &str {
     arn.rsplit(':').next().unwrap_or(arn)
-}
-
-fn dead_letter(r: Read) -> DeadLetter {
-    let meta = r.meta.unwrap_or_default();
-    DeadLetter {
-        id: r.msg.id,
-        payload: r.msg.payload,
-        attributes: r.msg.attributes,
-        ordering_key: meta.key,
-        publish_time: r.msg.publish_time,
-        attempts: meta.attempts.unwrap_or(0),
-        reason: meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into()),
-        dead_lettered_at: meta.dlq_ts.map_or(SystemTime::now(), from_micros),
-    }
 }
 
 impl AwsAdmin {
@@ -132,7 +118,7 @@ impl AwsAdmin {
             for r in batch {
                 let ack = r.msg.ack_id.clone();
                 let h = handle(&ack).to_string();
-                let d = dead_letter(r);
+                let d = r.into_dead_letter();
                 if !select(&d) {
                     progress |= skipped_ids.insert(d.id.clone());
                     skipped.push((ack, 0));

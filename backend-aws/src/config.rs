@@ -10,6 +10,7 @@ pub use tidings_core::cloud::Provisioning;
 /// Settings of the AWS backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AwsConfig {
     /// Region; default from the AWS chain (`AWS_REGION`, profile).
     #[serde(default)]

@@ -68,6 +68,19 @@ pub(crate) struct Read {
     pub(crate) meta: Option<Meta>,
 }
 
+impl Read {
+    /// A message received from a dead-letter queue as a [`DeadLetter`].
+    pub(crate) fn into_dead_letter(self) -> DeadLetter {
+        let meta = self.meta.unwrap_or_default();
+        let reason = meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into());
+        let at = meta.dlq_ts.map_or(SystemTime::now(), from_micros);
+        let m = self.msg;
+        DeadLetter::new(m.id, m.payload, m.publish_time, meta.attempts.unwrap_or(0), reason, at)
+            .with_attributes(m.attributes)
+            .with_ordering_key(meta.key)
+    }
+}
+
 fn secs(d: Duration) -> i32 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).min(43_200) as i32
 }
@@ -136,19 +149,14 @@ impl AwsSubscription {
                     None => group(),
                 }
                 .filter(|_| self.ordered);
-                Read {
-                    msg: ReceivedMessage {
-                        ack_id: AckId::Text(m.receipt_handle().unwrap_or_default().into()),
-                        id: MessageId::from(id),
-                        payload: Bytes::from(m.body().unwrap_or_default().to_string()),
-                        attributes,
-                        ordering_key: key.map(Into::into),
-                        publish_time,
-                        attempt: sys_get(Sys::ApproximateReceiveCount).unwrap_or(1).max(1) as u32,
-                        trace: meta.as_ref().and_then(|m| m.trace.clone()),
-                    },
-                    meta,
-                }
+                let ack_id = AckId::Text(m.receipt_handle().unwrap_or_default().into());
+                let payload = Bytes::from(m.body().unwrap_or_default().to_string());
+                let attempt = sys_get(Sys::ApproximateReceiveCount).unwrap_or(1).max(1) as u32;
+                let msg = ReceivedMessage::new(ack_id, MessageId::from(id), payload, publish_time, attempt)
+                    .with_attributes(attributes)
+                    .with_ordering_key(key.map(Into::into))
+                    .with_trace(meta.as_ref().and_then(|m| m.trace.clone()));
+                Read { msg, meta }
             })
             .collect())
     }
@@ -354,17 +362,7 @@ impl SubscriptionDriver for AwsSubscription {
                 if out.len() >= max || !seen.insert(r.msg.id.clone()) {
                     continue;
                 }
-                let meta = r.meta.unwrap_or_default();
-                out.push(DeadLetter {
-                    id: r.msg.id,
-                    payload: r.msg.payload,
-                    attributes: r.msg.attributes,
-                    ordering_key: meta.key,
-                    publish_time: r.msg.publish_time,
-                    attempts: meta.attempts.unwrap_or(0),
-                    reason: meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into()),
-                    dead_lettered_at: meta.dlq_ts.map_or(SystemTime::now(), from_micros),
-                });
+                out.push(r.into_dead_letter());
             }
         }
         if !handles.is_empty() {

@@ -94,7 +94,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
     let auto = support::backend(support::config()).await;
     let declared = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(30));
     auto.subscription(&spec(&topic, TopicConfig::at_least_once(), declared)).await.unwrap();
-    let verify = support::backend(AwsConfig { provisioning: Provisioning::Verify, ..support::config() }).await;
+    let verify = support::backend(support::provisioned(Provisioning::Verify)).await;
     verify.subscription(&spec(&topic, TopicConfig::at_least_once(), declared)).await.expect("matching settings verify");
     let changed = declared.with_ack_deadline(Duration::from_secs(45));
     let e = verify.subscription(&spec(&topic, TopicConfig::at_least_once(), changed)).await.unwrap_err();
@@ -114,7 +114,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
 
 #[tokio::test]
 async fn provisioning_off_needs_the_resources_in_config() {
-    let off = support::backend(AwsConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let off = support::backend(support::provisioned(Provisioning::Off)).await;
     let orders = TopicSpec::new("orders", "orders", TopicConfig::at_least_once());
     let e = off.topic(&orders).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
@@ -219,13 +219,10 @@ async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
 
 #[tokio::test]
 async fn plain_http_to_a_remote_endpoint_is_refused() {
-    let e = tidings_aws::AwsBackend::new(AwsConfig {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some("http://sqs.example.com".into()),
-        ..AwsConfig::default()
-    })
-    .await
-    .unwrap_err();
+    let mut config = AwsConfig::default();
+    config.region = Some("us-east-1".into());
+    config.endpoint_url = Some("http://sqs.example.com".into());
+    let e = tidings_aws::AwsBackend::new(config).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("aws.endpoint_url") && e.to_string().contains("https"), "{e}");
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use google_cloud_pubsub::model::{Message as GMessage, Subscription};
@@ -17,13 +17,13 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
 use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
 use tidings_core::backend::{OutgoingMessage, SubscriptionSpec};
-use tidings_core::{DeadLetter, MessageId, Result, TopicConfig};
+use tidings_core::{DeadLetter, Result, TopicConfig};
 
 use crate::error::gcp;
-use crate::meta::{from_micros, micros, Meta};
+use crate::meta::{micros, Meta};
 use crate::provision::{paths, Paths};
 use crate::publish::to_message;
-use crate::subscribe::{id_of, meta_of, publish_time, user_attributes};
+use crate::subscribe::{dead_letter_of, id_of, meta_of};
 use crate::Shared;
 
 /// How long a pull waits for the first message of a dead-letter subscription (a stream takes a moment to start).
@@ -41,26 +41,6 @@ pub(crate) struct GcpAdmin {
 
 fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-fn dead_letter(m: &GMessage) -> DeadLetter {
-    let meta = meta_of(m);
-    let id = id_of(m, meta.as_ref());
-    let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
-    let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
-    DeadLetter {
-        id: MessageId::from(id),
-        payload: m.data.clone(),
-        attributes: user_attributes(m),
-        ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()),
-        publish_time: publish_time(m, meta.as_ref()),
-        attempts,
-        reason: meta
-            .as_ref()
-            .and_then(|x| x.reason.clone())
-            .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries")),
-        dead_lettered_at: meta.as_ref().and_then(|x| x.dlq_ts).map_or(SystemTime::now(), from_micros),
-    }
 }
 
 /// Messages pulled from a subscription and held until settled; the stream shuts down (flushing acks, nacking the
@@ -169,7 +149,7 @@ impl GcpAdmin {
         let mut result = Ok(());
         let mut iter = messages.into_iter();
         for (m, h) in iter.by_ref() {
-            let d = dead_letter(&m);
+            let d = dead_letter_of(&m);
             if !select(&d) {
                 rest.push((m, h));
                 continue;
@@ -275,7 +255,7 @@ impl Admin for GcpAdmin {
         let pulled = self.pull(&p.dlq_subscription, MAX_PULL).await?;
         let mut out: Vec<DeadLetter> = Vec::new();
         for (m, _) in &pulled.messages {
-            let d = dead_letter(m);
+            let d = dead_letter_of(m);
             if !out.iter().any(|x| x.id == d.id) {
                 out.push(d);
             }

@@ -9,6 +9,7 @@ pub use tidings_core::cloud::Provisioning;
 /// Settings of the GCP backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GcpConfig {
     /// Project id; default from `GOOGLE_CLOUD_PROJECT`, `GCLOUD_PROJECT` or (emulator) `PUBSUB_PROJECT_ID`.
     #[serde(default)]

@@ -345,16 +345,20 @@ impl GcpSubscription {
             let key = (self.ordered && !m.ordering_key.is_empty()).then(|| m.ordering_key.clone());
             let token = st.next_token;
             st.next_token += 1;
-            out.push(ReceivedMessage {
-                ack_id: AckId::Num(token),
-                id: MessageId::from(id.clone()),
-                payload: m.data.clone(),
-                attributes: user_attributes(&m),
-                ordering_key: key.as_deref().map(Into::into),
-                publish_time: publish_time(&m, meta.as_ref()),
-                attempt: h.delivery_attempt().unwrap_or(1).max(1) as u32,
-                trace: meta.as_ref().and_then(|m| m.trace.clone()),
-            });
+            let attempt = h.delivery_attempt().unwrap_or(1).max(1) as u32;
+            let published = publish_time(&m, meta.as_ref());
+            out.push(
+                ReceivedMessage::new(
+                    AckId::Num(token),
+                    MessageId::from(id.clone()),
+                    m.data.clone(),
+                    published,
+                    attempt,
+                )
+                .with_attributes(user_attributes(&m))
+                .with_ordering_key(key.as_deref().map(Into::into))
+                .with_trace(meta.as_ref().and_then(|m| m.trace.clone())),
+            );
             if st.held.is_empty() {
                 self.reaper.notify_one();
             }
@@ -443,7 +447,8 @@ async fn next_dead_letter(
     }
 }
 
-fn dead_letter_of(m: &GMessage) -> DeadLetter {
+/// A message of a dead-letter subscription as a [`DeadLetter`] (also read by the operator SPI).
+pub(crate) fn dead_letter_of(m: &GMessage) -> DeadLetter {
     let meta = meta_of(m);
     let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
     let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
@@ -451,16 +456,11 @@ fn dead_letter_of(m: &GMessage) -> DeadLetter {
         .as_ref()
         .and_then(|x| x.reason.clone())
         .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries"));
-    DeadLetter {
-        id: MessageId::from(id_of(m, meta.as_ref())),
-        payload: m.data.clone(),
-        attributes: user_attributes(m),
-        ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()),
-        publish_time: publish_time(m, meta.as_ref()),
-        attempts,
-        reason,
-        dead_lettered_at: meta.as_ref().and_then(|x| x.dlq_ts).map_or(std::time::SystemTime::now(), from_micros),
-    }
+    let id = MessageId::from(id_of(m, meta.as_ref()));
+    let at = meta.as_ref().and_then(|x| x.dlq_ts).map_or(std::time::SystemTime::now(), from_micros);
+    DeadLetter::new(id, m.data.clone(), publish_time(m, meta.as_ref()), attempts, reason, at)
+        .with_attributes(user_attributes(m))
+        .with_ordering_key((!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()))
 }
 
 impl Drop for GcpSubscription {
@@ -635,16 +635,12 @@ impl SubscriptionDriver for GcpSubscription {
                 continue;
             }
             if !moved.contains(&id) {
-                let copy = ReceivedMessage {
-                    ack_id: AckId::Num(0),
-                    id: MessageId::from(id.clone()),
-                    payload: m.data.clone(),
-                    attributes: user_attributes(&m),
-                    ordering_key: (!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()),
-                    publish_time: publish_time(&m, meta.as_ref()),
-                    attempt: 1,
-                    trace: meta.as_ref().and_then(|m| m.trace.clone()),
-                };
+                let published = publish_time(&m, meta.as_ref());
+                let copy =
+                    ReceivedMessage::new(AckId::Num(0), MessageId::from(id.clone()), m.data.clone(), published, 1)
+                        .with_attributes(user_attributes(&m))
+                        .with_ordering_key((!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()))
+                        .with_trace(meta.as_ref().and_then(|m| m.trace.clone()));
                 let meta = Meta {
                     id: id.clone(),
                     ts: micros(copy.publish_time),

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use tidings_core::conformance::{network_faults, proxy::FaultProxy};
 use tidings_core::Bus;
-use tidings_gcp::GcpConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_cuts_and_latency_lose_nothing() {
-    let direct = support::config();
     let proxy = FaultProxy::start(support::host()).await;
-    let config = GcpConfig { endpoint: Some(format!("http://{}", proxy.addr)), ..direct };
+    let mut config = support::config();
+    config.endpoint = Some(format!("http://{}", proxy.addr));
     let bus = Bus::new(Arc::new(support::backend(config).await));
     let report = network_faults(&bus, &proxy, "gcp", 300, Duration::from_secs(10), Duration::from_secs(90)).await;
     assert!(report.missing.is_empty(), "lost after the network returned: {:?}", report.missing);

@@ -33,7 +33,7 @@ async fn provisioning_is_idempotent_and_verify_reports_a_mismatch() {
     let auto = support::backend(support::config()).await;
     auto.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.unwrap();
     auto.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.expect("second provisioning succeeds");
-    let verify = support::backend(GcpConfig { provisioning: Provisioning::Verify, ..support::config() }).await;
+    let verify = support::backend(support::provisioned(Provisioning::Verify)).await;
     verify.provision(&spec(topic, TopicConfig::exactly_once(), declared)).await.expect("matching settings verify");
     let e = verify
         .provision(&spec(topic, TopicConfig::exactly_once(), declared.with_ack_deadline(Duration::from_secs(45))))
@@ -51,7 +51,7 @@ async fn provisioning_is_idempotent_and_verify_reports_a_mismatch() {
 
 #[tokio::test]
 async fn provisioning_off_trusts_the_names_and_a_missing_project_is_named() {
-    let off = support::backend(GcpConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let off = support::backend(support::provisioned(Provisioning::Off)).await;
     // Nothing exists under this name, and `off` does not look: it trusts the configuration.
     off.provision(&spec(unique("off"), TopicConfig::at_least_once(), SubscriptionConfig::DEFAULT)).await.unwrap();
     if std::env::var("GOOGLE_CLOUD_PROJECT").is_err()
@@ -65,7 +65,7 @@ async fn provisioning_off_trusts_the_names_and_a_missing_project_is_named() {
 
 #[tokio::test]
 async fn publishing_to_a_missing_topic_with_provisioning_off_is_a_clear_error() {
-    let off = support::backend(GcpConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let off = support::backend(support::provisioned(Provisioning::Off)).await;
     let bus = Bus::new(Arc::new(off));
     let name = unique("absent");
     let t = Topic::<Event>::new(name, TopicConfig::at_least_once());

@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
 /// The `[local]` config section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LocalConfig {
     /// Largest message in bytes (payload plus attributes); default 10 MiB.
     #[serde(default = "default_max")]

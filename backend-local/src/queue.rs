@@ -289,16 +289,12 @@ impl Queue {
             let token = self.next_token;
             self.next_token += 1;
             let m = &p.msg;
-            out.push(ReceivedMessage {
-                ack_id: AckId::Num(token),
-                id: m.id.clone(),
-                payload: m.payload.clone(),
-                attributes: m.attributes(),
-                ordering_key: m.ordering_key().cloned(),
-                publish_time: m.publish_time(),
-                attempt: p.attempts,
-                trace: m.trace().cloned(),
-            });
+            out.push(
+                ReceivedMessage::new(AckId::Num(token), m.id.clone(), m.payload.clone(), m.publish_time(), p.attempts)
+                    .with_attributes(m.attributes())
+                    .with_ordering_key(m.ordering_key().cloned())
+                    .with_trace(m.trace().cloned()),
+            );
             self.lease_deadlines.push(Reverse((deadline, token)));
             self.leased.insert(token, Lease { p, deadline });
         }
@@ -379,18 +375,14 @@ impl Queue {
             if let Some(l) = self.lease(&r.message.ack_id) {
                 self.release_key(&l.p);
                 let m = &l.p.msg;
-                self.dlq.push_back(DeadLetter {
-                    id: m.id.clone(),
-                    // Its own copy: a dead letter can stay for days, and must not keep the chunk its payload was
-                    // encoded into (shared with the messages published beside it) alive that long.
-                    payload: Bytes::copy_from_slice(&m.payload),
-                    attributes: m.attributes(),
-                    ordering_key: m.ordering_key().map(|k| k.to_string()),
-                    publish_time: m.publish_time(),
-                    attempts: l.p.attempts,
-                    reason: r.reason,
-                    dead_lettered_at: SystemTime::now(),
-                });
+                // Its own copy of the payload: a dead letter can stay for days, and must not keep the chunk its payload
+                // was encoded into (shared with the messages published beside it) alive that long.
+                let payload = Bytes::copy_from_slice(&m.payload);
+                let letter =
+                    DeadLetter::new(m.id.clone(), payload, m.publish_time(), l.p.attempts, r.reason, SystemTime::now())
+                        .with_attributes(m.attributes())
+                        .with_ordering_key(m.ordering_key().map(|k| k.to_string()));
+                self.dlq.push_back(letter);
             }
         }
     }
@@ -454,7 +446,7 @@ mod tests {
         let m = Stored::new(MessageId::from("a"), payload.clone(), Attributes::new(), None, SystemTime::now());
         q.push([m], t0);
         let got = take(&mut q, 1, t0);
-        q.dead_letter(vec![DeadLetterRequest { message: got[0].clone(), reason: "bad".into() }]);
+        q.dead_letter(vec![DeadLetterRequest::new(got[0].clone(), "bad")]);
         let dl = q.dead_letters(10);
         assert_eq!(dl[0].payload, payload);
         assert_ne!(dl[0].payload.as_ptr(), payload.as_ptr(), "not a view into the publish-time buffer");
@@ -522,7 +514,7 @@ mod tests {
         assert!(take(&mut q, 10, t0).is_empty(), "a nacked head still blocks its key");
         let again = take(&mut q, 10, t0 + Duration::from_secs(1));
         assert_eq!(again.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["k1"]);
-        let req = DeadLetterRequest { message: again[0].clone(), reason: "bad".into() };
+        let req = DeadLetterRequest::new(again[0].clone(), "bad");
         q.dead_letter(vec![req]);
         let next = take(&mut q, 10, t0 + Duration::from_secs(1));
         assert_eq!(

@@ -21,6 +21,7 @@ pub enum Storage {
 /// Settings of the NATS JetStream backend.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated (`nats://host:4222`, `tls://host:4222`); default `NATS_URL`, else
     /// `nats://127.0.0.1:4222`.

@@ -72,20 +72,13 @@ fn stored(m: StreamMessage) -> Stored {
     let meta = meta.unwrap_or_default();
     let id = if meta.id.is_empty() { msg_id.unwrap_or_else(|| format!("dlq-{}", m.sequence)) } else { meta.id.clone() };
     let stored_at: SystemTime = m.time.into();
-    Stored {
-        seq: m.sequence,
-        letter: DeadLetter {
-            id: MessageId::from(id),
-            payload: m.payload,
-            attributes,
-            ordering_key: meta.key.clone(),
-            publish_time: if meta.ts > 0 { from_micros(meta.ts) } else { stored_at },
-            attempts: meta.attempts.unwrap_or(0),
-            reason: meta.reason.clone().unwrap_or_else(|| "no reason recorded".into()),
-            dead_lettered_at: meta.dlq_ts.map_or(stored_at, from_micros),
-        },
-        meta,
-    }
+    let published = if meta.ts > 0 { from_micros(meta.ts) } else { stored_at };
+    let reason = meta.reason.clone().unwrap_or_else(|| "no reason recorded".into());
+    let at = meta.dlq_ts.map_or(stored_at, from_micros);
+    let letter = DeadLetter::new(MessageId::from(id), m.payload, published, meta.attempts.unwrap_or(0), reason, at)
+        .with_attributes(attributes)
+        .with_ordering_key(meta.key.clone());
+    Stored { seq: m.sequence, letter, meta }
 }
 
 /// Up to `max` dead letters in stream order.

@@ -117,16 +117,14 @@ mod tests {
     use tidings_core::MessageId;
 
     fn msg(seq: u64, key: &str) -> ReceivedMessage {
-        ReceivedMessage {
-            ack_id: AckId::Num(seq),
-            id: MessageId::from(seq.to_string()),
-            payload: Default::default(),
-            attributes: Default::default(),
-            ordering_key: Some(key.into()),
-            publish_time: SystemTime::now(),
-            attempt: 1,
-            trace: None,
-        }
+        ReceivedMessage::new(
+            AckId::Num(seq),
+            MessageId::from(seq.to_string()),
+            Default::default(),
+            SystemTime::now(),
+            1,
+        )
+        .with_ordering_key(Some(key.into()))
     }
 
     #[test]

@@ -90,16 +90,12 @@ impl NatsSubscription {
             };
             let trace = meta.as_ref().and_then(|m| m.trace.clone());
             let key = meta.and_then(|m| m.key).filter(|_| self.seq.is_some());
-            let msg = ReceivedMessage {
-                ack_id: AckId::Text(r.into()),
-                id: MessageId::from(id),
-                payload: m.payload,
-                attributes,
-                ordering_key: key.map(Into::into),
-                publish_time,
-                attempt: d.delivered.min(u64::from(u32::MAX)) as u32,
-                trace,
-            };
+            let attempt = d.delivered.min(u64::from(u32::MAX)) as u32;
+            let msg =
+                ReceivedMessage::new(AckId::Text(r.into()), MessageId::from(id), m.payload, publish_time, attempt)
+                    .with_attributes(attributes)
+                    .with_ordering_key(key.map(Into::into))
+                    .with_trace(trace);
             match &self.seq {
                 Some(q) => out.extend(q.arrive(d.stream_seq, msg)),
                 None => out.push(msg),

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use tidings_core::conformance::{network_faults, proxy::FaultProxy};
 use tidings_core::Bus;
-use tidings_nats::{NatsBackend, NatsConfig};
+use tidings_nats::NatsBackend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_cuts_and_latency_lose_nothing() {
     support::require_server();
     let target = support::url().trim_start_matches("nats://").to_string();
     let proxy = FaultProxy::start(target).await;
-    let config = NatsConfig { url: Some(format!("nats://{}", proxy.addr)), ..support::config() };
+    let mut config = support::config();
+    config.url = Some(format!("nats://{}", proxy.addr));
     let bus = Bus::new(Arc::new(NatsBackend::new(config).await.unwrap()));
     let report = network_faults(&bus, &proxy, "nats", 300, Duration::from_secs(5), Duration::from_secs(90)).await;
     assert!(report.missing.is_empty(), "lost after the network returned: {:?}", report.missing);

@@ -12,7 +12,7 @@ use async_nats::jetstream::response::Response;
 use serde::{Deserialize, Serialize};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
 use tidings_core::{Backend, Bus, ErrorKind, HandlerError, Message, SubscriptionConfig, Topic, TopicConfig};
-use tidings_nats::{NatsConfig, Provisioning};
+use tidings_nats::Provisioning;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 struct Event {
@@ -75,7 +75,7 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
     let declared = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(30));
     let auto = support::backend(support::config()).await;
     auto.provision(&spec(&topic, TopicConfig::at_least_once(), declared)).await.unwrap();
-    let verify = support::backend(NatsConfig { provisioning: Provisioning::Verify, ..support::config() }).await;
+    let verify = support::backend(support::provisioned(Provisioning::Verify)).await;
     verify.provision(&spec(&topic, TopicConfig::at_least_once(), declared)).await.expect("matching settings verify");
     let changed = declared.with_ack_deadline(Duration::from_secs(45));
     let e = verify.provision(&spec(&topic, TopicConfig::at_least_once(), changed)).await.unwrap_err();
@@ -97,7 +97,7 @@ async fn provisioning_off_makes_no_api_calls_and_a_missing_stream_is_reported_on
     let topic = support::unique("off");
     let s = spec(&topic, TopicConfig::at_least_once(), SubscriptionConfig::DEFAULT);
     support::backend(support::config()).await.provision(&s).await.unwrap();
-    let off = support::backend(NatsConfig { provisioning: Provisioning::Off, ..support::config() }).await;
+    let off = support::backend(support::provisioned(Provisioning::Off)).await;
     let bus = Bus::new(Arc::new(off.clone()));
     let t = Topic::<Event>::new(Box::leak(topic.clone().into_boxed_str()), TopicConfig::at_least_once());
     let got = Arc::new(Mutex::new(Vec::new()));

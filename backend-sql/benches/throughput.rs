@@ -32,11 +32,7 @@ fn pg_url() -> String {
 
 async fn backend(dialect: &str, dir: &std::path::Path, schema: &str) -> SqlBackend {
     match dialect {
-        "postgres" => {
-            SqlBackend::postgres(PostgresConfig { url: Some(pg_url()), schema: schema.into(), ..Default::default() })
-                .await
-                .unwrap()
-        }
+        "postgres" => SqlBackend::postgres(PostgresConfig::at(pg_url(), schema)).await.unwrap(),
         _ => SqlBackend::sqlite(SqliteConfig::at(dir.join("bus.db"))).await.unwrap(),
     }
 }

@@ -17,6 +17,7 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test"
 /// Settings of the SQLite backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SqliteConfig {
     /// The database file, created on first use with its directory (default `.tidings/bus.db`).
     #[serde(default = "default_path")]
@@ -58,6 +59,7 @@ impl SqliteConfig {
 /// Settings of the PostgreSQL backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PostgresConfig {
     /// Connection URL; default `DATABASE_URL`, then `postgres://postgres@127.0.0.1:5432/test`.
     #[serde(default)]
@@ -94,6 +96,11 @@ impl Default for PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// The defaults with another connection URL and schema.
+    pub fn at(url: impl Into<String>, schema: impl Into<String>) -> Self {
+        Self { url: Some(url.into()), schema: schema.into(), ..Self::default() }
+    }
+
     /// `postgres.url`, else `DATABASE_URL`, else the local default.
     pub fn resolved_url(&self) -> String {
         self.url

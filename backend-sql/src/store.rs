@@ -206,16 +206,19 @@ macro_rules! impl_store {
                     let attempts: i64 = r.try_get("attempts").map_err(get)?;
                     seqs.push(seq);
                     let (attributes, trace) = $crate::store::decode_attributes(&attributes)?;
-                    out.push(tidings_core::backend::ReceivedMessage {
-                        ack_id: $crate::error::ack_id(seq, lease),
-                        id: tidings_core::MessageId::from(id),
-                        payload: bytes::Bytes::from(payload),
-                        attributes,
-                        ordering_key: key.map(Into::into),
-                        publish_time: tidings_core::time::from_micros(published),
-                        attempt: attempts.clamp(1, i64::from(u32::MAX)) as u32,
-                        trace,
-                    });
+                    let attempt = attempts.clamp(1, i64::from(u32::MAX)) as u32;
+                    out.push(
+                        tidings_core::backend::ReceivedMessage::new(
+                            $crate::error::ack_id(seq, lease),
+                            tidings_core::MessageId::from(id),
+                            bytes::Bytes::from(payload),
+                            tidings_core::time::from_micros(published),
+                            attempt,
+                        )
+                        .with_attributes(attributes)
+                        .with_ordering_key(key.map(Into::into))
+                        .with_trace(trace),
+                    );
                 }
                 // RETURNING has no order: hand them out oldest first.
                 let mut order: Vec<usize> = (0..out.len()).collect();
@@ -315,16 +318,18 @@ macro_rules! impl_store {
                     let attempts: i64 = r.try_get("attempts").map_err(get)?;
                     let reason: Option<String> = r.try_get("reason").map_err(get)?;
                     let dead_at: Option<i64> = r.try_get("dead_at").map_err(get)?;
-                    out.push(tidings_core::DeadLetter {
-                        id: tidings_core::MessageId::from(id),
-                        payload: bytes::Bytes::from(payload),
-                        attributes: $crate::store::decode_attributes(&attributes)?.0,
-                        ordering_key: r.try_get("ordering_key").map_err(get)?,
-                        publish_time: tidings_core::time::from_micros(r.try_get("publish_time").map_err(get)?),
-                        attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
-                        reason: reason.unwrap_or_default(),
-                        dead_lettered_at: tidings_core::time::from_micros(dead_at.unwrap_or(0)),
-                    });
+                    out.push(
+                        tidings_core::DeadLetter::new(
+                            tidings_core::MessageId::from(id),
+                            bytes::Bytes::from(payload),
+                            tidings_core::time::from_micros(r.try_get("publish_time").map_err(get)?),
+                            attempts.clamp(0, i64::from(u32::MAX)) as u32,
+                            reason.unwrap_or_default(),
+                            tidings_core::time::from_micros(dead_at.unwrap_or(0)),
+                        )
+                        .with_attributes($crate::store::decode_attributes(&attributes)?.0)
+                        .with_ordering_key(r.try_get("ordering_key").map_err(get)?),
+                    );
                 }
                 Ok(out)
             }

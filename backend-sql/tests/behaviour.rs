@@ -182,7 +182,8 @@ async fn sqlite_incompatible_schema_version_is_a_clear_error() {
     pool.close().await;
     let e = SqlBackend::sqlite(SqliteConfig::at(&path)).await.unwrap_err().to_string();
     assert!(e.contains("schema version 99") && e.contains("version 1") && e.contains("incompatible"), "{e}");
-    let verify = SqliteConfig { provisioning: Provisioning::Verify, ..SqliteConfig::at(&path) };
+    let mut verify = SqliteConfig::at(&path);
+    verify.provisioning = Provisioning::Verify;
     let e = SqlBackend::sqlite(verify).await.unwrap_err().to_string();
     assert!(e.contains("schema version 99"), "{e}");
 }
@@ -191,14 +192,15 @@ async fn sqlite_incompatible_schema_version_is_a_clear_error() {
 async fn postgres_incompatible_schema_version_is_a_clear_error() {
     support::require_pg().await;
     let schema = format!("tidings_test_{}v", support::unique());
-    let config = PostgresConfig { url: Some(support::pg_url()), schema: schema.clone(), ..PostgresConfig::default() };
+    let config = PostgresConfig::at(support::pg_url(), schema.clone());
     drop(SqlBackend::postgres(config.clone()).await.unwrap());
     let pool = sqlx::PgPool::connect(&support::pg_url()).await.unwrap();
     sqlx::query(&format!("UPDATE {schema}.schema_version SET version = 99")).execute(&pool).await.unwrap();
     let e = SqlBackend::postgres(config.clone()).await.unwrap_err().to_string();
     assert!(e.contains("schema version 99") && e.contains(&schema) && e.contains("incompatible"), "{e}");
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.unwrap();
-    let verify = PostgresConfig { provisioning: Provisioning::Verify, ..config };
+    let mut verify = config;
+    verify.provisioning = Provisioning::Verify;
     let e = SqlBackend::postgres(verify).await.unwrap_err().to_string();
     assert!(e.contains("no tidings tables") && e.contains("auto"), "{e}");
 }
@@ -210,15 +212,15 @@ async fn sqlite_path_that_cannot_be_created_is_named() {
     let path = file.join("sub").join("bus.db");
     let e = SqlBackend::sqlite(SqliteConfig::at(&path)).await.unwrap_err().to_string();
     assert!(e.contains("sqlite.path") && e.contains(&path.display().to_string()), "{e}");
-    let missing = SqliteConfig { provisioning: Provisioning::Verify, ..SqliteConfig::at(file.with_extension("db")) };
+    let mut missing = SqliteConfig::at(file.with_extension("db"));
+    missing.provisioning = Provisioning::Verify;
     let e = SqlBackend::sqlite(missing).await.unwrap_err().to_string();
     assert!(e.contains("sqlite.path") && e.contains("cannot open"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_at_start_is_retried_then_a_clear_error() {
-    let config =
-        PostgresConfig { url: Some("postgres://postgres@127.0.0.1:1/test".into()), ..PostgresConfig::default() };
+    let config = PostgresConfig::at("postgres://postgres@127.0.0.1:1/test", "tidings");
     let e = SqlBackend::postgres(config).await.unwrap_err();
     assert!(e.is_retryable());
     let m = e.to_string();

@@ -18,12 +18,8 @@ async fn postgres_resets_cuts_and_latency_lose_nothing() {
     let proxy = FaultProxy::start(format!("{}:{}", opts.get_host(), opts.get_port())).await;
     let db = opts.get_database().unwrap_or("test").to_string();
     let through_proxy = format!("postgres://{}@{}/{db}", opts.get_username(), proxy.addr);
-    let config = PostgresConfig {
-        url: Some(through_proxy),
-        schema: support::pg_schema(),
-        poll_interval: Duration::from_millis(500),
-        ..PostgresConfig::default()
-    };
+    let mut config = PostgresConfig::at(through_proxy, support::pg_schema());
+    config.poll_interval = Duration::from_millis(500);
     let bus = Bus::new(Arc::new(SqlBackend::postgres(config).await.unwrap()));
     let report = network_faults(&bus, &proxy, "postgres", 300, Duration::from_secs(5), Duration::from_secs(90)).await;
     assert!(report.missing.is_empty(), "lost after the network returned: {:?}", report.missing);

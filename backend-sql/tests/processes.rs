@@ -32,7 +32,7 @@ async fn child_bus() -> Bus {
     let backend = std::env::var("CHILD_BACKEND").unwrap();
     let b = if backend == "postgres" {
         let schema = std::env::var("CHILD_PG_SCHEMA").unwrap();
-        SqlBackend::postgres(PostgresConfig { url: Some(support::pg_url()), schema, ..Default::default() }).await
+        SqlBackend::postgres(PostgresConfig::at(support::pg_url(), schema)).await
     } else {
         let mut c = support::sqlite_config();
         c.path = std::env::var("CHILD_SQLITE_PATH").unwrap().into();

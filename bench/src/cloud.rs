@@ -153,7 +153,9 @@ async fn aws_raw_round(
 pub async fn aws(n: u64) -> String {
     use tidings_aws::{AwsBackend, AwsConfig};
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
-    let config = AwsConfig { region: Some("us-east-1".into()), endpoint_url: Some(endpoint), ..AwsConfig::default() };
+    let mut config = AwsConfig::default();
+    config.region = Some("us-east-1".into());
+    config.endpoint_url = Some(endpoint);
     let backend = AwsBackend::new(config).await.expect("AWS backend (LocalStack: scripts/localstack start)");
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -253,10 +255,11 @@ pub async fn gcp(n: u64) -> String {
     use tidings_gcp::{GcpBackend, GcpConfig};
     let emulator = std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".into());
     let (proxy, calls) = counting_proxy(emulator.clone()).await;
-    let config = |ep: &str| GcpConfig {
-        project_id: Some("tidings-test".into()),
-        endpoint: Some(format!("http://{ep}")),
-        ..GcpConfig::default()
+    let config = |ep: &str| {
+        let mut c = GcpConfig::default();
+        c.project_id = Some("tidings-test".into());
+        c.endpoint = Some(format!("http://{ep}"));
+        c
     };
     // Publisher side through the counting proxy; subscriber side direct.
     let publisher_bus = Bus::new(Arc::new(GcpBackend::new(config(&proxy)).await.unwrap()));

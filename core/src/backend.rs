@@ -194,7 +194,10 @@ pub enum AckId {
 }
 
 /// A message handed out by `receive`, leased for the subscription's ack deadline.
+///
+/// Built with [`ReceivedMessage::new`] and the `with_*` methods (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReceivedMessage {
     /// Token for settling this delivery.
     pub ack_id: AckId,
@@ -214,13 +217,52 @@ pub struct ReceivedMessage {
     pub trace: Option<TraceContext>,
 }
 
+impl ReceivedMessage {
+    /// A delivery without attributes, ordering key or trace context.
+    pub fn new(ack_id: AckId, id: MessageId, payload: Bytes, publish_time: SystemTime, attempt: u32) -> Self {
+        Self {
+            ack_id,
+            id,
+            payload,
+            attributes: Attributes::new(),
+            ordering_key: None,
+            publish_time,
+            attempt,
+            trace: None,
+        }
+    }
+    /// With these attributes.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+    /// With this ordering key.
+    pub fn with_ordering_key(mut self, key: Option<Arc<str>>) -> Self {
+        self.ordering_key = key;
+        self
+    }
+    /// With this trace context.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+}
+
 /// A message the runtime moves to the DLQ, with the reason.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeadLetterRequest {
     /// The delivery to dead-letter.
     pub message: ReceivedMessage,
     /// Why: the last error, a decode error, or an unrecoverable error.
     pub reason: String,
+}
+
+impl DeadLetterRequest {
+    /// Dead-letters `message` because of `reason`.
+    pub fn new(message: ReceivedMessage, reason: impl Into<String>) -> Self {
+        Self { message, reason: reason.into() }
+    }
 }
 
 /// Entry point of a backend: provisions (or verifies) resources and hands out drivers.

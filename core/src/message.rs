@@ -214,7 +214,21 @@ impl PublishOptions {
 }
 
 /// Metadata of a delivered message.
+///
+/// Built with [`Metadata::new`] and the `with_*` methods (the struct is `#[non_exhaustive]`), for example to unit-test
+/// a handler:
+///
+/// ```
+/// use std::time::SystemTime;
+/// use tidings::{Message, MessageId, Metadata};
+///
+/// let meta = Metadata::new(MessageId::from("m-1"), SystemTime::now(), 2).with_attribute("source", "test");
+/// let msg = Message::new("payload", meta);
+/// assert_eq!(msg.attempt(), 2);
+/// assert_eq!(msg.attribute("source"), Some("test"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Metadata {
     /// The id assigned at publish.
     pub id: MessageId,
@@ -226,6 +240,28 @@ pub struct Metadata {
     pub attributes: Attributes,
     /// The ordering key set at publish.
     pub ordering_key: Option<String>,
+}
+
+impl Metadata {
+    /// Metadata without attributes or ordering key.
+    pub fn new(id: MessageId, publish_time: SystemTime, attempt: u32) -> Self {
+        Self { id, publish_time, attempt, attributes: Attributes::new(), ordering_key: None }
+    }
+    /// With these attributes.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+    /// With one more attribute.
+    pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+    /// With this ordering key.
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
 }
 
 /// A decoded message handed to a subscription's handler. Derefs to the payload.

@@ -31,9 +31,18 @@ pub async fn sdk() -> aws_config::SdkConfig {
 }
 
 pub fn config() -> AwsConfig {
-    AwsConfig { wait_time: Duration::from_secs(1), ..AwsConfig::default() }
+    let mut c = AwsConfig::default();
+    c.wait_time = Duration::from_secs(1);
+    c
 }
 
 pub async fn backend(config: AwsConfig) -> AwsBackend {
     AwsBackend::with_sdk_config(&sdk().await, config).expect("backend")
+}
+
+/// [`config`] with another provisioning mode.
+pub fn provisioned(mode: tidings_aws::Provisioning) -> AwsConfig {
+    let mut c = config();
+    c.provisioning = mode;
+    c
 }

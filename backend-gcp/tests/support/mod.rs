@@ -20,13 +20,19 @@ pub fn config() -> GcpConfig {
             std::env::var("CI").unwrap_or_default()
         );
     }
-    GcpConfig {
-        project_id: Some("tidings-test".into()),
-        endpoint: Some(format!("http://{host}")),
-        ..GcpConfig::default()
-    }
+    let mut c = GcpConfig::default();
+    c.project_id = Some("tidings-test".into());
+    c.endpoint = Some(format!("http://{host}"));
+    c
 }
 
 pub async fn backend(config: GcpConfig) -> GcpBackend {
     GcpBackend::new(config).await.expect("backend")
+}
+
+/// [`config`] with another provisioning mode.
+pub fn provisioned(mode: tidings_gcp::Provisioning) -> GcpConfig {
+    let mut c = config();
+    c.provisioning = mode;
+    c
 }

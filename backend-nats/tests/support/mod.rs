@@ -25,7 +25,10 @@ pub fn require_server() {
 }
 
 pub fn config() -> NatsConfig {
-    NatsConfig { url: Some(url()), wait_time: Duration::from_secs(1), ..NatsConfig::default() }
+    let mut c = NatsConfig::default();
+    c.url = Some(url());
+    c.wait_time = Duration::from_secs(1);
+    c
 }
 
 pub async fn backend(config: NatsConfig) -> NatsBackend {
@@ -44,4 +47,11 @@ pub const TIMING: Timing = Timing {
 pub fn unique(base: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{base}-{}", &id[id.len() - 10..])
+}
+
+/// [`config`] with another provisioning mode.
+pub fn provisioned(mode: tidings_nats::Provisioning) -> NatsConfig {
+    let mut c = config();
+    c.provisioning = mode;
+    c
 }

@@ -32,7 +32,9 @@ pub fn sqlite_path() -> PathBuf {
 }
 
 pub fn sqlite_config() -> SqliteConfig {
-    SqliteConfig { poll_interval: Duration::from_millis(50), ..SqliteConfig::at(sqlite_path()) }
+    let mut c = SqliteConfig::at(sqlite_path());
+    c.poll_interval = Duration::from_millis(50);
+    c
 }
 
 pub fn pg_url() -> String {
@@ -46,7 +48,7 @@ pub fn pg_schema() -> String {
 }
 
 pub fn pg_config() -> PostgresConfig {
-    PostgresConfig { url: Some(pg_url()), schema: pg_schema(), ..PostgresConfig::default() }
+    PostgresConfig::at(pg_url(), pg_schema())
 }
 
 /// Panics with instructions when PostgreSQL is not reachable (a failure, never a skip, also under CI=true).
