@@ -27,7 +27,7 @@ fn truncate(mut s: String) -> String {
     s
 }
 
-fn js_err(op: &str, stream: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn js_err(op: &str, stream: &str, e: impl std::fmt::Display) -> Error {
     Error::backend(format!("nats: {op} on stream {stream} failed: {e}"), true)
 }
 
@@ -83,7 +83,7 @@ fn stored(m: StreamMessage) -> Stored {
 
 /// Up to `max` dead letters in stream order.
 pub async fn read(s: &Shared, names: &SubNames, max: usize) -> Result<Vec<Stored>> {
-    let stream = s.js.get_stream_no_info(&names.dlq_stream).await.map_err(|e| js_err("open", &names.dlq_stream, e))?;
+    let stream = open(s, names).await?;
     let subject = names.dlq_subject();
     let (mut out, mut next) = (Vec::new(), 1u64);
     while out.len() < max {
@@ -100,34 +100,58 @@ pub async fn read(s: &Shared, names: &SubNames, max: usize) -> Result<Vec<Stored
     Ok(out)
 }
 
+/// The dead-letter stream of a subscription.
+pub async fn open(s: &Shared, names: &SubNames) -> Result<async_nats::jetstream::stream::Stream<()>> {
+    s.js.get_stream_no_info(&names.dlq_stream).await.map_err(|e| js_err("open", &names.dlq_stream, e))
+}
+
 /// Moves dead letters (all, or those with these ids) back to the topic for this subscription only.
 pub async fn redrive(s: &Shared, names: &SubNames, ids: Option<&[MessageId]>) -> Result<usize> {
-    let stream = s.js.get_stream_no_info(&names.dlq_stream).await.map_err(|e| js_err("open", &names.dlq_stream, e))?;
+    let stream = open(s, names).await?;
     let mut moved = 0;
     let batch = read(s, names, usize::MAX).await?;
-    let chosen = batch.into_iter().filter(|d| ids.is_none_or(|ids| ids.contains(&d.letter.id)));
-    {
-        for d in chosen {
-            let meta = Meta {
-                id: d.letter.id.to_string(),
-                ts: micros(d.letter.publish_time),
-                key: d.meta.key.clone(),
-                target: Some(names.consumer.clone()),
-                ..Default::default()
-            };
-            // A fresh `Nats-Msg-Id`: the copy must not be taken for a duplicate of the original.
-            let dedup = format!("{}-redrive-{}", d.letter.id, uuid::Uuid::now_v7().simple());
-            let h = headers(&dedup, &meta, &d.letter.attributes);
-            let subject = names.topic.subject(d.meta.key.as_deref());
-            s.calls.count("PUBLISH.ACKS");
-            let ack = s.js.publish_with_headers(subject, h, d.letter.payload.clone()).await;
-            ack.map_err(|e| js_err("redrive publish", &names.topic.stream, e))?
-                .await
-                .map_err(|e| js_err("redrive publish", &names.topic.stream, e))?;
-            s.calls.count("STREAM.MSG.DELETE");
-            stream.delete_message(d.seq).await.map_err(|e| js_err("STREAM.MSG.DELETE", &names.dlq_stream, e))?;
-            moved += 1;
-        }
+    for d in batch.into_iter().filter(|d| ids.is_none_or(|ids| ids.contains(&d.letter.id))) {
+        move_back(s, names, &stream, &d).await?;
+        moved += 1;
     }
     Ok(moved)
+}
+
+/// Publishes a copy of one dead letter to the topic, addressed to this subscription alone, then deletes the dead
+/// letter: interrupted in between, the message is in both places, never in neither.
+pub async fn move_back(
+    s: &Shared,
+    names: &SubNames,
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    d: &Stored,
+) -> Result<()> {
+    let meta = Meta {
+        id: d.letter.id.to_string(),
+        ts: micros(d.letter.publish_time),
+        key: d.meta.key.clone(),
+        target: Some(names.consumer.clone()),
+        ..Default::default()
+    };
+    // A fresh `Nats-Msg-Id`: the copy must not be taken for a duplicate of the original.
+    let dedup = format!("{}-redrive-{}", d.letter.id, uuid::Uuid::now_v7().simple());
+    let h = headers(&dedup, &meta, &d.letter.attributes);
+    let subject = names.topic.subject(d.meta.key.as_deref());
+    s.calls.count("PUBLISH.ACKS");
+    let ack = s.js.publish_with_headers(subject, h, d.letter.payload.clone()).await;
+    ack.map_err(|e| js_err("redrive publish", &names.topic.stream, e))?
+        .await
+        .map_err(|e| js_err("redrive publish", &names.topic.stream, e))?;
+    delete(s, names, stream, d.seq).await
+}
+
+/// Deletes one dead letter by its sequence.
+pub async fn delete(
+    s: &Shared,
+    names: &SubNames,
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    seq: u64,
+) -> Result<()> {
+    s.calls.count("STREAM.MSG.DELETE");
+    stream.delete_message(seq).await.map_err(|e| js_err("STREAM.MSG.DELETE", &names.dlq_stream, e))?;
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! `NATS_URL`, credentials and TLS from the `[nats]` section.
 #![warn(missing_docs)]
 
+mod admin;
 mod backstop;
 pub mod config;
 mod connect;
@@ -151,6 +152,11 @@ impl Backend for NatsBackend {
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
         c
+    }
+
+    /// Operator access: streams and consumers under the prefix, consumer figures, the dead-letter streams.
+    fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
+        Some(Arc::new(admin::NatsAdmin { s: self.shared.clone() }))
     }
 
     async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {

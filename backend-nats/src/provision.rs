@@ -56,7 +56,7 @@ fn storage(s: &Shared) -> StorageType {
 }
 
 /// A JetStream API call: `Ok(None)` when the answer is "not found".
-async fn call<T: Serialize + ?Sized, V: DeserializeOwned>(
+pub(crate) async fn call<T: Serialize + ?Sized, V: DeserializeOwned>(
     s: &Shared,
     op: &'static str,
     subject: String,
@@ -82,7 +82,7 @@ async fn call<T: Serialize + ?Sized, V: DeserializeOwned>(
     }
 }
 
-async fn stream_info(s: &Shared, name: &str) -> Result<Option<stream::Info>> {
+pub(crate) async fn stream_info(s: &Shared, name: &str) -> Result<Option<stream::Info>> {
     call(s, "STREAM.INFO", format!("STREAM.INFO.{name}"), name, &json!({})).await
 }
 

@@ -301,7 +301,10 @@ impl Admin for SqlAdmin {
         Ok(SubscriptionStats {
             backlog: n(c.pending),
             in_flight: n(c.in_flight),
-            oldest_unacked: c.oldest.map(|t| Duration::from_micros(now.saturating_sub(t).max(0) as u64)),
+            // Nothing pending: known, and no age.
+            oldest_unacked: Some(
+                c.oldest.map_or(Duration::ZERO, |t| Duration::from_micros(now.saturating_sub(t).max(0) as u64)),
+            ),
             dead_letters: n(c.dead),
         })
     }

@@ -22,6 +22,7 @@ pub mod capture;
 mod cases;
 mod faults;
 mod ledger;
+mod operator;
 pub mod proxy;
 mod support;
 
@@ -31,6 +32,7 @@ use std::time::Duration;
 pub use cases::*;
 pub use faults::{network_faults, FaultReport};
 pub use ledger::ledger;
+pub use operator::operator_story;
 
 use crate::Bus;
 

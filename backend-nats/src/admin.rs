@@ -1,0 +1,160 @@
+//! The operator SPI on JetStream: topics are the streams under the prefix (a dead-letter stream, whose only subject
+//! is `<name>.dead`, is left out), subscriptions their durable consumers; figures from `CONSUMER.INFO` (backlog =
+//! pending + ack pending, in flight = ack pending, the oldest unacked message found after the ack floor) and the
+//! dead-letter stream's message count. A redrive publishes a copy to the topic addressed to this subscription alone,
+//! then deletes the dead letter (interrupted in between: in both places, never in neither); a purge deletes it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use serde_json::json;
+use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::backend::SubscriptionSpec;
+use tidings_core::{DeadLetter, Error, ErrorKind, Result};
+
+use crate::dlq::{self, js_err};
+use crate::names::SubNames;
+use crate::provision::{call, stream_info};
+use crate::Shared;
+
+/// Operator access to a JetStream account.
+#[derive(Debug)]
+pub(crate) struct NatsAdmin {
+    pub(crate) s: Arc<Shared>,
+}
+
+/// Whether a stream is a dead-letter stream (its one subject is `<name>.dead`).
+fn is_dead_letter_stream(info: &async_nats::jetstream::stream::Info) -> bool {
+    info.config.subjects == [format!("{}.dead", info.config.name)]
+}
+
+impl NatsAdmin {
+    async fn consumer(&self, names: &SubNames) -> Result<consumer::Info> {
+        let (t, name) = (&names.topic.stream, &names.consumer);
+        let info: Option<consumer::Info> =
+            call(&self.s, "CONSUMER.INFO", format!("CONSUMER.INFO.{t}.{name}"), name, &json!({})).await?;
+        info.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("nats: consumer {name:?} of stream {t:?} does not exist"))
+        })
+    }
+
+    /// How long ago the first message after the consumer's ack floor was stored (it is unacked: the floor would
+    /// have passed it otherwise).
+    async fn oldest_unacked(&self, names: &SubNames, floor: u64) -> Result<Option<Duration>> {
+        let t = &names.topic.stream;
+        let stream = self.s.js.get_stream_no_info(t).await.map_err(|e| js_err("open", t, e))?;
+        self.s.calls.count("STREAM.MSG.GET");
+        match stream.get_first_raw_message_by_subject(names.topic.filter(), floor + 1).await {
+            Ok(m) => {
+                let stored: SystemTime = m.time.into();
+                Ok(Some(SystemTime::now().duration_since(stored).unwrap_or_default()))
+            }
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(js_err("STREAM.MSG.GET", t, e)),
+        }
+    }
+
+    /// Reads the dead-letter stream once (each message at most once), acting on each selected one as `pace` allows.
+    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
+        let names = SubNames::of(spec)?;
+        self.consumer(&names).await?;
+        let stream = dlq::open(&self.s, &names).await?;
+        let mut done = 0;
+        for d in dlq::read(&self.s, &names, usize::MAX).await? {
+            if !select(&d.letter) {
+                continue;
+            }
+            pace.wait().await;
+            if redrive {
+                dlq::move_back(&self.s, &names, &stream, &d).await?;
+            } else {
+                dlq::delete(&self.s, &names, &stream, d.seq).await?;
+            }
+            pace.done();
+            done += 1;
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait]
+impl Admin for NatsAdmin {
+    async fn list(&self, prefix: &str) -> Result<Vec<TopicResource>> {
+        let mut streams = self.s.js.streams();
+        let mut topics = Vec::new();
+        loop {
+            self.s.calls.count("STREAM.LIST");
+            let Some(info) = streams.try_next().await.map_err(|e| js_err("STREAM.LIST", prefix, e))? else { break };
+            if info.config.name.starts_with(prefix) && !is_dead_letter_stream(&info) {
+                topics.push(info.config.name);
+            }
+        }
+        topics.sort();
+        let mut out = Vec::with_capacity(topics.len());
+        for t in topics {
+            let stream = self.s.js.get_stream_no_info(&t).await.map_err(|e| js_err("open", &t, e))?;
+            let mut consumers = stream.consumer_names();
+            let mut subscriptions = Vec::new();
+            loop {
+                self.s.calls.count("CONSUMER.NAMES");
+                let Some(name) = consumers.try_next().await.map_err(|e| js_err("CONSUMER.NAMES", &t, e))? else {
+                    break;
+                };
+                let dlq = format!("{name}-dlq");
+                subscriptions.push(SubscriptionResource { resource: name, dead_letter_resource: Some(dlq) });
+            }
+            subscriptions.sort_by(|a, b| a.resource.cmp(&b.resource));
+            out.push(TopicResource { resource: t, config: None, subscriptions });
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
+        let names = SubNames::of(spec)?;
+        let c = self.consumer(&names).await?;
+        let in_flight = c.num_ack_pending as u64;
+        let backlog = c.num_pending + in_flight;
+        let oldest_unacked = if backlog == 0 {
+            Some(Duration::ZERO)
+        } else {
+            self.oldest_unacked(&names, c.ack_floor.stream_sequence).await?
+        };
+        let dead_letters = stream_info(&self.s, &names.dlq_stream).await?.map(|i| i.state.messages);
+        Ok(SubscriptionStats { backlog: Some(backlog), in_flight: Some(in_flight), oldest_unacked, dead_letters })
+    }
+
+    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
+        let names = SubNames::of(spec)?;
+        self.consumer(&names).await?;
+        Ok(dlq::read(&self.s, &names, max).await?.into_iter().map(|d| d.letter).collect())
+    }
+
+    async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
+        self.sweep(spec, select, pace, true).await
+    }
+
+    async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
+        self.sweep(spec, select, pace, false).await
+    }
+
+    async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {
+        let names = SubNames::of(spec)?;
+        let (t, name, dlq) = (&names.topic.stream, &names.consumer, &names.dlq_stream);
+        let _: Option<serde_json::Value> =
+            call(&self.s, "CONSUMER.DELETE", format!("CONSUMER.DELETE.{t}.{name}"), name, &json!({})).await?;
+        let _: Option<serde_json::Value> =
+            call(&self.s, "STREAM.DELETE", format!("STREAM.DELETE.{dlq}"), dlq, &json!({})).await?;
+        Ok(())
+    }
+
+    fn unknown(&self) -> Vec<Unknown> {
+        vec![
+            ("delivery", "a JetStream stream does not record the topic's delivery guarantee or ordering"),
+            ("rates", "JetStream reports no message rates (only counts and sequences)"),
+        ]
+    }
+}
