@@ -202,16 +202,12 @@ pub(crate) struct DeadRow {
 
 impl From<DeadRow> for DeadLetter {
     fn from(r: DeadRow) -> Self {
-        DeadLetter {
-            id: r.id.into(),
-            payload: r.payload.into(),
-            attributes: r.attributes,
-            ordering_key: r.ordering_key,
-            publish_time: tidings_core::time::from_micros(r.publish_time),
-            attempts: r.attempts.clamp(0, i64::from(u32::MAX)) as u32,
-            reason: r.reason.unwrap_or_default(),
-            dead_lettered_at: tidings_core::time::from_micros(r.dead_at.unwrap_or(0)),
-        }
+        let attempts = r.attempts.clamp(0, i64::from(u32::MAX)) as u32;
+        let published = tidings_core::time::from_micros(r.publish_time);
+        let at = tidings_core::time::from_micros(r.dead_at.unwrap_or(0));
+        DeadLetter::new(r.id.into(), r.payload.into(), published, attempts, r.reason.unwrap_or_default(), at)
+            .with_attributes(r.attributes)
+            .with_ordering_key(r.ordering_key)
     }
 }
 
