@@ -280,6 +280,10 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn admin(&self) -> Option<Arc<dyn crate::admin::Admin>> {
         None
     }
+    /// The API calls (or server round trips) this backend counts, where it makes any.
+    fn api_calls(&self) -> Option<&crate::calls::ApiCalls> {
+        None
+    }
 }
 
 /// Publishes to one topic.

@@ -126,6 +126,11 @@ impl Bus {
         self.inner.backend.name()
     }
 
+    /// The backend's API calls (or server round trips) so far, by operation, where it makes any.
+    pub fn api_calls(&self) -> Option<&crate::calls::ApiCalls> {
+        self.inner.backend.api_calls()
+    }
+
     /// What the backend does natively.
     pub fn capabilities(&self) -> &Capabilities {
         &self.inner.caps
@@ -321,7 +326,7 @@ impl Bus {
             .publisher
             .get_or_try_init(|| async {
                 let driver = self.inner.backend.topic(&spec).await?;
-                Ok::<_, Error>(Arc::new(Publisher::new(name, config, driver, &self.inner.caps)))
+                Ok::<_, Error>(Arc::new(Publisher::new(self.backend_name(), name, config, driver, &self.inner.caps)))
             })
             .await?;
         Ok(publisher.clone())

@@ -17,6 +17,7 @@ mod error;
 pub mod handler;
 pub mod layer;
 pub mod message;
+pub mod metrics;
 mod name;
 mod publish;
 pub mod retry;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::backend::{Capabilities, OutgoingMessage, TopicDriver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::RESERVED_ATTRIBUTE_PREFIX;
+use crate::metrics::{PublishMetrics, Started};
 use crate::time::jittered;
 use crate::topic::TopicConfig;
 
@@ -32,10 +33,17 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher of topic `name`; spawns its batcher when the backend asks for one (ordered topics send one batch
-    /// at a time, to keep publish order).
-    pub(crate) fn new(name: &str, config: TopicConfig, driver: Arc<dyn TopicDriver>, caps: &Capabilities) -> Self {
+    /// A publisher of topic `name` on backend `backend`; spawns its batcher when the backend asks for one (ordered
+    /// topics send one batch at a time, to keep publish order).
+    pub(crate) fn new(
+        backend: &str,
+        name: &str,
+        config: TopicConfig,
+        driver: Arc<dyn TopicDriver>,
+        caps: &Capabilities,
+    ) -> Self {
         let parts = Arc::new(Parts {
+            metrics: PublishMetrics::new(backend, name),
             name: name.into(),
             driver,
             max_batch: caps.max_publish_batch.max(1),
@@ -54,15 +62,20 @@ impl Publisher {
     /// Publishes one message (the most common call there is: no batch vector unless the batcher takes it).
     pub(crate) async fn publish_one(&self, mut m: OutgoingMessage) -> Result<()> {
         let p = &self.parts;
-        if let Some(outcome) = publish_now(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)) {
-            return outcome;
-        }
-        if let Some(tx) = &self.batcher {
-            let (reply, rx) = oneshot::channel();
-            tx.send((m, reply)).map_err(|_| stopped())?;
-            return rx.await.map_err(|_| stopped())?;
-        }
-        first_error(send(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)).await)
+        let started = p.metrics.start();
+        let outcome = match publish_now(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)) {
+            Some(outcome) => outcome,
+            None => match &self.batcher {
+                Some(tx) => {
+                    let (reply, rx) = oneshot::channel();
+                    tx.send((m, reply)).map_err(|_| stopped())?;
+                    rx.await.map_err(|_| stopped()).and_then(|r| r)
+                }
+                None => first_error(send(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)).await),
+            },
+        };
+        p.metrics.sent(1, outcome.is_ok(), started);
+        outcome
     }
 
     /// Publishes a batch in chunks the backend takes; `Ok` once every message was accepted, otherwise the first
@@ -73,9 +86,19 @@ impl Publisher {
         while start < batch.len() {
             let end = start + p.chunk_len(&batch[start..]);
             let chunk = &mut batch[start..end];
+            let started = p.metrics.start();
             match publish_now(p.driver.as_ref(), &p.name, chunk) {
-                Some(outcome) => outcome?,
-                None => first_error(send(p.driver.as_ref(), &p.name, chunk).await)?,
+                Some(outcome) => {
+                    p.metrics.sent(chunk.len(), outcome.is_ok(), started);
+                    outcome?
+                }
+                None => {
+                    let results = send(p.driver.as_ref(), &p.name, chunk).await;
+                    let ok = results.iter().filter(|r| r.is_ok()).count();
+                    p.metrics.sent(ok, true, started);
+                    p.metrics.sent(results.len() - ok, false, Started::NONE);
+                    first_error(results)?
+                }
             }
             start = end;
         }
@@ -86,6 +109,7 @@ impl Publisher {
 /// What the batcher needs of its publisher.
 struct Parts {
     name: Arc<str>,
+    metrics: PublishMetrics,
     driver: Arc<dyn TopicDriver>,
     max_batch: usize,
     max_bytes: usize,
@@ -371,11 +395,11 @@ mod tests {
     async fn an_immediate_publish_that_fails_retryably_goes_the_async_way_and_a_final_failure_does_not() {
         let caps = Capabilities::default();
         let retryable = Arc::new(RefusesAtOnce { retryable: true, async_calls: AtomicU32::new(0) });
-        let p = Publisher::new("t", TopicConfig::at_least_once(), retryable.clone(), &caps);
+        let p = Publisher::new("test", "t", TopicConfig::at_least_once(), retryable.clone(), &caps);
         p.publish_many(&mut [message(1)]).await.unwrap();
         assert_eq!(retryable.async_calls.load(SeqCst), 1);
         let fatal = Arc::new(RefusesAtOnce { retryable: false, async_calls: AtomicU32::new(0) });
-        let p = Publisher::new("t", TopicConfig::at_least_once(), fatal.clone(), &caps);
+        let p = Publisher::new("test", "t", TopicConfig::at_least_once(), fatal.clone(), &caps);
         let e = p.publish_one(message(1)).await.unwrap_err();
         assert!(e.to_string().contains("refused (injected)"), "{e}");
         assert_eq!(fatal.async_calls.load(SeqCst), 0);
@@ -540,7 +564,7 @@ mod tests {
             publish_in_flight: 4,
             ..Default::default()
         };
-        publish_concurrently(Publisher::new("t", TopicConfig::at_least_once(), d.clone(), &caps), 25).await;
+        publish_concurrently(Publisher::new("test", "t", TopicConfig::at_least_once(), d.clone(), &caps), 25).await;
         let sizes: Vec<usize> = d.calls().iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5], "coalesced into full calls of the backend's batch size");
     }
@@ -555,7 +579,7 @@ mod tests {
                 publish_in_flight: 4,
                 ..Default::default()
             };
-            publish_concurrently(Publisher::new("t", config, d.clone(), &caps), 12).await;
+            publish_concurrently(Publisher::new("test", "t", config, d.clone(), &caps), 12).await;
             assert_eq!(d.most_in_flight.load(SeqCst), expected, "{config:?}");
         }
     }
@@ -563,7 +587,8 @@ mod tests {
     #[test]
     fn a_call_takes_what_fits_its_bytes_and_at_least_one_message() {
         let d = Scripted::new(0, |_, _| Ok(PublishReport::accepted()));
-        let parts = super::Parts { name: "t".into(), driver: d, max_batch: 10, max_bytes: 30, overhead: 4 };
+        let metrics = crate::metrics::PublishMetrics::new("test", "t");
+        let parts = super::Parts { name: "t".into(), metrics, driver: d, max_batch: 10, max_bytes: 30, overhead: 4 };
         let batch: Vec<_> = (0..5).map(message).collect(); // 7 bytes each + 4 overhead
         assert_eq!(parts.chunk_len(&batch), 2);
         let big = vec![OutgoingMessage::new(

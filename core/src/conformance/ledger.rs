@@ -54,6 +54,7 @@ fn roll(n: u64, attempt: u32, salt: u64) -> u64 {
 pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
     let _exclusive = super::EXCLUSIVE.lock().await;
     quiet_injected_panics();
+    super::recorded::install();
     let (bus, t) = (h.bus().await, h.timing());
     let config = if exactly_once { TopicConfig::exactly_once() } else { TopicConfig::at_least_once() };
     let tp = topic::<Event>("ledger", config);
@@ -123,6 +124,7 @@ pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
     // Wait until each subscription has settled everything: acked + dead-lettered = published.
     let deadline = Instant::now() + t.patience * 4;
     let mut report = Vec::new();
+    let mut dead_counts = Vec::new();
     for (name, (sub, ledger)) in ["a", "b"].iter().zip(subs.iter().zip(&ledgers)) {
         let mut dead;
         loop {
@@ -156,6 +158,7 @@ pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
         );
         let _ = writeln!(std::io::stderr(), "{line}");
         report.push(line);
+        dead_counts.push(dead_ids.len());
         assert!(
             lost.is_empty(),
             "{name}: {} messages neither acked nor dead-lettered, e.g. {:?}",
@@ -172,4 +175,55 @@ pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
         }
     }
     bus.shutdown(t.patience).await;
+    let ledgers: Vec<_> = ledgers.iter().map(|l| std::mem::take(&mut *l.lock().unwrap())).collect();
+    metrics_add_up(&bus, tp.name(), n, &ledgers, &dead_counts);
+}
+
+/// Metrics after the ledger add up: every publish counted once; per subscription each delivery ended as exactly one
+/// of acked, retried or dead-lettered, in agreement with what the handlers saw; the backend's API-call counter
+/// equals the calls it counted itself.
+fn metrics_add_up(bus: &crate::Bus, topic: &str, published: u64, ledgers: &[Ledger], dead: &[usize]) {
+    use super::recorded::{snapshot, sum, sum_by};
+    use crate::metrics::*;
+    let backend = bus.backend_name();
+    let series = snapshot(&[("backend", backend), ("topic", topic)]);
+    let count = |name: &str, filter: &[(&str, &str)]| sum(&series, name, filter) as u64;
+    assert_eq!(count(SENT_MESSAGES, &[("outcome", "ok")]), published, "{SENT_MESSAGES} ok");
+    assert_eq!(count(SENT_MESSAGES, &[("outcome", "error")]), 0, "{SENT_MESSAGES} error");
+    for ((name, l), &dead) in ["a", "b"].iter().zip(ledgers).zip(dead) {
+        let f = [("subscription", *name)];
+        let consumed = count(CONSUMED_MESSAGES, &f);
+        let acked = count(ACKED, &f);
+        let retried = count(RETRIED, &f);
+        let dead_lettered = sum_by(&series, DEAD_LETTERED, "reason", &f);
+        let dead_total = dead_lettered.values().sum::<f64>() as u64;
+        let _ = writeln!(
+            std::io::stderr(),
+            "LEDGER METRICS backend={backend} subscription={name} consumed={consumed} acked={acked} retried={retried} \
+             dead_lettered={dead_lettered:?}"
+        );
+        let handler_oks: u64 = l.acked.values().map(|&c| u64::from(c)).sum();
+        let duplicates = handler_oks - l.acked.len() as u64;
+        let failed = l.failures.load(Relaxed) + l.panics.load(Relaxed);
+        assert_eq!(consumed, l.deliveries.load(Relaxed), "{name}: {CONSUMED_MESSAGES} = handler calls");
+        assert_eq!(acked, handler_oks, "{name}: {ACKED} = handler calls that returned Ok");
+        assert_eq!(acked - duplicates + dead_total, published, "{name}: published = acked (once each) + dead-lettered");
+        assert_eq!(dead_total, dead as u64, "{name}: {DEAD_LETTERED} = dead letters in the queue");
+        assert_eq!(
+            dead_lettered.get("handler_error").copied().unwrap_or(0.0) as u64,
+            dead_total,
+            "{name}: the doomed messages are dead-lettered as handler errors"
+        );
+        assert_eq!(retried + dead_total, failed, "{name}: retries = failed attempts (the last ones dead-lettered)");
+        assert_eq!(acked + retried + dead_total, consumed, "{name}: each delivery settled once");
+        assert_eq!(count(IN_FLIGHT, &f), 0, "{name}: no handler in flight after shutdown");
+        assert_eq!(count(PROCESS_DURATION, &f), consumed, "{name}: a process duration per delivery");
+        assert_eq!(count(DELIVERY_LATENCY, &f), consumed, "{name}: a delivery latency per delivery");
+    }
+    if let Some(calls) = bus.api_calls() {
+        let by_op = sum_by(&series, API_CALLS, "operation", &[]);
+        let by_op: std::collections::BTreeMap<&str, u64> = by_op.iter().map(|(k, v)| (k.as_str(), *v as u64)).collect();
+        let _ = writeln!(std::io::stderr(), "LEDGER API CALLS backend={backend} {by_op:?}");
+        assert_eq!(by_op, calls.snapshot(), "{API_CALLS} of the ledger's topic = the backend's own count");
+    }
 }

@@ -24,6 +24,7 @@ mod faults;
 mod ledger;
 mod operator;
 pub mod proxy;
+pub mod recorded;
 mod support;
 
 use std::future::Future;

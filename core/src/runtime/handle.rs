@@ -43,12 +43,16 @@ impl Subscription {
 
     /// Moves every dead letter back into the subscription, attempt counter reset; returns how many moved.
     pub async fn redrive_all(&self) -> Result<usize> {
-        self.runner.driver.redrive(None).await
+        let n = self.runner.driver.redrive(None).await?;
+        self.runner.metrics.redriven(n);
+        Ok(n)
     }
 
     /// Moves the dead letters with these ids back into the subscription; returns how many moved.
     pub async fn redrive(&self, ids: &[crate::MessageId]) -> Result<usize> {
-        self.runner.driver.redrive(Some(ids.to_vec())).await
+        let n = self.runner.driver.redrive(Some(ids.to_vec())).await?;
+        self.runner.metrics.redriven(n);
+        Ok(n)
     }
 
     /// Messages not yet acked or dead-lettered, where the backend can tell.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{AckId, Capabilities, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
 use crate::handler::Handler;
 use crate::message::{Message, Metadata};
+use crate::metrics::{DeadReason, Settled, Started, SubscriptionMetrics};
 use tracing::Span;
 
 mod handle;
@@ -45,6 +46,7 @@ pub(crate) struct Runner {
     done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     finished: tokio::sync::Notify,
     pub(crate) activity: Arc<Activity>,
+    pub(crate) metrics: Arc<SubscriptionMetrics>,
 }
 
 /// What a subscription is doing, for [`crate::Subscription::wait_quiet`]: deliveries received and not yet settled,
@@ -119,6 +121,12 @@ struct Ctx<T> {
     span_name: String,
 }
 
+/// One delivery attempt: its span, and when its handler started (for the metrics).
+struct Attempt {
+    span: Span,
+    started: Started,
+}
+
 impl<T> Ctx<T> {
     /// The consumer span of one delivery attempt, connected to the context the message carried.
     fn process_span(&self, msg: &ReceivedMessage) -> Span {
@@ -157,6 +165,7 @@ where
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let cancel = CancellationToken::new();
+    let (spec_topic, spec_name) = (spec.topic.name.clone(), spec.name.clone());
     let runner = Arc::new(Runner {
         key,
         spec,
@@ -171,9 +180,10 @@ where
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             last_received: Mutex::new(tokio::time::Instant::now()),
         }),
+        metrics: Arc::new(SubscriptionMetrics::new(backend, &spec_topic, &spec_name)),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    let settler = tokio::spawn(settle_loop(driver.clone(), rx, runner.activity.clone()));
+    let settler = tokio::spawn(settle_loop(driver.clone(), rx, runner.activity.clone(), runner.metrics.clone()));
     let system = crate::trace::messaging_system(backend, false).to_string();
     let span_name = format!("process {}", runner.spec.name);
     let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx, system, span_name });
@@ -222,8 +232,13 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
             if n > 1 {
                 slots.merge(sem.clone().try_acquire_many_owned(n as u32 - 1).expect("only this loop takes slots"));
             }
-            let driver = ctx.runner.driver.clone();
-            receiving.push(async move { (driver.receive(n, RECEIVE_WAIT).await, slots) });
+            let (driver, metrics) = (ctx.runner.driver.clone(), ctx.runner.metrics.clone());
+            receiving.push(async move {
+                let started = metrics.start();
+                let received = driver.receive(n, RECEIVE_WAIT).await;
+                metrics.received(started);
+                (received, slots)
+            });
         }
         let (received, mut slots) = tokio::select! {
             Some(r) = receiving.next() => r,
@@ -383,13 +398,13 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
         }
         match chain {
             Chain::One(msg) => match begin(&ctx, &msg).await {
-                (Begin::Done(Done::Ok), span) => {
-                    settled_ack(&ctx, &span);
+                (Begin::Done(Done::Ok), a) => {
+                    settled_ack(&ctx, &a);
                     acks.push(msg.ack_id)
                 }
-                (b, span) => {
+                (b, a) => {
                     let permit = slots.split(1).expect("one slot per delivery");
-                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, span, received_at).map(drop)));
+                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, a, received_at).map(drop)));
                 }
             },
             Chain::Many(msgs) => {
@@ -404,9 +419,11 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     let ack = async {
         if !acks.is_empty() {
             let n = acks.len();
+            let started = ctx.runner.metrics.start();
             if let Err(e) = ctx.runner.driver.ack(acks).await {
                 tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
             }
+            ctx.runner.metrics.settle_call(started);
             ctx.runner.activity.settled(n);
         }
     };
@@ -427,8 +444,8 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
             release(&ctx, Chain::Many(std::iter::once(msg).chain(chain.map(|(m, _)| m)).collect()));
             return;
         }
-        let (b, span) = begin(&ctx, &msg).await;
-        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, span, received_at).await {
+        let (b, a) = begin(&ctx, &msg).await;
+        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, a, received_at).await {
             // The same delay: brokers that let later messages of a group through while an earlier one is invisible
             // (LocalStack does) still return them after it.
             for (rest, _permit) in chain.by_ref() {
@@ -486,14 +503,15 @@ fn done(r: std::thread::Result<crate::handler::HandlerResult>) -> Done {
     }
 }
 
-async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &ReceivedMessage) -> (Begin, Span) {
+async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &ReceivedMessage) -> (Begin, Attempt) {
     let span = ctx.process_span(msg);
+    let started = ctx.runner.metrics.handler_started(msg.publish_time);
     let payload = match serde_json::from_slice::<T>(&msg.payload) {
         Ok(p) => p,
         Err(e) => {
             span.record("error.type", "poison");
             let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
-            return (Begin::Done(Done::DeadLetter(reason)), span);
+            return (Begin::Done(Done::DeadLetter(reason)), Attempt { span, started });
         }
     };
     let meta = Metadata {
@@ -507,18 +525,20 @@ async fn begin<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Ctx<T>, msg: &
     let called = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))));
     let mut fut = match called {
         Ok(fut) => AssertUnwindSafe(InSpan { span: span.clone(), fut }).catch_unwind(),
-        Err(panic) => return (Begin::Done(done(Err(panic))), span),
+        Err(panic) => return (Begin::Done(done(Err(panic))), Attempt { span, started }),
     };
     // Most handlers finish on their first poll: then nothing more is allocated or scheduled for them.
-    match std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await {
-        Poll::Ready(r) => (Begin::Done(done(r)), span),
-        Poll::Pending => (Begin::Running(fut), span),
-    }
+    let begun = match std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await {
+        Poll::Ready(r) => Begin::Done(done(r)),
+        Poll::Pending => Begin::Running(fut),
+    };
+    (begun, Attempt { span, started })
 }
 
-/// Records an ack on the delivery's span.
-fn settled_ack<T>(ctx: &Ctx<T>, span: &Span) {
-    tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, tidings.settle = "ack", "acked");
+/// Records an ack on the delivery's span and in the metrics.
+fn settled_ack<T>(ctx: &Ctx<T>, a: &Attempt) {
+    ctx.runner.metrics.settled(Settled::Ack, a.started);
+    tracing::debug!(target: "tidings", parent: &a.span, subscription = %ctx.runner.key.1, tidings.settle = "ack", "acked");
 }
 
 /// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
@@ -528,37 +548,43 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     msg: ReceivedMessage,
     permit: OwnedSemaphorePermit,
     begun: Begin,
-    span: Span,
+    a: Attempt,
     received_at: tokio::time::Instant,
 ) -> Outcome {
+    let span = &a.span;
     let attempt = msg.attempt;
     let policy = ctx.runner.spec.config.retry;
     let finished = match begun {
         Begin::Done(d) => d,
-        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, &span, received_at, fut).await),
+        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, span, received_at, fut).await),
     };
     let failure = match finished {
         Done::Ok => {
-            settled_ack(&ctx, &span);
+            settled_ack(&ctx, &a);
             let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
             return Outcome::Acked;
         }
         Done::DeadLetter(reason) => {
-            if reason.starts_with("unrecoverable") {
+            let class = if reason.starts_with("unrecoverable") {
                 span.record("error.type", "unrecoverable");
-            }
-            dead_letter(&ctx, &span, msg, reason);
+                DeadReason::Unrecoverable
+            } else {
+                DeadReason::Poison
+            };
+            dead_letter(&ctx, &a, class, msg, reason);
             return Outcome::DeadLettered;
         }
         Done::Failed(f) => f,
     };
-    span.record("error.type", if failure.starts_with(PANIC_PREFIX) { "panic" } else { "handler_error" });
+    let class = if failure.starts_with(PANIC_PREFIX) { DeadReason::Panic } else { DeadReason::HandlerError };
+    span.record("error.type", class.as_str());
     if policy.is_exhausted(attempt) {
-        dead_letter(&ctx, &span, msg, failure);
+        dead_letter(&ctx, &a, class, msg, failure);
         return Outcome::DeadLettered;
     }
+    ctx.runner.metrics.settled(Settled::Retry, a.started);
     let delay = policy.backoff(attempt);
-    tracing::debug!(target: "tidings", parent: &span, subscription = %ctx.runner.key.1, id = %msg.id, attempt,
+    tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, id = %msg.id, attempt,
         tidings.settle = "nack", tidings.retry_in = ?delay, error = %failure, "handler failed; will retry");
     if ctx.caps.nack_delay {
         let _ = ctx.settle.send(Settle::Nack(msg.ack_id, delay));
@@ -567,7 +593,7 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
     drop(permit);
     let cancel = ctx.runner.cancel.clone();
-    let _ = with_lease(&ctx, &msg.ack_id, &span, received_at, async {
+    let _ = with_lease(&ctx, &msg.ack_id, span, received_at, async {
         tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
     })
     .await;
@@ -575,8 +601,9 @@ async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     Outcome::Retried(Duration::ZERO)
 }
 
-fn dead_letter<T>(ctx: &Ctx<T>, span: &Span, message: ReceivedMessage, reason: String) {
-    tracing::warn!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, id = %message.id,
+fn dead_letter<T>(ctx: &Ctx<T>, a: &Attempt, class: DeadReason, message: ReceivedMessage, reason: String) {
+    ctx.runner.metrics.settled(Settled::DeadLetter(class), a.started);
+    tracing::warn!(target: "tidings", parent: &a.span, subscription = %ctx.runner.key.1, id = %message.id,
         attempt = message.attempt, tidings.settle = "dead_letter", %reason, "dead-lettering message");
     let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
 }
@@ -617,6 +644,7 @@ async fn settle_loop(
     driver: Arc<dyn SubscriptionDriver>,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     activity: Arc<Activity>,
+    metrics: Arc<SubscriptionMetrics>,
 ) {
     let mut buf = Vec::with_capacity(64);
     while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
@@ -629,6 +657,7 @@ async fn settle_loop(
                 Settle::DeadLetter(r) => dead.push(r),
             }
         }
+        let started = metrics.start();
         // Dead letters first: an ordering key blocked behind one unblocks with it.
         if !dead.is_empty() {
             if let Err(e) = driver.dead_letter(dead).await {
@@ -645,6 +674,7 @@ async fn settle_loop(
                 tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
             }
         }
+        metrics.settle_call(started);
         activity.settled(n);
     }
 }
