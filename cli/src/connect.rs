@@ -13,7 +13,7 @@ use crate::exit::{Failure, CONFIG};
 pub const LOCAL_BUS: &str = "the configured backend is the in-memory bus (backend = \"local\", the default when \
 TIDINGS_BACKEND is unset): it lives inside each application process, so a separate `tidings` process cannot see its \
 topics, subscriptions or dead letters. Point the CLI at a backend whose state lives outside a process with the \
-application's own configuration (TIDINGS_BACKEND=aws or gcp, or --backend), or embed the dashboard in the \
+application's own configuration (TIDINGS_BACKEND=aws, gcp, nats, sqlite or postgres, or --backend), or embed the dashboard in the \
 application: `tidings::dashboard::router(bus)` serves the same views on the in-memory bus";
 
 /// The settings: the process environment's TIDINGS_* variables, then the flags.

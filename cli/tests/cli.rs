@@ -1,4 +1,4 @@
-//! The `tidings` binary against LocalStack and the Pub/Sub emulator: ls, dlq ls/show/redrive/purge, publish and
+//! The `tidings` binary against LocalStack, the Pub/Sub emulator, SQLite, PostgreSQL and NATS: ls, dlq ls/show/redrive/purge, publish and
 //! tail, as an operator runs them beside an application process.
 
 #[path = "support/app.rs"]
@@ -240,6 +240,51 @@ fn gcp_publish_and_tail() {
 }
 
 #[test]
+fn sqlite_dead_letter_story() {
+    dead_letter_story(&support::sqlite(), true);
+}
+
+#[test]
+fn sqlite_publish_and_tail() {
+    publish_and_tail(&support::sqlite());
+}
+
+#[test]
+fn sqlite_interrupted_redrive_loses_nothing() {
+    interrupted_redrive_loses_nothing(&support::sqlite());
+}
+
+#[test]
+fn postgres_dead_letter_story() {
+    dead_letter_story(&support::postgres(), true);
+}
+
+#[test]
+fn postgres_publish_and_tail() {
+    publish_and_tail(&support::postgres());
+}
+
+#[test]
+fn postgres_interrupted_redrive_loses_nothing() {
+    interrupted_redrive_loses_nothing(&support::postgres());
+}
+
+#[test]
+fn nats_dead_letter_story() {
+    dead_letter_story(&support::nats(), true);
+}
+
+#[test]
+fn nats_publish_and_tail() {
+    publish_and_tail(&support::nats());
+}
+
+#[test]
+fn nats_interrupted_redrive_loses_nothing() {
+    interrupted_redrive_loses_nothing(&support::nats());
+}
+
+#[test]
 fn the_in_memory_bus_is_refused_with_the_reason_and_what_to_use_instead() {
     let env = Env { vars: vec![("TIDINGS_BACKEND".into(), "local".into())] };
     let out = env.run(&["ls"]);
@@ -247,7 +292,7 @@ fn the_in_memory_bus_is_refused_with_the_reason_and_what_to_use_instead() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("in-memory bus")
-            && err.contains("TIDINGS_BACKEND=aws or gcp")
+            && err.contains("TIDINGS_BACKEND=aws, gcp, nats, sqlite or postgres")
             && err.contains("dashboard::router"),
         "{err}"
     );

@@ -59,6 +59,45 @@ pub fn gcp() -> Env {
     Env { vars }
 }
 
+/// A SQLite file of its own under the temp dir, with a fresh name prefix.
+pub fn sqlite() -> Env {
+    let p = prefix();
+    let path = std::env::temp_dir().join(format!("tidings-{p}cli")).join("bus.db");
+    let vars = vec![
+        ("TIDINGS_BACKEND".to_string(), "sqlite".to_string()),
+        ("TIDINGS_SQLITE__PATH".into(), path.display().to_string()),
+        ("TIDINGS_NAME_PREFIX".into(), p),
+    ];
+    Env { vars }
+}
+
+/// The machine's PostgreSQL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`), schema
+/// `tidings_cli_tests`, with a fresh name prefix.
+pub fn postgres() -> Env {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let hostport = url.rsplit('@').next().and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_string();
+    reachable("PostgreSQL", &hostport, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start");
+    let vars = vec![
+        ("TIDINGS_BACKEND".to_string(), "postgres".to_string()),
+        ("TIDINGS_POSTGRES__URL".into(), url),
+        ("TIDINGS_POSTGRES__SCHEMA".into(), "tidings_cli_tests".into()),
+        ("TIDINGS_NAME_PREFIX".into(), prefix()),
+    ];
+    Env { vars }
+}
+
+/// The NATS server with JetStream on 127.0.0.1:4222, with a fresh name prefix.
+pub fn nats() -> Env {
+    reachable("NATS", "127.0.0.1:4222", "nats-server -js -a 127.0.0.1 -p 4222 (scripts/test starts one)");
+    let vars = vec![
+        ("TIDINGS_BACKEND".to_string(), "nats".to_string()),
+        ("TIDINGS_NATS__URL".into(), "nats://127.0.0.1:4222".into()),
+        ("TIDINGS_NATS__WAIT_TIME".into(), "1s".into()),
+        ("TIDINGS_NAME_PREFIX".into(), prefix()),
+    ];
+    Env { vars }
+}
+
 impl Env {
     pub fn prefix(&self) -> &str {
         &self.vars.iter().find(|(k, _)| k == "TIDINGS_NAME_PREFIX").unwrap().1
