@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde::{Deserialize, Serialize};
 use tidings_aws::{AwsConfig, Provisioning};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::conformance::foreign::OrderedProbe;
 use tidings_core::{Backend, Bus, ErrorKind, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -282,16 +283,6 @@ fn the_secret_key_never_reaches_logs_debug_output_or_errors() {
     assert!(!seen.contains(SECRET), "the secret key appears in Debug output or errors");
 }
 
-/// One message of a foreign producer's ordered stream.
-#[derive(Debug, Serialize, Deserialize)]
-struct Step {
-    key: String,
-    n: u32,
-}
-
-/// What the handler saw: the message's ordering key and its payload.
-type Seen = Arc<std::sync::Mutex<Vec<(Option<String>, Step)>>>;
-
 #[tokio::test]
 async fn ordered_messages_from_another_producer_keep_their_group_as_ordering_key() {
     // Published to the FIFO topic with the plain SDK, as another service would: a MessageGroupId and no tidings
@@ -299,68 +290,21 @@ async fn ordered_messages_from_another_producer_keep_their_group_as_ordering_key
     let backend = support::backend(support::config()).await;
     let bus = Bus::new(Arc::new(backend));
     let topic: &'static str = Box::leak(unique("foreign-fifo").into_boxed_str());
-    let t = Topic::<Step>::new(topic, TopicConfig::at_least_once().ordered());
-    let seen: Seen = Arc::default();
-    let running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
-    let overlaps = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let (s, r, o) = (seen.clone(), running.clone(), overlaps.clone());
-    let cfg = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(10)).with_max_concurrency(10);
-    bus.subscribe(&t, "sub", cfg, move |m: tidings_core::Message<Step>| {
-        let (s, r, o) = (s.clone(), r.clone(), o.clone());
-        async move {
-            let key = m.key.clone();
-            {
-                let mut r = r.lock().unwrap();
-                let c = r.entry(key.clone()).or_default();
-                *c += 1;
-                if *c > 1 {
-                    o.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            *r.lock().unwrap().get_mut(&key).unwrap() -= 1;
-            let ordering_key = m.meta.ordering_key.clone();
-            s.lock().unwrap().push((ordering_key, m.into_inner()));
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
+    let probe = OrderedProbe::subscribe(&bus, topic, "sub").await;
     // The topic's ARN, from the queue policy tidings wrote (only that topic may send).
     let attrs = queue_attrs(&format!("{topic}--sub.fifo")).await;
     let policy: serde_json::Value = serde_json::from_str(&attrs[&Q::Policy]).unwrap();
     let arn = policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"].as_str().unwrap().to_string();
     let sns = aws_sdk_sns::Client::new(&support::sdk().await);
-    let (keys, per_key) = (["alice", "bob", "carol"], 8u32);
-    for n in 0..per_key {
-        for key in keys {
-            let body = serde_json::to_string(&Step { key: key.into(), n }).unwrap();
-            sns.publish()
-                .topic_arn(&arn)
-                .message(body)
-                .message_group_id(key)
-                .message_deduplication_id(format!("{key}-{n}"))
-                .send()
-                .await
-                .unwrap();
-        }
+    for (key, n, body) in OrderedProbe::messages() {
+        sns.publish()
+            .topic_arn(&arn)
+            .message(body)
+            .message_group_id(key)
+            .message_deduplication_id(format!("{key}-{n}"))
+            .send()
+            .await
+            .unwrap();
     }
-    let total = keys.len() * per_key as usize;
-    for _ in 0..300 {
-        if seen.lock().unwrap().len() >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bus.shutdown(Duration::from_secs(5)).await;
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), total, "every message handled once");
-    for (ordering_key, step) in seen.iter() {
-        assert_eq!(ordering_key.as_deref(), Some(step.key.as_str()), "the MessageGroupId is the ordering key");
-    }
-    for key in keys {
-        let ns: Vec<u32> = seen.iter().filter(|(_, s)| s.key == key).map(|(_, s)| s.n).collect();
-        assert_eq!(ns, (0..per_key).collect::<Vec<_>>(), "key {key}: handled in publish order");
-    }
-    assert_eq!(overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "two messages of one group ran at once");
+    probe.verify("the MessageGroupId").await;
 }

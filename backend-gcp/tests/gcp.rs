@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
+use tidings_core::conformance::foreign::{OrderedProbe, Step};
 use tidings_core::{Backend, Bus, ErrorKind, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
 use tidings_gcp::{GcpConfig, Provisioning};
 
@@ -226,16 +227,6 @@ async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
     bus.shutdown(Duration::from_secs(2)).await;
 }
 
-/// One message of a foreign producer's ordered stream.
-#[derive(Debug, Serialize, Deserialize)]
-struct Step {
-    key: String,
-    n: u32,
-}
-
-/// What the handler saw: the message's ordering key and its payload.
-type Seen = Arc<std::sync::Mutex<Vec<(Option<String>, Step)>>>;
-
 #[tokio::test]
 async fn ordered_messages_from_another_producer_keep_their_ordering_key() {
     // Published with Google's plain publisher, as another service would: an ordering key and no tidings attribute.
@@ -243,33 +234,7 @@ async fn ordered_messages_from_another_producer_keep_their_ordering_key() {
     let backend = support::backend(support::config()).await;
     let bus = Bus::new(Arc::new(backend));
     let topic = unique("foreign-ordered");
-    let t = Topic::<Step>::new(topic, TopicConfig::at_least_once().ordered());
-    let seen: Seen = Arc::default();
-    let running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
-    let overlaps = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let (s, r, o) = (seen.clone(), running.clone(), overlaps.clone());
-    let cfg = SubscriptionConfig::DEFAULT.with_ack_deadline(Duration::from_secs(10)).with_max_concurrency(10);
-    bus.subscribe(&t, "sub", cfg, move |m: tidings_core::Message<Step>| {
-        let (s, r, o) = (s.clone(), r.clone(), o.clone());
-        async move {
-            let key = m.key.clone();
-            {
-                let mut r = r.lock().unwrap();
-                let c = r.entry(key.clone()).or_default();
-                *c += 1;
-                if *c > 1 {
-                    o.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            *r.lock().unwrap().get_mut(&key).unwrap() -= 1;
-            let ordering_key = m.meta.ordering_key.clone();
-            s.lock().unwrap().push((ordering_key, m.into_inner()));
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
+    let probe = OrderedProbe::subscribe(&bus, topic, "sub").await;
     let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
     let ep = format!("http://{}", support::host());
     let base = google_cloud_pubsub::client::BasePublisher::builder()
@@ -279,33 +244,11 @@ async fn ordered_messages_from_another_producer_keep_their_ordering_key() {
         .await
         .unwrap();
     let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
-    let (keys, per_key) = (["alice", "bob", "carol"], 8u32);
-    for n in 0..per_key {
-        for key in keys {
-            let m = google_cloud_pubsub::model::Message::new()
-                .set_data(serde_json::to_vec(&Step { key: key.into(), n }).unwrap())
-                .set_ordering_key(key);
-            publisher.publish(m).await.unwrap();
-        }
+    for (key, _, body) in OrderedProbe::messages() {
+        let m = google_cloud_pubsub::model::Message::new().set_data(body.into_bytes()).set_ordering_key(key);
+        publisher.publish(m).await.unwrap();
     }
-    let total = keys.len() * per_key as usize;
-    for _ in 0..300 {
-        if seen.lock().unwrap().len() >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bus.shutdown(Duration::from_secs(5)).await;
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), total, "every message handled once");
-    for (ordering_key, step) in seen.iter() {
-        assert_eq!(ordering_key.as_deref(), Some(step.key.as_str()), "the Pub/Sub ordering key is the ordering key");
-    }
-    for key in keys {
-        let ns: Vec<u32> = seen.iter().filter(|(_, s)| s.key == key).map(|(_, s)| s.n).collect();
-        assert_eq!(ns, (0..per_key).collect::<Vec<_>>(), "key {key}: handled in publish order");
-    }
-    assert_eq!(overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "two messages of one key ran at once");
+    probe.verify("the Pub/Sub ordering key").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@
 pub mod capture;
 mod cases;
 mod faults;
+pub mod foreign;
 mod ledger;
 mod operator;
 pub mod proxy;
