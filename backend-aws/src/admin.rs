@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Q;
-use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::admin::{
+    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+};
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec};
 use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
 
@@ -236,6 +238,36 @@ impl Admin for AwsAdmin {
         }
         self.delete_queue(&res.queue_url).await?;
         self.delete_queue(&res.dlq_url).await
+    }
+
+    async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        let topic = crate::provision::topic(&self.s, &spec.topic).await?;
+        crate::provision::subscription(&self.s, spec, &topic).await.map(drop)
+    }
+
+    async fn permissions(&self, _topology: &tidings_core::topology::Topology) -> Vec<Check> {
+        let runtime = "sns:Publish, sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility, \
+                       sqs:SendMessage, sqs:GetQueueAttributes";
+        let mode = match self.s.config.provisioning {
+            tidings_core::cloud::Provisioning::Auto => {
+                "sns:CreateTopic, sns:Subscribe, sqs:CreateQueue, sqs:GetQueueUrl, sqs:SetQueueAttributes"
+            }
+            tidings_core::cloud::Provisioning::Verify => {
+                "sns:ListTopics, sns:GetTopicAttributes, sns:ListSubscriptionsByTopic, sns:GetSubscriptionAttributes, \
+                 sqs:GetQueueUrl"
+            }
+            tidings_core::cloud::Provisioning::Off => "nothing more",
+        };
+        vec![Check::skipped(
+            "permissions",
+            format!(
+                "not checked: tidings doctor does not evaluate IAM policies (that needs the IAM policy simulator, \
+                 iam:SimulatePrincipalPolicy, which LocalStack serves only with IAM enabled). Left unchecked: the \
+                 application needs {runtime} and, for aws.provisioning = {:?}, {mode}; the CLI also needs \
+                 sns:ListTopics, sns:ListSubscriptionsByTopic, sns:Unsubscribe and sqs:DeleteQueue",
+                self.s.config.provisioning
+            ),
+        )]
     }
 
     fn unknown(&self) -> Vec<Unknown> {

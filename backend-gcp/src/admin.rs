@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use google_cloud_pubsub::model::{Message as GMessage, Subscription};
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
-use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::admin::{
+    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+};
 use tidings_core::backend::{OutgoingMessage, SubscriptionSpec};
 use tidings_core::{DeadLetter, Result, TopicConfig};
 
@@ -279,6 +281,15 @@ impl Admin for GcpAdmin {
         self.delete("subscription", &subscription).await?;
         self.delete("subscription", &dlq_subscription).await?;
         self.delete("topic", &dlq_topic).await
+    }
+
+    async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        crate::check_resource_name(&spec.topic.name, &spec.topic.resource)?;
+        crate::provision::subscription(&self.s, spec).await.map(drop)
+    }
+
+    async fn permissions(&self, topology: &tidings_core::topology::Topology) -> Vec<Check> {
+        crate::iam::permissions(&self.s, topology).await
     }
 
     fn unknown(&self) -> Vec<Unknown> {

@@ -18,6 +18,7 @@
 mod admin;
 pub mod config;
 mod error;
+mod iam;
 mod meta;
 mod provision;
 mod publish;
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::client::{BasePublisher, Publisher, SchemaService, Subscriber, SubscriptionAdmin, TopicAdmin};
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
 use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 
@@ -43,8 +44,19 @@ pub(crate) struct Shared {
     pub config: GcpConfig,
     pub topics: TopicAdmin,
     pub subs: SubscriptionAdmin,
+    /// `getIamPolicy` (the IAM mixin every Pub/Sub service serves; `tidings doctor`).
+    pub iam: SchemaService,
     pub subscriber: Subscriber,
+    /// Talking to a plain-text endpoint (the emulator).
+    pub plain_text: bool,
     pub base: BasePublisher,
+}
+
+impl Shared {
+    /// Whether the endpoint is the emulator (plain text, no IAM).
+    pub fn emulated(&self) -> bool {
+        self.plain_text
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +119,8 @@ impl GcpBackend {
         let shared = Shared {
             topics: connect!(TopicAdmin::builder(), &endpoint, anonymous),
             subs: connect!(SubscriptionAdmin::builder(), &endpoint, anonymous),
+            iam: connect!(SchemaService::builder(), &endpoint, anonymous),
+            plain_text: anonymous,
             subscriber: connect!(Subscriber::builder(), &endpoint, anonymous),
             base: connect!(BasePublisher::builder(), &endpoint, anonymous),
             project,
@@ -139,7 +153,7 @@ impl GcpBackend {
     }
 }
 
-fn check_resource_name(spec_name: &str, resource: &str) -> Result<()> {
+pub(crate) fn check_resource_name(spec_name: &str, resource: &str) -> Result<()> {
     if resource.len() < 3 {
         return Err(Error::invalid(format!(
             "{spec_name:?} maps to the Pub/Sub name {resource:?}, but Pub/Sub names need at least 3 characters"

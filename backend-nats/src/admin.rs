@@ -12,7 +12,9 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use serde_json::json;
-use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::admin::{
+    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+};
 use tidings_core::backend::SubscriptionSpec;
 use tidings_core::{DeadLetter, Error, ErrorKind, Result};
 
@@ -30,6 +32,11 @@ pub(crate) struct NatsAdmin {
 /// Whether a stream is a dead-letter stream (its one subject is `<name>.dead`).
 fn is_dead_letter_stream(info: &async_nats::jetstream::stream::Info) -> bool {
     info.config.subjects == [format!("{}.dead", info.config.name)]
+}
+
+/// An account limit as text (`unlimited` when unset or negative).
+fn limit(v: Option<i64>) -> String {
+    v.filter(|v| *v >= 0).map_or_else(|| "unlimited".into(), |v| v.to_string())
 }
 
 impl NatsAdmin {
@@ -149,6 +156,41 @@ impl Admin for NatsAdmin {
         let _: Option<serde_json::Value> =
             call(&self.s, "STREAM.DELETE", format!("STREAM.DELETE.{dlq}"), dlq, &json!({})).await?;
         Ok(())
+    }
+
+    async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        crate::provision::subscription(&self.s, spec).await.map(drop)
+    }
+
+    async fn permissions(&self, topology: &tidings_core::topology::Topology) -> Vec<Check> {
+        // Read as JSON: async-nats' Account type does not match every server's answer.
+        let info: Result<Option<serde_json::Value>> = call(&self.s, "INFO", "INFO".into(), "account", &json!({})).await;
+        let account = match info {
+            Ok(Some(a)) => Check::pass(
+                "permissions: JetStream",
+                format!(
+                    "JetStream is enabled for this account ({} streams, {} consumers; limits: {} streams, {} consumers)",
+                    a["streams"],
+                    a["consumers"],
+                    limit(a["limits"]["max_streams"].as_i64()),
+                    limit(a["limits"]["max_consumers"].as_i64())
+                ),
+            ),
+            Ok(None) => Check::fail("permissions: JetStream", "JetStream is not enabled for this account"),
+            Err(e) => Check::fail("permissions: JetStream", format!("JetStream account info failed: {e}")),
+        };
+        let subjects: Vec<String> = topology.topics.iter().map(|t| format!("{}.>", t.resource)).collect();
+        vec![
+            account,
+            Check::skipped(
+                "permissions: subjects",
+                format!(
+                    "NATS grants publish and subscribe per subject in the server's account configuration, which a client \
+                     cannot read; the application needs publish on {} and $JS.API.>, and subscribe on _INBOX.>",
+                    if subjects.is_empty() { "its streams' subjects".to_string() } else { subjects.join(", ") }
+                ),
+            ),
+        ]
     }
 
     fn unknown(&self) -> Vec<Unknown> {

@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tidings_core::admin::{Admin, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::admin::{
+    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+};
 use tidings_core::backend::SubscriptionSpec;
 use tidings_core::time::micros;
 use tidings_core::{DeadLetter, Error, ErrorKind, Result};
 
+use crate::sql::Dialect;
 use crate::store::Store;
 use crate::wake::Wake;
 
@@ -49,7 +52,12 @@ pub(crate) trait AdminStore: Send + Sync {
     async fn delete_dead(&self, seq: i64) -> Result<bool>;
     /// Deletes a subscription and all its rows, in one transaction.
     async fn delete_subscription(&self, sub: i64) -> Result<()>;
+    /// PostgreSQL: (table, privilege, held by the current user) for what tidings does on its tables.
+    async fn privileges(&self) -> Result<Vec<(String, &'static str, bool)>>;
 }
+
+/// What tidings does on its tables (PostgreSQL privileges).
+pub(crate) const PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 
 /// Implements [`AdminStore`] for `SqlStore<$db>`.
 macro_rules! impl_admin_store {
@@ -178,6 +186,23 @@ macro_rules! impl_admin_store {
                         .map_err(|e| db_error("deleting a subscription", e))?;
                 }
                 tx.commit().await.map_err(|e| db_error("committing the deletion of a subscription", e))
+            }
+
+            async fn privileges(&self) -> tidings_core::Result<Vec<(String, &'static str, bool)>> {
+                let t = &self.sql.tables;
+                let mut out = Vec::new();
+                for table in [&t.subs, &t.deliveries, &t.version] {
+                    for p in $crate::admin::PRIVILEGES {
+                        let held: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2)")
+                            .bind(table.as_str())
+                            .bind(p)
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(|e| $crate::error::db_error("reading table privileges", e))?;
+                        out.push((table.clone(), p, held));
+                    }
+                }
+                Ok(out)
             }
         }
     };
@@ -322,6 +347,34 @@ impl Admin for SqlAdmin {
     async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {
         let sub = self.id(spec).await?;
         AdminStore::delete_subscription(&*self.store, sub).await
+    }
+
+    async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        self.id(spec).await.map(drop)
+    }
+
+    async fn permissions(&self, _topology: &tidings_core::topology::Topology) -> Vec<Check> {
+        if self.store.sql().dialect == Dialect::Sqlite {
+            return vec![Check::skipped(
+                "permissions",
+                "SQLite has no users or grants: a process that can write the database file (and its directory, for \
+                 the WAL) can do everything tidings does",
+            )];
+        }
+        match self.store.privileges().await {
+            Err(e) => vec![Check::fail("permissions", format!("cannot read table privileges: {e}"))],
+            Ok(rows) => {
+                let missing: Vec<String> =
+                    rows.iter().filter(|(_, _, held)| !held).map(|(t, p, _)| format!("{p} on {t}")).collect();
+                let tables = self.store.sql().tables.clone();
+                let name = format!("permissions: {}, {}, {}", tables.subs, tables.deliveries, tables.version);
+                if missing.is_empty() {
+                    vec![Check::pass(name, "the current user holds SELECT, INSERT, UPDATE and DELETE on every table")]
+                } else {
+                    vec![Check::fail(name, format!("the current user lacks {} (GRANT them)", missing.join(", ")))]
+                }
+            }
+        }
     }
 
     fn unknown(&self) -> Vec<Unknown> {

@@ -34,6 +34,9 @@ pub enum Command {
     Publish(Publish),
     /// Serves the dashboard page: topology, backlog and DLQ depth per subscription, dead letters by reason.
     Dashboard(DashboardArgs),
+    /// Checks reachability, credentials, the resources and settings of the application's topology (--topology
+    /// FILE), and the permissions it needs; prints pass, fail or skipped with the reason for each.
+    Doctor(Doctor),
     /// Prints messages published to a topic, through a temporary subscription removed on exit (Ctrl-C included).
     Tail(Tail),
 }
@@ -138,6 +141,13 @@ pub struct Tail {
     /// Stops after this many messages.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct Doctor {
+    /// The application's topology: the JSON of `serde_json::to_string(&bus.topology())`.
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -18,8 +18,14 @@ application: `tidings::dashboard::router(bus)` serves the same views on the in-m
 
 /// The settings: the process environment's TIDINGS_* variables, then the flags.
 pub fn settings(cli: &Cli) -> Result<Settings, Failure> {
+    settings_with(cli, Vec::new())
+}
+
+/// The settings with these variables set over the environment's (before the flags).
+pub fn settings_with(cli: &Cli, extra: Vec<(String, String)>) -> Result<Settings, Failure> {
     let mut vars: HashMap<String, String> =
         std::env::vars().filter(|(k, _)| k.starts_with(tidings::config::ENV_PREFIX)).collect();
+    vars.extend(extra);
     if let Some(c) = &cli.config {
         vars.insert(tidings::config::CONFIG_PATH_ENV.into(), c.clone());
     }

@@ -14,12 +14,14 @@ pub const CONFIG: i32 = 3;
 pub const NOT_FOUND: i32 = 4;
 /// A destructive action not confirmed.
 pub const NOT_CONFIRMED: i32 = 5;
+/// `tidings doctor`: a check failed (each is printed with the reason).
+pub const DOCTOR: i32 = 6;
 /// Interrupted (Ctrl-C, SIGTERM) after doing part of the work, which was reported.
 pub const INTERRUPTED: i32 = 130;
 
 /// The help text's table of exit codes.
 pub const HELP: &str = "Exit codes: 0 done; 1 backend error; 2 bad arguments or input; 3 configuration (or the \
-in-memory bus, which a separate process cannot reach); 4 not found; 5 not confirmed; 130 interrupted (what was done \
+in-memory bus, which a separate process cannot reach); 4 not found; 5 not confirmed; 6 a doctor check failed; 130 interrupted (what was done \
 is printed).";
 
 /// A failure with its exit code.

@@ -5,6 +5,7 @@ mod args;
 mod connect;
 mod dashboard;
 mod dlq;
+mod doctor;
 mod exit;
 mod ls;
 mod publish;
@@ -38,6 +39,9 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    if let Command::Doctor(d) = &cli.command {
+        return doctor::run(&cli, d, cli.json).await;
+    }
     let (bus, op) = connect::connect(&cli).await?;
     let json = cli.json;
     let outcome = match cli.command {
@@ -46,6 +50,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Publish(p) => publish::run(&bus, &op, p, json).await,
         Command::Tail(t) => tail::run(&bus, &op, t, json).await,
         Command::Dashboard(d) => dashboard::run(&bus, d).await,
+        Command::Doctor(_) => unreachable!("doctor runs before connecting"),
     };
     bus.shutdown(std::time::Duration::from_secs(5)).await;
     outcome

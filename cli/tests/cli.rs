@@ -213,6 +213,122 @@ fn interrupted_redrive_loses_nothing(env: &Env) {
     assert_eq!(dead, 5 - moved, "what was not moved is still in the dead-letter queue");
 }
 
+/// `doctor`: reachable, credentials accepted, the declared topic and subscription present; a declared subscription
+/// that does not exist and (where the backend keeps settings) a drifted ack deadline fail with the resource, the
+/// setting and both values; permissions pass, fail or are skipped with the reason; exit code 6 when a check failed.
+fn doctor(env: &Env, permissions: &[(&str, &str)], drift: Option<&str>) {
+    let out = env.app("topology");
+    let json = out.lines().find_map(|l| l.strip_prefix("TOPOLOGY ")).unwrap_or_else(|| panic!("no topology in {out}"));
+    let mut topology: serde_json::Value = serde_json::from_str(json).unwrap();
+    let path = std::env::temp_dir().join(format!("{}topology.json", env.prefix()));
+    std::fs::write(&path, topology.to_string()).unwrap();
+    let file = path.display().to_string();
+
+    let v = env.json(&["doctor", "--topology", &file]);
+    let checks = v["checks"].as_array().unwrap();
+    let status = |prefix: &str| -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap().starts_with(prefix))
+            .map(|c| (c["status"].as_str().unwrap().to_string(), c["detail"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(v["failed"], 0, "{v}");
+    for name in
+        ["configuration", "reachability and credentials", "topology ", "topic orders", "subscription orders/billing"]
+    {
+        assert_eq!(status(name).first().map(|s| s.0.as_str()), Some("pass"), "{name}: {v}");
+    }
+    for (name, want) in permissions {
+        let got = status(name);
+        assert!(!got.is_empty() && got.iter().all(|(s, _)| s == want), "{name}: {want} expected: {v}");
+    }
+    let text = env.ok(&["doctor", "--topology", &file]);
+    assert!(text.contains("pass  subscription orders/billing"), "{text}");
+
+    // A subscription that was never provisioned, and a drifted setting.
+    let subs = topology["topics"][0]["subscriptions"].as_array_mut().unwrap();
+    let mut missing = subs[0].clone();
+    missing["name"] = "shipping".into();
+    missing["resource"] = format!("{}orders--shipping", env.prefix()).into();
+    subs.push(missing);
+    if drift.is_some() {
+        subs[0]["ack_deadline"] = "45s".into();
+    }
+    std::fs::write(&path, topology.to_string()).unwrap();
+    let out = env.run(&["--json", "doctor", "--topology", &file]);
+    assert_eq!(out.status.code(), Some(6), "a failed check exits 6");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    let find = |name: &str| checks.iter().find(|c| c["name"].as_str().unwrap().starts_with(name)).unwrap().clone();
+    let shipping = find("subscription orders/shipping");
+    assert_eq!(shipping["status"], "fail");
+    assert!(shipping["detail"].as_str().unwrap().starts_with("missing: "), "{shipping}");
+    let billing = find("subscription orders/billing");
+    match drift {
+        Some(setting) => {
+            let d = billing["detail"].as_str().unwrap();
+            assert!(billing["status"] == "fail" && d.starts_with("drift: ") && d.contains(setting), "{billing}");
+        }
+        None => assert_eq!(billing["status"], "pass", "{billing}"),
+    }
+
+    let plain = env.json(&["doctor"]);
+    assert_eq!(plain["failed"], 0, "{plain}");
+    assert!(plain["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "resources and drift" && c["status"] == "skipped"));
+}
+
+#[test]
+fn sqlite_doctor() {
+    doctor(&support::sqlite(), &[("permissions", "skipped")], None);
+}
+
+#[test]
+fn postgres_doctor() {
+    doctor(&support::postgres(), &[("permissions", "pass")], None);
+}
+
+#[test]
+fn nats_doctor() {
+    doctor(
+        &support::nats(),
+        &[("permissions: JetStream", "pass"), ("permissions: subjects", "skipped")],
+        Some("ack_wait"),
+    );
+}
+
+#[test]
+fn aws_doctor() {
+    doctor(&support::aws(), &[("permissions", "skipped")], Some("VisibilityTimeout"));
+}
+
+#[test]
+fn gcp_doctor() {
+    doctor(
+        &support::gcp(),
+        &[("permissions: dead-letter topic", "skipped"), ("permissions: subscription", "skipped")],
+        Some("ack_deadline"),
+    );
+}
+
+/// An unreachable server is a failed check, and nothing after it is attempted.
+#[test]
+fn doctor_reports_an_unreachable_server() {
+    let mut env = support::nats();
+    env.vars.retain(|(k, _)| k != "TIDINGS_NATS__URL");
+    env.vars.push(("TIDINGS_NATS__URL".into(), "nats://127.0.0.1:1".into()));
+    let out = env.run(&["--json", "doctor"]);
+    assert_eq!(out.status.code(), Some(6));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let connection = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "connection").unwrap().clone();
+    assert_eq!(connection["status"], "fail");
+    assert!(connection["detail"].as_str().unwrap().contains("127.0.0.1:1"), "{connection}");
+}
+
 #[test]
 fn aws_interrupted_redrive_loses_nothing() {
     interrupted_redrive_loses_nothing(&support::aws());

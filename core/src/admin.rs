@@ -9,6 +9,7 @@
 //! accepted, so an interrupted redrive leaves each message in the dead-letter queue, back in the subscription, or
 //! (at worst, interrupted between the two steps) in both; never in neither.
 
+mod doctor;
 mod names;
 mod operator;
 mod pace;
@@ -23,7 +24,9 @@ use crate::backend::SubscriptionSpec;
 use crate::dead_letter::DeadLetter;
 use crate::error::Result;
 use crate::topic::TopicConfig;
+use crate::topology::Topology;
 
+pub use doctor::{Check, Status};
 pub use names::{logical_subscription, logical_topic};
 pub use operator::{Inventory, Operator, SubscriptionEntry, TopicEntry, UnknownField};
 pub use pace::Pace;
@@ -89,6 +92,19 @@ pub trait Admin: Send + Sync + Debug {
     /// The figures this backend cannot tell, each with the reason (printed as footnotes).
     fn unknown(&self) -> Vec<Unknown> {
         Vec::new()
+    }
+    /// Checks a subscription's resources (its topic, itself, its dead-letter queue) as `provisioning = "verify"`
+    /// does, creating nothing and receiving nothing: a `NotFound` or `Mismatch` error names the resource, the setting
+    /// and both values. The backend's own provisioning mode applies (`tidings doctor` opens it with `verify`).
+    async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        let _ = spec;
+        Err(crate::Error::new(crate::ErrorKind::Unsupported, "this backend does not check provisioning"))
+    }
+    /// Whether the application's identity holds the permissions `topology` needs (`tidings doctor`); a check that
+    /// cannot be made is reported as skipped, with what was left unchecked and why.
+    async fn permissions(&self, topology: &Topology) -> Vec<Check> {
+        let _ = topology;
+        vec![Check::skipped("permissions", "this backend does not check permissions")]
     }
 }
 

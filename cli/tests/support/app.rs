@@ -1,6 +1,6 @@
 //! The application side of the CLI tests, run in a child process (`Env::app`): `seed` publishes orders whose
 //! handler dead-letters two kinds with two reasons (`seed-declined`: the declined ones alone); `handle:N` handles messages until N arrived and prints their
-//! payloads' `n`.
+//! payloads' `n`; `topology` subscribes and prints the bus's topology as JSON.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -50,6 +50,12 @@ pub fn main(mode: &str) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             println!("seeded");
+        } else if mode == "topology" {
+            let _sub = bus
+                .subscribe(&ORDERS, "billing", config, |_: Message<Order>| async { Ok(()) })
+                .await
+                .expect("subscribe");
+            println!("\nTOPOLOGY {}", serde_json::to_string(&bus.topology()).unwrap());
         } else if let Some(n) = mode.strip_prefix("handle:") {
             let want: usize = n.parse().unwrap();
             let seen = Arc::new(Mutex::new(BTreeSet::new()));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{logical_subscription, logical_topic, Admin, Pace, Select, SubscriptionStats, TopicResource};
+use super::{logical_subscription, logical_topic, Admin, Check, Pace, Select, SubscriptionStats, TopicResource};
 use crate::backend::{SubscriptionSpec, TopicSpec};
 use crate::bus::Bus;
 use crate::dead_letter::DeadLetter;
@@ -310,6 +310,22 @@ impl Operator {
                 "the in-memory bus cannot purge dead letters (its SubscriptionDriver has no delete); redrive them or \
                  restart the process",
             )),
+        }
+    }
+
+    /// Checks a subscription's resources without creating or receiving anything; see [`Admin::provisioned`].
+    pub async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
+        match &self.admin {
+            Some(a) => a.provisioned(spec).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the application's identity holds the permissions `topology` needs; see [`Admin::permissions`].
+    pub async fn permissions(&self, topology: &crate::topology::Topology) -> Vec<Check> {
+        match &self.admin {
+            Some(a) => a.permissions(topology).await,
+            None => vec![Check::skipped("permissions", "the in-memory bus has no permissions")],
         }
     }
 
