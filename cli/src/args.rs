@@ -37,6 +37,11 @@ pub enum Command {
     /// Checks reachability, credentials, the resources and settings of the application's topology (--topology
     /// FILE), and the permissions it needs; prints pass, fail or skipped with the reason for each.
     Doctor(Doctor),
+    /// Prints a shell completion script: `tidings completions bash > /etc/bash_completion.d/tidings`, or zsh, fish.
+    Completions {
+        /// bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
     /// Prints messages published to a topic, through a temporary subscription removed on exit (Ctrl-C included).
     Tail(Tail),
 }

@@ -275,10 +275,15 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
             op.purge(topic, sub, &selected, &pace).await
         }
     };
+    let bar = crate::progress::start(json, done_verb);
     let outcome = tokio::select! {
         r = work => Some(r),
         _ = crate::signal::interrupted() => None,
+        _ = crate::progress::follow(bar.as_ref(), &pace) => unreachable!("follow never completes"),
     };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     report.done = pace.count();
     report.ids = acted.into_inner().unwrap();
     report.ids.truncate(report.done as usize);

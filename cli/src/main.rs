@@ -8,6 +8,7 @@ mod dlq;
 mod doctor;
 mod exit;
 mod ls;
+mod progress;
 mod publish;
 mod select;
 mod signal;
@@ -39,6 +40,11 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "tidings", &mut std::io::stdout());
+        return Ok(());
+    }
     if let Command::Doctor(d) = &cli.command {
         return doctor::run(&cli, d, cli.json).await;
     }
@@ -50,7 +56,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Publish(p) => publish::run(&bus, &op, p, json).await,
         Command::Tail(t) => tail::run(&bus, &op, t, json).await,
         Command::Dashboard(d) => dashboard::run(&bus, d).await,
-        Command::Doctor(_) => unreachable!("doctor runs before connecting"),
+        Command::Doctor(_) | Command::Completions { .. } => unreachable!("these run before connecting"),
     };
     bus.shutdown(std::time::Duration::from_secs(5)).await;
     outcome

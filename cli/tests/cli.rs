@@ -400,6 +400,17 @@ fn nats_interrupted_redrive_loses_nothing() {
     interrupted_redrive_loses_nothing(&support::nats());
 }
 
+/// Completion scripts for bash, zsh and fish name the commands; they need no backend.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let env = Env { vars: vec![("TIDINGS_BACKEND".into(), "local".into())] };
+    for (shell, marker) in [("bash", "_tidings()"), ("zsh", "#compdef tidings"), ("fish", "complete -c tidings")] {
+        let out = env.ok(&["completions", shell]);
+        assert!(out.contains(marker) && out.contains("redrive") && out.contains("doctor"), "{shell}: {out}");
+    }
+    assert_eq!(env.run(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
 #[test]
 fn the_in_memory_bus_is_refused_with_the_reason_and_what_to_use_instead() {
     let env = Env { vars: vec![("TIDINGS_BACKEND".into(), "local".into())] };
