@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub use tidings_core::metrics;
 pub use tidings_core::topology;
 pub use tidings_core::trace;
 pub use tidings_core::{

@@ -110,7 +110,7 @@ impl AwsBackend {
             sns: aws_sdk_sns::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             config,
-            calls: Arc::default(),
+            calls: Arc::new(ApiCalls::new("aws")),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -125,6 +125,10 @@ impl AwsBackend {
 impl Backend for AwsBackend {
     fn name(&self) -> &str {
         "aws"
+    }
+
+    fn api_calls(&self) -> Option<&ApiCalls> {
+        Some(&self.shared.calls)
     }
 
     fn capabilities(&self) -> Capabilities {

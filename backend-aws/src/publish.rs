@@ -39,7 +39,7 @@ impl TopicDriver for AwsTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         let (s, topic) = (&self.shared, &self.topic);
         publish_with(&topic.arn, topic.fifo, self.ordered, batch, |entries| async move {
-            s.calls.count("sns:PublishBatch");
+            s.calls.count_bytes("sns:PublishBatch", entries.iter().map(|e| e.message().len()).sum());
             let out = s
                 .sns
                 .publish_batch()

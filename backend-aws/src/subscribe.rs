@@ -240,6 +240,7 @@ impl AwsSubscription {
                 .map_err(|e| Error::invalid(e.to_string()))
         };
         let body = String::from_utf8_lossy(body);
+        let bytes = body.len();
         let mut req = self.s.sqs.send_message().queue_url(url).message_body(body);
         req = req.message_attributes(META_ATTRIBUTE, attr(&meta.encode())?);
         for (k, v) in attributes {
@@ -250,7 +251,7 @@ impl AwsSubscription {
                 .message_group_id(meta.key.clone().unwrap_or_else(|| meta.id.clone()))
                 .message_deduplication_id(dedup);
         }
-        self.s.calls.count("sqs:SendMessage");
+        self.s.calls.count_bytes("sqs:SendMessage", bytes);
         req.send().await.map_err(|e| sdk("SendMessage", url, e))?;
         Ok(())
     }
@@ -263,7 +264,7 @@ impl SubscriptionDriver for AwsSubscription {
         let permit = self.receiving.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (tx, rx) = oneshot::channel();
         let sub = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tidings_core::calls::scoped(tidings_core::calls::Scope::current(), async move {
             let got = sub.read(&sub.res.queue_url, max, wait, None).await;
             let got = got.map(|v| v.into_iter().map(|r| r.msg).collect::<Vec<_>>());
             if let Err(Ok(orphaned)) = tx.send(got) {
@@ -272,7 +273,7 @@ impl SubscriptionDriver for AwsSubscription {
                 }
             }
             drop(permit);
-        });
+        }));
         let mut pending = Pending { rx, sub: self.clone() };
         match (&mut pending.rx).await {
             Ok(got) => got,

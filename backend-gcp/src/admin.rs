@@ -69,6 +69,7 @@ impl Pulled {
 
 impl GcpAdmin {
     async fn pull(&self, path: &str, max: usize) -> Result<Pulled> {
+        self.s.calls.count("pubsub:StreamingPull");
         let mut stream = self
             .s
             .subscriber
@@ -100,6 +101,7 @@ impl GcpAdmin {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
+            self.s.calls.count("pubsub:ListSubscriptions");
             let page = self
                 .s
                 .subs
@@ -122,6 +124,7 @@ impl GcpAdmin {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
+            self.s.calls.count("pubsub:ListTopics");
             let page = self
                 .s
                 .topics
@@ -191,6 +194,7 @@ impl GcpAdmin {
     }
 
     async fn delete(&self, what: &str, path: &str) -> Result<()> {
+        self.s.calls.count(if what == "topic" { "pubsub:DeleteTopic" } else { "pubsub:DeleteSubscription" });
         let r = if what == "topic" {
             self.s.topics.delete_topic().set_topic(path).send().await
         } else {

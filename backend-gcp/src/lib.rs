@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// Talking to a plain-text endpoint (the emulator).
     pub plain_text: bool,
     pub base: BasePublisher,
+    /// Requests tidings hands the client library, by operation (see the README's Observability section).
+    pub calls: Arc<tidings_core::calls::ApiCalls>,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl GcpBackend {
             base: connect!(BasePublisher::builder(), &endpoint, anonymous),
             project,
             config,
+            calls: Arc::new(tidings_core::calls::ApiCalls::new("gcp")),
         };
         Ok(Self { shared: Arc::new(shared), publishers: Arc::default(), subscriptions: Arc::default() })
     }
@@ -190,6 +193,7 @@ impl Backend for GcpBackend {
             path,
             ordered: spec.config.ordered,
             provisioning: self.shared.config.provisioning,
+            calls: self.shared.calls.clone(),
         }))
     }
 
@@ -214,6 +218,10 @@ impl Backend for GcpBackend {
         subscribe::GcpSubscription::spawn_reaper(&sub);
         subs.insert(spec.resource.clone(), sub.clone());
         Ok(sub)
+    }
+
+    fn api_calls(&self) -> Option<&tidings_core::calls::ApiCalls> {
+        Some(&self.shared.calls)
     }
 
     fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {

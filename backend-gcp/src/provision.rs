@@ -76,14 +76,18 @@ pub async fn topic(s: &Shared, path: &str) -> Result<()> {
     match s.config.provisioning {
         Provisioning::Off => Ok(()),
         Provisioning::Verify => {
+            s.calls.count("pubsub:GetTopic");
             s.topics.get_topic().set_topic(path).send().await.map_err(|e| not_found("topic", path, e))?;
             Ok(())
         }
-        Provisioning::Auto => match s.topics.create_topic().with_request(GTopic::new().set_name(path)).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_already_exists(&e) => Ok(()),
-            Err(e) => Err(gcp("CreateTopic", path, e)),
-        },
+        Provisioning::Auto => {
+            s.calls.count("pubsub:CreateTopic");
+            match s.topics.create_topic().with_request(GTopic::new().set_name(path)).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if is_already_exists(&e) => Ok(()),
+                Err(e) => Err(gcp("CreateTopic", path, e)),
+            }
+        }
     }
 }
 
@@ -111,6 +115,7 @@ pub async fn subscription(s: &Shared, spec: &SubscriptionSpec) -> Result<Paths> 
         Provisioning::Auto => {
             for sub in [dlq_sub, want] {
                 let name = sub.name.clone();
+                s.calls.count("pubsub:CreateSubscription");
                 match s.subs.create_subscription().with_request(sub).send().await {
                     Ok(_) => {}
                     Err(e) if is_already_exists(&e) => {}
@@ -119,12 +124,14 @@ pub async fn subscription(s: &Shared, spec: &SubscriptionSpec) -> Result<Paths> 
             }
         }
         Provisioning::Verify => {
+            s.calls.count("pubsub:GetSubscription");
             s.subs
                 .get_subscription()
                 .set_subscription(&p.dlq_subscription)
                 .send()
                 .await
                 .map_err(|e| not_found("subscription", &p.dlq_subscription, e))?;
+            s.calls.count("pubsub:GetSubscription");
             let have = s
                 .subs
                 .get_subscription()

@@ -20,6 +20,7 @@ pub struct GcpTopic {
     pub(crate) path: String,
     pub(crate) ordered: bool,
     pub(crate) provisioning: tidings_core::cloud::Provisioning,
+    pub(crate) calls: std::sync::Arc<tidings_core::calls::ApiCalls>,
 }
 
 /// Checks Pub/Sub's attribute rules; the error names the attribute and the rule.
@@ -65,6 +66,7 @@ pub fn meta_of(m: &OutgoingMessage) -> Meta {
 impl TopicDriver for GcpTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         let mut report = PublishReport::accepted();
+        self.calls.count_bytes("pubsub:Publish", batch.iter().map(|m| m.payload.len()).sum());
         let mut pending = Vec::with_capacity(batch.len());
         for (i, m) in batch.iter().enumerate() {
             match check_attributes(&self.path, m) {

@@ -107,6 +107,7 @@ fn pump(
     lease: Duration,
     tx: mpsc::UnboundedSender<(GMessage, Handler)>,
 ) -> ShutdownToken {
+    s.calls.count("pubsub:StreamingPull");
     let mut stream = s
         .subscriber
         .subscribe(path)
@@ -407,6 +408,7 @@ impl GcpSubscription {
             m.ordering_key.clone(),
             m.publish_time,
         );
+        self.shared.calls.count_bytes("pubsub:Publish", m.payload.len());
         publisher
             .publish(to_message(&out, meta, self.ordered))
             .await
@@ -418,6 +420,7 @@ impl GcpSubscription {
 impl GcpSubscription {
     /// A stream on the dead-letter subscription for one read or redrive, with at most `outstanding` leased.
     fn dlq_stream(&self, outstanding: usize) -> (MessageStream, ShutdownToken) {
+        self.shared.calls.count("pubsub:StreamingPull");
         let stream = self
             .shared
             .subscriber
@@ -507,6 +510,7 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        self.shared.calls.count("pubsub:Acknowledge");
         let mut first_error = None;
         for id in &ids {
             if let Some(h) = self.release(id) {
@@ -519,6 +523,7 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        self.shared.calls.count("pubsub:ModifyAckDeadline");
         for (id, _) in &items {
             if let Some(h) = self.release(id) {
                 let mut st = self.state.lock().unwrap();

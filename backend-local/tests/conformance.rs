@@ -45,3 +45,67 @@ fn ledger_20000_messages_under_failures() {
 fn ledger_exactly_once_has_no_duplicate_after_ack() {
     tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Local, 5_000, true));
 }
+
+/// The backlog gauge of a running subscription is sampled on the bus's interval (the messages its stalled handlers
+/// hold, then zero once they are acked), and a redrive is counted.
+#[test]
+fn backlog_gauge_is_sampled_and_redrives_are_counted() {
+    use std::time::Duration;
+    use tidings_core::conformance::recorded::{install, snapshot, sum};
+    use tidings_core::metrics::{BACKLOG, DEAD_LETTERED, REDRIVEN};
+    use tidings_core::{HandlerError, Message, SubscriptionConfig, Topic, TopicConfig};
+    tidings_core::conformance::block_on(async {
+        install();
+        let bus =
+            Bus::builder(Arc::new(LocalBackend::new())).backlog_sample_interval(Duration::from_millis(20)).build();
+        let name: &'static str = Box::leak(format!("gauged-{}", uuid_suffix()).into_boxed_str());
+        let topic: Topic<u64> = Topic::new(name, TopicConfig::at_least_once());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let sub = bus
+            .subscribe(&topic, "s", SubscriptionConfig::default(), move |m: Message<u64>| {
+                let g = g.clone();
+                async move {
+                    if m.payload == 99 {
+                        return Err(HandlerError::unrecoverable("refused"));
+                    }
+                    g.acquire().await.unwrap().forget();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        for n in 0..3 {
+            topic.publish(&bus, &n).await.unwrap();
+        }
+        let f = [("backend", "local"), ("topic", name), ("subscription", "s")];
+        let until = |want: f64, what: &str| {
+            let what = what.to_string();
+            async move {
+                for _ in 0..500 {
+                    if sum(&snapshot(&f), BACKLOG, &[]) == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("{what}: backlog gauge {} after 10 s, want {want}", sum(&snapshot(&f), BACKLOG, &[]));
+            }
+        };
+        until(3.0, "three held by their handlers").await;
+        gate.add_permits(3);
+        until(0.0, "all acked").await;
+        topic.publish(&bus, &99).await.unwrap();
+        while sub.dead_letters(10).await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sub.redrive_all().await.unwrap(), 1);
+        let s = snapshot(&f);
+        assert_eq!(sum(&s, REDRIVEN, &[]), 1.0);
+        assert!(sum(&s, DEAD_LETTERED, &[("reason", "unrecoverable")]) >= 1.0);
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}

@@ -107,7 +107,7 @@ impl NatsBackend {
     pub fn with_client(client: async_nats::Client, config: NatsConfig) -> Self {
         let js = async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone());
         let max_payload = client.server_info().max_payload;
-        let shared = Shared { client, js, config, calls: RoundTrips::default() };
+        let shared = Shared { client, js, config, calls: RoundTrips::new("nats") };
         Self { shared: Arc::new(shared), max_payload }
     }
 
@@ -132,6 +132,10 @@ impl NatsBackend {
 impl Backend for NatsBackend {
     fn name(&self) -> &str {
         "nats"
+    }
+
+    fn api_calls(&self) -> Option<&RoundTrips> {
+        Some(&self.shared.calls)
     }
 
     fn capabilities(&self) -> Capabilities {

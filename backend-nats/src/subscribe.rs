@@ -196,7 +196,7 @@ fn bodies(ids: &[AckId], body: &'static [u8]) -> Vec<(String, Bytes)> {
 
 /// Keeps the leases of parked messages alive (`+WPI` every half ack deadline) while the subscription lives.
 fn keep_leases(s: Arc<Shared>, q: std::sync::Weak<Sequencer>, deadline: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tokio::spawn(tidings_core::calls::scoped(tidings_core::calls::Scope::current(), async move {
         let period = (deadline / 2).max(Duration::from_millis(100));
         loop {
             tokio::time::sleep(period).await;
@@ -208,7 +208,7 @@ fn keep_leases(s: Arc<Shared>, q: std::sync::Weak<Sequencer>, deadline: Duration
                 tracing::warn!(error = %e, "lease extension of parked messages failed");
             }
         }
-    })
+    }))
 }
 
 impl Drop for NatsSubscription {

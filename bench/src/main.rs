@@ -1,9 +1,12 @@
 //! `tidings-bench <name> [--quick] [--messages N]`: runs one benchmark and prints one JSON object per line.
 //! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, aws_calls, gcp_calls.
-//! `scripts/bench` runs them all, one process each (peak RSS is per process).
+//! `scripts/bench` runs them all, one process each (peak RSS is per process). With `TIDINGS_BENCH_OBSERVE=1` a real
+//! observability pipeline is installed first (Prometheus recorder, OpenTelemetry batch span exporter into a sink) and
+//! the line gains `"observe"` (the Prometheus page's tidings lines).
 
 mod cloud;
 mod local;
+mod observe;
 mod util;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -12,6 +15,7 @@ async fn main() {
     let name = args.get(1).cloned().unwrap_or_default();
     let quick = args.iter().any(|a| a == "--quick");
     let n = util::arg(&args, "--messages");
+    let pipeline = std::env::var("TIDINGS_BENCH_OBSERVE").is_ok().then(observe::install);
     let line = match name.as_str() {
         "local_fanout1" => local::fanout(1, n.unwrap_or(if quick { 200_000 } else { 1_000_000 })).await,
         "local_fanout4" => local::fanout(4, n.unwrap_or(if quick { 200_000 } else { 1_000_000 })).await,
@@ -24,7 +28,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    println!("{line}");
+    match pipeline {
+        Some(p) => {
+            let lines = p.finish();
+            let line = line.strip_suffix('}').unwrap_or(&line);
+            println!("{line},\"observe\":{lines}}}");
+        }
+        None => println!("{line}"),
+    }
 }
 
 #[cfg(test)]

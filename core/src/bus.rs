@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use crate::backend::{Backend, Capabilities, OutgoingMessage, SubscriptionSpec, TopicSpec};
+use crate::calls::{self, Scope};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Handler;
@@ -42,6 +43,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
     settings: Settings,
+    /// How often running subscriptions' backlog gauges are sampled (zero: never).
+    backlog_interval: Duration,
     /// Topics in use on this bus. FxHash: the names are the application's own declarations, and this lookup is on
     /// every publish.
     topics: std::sync::RwLock<FxHashMap<String, TopicEntry>>,
@@ -78,6 +81,7 @@ impl fmt::Debug for Bus {
 pub struct BusBuilder {
     backend: Arc<dyn Backend>,
     settings: Settings,
+    backlog_interval: Duration,
 }
 
 impl BusBuilder {
@@ -94,6 +98,14 @@ impl BusBuilder {
         self
     }
 
+    /// How often each running subscription's backlog gauges (`tidings.subscription.*`) are sampled while a metrics
+    /// recorder is installed: [`crate::metrics::DEFAULT_BACKLOG_INTERVAL`] unless set; zero turns sampling off. Each
+    /// sample is an API call on cloud backends (SQS `GetQueueAttributes`, say).
+    pub fn backlog_sample_interval(mut self, interval: Duration) -> Self {
+        self.backlog_interval = interval;
+        self
+    }
+
     /// The bus.
     pub fn build(self) -> Bus {
         let caps = self.backend.capabilities();
@@ -102,6 +114,7 @@ impl BusBuilder {
                 backend: self.backend,
                 caps,
                 settings: self.settings,
+                backlog_interval: self.backlog_interval,
                 topics: std::sync::RwLock::default(),
                 subscriptions: Mutex::default(),
                 shut: AtomicBool::new(false),
@@ -118,7 +131,11 @@ impl Bus {
 
     /// A builder for a bus on `backend`.
     pub fn builder(backend: Arc<dyn Backend>) -> BusBuilder {
-        BusBuilder { backend, settings: Settings::default() }
+        BusBuilder {
+            backend,
+            settings: Settings::default(),
+            backlog_interval: crate::metrics::DEFAULT_BACKLOG_INTERVAL,
+        }
     }
 
     /// The backend's name (`local`, `aws`, `gcp`, ...).
@@ -166,8 +183,24 @@ impl Bus {
         self.publisher(topic.name(), topic.config()).await?;
         let key = (topic.name().to_string(), name.to_string());
         let reservation = self.reserve(key.clone())?;
-        let driver = self.inner.backend.subscription(&spec).await?;
+        let driver =
+            calls::scoped(Scope::subscription(topic.name(), name), self.inner.backend.subscription(&spec)).await?;
+        let driver: Arc<dyn crate::SubscriptionDriver> = match self.api_calls() {
+            Some(_) => {
+                Arc::new(calls::ScopedSubscription { scope: Scope::subscription(topic.name(), name), inner: driver })
+            }
+            None => driver,
+        };
+        // Only where the backend can tell its backlog (GCP's operator figures would pull the DLQ on every sample).
+        let source = match (self.inner.caps.backlog, self.inner.backend.admin()) {
+            (true, Some(admin)) => crate::metrics::backlog::Source::Admin(admin),
+            (true, None) => crate::metrics::backlog::Source::Driver(driver.clone()),
+            (false, _) => crate::metrics::backlog::Source::None,
+        };
+        let sampled = spec.clone();
         let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.caps.clone(), handler);
+        let stop = runner.cancel_token().clone();
+        crate::metrics::backlog::start(self.backend_name(), sampled, source, self.inner.backlog_interval, stop);
         {
             let mut subs = self.inner.subscriptions.lock().unwrap();
             subs.running.retain(|r| !r.is_stopped());
@@ -325,7 +358,11 @@ impl Bus {
         let publisher = entry
             .publisher
             .get_or_try_init(|| async {
-                let driver = self.inner.backend.topic(&spec).await?;
+                let driver = calls::scoped(Scope::topic(name), self.inner.backend.topic(&spec)).await?;
+                let driver: Arc<dyn crate::TopicDriver> = match self.api_calls() {
+                    Some(_) => Arc::new(calls::ScopedTopic { scope: Scope::topic(name), inner: driver }),
+                    None => driver,
+                };
                 Ok::<_, Error>(Arc::new(Publisher::new(self.backend_name(), name, config, driver, &self.inner.caps)))
             })
             .await?;

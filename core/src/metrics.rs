@@ -9,6 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, Unit};
 
+pub(crate) mod backlog;
+pub use backlog::DEFAULT_BACKLOG_INTERVAL;
+
 /// Messages a publish call carried, by `outcome` (`ok` / `error`).
 pub const SENT_MESSAGES: &str = "messaging.client.sent.messages";
 /// Duration of a publish (`send`), receive (`receive`) or settle (`settle`) call, in seconds.
@@ -39,6 +42,12 @@ pub const BACKLOG: &str = "tidings.subscription.backlog";
 pub const OLDEST_UNACKED_AGE: &str = "tidings.subscription.oldest_unacked.age";
 /// Messages in the dead-letter queue, sampled.
 pub const DEAD_LETTERS: &str = "tidings.subscription.dead_letters";
+/// Outbox rows not yet relayed, sampled by the relay.
+pub const OUTBOX_PENDING: &str = "tidings.outbox.pending";
+/// Age of the oldest outbox row not yet relayed, in seconds, sampled by the relay.
+pub const OUTBOX_OLDEST_PENDING_AGE: &str = "tidings.outbox.oldest_pending.age";
+/// Time from an outbox row's insert to its relay publish, in seconds.
+pub const OUTBOX_RELAY_LAG: &str = "tidings.outbox.relay.lag";
 
 /// The `reason` label values of [`DEAD_LETTERED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +77,8 @@ impl DeadReason {
 }
 
 /// Whether a recorder with state is installed: the facade's no-op recorder is a unit struct. Decides whether the
-/// clock is read for timings.
-pub(crate) fn recording() -> bool {
+/// clock is read for timings and whether gauges are sampled (for crates built on core, such as the outbox).
+pub fn recording() -> bool {
     ::metrics::with_recorder(|r| std::mem::size_of_val(r) != 0)
 }
 
@@ -92,6 +101,9 @@ pub fn describe() {
     describe_gauge!(BACKLOG, Unit::Count, "Messages not yet acked or dead-lettered (sampled)");
     describe_gauge!(OLDEST_UNACKED_AGE, Unit::Seconds, "Age of the oldest message not yet acked (sampled)");
     describe_gauge!(DEAD_LETTERS, Unit::Count, "Messages in the dead-letter queue (sampled)");
+    describe_gauge!(OUTBOX_PENDING, Unit::Count, "Outbox rows not yet relayed (sampled)");
+    describe_gauge!(OUTBOX_OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest outbox row not yet relayed (sampled)");
+    describe_histogram!(OUTBOX_RELAY_LAG, Unit::Seconds, "Time from an outbox row's insert to its relay publish");
 }
 
 /// A start time, taken only while a recorder is installed.

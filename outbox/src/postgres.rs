@@ -90,9 +90,11 @@ impl Outbox<Postgres> {
                 t = self.table
             ),
             delete: format!("DELETE FROM {t} WHERE seq = ANY($1)", t = self.table),
+            pending: format!("SELECT count(*) AS n, min(created_at) AS oldest FROM {t}", t = self.table),
+            lag: crate::relay::lag_histogram(&self.table),
             listener: Mutex::new(None),
         };
-        Relay::new(Arc::new(store), self.bus.clone(), Duration::from_secs(1))
+        Relay::new(Arc::new(store), self.bus.clone(), Duration::from_secs(1), self.table.clone())
     }
 }
 
@@ -102,6 +104,8 @@ struct PgStore {
     head: String,
     claim: String,
     delete: String,
+    pending: String,
+    lag: metrics::Histogram,
     listener: Mutex<Option<PgListener>>,
 }
 
@@ -131,7 +135,7 @@ impl PgStore {
             .map_err(|e| err("claiming rows", e))?;
         let claimed = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>>>().map_err(|e| (topic.clone(), e))?;
         let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
-        row::publish(bus, &topic, claimed).await.map_err(|e| (topic.clone(), e))?;
+        row::publish(bus, &topic, claimed, &self.lag).await.map_err(|e| (topic.clone(), e))?;
         sqlx::query(&self.delete).bind(&seqs).execute(&mut *tx).await.map_err(|e| err("deleting relayed rows", e))?;
         tx.commit().await.map_err(|e| err("commit", e))?;
         Ok(seqs.len())
@@ -175,5 +179,11 @@ impl Store for PgStore {
                 *guard = None;
             }
         }
+    }
+    async fn pending(&self) -> Result<(u64, Option<i64>)> {
+        let r = sqlx::query(&self.pending).fetch_one(&self.pool).await.map_err(|e| db_error("counting rows", e))?;
+        let n: i64 = r.try_get("n").map_err(|e| db_error("counting rows", e))?;
+        let oldest: Option<i64> = r.try_get("oldest").map_err(|e| db_error("counting rows", e))?;
+        Ok((n as u64, oldest))
     }
 }

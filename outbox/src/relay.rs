@@ -33,6 +33,13 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> std::result::Result<usize, (String, tidings_core::Error)>;
     /// Waits for a commit notification, at most `timeout`.
     async fn wait(&self, timeout: Duration);
+    /// Rows not yet relayed, and the insert time (microseconds since the Unix epoch) of the oldest.
+    async fn pending(&self) -> Result<(u64, Option<i64>)>;
+}
+
+/// The outbox relay lag histogram of `table`.
+pub(crate) fn lag_histogram(table: &str) -> metrics::Histogram {
+    metrics::histogram!(tidings_core::metrics::OUTBOX_RELAY_LAG, "table" => table.to_string())
 }
 
 /// A relay for one outbox; configure it, then [`Relay::spawn`] it or call [`Relay::drain`].
@@ -41,6 +48,8 @@ pub struct Relay {
     bus: Bus,
     batch_size: usize,
     poll_interval: Duration,
+    table: Arc<str>,
+    metrics_interval: Duration,
 }
 
 impl std::fmt::Debug for Relay {
@@ -53,8 +62,16 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub(crate) fn new(store: Arc<dyn Store>, bus: Bus, poll_interval: Duration) -> Self {
-        Self { store, bus, batch_size: 100, poll_interval }
+    pub(crate) fn new(store: Arc<dyn Store>, bus: Bus, poll_interval: Duration, table: Arc<str>) -> Self {
+        let metrics_interval = tidings_core::metrics::DEFAULT_BACKLOG_INTERVAL;
+        Self { store, bus, batch_size: 100, poll_interval, table, metrics_interval }
+    }
+
+    /// How often a running relay samples the outbox gauges (`tidings.outbox.pending`, `...oldest_pending.age`) while
+    /// a metrics recorder is installed: every 15 s unless set; zero turns sampling off.
+    pub fn metrics_interval(mut self, d: Duration) -> Self {
+        self.metrics_interval = d;
+        self
     }
 
     /// Rows per claim (default 100).
@@ -93,7 +110,32 @@ impl Relay {
         RelayHandle { cancel, relayed, join }
     }
 
+    /// Samples the outbox gauges every `metrics_interval` until `cancel`, while a recorder is installed.
+    fn sample_pending(&self, cancel: CancellationToken) {
+        if self.metrics_interval.is_zero() || !tidings_core::metrics::recording() {
+            return;
+        }
+        let table = self.table.to_string();
+        let pending = metrics::gauge!(tidings_core::metrics::OUTBOX_PENDING, "table" => table.clone());
+        let oldest = metrics::gauge!(tidings_core::metrics::OUTBOX_OLDEST_PENDING_AGE, "table" => table);
+        let (store, interval) = (self.store.clone(), self.metrics_interval);
+        tokio::spawn(async move {
+            loop {
+                match store.pending().await {
+                    Ok((n, first)) => {
+                        pending.set(n as f64);
+                        let now = tidings_core::time::micros(std::time::SystemTime::now());
+                        oldest.set(first.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "outbox relay: counting pending rows failed"),
+                }
+                tokio::select! { _ = tokio::time::sleep(interval) => {}, _ = cancel.cancelled() => return }
+            }
+        });
+    }
+
     async fn run(self, cancel: CancellationToken, relayed: Arc<AtomicU64>) {
+        self.sample_pending(cancel.clone());
         let mut backoff = Duration::from_millis(100);
         let mut paused: HashMap<String, Instant> = HashMap::new();
         while !cancel.is_cancelled() {

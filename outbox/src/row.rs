@@ -86,7 +86,13 @@ impl Claimed {
 }
 
 /// Publishes claimed rows of one topic in order, one run of equal topic configs at a time.
-pub(crate) async fn publish(bus: &tidings_core::Bus, topic: &str, rows: Vec<Claimed>) -> Result<()> {
+/// Records each row's relay lag (insert to publish) in `lag` once its publish was accepted.
+pub(crate) async fn publish(
+    bus: &tidings_core::Bus,
+    topic: &str,
+    rows: Vec<Claimed>,
+    lag: &metrics::Histogram,
+) -> Result<()> {
     let mut rows = rows.into_iter().peekable();
     while let Some(first) = rows.next() {
         let config = first.config;
@@ -94,7 +100,12 @@ pub(crate) async fn publish(bus: &tidings_core::Bus, topic: &str, rows: Vec<Clai
         while let Some(next) = rows.next_if(|r| r.config == config) {
             batch.push(next.message);
         }
+        let inserted: Vec<std::time::SystemTime> = batch.iter().map(|m| m.publish_time).collect();
         bus.publish_prepared(topic, config, batch).await?;
+        let now = std::time::SystemTime::now();
+        for t in inserted {
+            lag.record(now.duration_since(t).unwrap_or_default());
+        }
     }
     Ok(())
 }

@@ -93,13 +93,15 @@ impl Outbox<Sqlite> {
             heads: format!("SELECT topic, min(seq) AS head FROM {t} GROUP BY topic ORDER BY head"),
             claim: format!("SELECT {COLUMNS} FROM {t} WHERE topic = ? ORDER BY seq LIMIT ?"),
             delete: format!("DELETE FROM {t} WHERE topic = ? AND seq <= ?"),
+            pending: format!("SELECT count(*) AS n, min(created_at) AS oldest FROM {t}"),
+            lag: crate::relay::lag_histogram(t),
             lease: format!(
                 "INSERT INTO {t}_relay (id, owner, expires_at) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET \
                  owner = excluded.owner, expires_at = excluded.expires_at \
                  WHERE {t}_relay.owner = excluded.owner OR {t}_relay.expires_at < ?3"
             ),
         };
-        Relay::new(Arc::new(store), self.bus.clone(), Duration::from_millis(50))
+        Relay::new(Arc::new(store), self.bus.clone(), Duration::from_millis(50), self.table.clone())
     }
 }
 
@@ -112,6 +114,8 @@ struct SqliteStore {
     claim: String,
     delete: String,
     lease: String,
+    pending: String,
+    lag: metrics::Histogram,
 }
 
 #[async_trait]
@@ -152,7 +156,7 @@ impl Store for SqliteStore {
             .map_err(|e| err("reading rows", e))?;
         let claimed = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>>>().map_err(|e| (topic.clone(), e))?;
         let (n, last) = (claimed.len(), claimed.last().map_or(0, |c| c.seq));
-        row::publish(bus, &topic, claimed).await.map_err(|e| (topic.clone(), e))?;
+        row::publish(bus, &topic, claimed, &self.lag).await.map_err(|e| (topic.clone(), e))?;
         // One writer at a time in SQLite, so seq order is commit order and `seq <= last` is exactly this batch.
         sqlx::query(&self.delete)
             .bind(&topic)
@@ -165,5 +169,12 @@ impl Store for SqliteStore {
 
     async fn wait(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    async fn pending(&self) -> Result<(u64, Option<i64>)> {
+        let r = sqlx::query(&self.pending).fetch_one(&self.pool).await.map_err(|e| db_error("counting rows", e))?;
+        let n: i64 = r.try_get("n").map_err(|e| db_error("counting rows", e))?;
+        let oldest: Option<i64> = r.try_get("oldest").map_err(|e| db_error("counting rows", e))?;
+        Ok((n as u64, oldest))
     }
 }

@@ -284,6 +284,14 @@ impl Operator {
 
     /// Moves the selected dead letters back into the subscription; see [`Admin::redrive`].
     pub async fn redrive(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
+        let moved = self.redrive_selected(topic, sub, select, pace).await?;
+        ::metrics::counter!(crate::metrics::REDRIVEN, "backend" => self.bus.backend_name().to_string(),
+            "topic" => topic.to_string(), "subscription" => sub.to_string())
+        .increment(moved);
+        Ok(moved)
+    }
+
+    async fn redrive_selected(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
         match self.target(topic, sub).await? {
             Target::Admin(a, spec) => a.redrive(&spec, select, pace).await,
             Target::Local(r) => {

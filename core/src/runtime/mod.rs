@@ -78,6 +78,11 @@ impl Runner {
         self.cancel.cancel();
     }
 
+    /// Cancelled when the subscription begins to shut down.
+    pub(crate) fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }

@@ -60,6 +60,58 @@ macro_rules! outbox_cases {
                 assert_eq!(sends[0].field("messaging.batch.message_count"), Some("1"));
             }
 
+            /// While the broker is down the relay's gauges show the rows waiting and their age; once it is back they
+            /// drain to zero and each row's relay lag (insert to publish) spans the outage.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn metrics_show_pending_rows_and_the_relay_lag() {
+                use tidings_core::conformance::recorded::{install, snapshot, sum};
+                use tidings_core::metrics::{OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, OUTBOX_RELAY_LAG};
+                install();
+                let (outbox, faults, users) = super::setup().await;
+                let table = format!("metrics_{}", super::support::unique());
+                let outbox = outbox.with_table(&table).unwrap();
+                outbox.migrate().await.unwrap();
+                let t = topic::<Event>("metrics", TopicConfig::at_least_once());
+                faults.down.store(true, SeqCst);
+                let mut tx = outbox.pool().begin().await.unwrap();
+                sqlx::query(&format!("INSERT INTO {users} (id) VALUES (7)")).execute(&mut *tx).await.unwrap();
+                for n in 0..3 {
+                    outbox.publish(&mut tx, &t, &Event { n }).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                let relay = outbox.relay().metrics_interval(Duration::from_millis(20)).spawn();
+                let f = [("table", table.as_str())];
+                let gauges = || {
+                    let s = snapshot(&f);
+                    (sum(&s, OUTBOX_PENDING, &[]), sum(&s, OUTBOX_OLDEST_PENDING_AGE, &[]))
+                };
+                let down_at = std::time::Instant::now();
+                assert!(
+                    eventually(10, || {
+                        let (pending, age) = gauges();
+                        pending == 3.0 && age > 0.2
+                    })
+                    .await,
+                    "3 rows pending, the oldest aging: {:?}",
+                    gauges()
+                );
+                let outage = down_at.elapsed().as_secs_f64();
+                faults.down.store(false, SeqCst);
+                let mut lags = Vec::new();
+                let drained = eventually(30, || {
+                    let s = snapshot(&f);
+                    lags.extend(s.iter().filter(|x| x.name == OUTBOX_RELAY_LAG).flat_map(|x| x.observations.clone()));
+                    sum(&s, OUTBOX_PENDING, &[]) == 0.0 && lags.len() == 3
+                })
+                .await;
+                relay.shutdown().await;
+                assert!(drained, "pending back to 0 and 3 lags recorded: {lags:?}");
+                assert_eq!(rows(&outbox).await, 0);
+                for lag in &lags {
+                    assert!(*lag >= outage, "a row's relay lag {lag} s spans the {outage} s outage");
+                }
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_publishes_nothing() {
                 let (outbox, faults, users) = super::setup().await;

@@ -1,0 +1,67 @@
+//! Driver wrappers that run every call of a topic's or subscription's driver within its [`Scope`], so the API calls a
+//! backend counts with [`ApiCalls::count`](super::ApiCalls::count) carry the topic and subscription labels. Core
+//! wraps the drivers of backends that count calls ([`crate::Backend::api_calls`]); others run unwrapped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{scoped, Scope, SCOPE};
+use crate::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver};
+use crate::{DeadLetter, MessageId, PublishReport, Result};
+
+/// A topic driver whose calls run within a scope.
+#[derive(Debug)]
+pub(crate) struct ScopedTopic {
+    pub(crate) scope: Scope,
+    pub(crate) inner: Arc<dyn TopicDriver>,
+}
+
+#[async_trait]
+impl TopicDriver for ScopedTopic {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
+        scoped(self.scope.clone(), self.inner.publish(batch)).await
+    }
+    fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
+        SCOPE.sync_scope(self.scope.clone(), || self.inner.publish_now(batch))
+    }
+}
+
+/// A subscription driver whose calls run within a scope.
+#[derive(Debug)]
+pub(crate) struct ScopedSubscription {
+    pub(crate) scope: Scope,
+    pub(crate) inner: Arc<dyn SubscriptionDriver>,
+}
+
+#[async_trait]
+impl SubscriptionDriver for ScopedSubscription {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        scoped(self.scope.clone(), self.inner.receive(max, wait)).await
+    }
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.ack(ids)).await
+    }
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.nack(items)).await
+    }
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.extend_lease(ids, by)).await
+    }
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.dead_letter(items)).await
+    }
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        scoped(self.scope.clone(), self.inner.dead_letters(max)).await
+    }
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        scoped(self.scope.clone(), self.inner.redrive(ids)).await
+    }
+    async fn close(&self) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.close()).await
+    }
+    async fn backlog(&self) -> Result<Option<u64>> {
+        scoped(self.scope.clone(), self.inner.backlog()).await
+    }
+}
