@@ -31,7 +31,7 @@ pub use tidings_core::{
     admin, backend, cloud, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
     wire, Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
     HandlerError, HandlerResult, Layer, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings,
-    Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig, Topology,
+    Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig, Topology, WhenFull,
 };
 
 #[cfg(feature = "opentelemetry")]

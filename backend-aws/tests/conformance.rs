@@ -18,7 +18,7 @@ impl Harness for Aws {
     }
 }
 
-tidings_core::conformance_tests!(aws => Aws);
+tidings_core::conformance_tests!(aws => Aws; lacks: [bounded_backlog]);
 
 /// Load with injected failures, panics and slow handlers against LocalStack (bounded: 1,000 messages).
 #[test]

@@ -18,7 +18,7 @@ impl Harness for Gcp {
     }
 }
 
-tidings_core::conformance_tests!(gcp => Gcp);
+tidings_core::conformance_tests!(gcp => Gcp; lacks: [bounded_backlog]);
 
 /// Load with injected failures, panics and slow handlers against the emulator (bounded: 1,000 messages).
 #[test]

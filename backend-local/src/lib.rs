@@ -25,7 +25,7 @@ use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
     TopicDriver, TopicSpec,
 };
-use tidings_core::{Backend, Capabilities, DeadLetter, MessageId, Result, Settings};
+use tidings_core::{Backend, Capabilities, DeadLetter, ErrorKind, MessageId, Result, Settings, WhenFull};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -33,6 +33,10 @@ use queue::{Queue, Stored};
 
 /// Default largest message: 10 MiB, like Google Pub/Sub.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// Default backlog limit of a subscription (messages ready, delayed or leased) when its config sets none: past it a
+/// publish waits (or fails, with `when_full = "fail"`), so a stalled subscription cannot exhaust memory.
+pub const DEFAULT_MAX_BACKLOG: u64 = 100_000;
 
 /// The `[local]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +46,13 @@ pub struct LocalConfig {
     /// Largest message in bytes (payload plus attributes); default 10 MiB.
     #[serde(default = "default_max")]
     pub max_message_size: usize,
+    /// Backlog limit of a subscription whose config sets none ([`DEFAULT_MAX_BACKLOG`]).
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: u64,
+}
+
+fn default_max_backlog() -> u64 {
+    DEFAULT_MAX_BACKLOG
 }
 
 fn default_max() -> usize {
@@ -50,7 +61,7 @@ fn default_max() -> usize {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        Self { max_message_size: DEFAULT_MAX_MESSAGE_SIZE }
+        Self { max_message_size: DEFAULT_MAX_MESSAGE_SIZE, max_backlog: DEFAULT_MAX_BACKLOG }
     }
 }
 
@@ -58,6 +69,7 @@ impl Default for LocalConfig {
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     caps: Capabilities,
+    max_backlog: u64,
     topics: Arc<Mutex<HashMap<String, Arc<LocalTopic>>>>,
 }
 
@@ -84,10 +96,11 @@ impl LocalBackend {
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
         caps.backlog = true;
-        Self { caps, topics: Arc::default() }
+        caps.bounded_backlog = true;
+        Self { caps, max_backlog: config.max_backlog.max(1), topics: Arc::default() }
     }
 
-    /// Reads the `[local]` section (`TIDINGS_LOCAL__MAX_MESSAGE_SIZE`).
+    /// Reads the `[local]` section (`TIDINGS_LOCAL__MAX_MESSAGE_SIZE`, `TIDINGS_LOCAL__MAX_BACKLOG`).
     pub fn from_settings(settings: &Settings) -> Result<Self> {
         Ok(Self::with_config(settings.section("local")?))
     }
@@ -109,6 +122,7 @@ impl LocalBackend {
                     ordered: spec.config.ordered,
                     exactly_once: spec.config.is_exactly_once(),
                     subs: RwLock::default(),
+                    space: Arc::new(Notify::new()),
                 })
             })
             .clone()
@@ -140,6 +154,8 @@ impl Backend for LocalBackend {
             name: spec.resource.clone(),
             queue: parking_lot::Mutex::new(Queue::new(spec.config, topic.ordered, topic.exactly_once)),
             notify: Notify::new(),
+            default_limit: self.max_backlog,
+            space: topic.space.clone(),
         });
         subs.push(sub.clone());
         Ok(sub)
@@ -153,27 +169,75 @@ struct LocalTopic {
     ordered: bool,
     exactly_once: bool,
     subs: RwLock<Vec<Arc<LocalSubscription>>>,
+    /// Wakes publishers waiting for a full subscription to make room.
+    space: Arc<Notify>,
+}
+
+impl LocalTopic {
+    /// The error, or `None` for "wait", of a publish that found `sub` (locked as `q`) at its backlog limit.
+    fn refuse(&self, sub: &LocalSubscription, q: &Queue) -> Option<Option<tidings_core::Error>> {
+        let limit = q.config.max_backlog.unwrap_or(sub.default_limit);
+        let backlog = q.backlog();
+        if backlog < limit {
+            return None;
+        }
+        Some(match q.config.when_full {
+            WhenFull::Wait => None,
+            WhenFull::Fail => Some(tidings_core::Error::new(
+                ErrorKind::BacklogFull,
+                format!(
+                    "subscription {:?} of topic {:?} holds {backlog} messages, at its max_backlog of {limit}; it \
+                     refuses more until its handlers catch up (when_full = \"fail\"; \"wait\" would wait instead)",
+                    sub.name, self.name
+                ),
+            )),
+        })
+    }
 }
 
 #[async_trait]
 impl TopicDriver for LocalTopic {
+    /// Waits while a subscription that says `when_full = "wait"` is at its backlog limit (`publish_now` declines).
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
-        self.publish_now(&mut batch.to_vec()).expect("the in-process bus always publishes at once")?;
-        Ok(PublishReport::accepted())
+        let mut batch = batch.to_vec();
+        loop {
+            let space = self.space.notified();
+            let mut space = std::pin::pin!(space);
+            space.as_mut().enable();
+            if let Some(outcome) = self.publish_now(&mut batch) {
+                return outcome.map(|()| PublishReport::accepted());
+            }
+            space.await;
+        }
     }
 
+    /// All or nothing: every subscription's queue is locked, and the batch goes to none of them while one is at its
+    /// backlog limit (`None`: wait for room; or its error).
     fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = batch.len(), subscriptions = subs.len(), "publish");
         let Some((last, others)) = subs.split_last() else { return Some(Ok(())) };
-        // Every subscription but the last gets a copy (sharing the payload); the last takes the message itself.
-        for s in others {
-            if s.queue.lock().push(batch.iter().map(Stored::from), now) {
-                s.notify.notify_waiters();
+        let mut queues: Vec<_> = others.iter().map(|s| s.queue.lock()).collect();
+        let mut last_queue = last.queue.lock();
+        for (s, q) in others.iter().zip(&queues).chain(std::iter::once((last, &last_queue))) {
+            if let Some(refusal) = self.refuse(s, q) {
+                return refusal.map(Err);
             }
         }
-        if last.queue.lock().push(batch.iter_mut().map(Stored::take), now) {
+        // Every subscription but the last gets a copy (sharing the payload); the last takes the message itself.
+        let mut woken = Vec::new();
+        for (s, q) in others.iter().zip(queues.iter_mut()) {
+            if q.push(batch.iter().map(Stored::from), now) {
+                woken.push(s);
+            }
+        }
+        let last_woken = last_queue.push(batch.iter_mut().map(Stored::take), now);
+        drop((queues, last_queue));
+        for s in woken {
+            s.notify.notify_waiters();
+        }
+        if last_woken {
             last.notify.notify_waiters();
         }
         Some(Ok(()))
@@ -186,6 +250,10 @@ struct LocalSubscription {
     name: String,
     queue: parking_lot::Mutex<Queue>,
     notify: Notify,
+    /// Backlog limit when the config sets none.
+    default_limit: u64,
+    /// The topic's wake-up for publishers waiting for room.
+    space: Arc<Notify>,
 }
 
 #[async_trait]
@@ -223,6 +291,7 @@ impl SubscriptionDriver for LocalSubscription {
         if self.queue.lock().ack(&ids) {
             self.notify.notify_waiters();
         }
+        self.space.notify_waiters();
         Ok(())
     }
 
@@ -240,6 +309,7 @@ impl SubscriptionDriver for LocalSubscription {
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
         self.queue.lock().dead_letter(items);
         self.notify.notify_waiters();
+        self.space.notify_waiters();
         Ok(())
     }
 

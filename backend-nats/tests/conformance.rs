@@ -18,7 +18,7 @@ impl Harness for Nats {
     }
 }
 
-tidings_core::conformance_tests!(nats => Nats);
+tidings_core::conformance_tests!(nats => Nats; lacks: [bounded_backlog]);
 
 /// Load with injected failures, panics and slow handlers (bounded: 1,000 messages).
 #[test]

@@ -5,7 +5,10 @@ mod support;
 
 use support::{Postgres, Sqlite};
 
-tidings_core::conformance_tests!(sqlite => Sqlite, postgres => Postgres);
+tidings_core::conformance_tests!(
+    sqlite => Sqlite; lacks: [bounded_backlog],
+    postgres => Postgres; lacks: [bounded_backlog],
+);
 
 /// Load with injected failures, panics and slow handlers: every message ends acked or dead-lettered, in each of two
 /// subscriptions.

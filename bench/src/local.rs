@@ -273,7 +273,8 @@ pub async fn backlog(n: u64) -> String {
     let mut alone = Live::new(Bus::new(Arc::new(LocalBackend::new())), &BACKLOG).await;
     alone.rate(m).await;
     let bus = Bus::new(Arc::new(LocalBackend::new()));
-    let stalled = SubscriptionConfig::default().with_max_concurrency(1);
+    // No backlog limit: this bench measures what each queued message costs, so the backlog must grow unbounded.
+    let stalled = SubscriptionConfig::default().with_max_concurrency(1).with_max_backlog(u64::MAX);
     bus.subscribe(&BACKLOG, "stalled", stalled, |_m: Message<Event>| {
         std::future::pending::<tidings_core::HandlerResult>()
     })

@@ -51,6 +51,9 @@ pub struct Capabilities {
     /// [`SubscriptionDriver::backlog`] reports how many messages wait (so `Subscription::backlog` is `Some` and
     /// `Subscription::wait_idle` works); Pub/Sub cannot tell.
     pub backlog: bool,
+    /// A subscription's backlog can be bounded ([`crate::SubscriptionConfig::max_backlog`]): publishes wait or fail
+    /// at the limit. The in-memory bus; brokers keep backlogs on disk under their own limits.
+    pub bounded_backlog: bool,
 }
 
 impl Default for Capabilities {
@@ -69,6 +72,7 @@ impl Default for Capabilities {
             concurrent_receives: 1,
             max_attributes: 10,
             backlog: false,
+            bounded_backlog: false,
         }
     }
 }

@@ -180,6 +180,18 @@ impl Bus {
         spec.config
             .validate()
             .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
+        if let (Some(limit), false) = (spec.config.max_backlog, self.inner.caps.bounded_backlog) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "subscription {name:?} on topic {:?} sets max_backlog = {limit}, but the {} backend lacks the \
+                     `bounded_backlog` capability (the broker keeps the backlog under its own limits); remove the limit \
+                     or choose another backend",
+                    topic.name(),
+                    self.backend_name()
+                ),
+            ));
+        }
         self.publisher(topic.name(), topic.config()).await?;
         let key = (topic.name().to_string(), name.to_string());
         let reservation = self.reserve(key.clone())?;

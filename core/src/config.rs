@@ -293,6 +293,18 @@ mod tests {
     }
 
     #[test]
+    fn backlog_limits_parse_and_a_bad_mode_lists_the_valid_ones() {
+        let s =
+            Settings::from_toml("[subscriptions.signups.email]\nmax_backlog = 500\nwhen_full = \"fail\"\n").unwrap();
+        let o = s.subscription_override("signups", "email").unwrap();
+        assert_eq!((o.max_backlog, o.when_full), (Some(500), Some(crate::WhenFull::Fail)));
+        let c = crate::SubscriptionConfig::DEFAULT.apply(o);
+        assert_eq!((c.max_backlog, c.when_full), (Some(500), crate::WhenFull::Fail));
+        let e = Settings::from_toml("[subscriptions.signups.email]\nwhen_full = \"drop\"\n").unwrap_err().to_string();
+        assert!(e.contains("drop") && e.contains("wait") && e.contains("fail"), "{e}");
+    }
+
+    #[test]
     fn missing_config_file_is_named() {
         let e = Settings::load(vars(&[("TIDINGS_CONFIG", "/nonexistent/t.toml")])).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Config);

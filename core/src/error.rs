@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Backend,
     /// The bus is shutting down or was shut down.
     Shutdown,
+    /// A subscription's backlog reached its limit (`max_backlog`) and it refuses more (`when_full = "fail"`).
+    BacklogFull,
 }
 
 /// The error type of every tidings operation.

@@ -43,6 +43,6 @@ pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions, MAX_
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use retry::RetryPolicy;
 pub use runtime::Subscription;
-pub use subscription::{SubscriptionConfig, SubscriptionOverride};
+pub use subscription::{SubscriptionConfig, SubscriptionOverride, WhenFull};
 pub use topic::{DeliveryGuarantee, Topic, TopicConfig};
 pub use topology::Topology;

@@ -21,6 +21,24 @@ pub struct SubscriptionConfig {
     pub message_retention: Duration,
     /// Backoff and dead-letter rule for failed handlers.
     pub retry: RetryPolicy,
+    /// Most messages the subscription's backlog (ready, delayed and leased) may hold before publishes wait or fail
+    /// ([`SubscriptionConfig::when_full`]); `None` leaves the backend's default (the in-memory bus: 100,000; brokers
+    /// keep their own limits). Only where [`crate::Capabilities::bounded_backlog`]; elsewhere a limit is refused at
+    /// subscribe.
+    pub max_backlog: Option<u64>,
+    /// What a publish does while the backlog is at its limit.
+    pub when_full: WhenFull,
+}
+
+/// What a publish does while a subscription's backlog is at its limit (`when_full` in configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Wait until the subscription has room (its handlers catch up): back-pressure on the publisher.
+    #[default]
+    Wait,
+    /// Fail at once with [`crate::ErrorKind::BacklogFull`], naming the subscription and its limit.
+    Fail,
 }
 
 impl Default for SubscriptionConfig {
@@ -36,6 +54,8 @@ impl SubscriptionConfig {
         ack_deadline: Duration::from_secs(30),
         message_retention: Duration::from_secs(7 * 24 * 3600),
         retry: RetryPolicy::DEFAULT,
+        max_backlog: None,
+        when_full: WhenFull::Wait,
     };
 
     /// Same config with another concurrency limit.
@@ -58,6 +78,16 @@ impl SubscriptionConfig {
         self.retry = retry;
         self
     }
+    /// Same config with a backlog limit (see [`SubscriptionConfig::max_backlog`]).
+    pub const fn with_max_backlog(mut self, n: u64) -> Self {
+        self.max_backlog = Some(n);
+        self
+    }
+    /// Same config with another behaviour at the backlog limit.
+    pub const fn with_when_full(mut self, w: WhenFull) -> Self {
+        self.when_full = w;
+        self
+    }
     /// Same config with another retry count (see [`RetryPolicy::NO_RETRIES`], [`RetryPolicy::INFINITE_RETRIES`]).
     pub const fn with_max_retries(mut self, n: u32) -> Self {
         self.retry.max_retries = n;
@@ -68,6 +98,9 @@ impl SubscriptionConfig {
     pub fn validate(&self) -> Result<()> {
         if self.max_concurrency == 0 {
             return Err(Error::invalid("max_concurrency 0 is invalid: it must be at least 1"));
+        }
+        if self.max_backlog == Some(0) {
+            return Err(Error::invalid("max_backlog 0 is invalid: it must be at least 1"));
         }
         positive("ack_deadline", self.ack_deadline)?;
         positive("message_retention", self.message_retention)?;
@@ -93,6 +126,12 @@ impl SubscriptionConfig {
         }
         if let Some(v) = o.max_retries {
             self.retry.max_retries = v;
+        }
+        if let Some(v) = o.max_backlog {
+            self.max_backlog = Some(v);
+        }
+        if let Some(v) = o.when_full {
+            self.when_full = v;
         }
         self
     }
@@ -120,6 +159,24 @@ pub struct SubscriptionOverride {
     /// See [`RetryPolicy::max_retries`].
     #[serde(default, deserialize_with = "count")]
     pub max_retries: Option<u32>,
+    /// See [`SubscriptionConfig::max_backlog`].
+    #[serde(default, deserialize_with = "count")]
+    pub max_backlog: Option<u64>,
+    /// See [`SubscriptionConfig::when_full`]: `"wait"` or `"fail"`.
+    #[serde(default)]
+    pub when_full: Option<WhenFull>,
+}
+
+impl<'de> Deserialize<'de> for WhenFull {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "wait" => Ok(WhenFull::Wait),
+            "fail" => Ok(WhenFull::Fail),
+            other => {
+                Err(serde::de::Error::custom(format!("when_full {other:?} is not a mode; expected one of: wait, fail")))
+            }
+        }
+    }
 }
 
 /// A duration written with its unit, such as `"30s"` or `"10m"` (humantime syntax); a bare number is refused, as its
@@ -187,6 +244,7 @@ mod tests {
         assert_eq!(c.retry.min_backoff, Duration::from_secs(10));
         assert_eq!(c.retry.max_backoff, Duration::from_secs(600));
         assert_eq!(c.retry.max_retries, 100);
+        assert_eq!((c.max_backlog, c.when_full), (None, WhenFull::Wait));
         c.validate().unwrap();
     }
 
@@ -198,5 +256,7 @@ mod tests {
         assert!(e.to_string().contains("message_retention"), "{e}");
         let e = SubscriptionConfig::DEFAULT.with_max_concurrency(0).validate().unwrap_err();
         assert!(e.to_string().contains("max_concurrency 0"), "{e}");
+        let e = SubscriptionConfig::DEFAULT.with_max_backlog(0).validate().unwrap_err();
+        assert!(e.to_string().contains("max_backlog 0 is invalid: it must be at least 1"), "{e}");
     }
 }

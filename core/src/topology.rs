@@ -68,6 +68,12 @@ pub struct TopologySubscription {
     pub max_backoff: Duration,
     /// Retries before dead-lettering; `null` for infinite.
     pub max_retries: Option<u32>,
+    /// Backlog limit; absent for the backend's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog: Option<u64>,
+    /// `wait` or `fail` at the backlog limit.
+    #[serde(default)]
+    pub when_full: crate::WhenFull,
 }
 
 impl From<DeliveryGuarantee> for Delivery {
@@ -112,6 +118,8 @@ impl TopologySubscription {
             min_backoff: c.retry.min_backoff,
             max_backoff: c.retry.max_backoff,
             max_retries: (c.retry.max_retries != RetryPolicy::INFINITE_RETRIES).then_some(c.retry.max_retries),
+            max_backlog: c.max_backlog,
+            when_full: c.when_full,
         }
     }
 
@@ -126,6 +134,8 @@ impl TopologySubscription {
                 max_backoff: self.max_backoff,
                 max_retries: self.max_retries.unwrap_or(RetryPolicy::INFINITE_RETRIES),
             },
+            max_backlog: self.max_backlog,
+            when_full: self.when_full,
         }
     }
 }

@@ -180,6 +180,7 @@ pub(crate) fn error_type(e: &crate::Error) -> &'static str {
         crate::ErrorKind::Codec => "codec",
         crate::ErrorKind::Backend => "backend",
         crate::ErrorKind::Shutdown => "shutdown",
+        crate::ErrorKind::BacklogFull => "backlog_full",
     }
 }
 

@@ -76,7 +76,7 @@ pub struct SubscriptionEntry {
 
 /// Where a subscription's operations go.
 enum Target {
-    Admin(Arc<dyn Admin>, SubscriptionSpec),
+    Admin(Arc<dyn Admin>, Box<SubscriptionSpec>),
     Local(Arc<Runner>),
 }
 
@@ -235,7 +235,7 @@ impl Operator {
                 .ok_or_else(|| self.not_found(&format!("subscription {sub:?} of topic {topic:?}")));
         };
         if let Some(r) = runner {
-            return Ok(Target::Admin(admin.clone(), r.spec.clone()));
+            return Ok(Target::Admin(admin.clone(), Box::new(r.spec.clone())));
         }
         let settings = self.bus.settings();
         for t in self.listing().await? {
@@ -254,7 +254,7 @@ impl Operator {
                         resource: s.resource.clone(),
                         config: SubscriptionConfig::default(),
                     };
-                    return Ok(Target::Admin(admin.clone(), spec));
+                    return Ok(Target::Admin(admin.clone(), Box::new(spec)));
                 }
             }
         }

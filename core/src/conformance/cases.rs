@@ -731,6 +731,16 @@ pub async fn unsupported_topic_configs_are_refused_at_declaration<H: Harness>(h:
             assert!(e.to_string().contains(capability) && e.to_string().contains(topic.name()), "{e}");
         }
     }
+    // A backlog limit the backend cannot keep is refused at subscribe, never ignored.
+    let topic = topic::<Event>("unsupported-limit", TopicConfig::at_least_once());
+    let limited = bus.subscribe(&topic, "sub", sub_config(&t, 5).with_max_backlog(10), logging(&Log::default())).await;
+    if caps.bounded_backlog {
+        limited.unwrap();
+    } else {
+        let e = limited.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("bounded_backlog") && e.to_string().contains("max_backlog = 10"), "{e}");
+    }
     bus.shutdown(t.patience).await;
 }
 

@@ -18,6 +18,7 @@
 //! runner reports it as ignored, by name, never as passed. A gated case run on a backend that lacks its capability
 //! fails, asking for the declaration.
 
+mod backlog;
 pub mod capture;
 mod cases;
 mod faults;
@@ -31,6 +32,7 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
+pub use backlog::*;
 pub use cases::*;
 pub use faults::{network_faults, FaultReport};
 pub use ledger::ledger;
@@ -138,6 +140,8 @@ macro_rules! conformance_tests {
                 );
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup);
+                $crate::__conformance_gated!($harness; [$($($cap)*)?]; bounded_backlog;
+                    bounded_backlog_fails_or_waits_at_the_limit);
             })+
         }
     };
@@ -169,6 +173,9 @@ macro_rules! __conformance_gated {
     };
     ($harness:expr; [exactly_once $($rest:ident)*]; exactly_once; $($name:ident),*) => {
         $crate::__conformance_ignored!("backend lacks the `exactly_once` capability"; $($name),*);
+    };
+    ($harness:expr; [bounded_backlog $($rest:ident)*]; bounded_backlog; $($name:ident),*) => {
+        $crate::__conformance_ignored!("backend lacks the `bounded_backlog` capability"; $($name),*);
     };
     ($harness:expr; [$other:ident $($rest:ident)*]; $cap:ident; $($name:ident),*) => {
         $crate::__conformance_gated!($harness; [$($rest)*]; $cap; $($name),*);
