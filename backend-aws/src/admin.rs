@@ -25,6 +25,32 @@ use crate::Shared;
 /// How long a message read during a sweep stays hidden from consumers.
 const SWEEP_VISIBILITY: i32 = 30;
 
+/// The SNS and SQS actions the application needs in a provisioning mode (README, AWS section).
+fn actions(mode: tidings_core::cloud::Provisioning) -> (Vec<&'static str>, Vec<&'static str>) {
+    use tidings_core::cloud::Provisioning;
+    let mut sns = vec!["sns:Publish"];
+    let mut sqs = vec![
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+    ];
+    match mode {
+        Provisioning::Auto => {
+            sns.extend(["sns:CreateTopic", "sns:Subscribe"]);
+            sqs.extend(["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:SetQueueAttributes"]);
+        }
+        Provisioning::Verify => {
+            sns.extend(["sns:ListTopics", "sns:GetTopicAttributes", "sns:ListSubscriptionsByTopic"]);
+            sns.push("sns:GetSubscriptionAttributes");
+            sqs.push("sqs:GetQueueUrl");
+        }
+        Provisioning::Off => {}
+    }
+    (sns, sqs)
+}
+
 /// Operator access to SNS topics and SQS queues.
 #[derive(Debug)]
 pub(crate) struct AwsAdmin {
@@ -245,29 +271,25 @@ impl Admin for AwsAdmin {
         crate::provision::subscription(&self.s, spec, &topic).await.map(drop)
     }
 
-    async fn permissions(&self, _topology: &tidings_core::topology::Topology) -> Vec<Check> {
-        let runtime = "sns:Publish, sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility, \
-                       sqs:SendMessage, sqs:GetQueueAttributes";
-        let mode = match self.s.config.provisioning {
-            tidings_core::cloud::Provisioning::Auto => {
-                "sns:CreateTopic, sns:Subscribe, sqs:CreateQueue, sqs:GetQueueUrl, sqs:SetQueueAttributes"
-            }
-            tidings_core::cloud::Provisioning::Verify => {
-                "sns:ListTopics, sns:GetTopicAttributes, sns:ListSubscriptionsByTopic, sns:GetSubscriptionAttributes, \
-                 sqs:GetQueueUrl"
-            }
-            tidings_core::cloud::Provisioning::Off => "nothing more",
-        };
-        vec![Check::skipped(
-            "permissions",
-            format!(
-                "not checked: tidings doctor does not evaluate IAM policies (that needs the IAM policy simulator, \
-                 iam:SimulatePrincipalPolicy, which LocalStack serves only with IAM enabled). Left unchecked: the \
-                 application needs {runtime} and, for aws.provisioning = {:?}, {mode}; the CLI also needs \
-                 sns:ListTopics, sns:ListSubscriptionsByTopic, sns:Unsubscribe and sqs:DeleteQueue",
-                self.s.config.provisioning
-            ),
-        )]
+    async fn permissions(&self, topology: &tidings_core::topology::Topology) -> Vec<Check> {
+        let (sns, sqs) = actions(self.s.config.provisioning);
+        #[cfg(feature = "iam-check")]
+        {
+            crate::iam::permissions(&self.s, topology, &sns, &sqs).await
+        }
+        #[cfg(not(feature = "iam-check"))]
+        {
+            let _ = topology;
+            vec![Check::skipped(
+                "permissions",
+                format!(
+                    "not checked: this build has no IAM policy simulator (tidings-aws feature iam-check); unchecked: {} \
+                     and {}",
+                    sns.join(", "),
+                    sqs.join(", ")
+                ),
+            )]
+        }
     }
 
     fn unknown(&self) -> Vec<Unknown> {

@@ -18,6 +18,8 @@
 mod admin;
 pub mod config;
 mod error;
+#[cfg(feature = "iam-check")]
+mod iam;
 mod meta;
 mod names;
 mod provision;
@@ -47,6 +49,9 @@ pub(crate) struct Shared {
     pub sqs: aws_sdk_sqs::Client,
     pub config: AwsConfig,
     pub calls: Arc<ApiCalls>,
+    /// For STS and IAM clients (`tidings doctor`).
+    #[cfg(feature = "iam-check")]
+    pub sdk: aws_config::SdkConfig,
 }
 
 impl std::fmt::Debug for Shared {
@@ -111,6 +116,8 @@ impl AwsBackend {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             config,
             calls: Arc::new(ApiCalls::new("aws")),
+            #[cfg(feature = "iam-check")]
+            sdk: sdk.clone(),
         };
         Ok(Self { shared: Arc::new(shared) })
     }

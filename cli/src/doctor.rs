@@ -77,17 +77,20 @@ fn topology_matches(path: &str, t: &Topology, s: &Settings) -> Check {
     Check::pass(name, format!("{} topic(s), {subs} subscription(s){prefix}", t.topics.len()))
 }
 
-/// The settings with `<backend>.provisioning = "verify"`, so opening and checking creates nothing.
-fn verifying(cli: &Cli, backend: &str) -> Result<Settings, Failure> {
+/// The settings with `<backend>.provisioning = "verify"` (when `always`, or for the SQL backends, which would create
+/// their tables on opening otherwise), so opening and checking creates nothing.
+fn verifying(cli: &Cli, backend: &str, always: bool) -> Result<Settings, Failure> {
     let key = format!("TIDINGS_{}__PROVISIONING", backend.to_uppercase());
-    let extra = if SECTIONS.contains(&backend) { vec![(key, "verify".to_string())] } else { Vec::new() };
+    let sql = matches!(backend, "sqlite" | "postgres");
+    let extra = if (always || sql) && SECTIONS.contains(&backend) { vec![(key, "verify".into())] } else { Vec::new() };
     settings_with(cli, extra)
 }
 
 async fn diagnose(cli: &Cli, base: &Settings, declared: Option<Topology>, checks: &mut Vec<Check>) {
-    let settings = match verifying(cli, &base.backend) {
+    // The application's provisioning mode (permissions depend on it); SQL opens in verify mode.
+    let settings = match verifying(cli, &base.backend, false) {
         Ok(s) => s,
-        Err(f) => return checks.push(Check::fail("configuration (verify mode)", f.message)),
+        Err(f) => return checks.push(Check::fail("configuration", f.message)),
     };
     let bus = match tidings::from_settings(settings).await {
         Ok(b) => b,
@@ -118,7 +121,16 @@ async fn diagnose(cli: &Cli, base: &Settings, declared: Option<Topology>, checks
     };
     let topology = match declared {
         Some(t) => {
-            resources(&bus, &op, &t, checks).await;
+            match verifying(cli, &base.backend, true) {
+                Err(f) => checks.push(Check::fail("configuration (verify mode)", f.message)),
+                Ok(s) => match tidings::from_settings(s).await {
+                    Err(e) => checks.push(Check::fail("connection (verify mode)", e.to_string())),
+                    Ok(verify) => {
+                        resources(&verify, &Operator::new(&verify), &t, checks).await;
+                        verify.shutdown(Duration::from_secs(5)).await;
+                    }
+                },
+            }
             t
         }
         None => {
