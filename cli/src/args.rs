@@ -44,6 +44,8 @@ pub enum Command {
     },
     /// Prints messages published to a topic, through a temporary subscription removed on exit (Ctrl-C included).
     Tail(Tail),
+    /// Estimated monthly bill per topic and subscription from the application's API-call and byte counters.
+    Cost(crate::cost::CostArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,4 +171,8 @@ pub struct DashboardArgs {
     /// Reads the token from this file.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<String>,
+    /// The application's metrics (a Prometheus scrape URL, or a file holding one), read at each refresh: rates,
+    /// cost per subscription, in-flight handlers and handler latency.
+    #[arg(long, value_name = "URL|FILE")]
+    pub metrics: Option<String>,
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use tidings::dashboard::Dashboard;
+use tidings::dashboard::{Dashboard, Metrics};
 use tidings::Bus;
 
 use crate::args::DashboardArgs;
@@ -42,6 +42,7 @@ pub async fn run(bus: &Bus, a: DashboardArgs) -> Outcome {
     Dashboard::new(bus.clone())
         .allow_actions(a.allow_actions)
         .token(token)
+        .metrics(a.metrics.map(Metrics::Source))
         .serve(listener, crate::signal::interrupted())
         .await
         .map_err(|e| Failure::new(BACKEND, format!("dashboard server failed: {e}")))

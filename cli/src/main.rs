@@ -3,6 +3,7 @@
 
 mod args;
 mod connect;
+mod cost;
 mod dashboard;
 mod dlq;
 mod doctor;
@@ -48,6 +49,10 @@ async fn run(cli: Cli) -> Outcome {
     if let Command::Doctor(d) = &cli.command {
         return doctor::run(&cli, d, cli.json).await;
     }
+    // Needs the application's metrics only, not a backend.
+    if let Command::Cost(c) = cli.command {
+        return cost::run(c, cli.json).await;
+    }
     let (bus, op) = connect::connect(&cli).await?;
     let json = cli.json;
     let outcome = match cli.command {
@@ -56,7 +61,9 @@ async fn run(cli: Cli) -> Outcome {
         Command::Publish(p) => publish::run(&bus, &op, p, json).await,
         Command::Tail(t) => tail::run(&bus, &op, t, json).await,
         Command::Dashboard(d) => dashboard::run(&bus, d).await,
-        Command::Doctor(_) | Command::Completions { .. } => unreachable!("these run before connecting"),
+        Command::Doctor(_) | Command::Completions { .. } | Command::Cost(_) => {
+            unreachable!("these run before connecting")
+        }
     };
     bus.shutdown(std::time::Duration::from_secs(5)).await;
     outcome

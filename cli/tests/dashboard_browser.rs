@@ -34,8 +34,33 @@ fn a_person_redrives_a_reason_group_in_the_dashboard_and_sees_the_dead_letter_qu
     assert!(env.app("seed-declined").contains("seeded"));
     env.until(&["dlq", "ls", "orders", "billing"], "3 dead letters", |v| support::dead_letters(v).len() == 3);
 
+    // The application's metrics as its Prometheus endpoint would serve them: a consumer long-polling orders/billing
+    // once a second, rewritten each half second (the dashboard rereads the file at each refresh).
+    let metrics = std::env::temp_dir().join(format!("tidings-dash-metrics-{}.prom", std::process::id()));
+    let scrape = |n: u64| {
+        format!(
+            "tidings_api_calls_total{{backend=\"aws\",operation=\"sqs:ReceiveMessage\",topic=\"orders\",subscription=\"billing\"}} {}\n\
+             tidings_handlers_in_flight{{backend=\"aws\",topic=\"orders\",subscription=\"billing\"}} 0\n",
+            n / 2
+        )
+    };
+    std::fs::write(&metrics, scrape(0)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                n += 1;
+                let tmp = metrics.with_extension("tmp");
+                std::fs::write(&tmp, scrape(n)).unwrap();
+                std::fs::rename(&tmp, &metrics).unwrap();
+            }
+        })
+    };
     let mut dashboard = env
-        .command(&["dashboard", "--listen", "127.0.0.1:0", "--allow-actions"])
+        .command(&["dashboard", "--listen", "127.0.0.1:0", "--allow-actions", "--metrics", metrics.to_str().unwrap()])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -64,11 +89,18 @@ fn a_person_redrives_a_reason_group_in_the_dashboard_and_sees_the_dead_letter_qu
     let handled = handler.wait_with_output().unwrap();
     let _ = dashboard.kill();
     let _ = dashboard.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&metrics);
     let log = String::from_utf8_lossy(&out.stdout);
     eprintln!("{log}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser session failed");
     for step in [
         "topology shows orders/billing with 3",
+        "rates are shown",
+        "cost per subscription is shown: $",
+        "shows published, attempts and dead-lettered",
+        "shows redriven",
         "redrive confirmed",
         "dead-letter queue is empty",
         "backlog is handled",

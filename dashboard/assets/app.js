@@ -72,13 +72,54 @@ async function loadOverview() {
         el("td", { class: "num" }, s ? fmt(s.stats.in_flight) : ""),
         el("td", { class: "num" }, s ? age(s.stats.oldest_unacked) : ""),
         el("td", { class: "num dlq-count" }, s ? fmt(s.stats.dead_letters) : ""),
+        ...figureCells(o.figures, s ? `${t.name}/${s.name}` : null),
         el("td", {}, s ? el("button", { type: "button", onclick: () => select(t.name, s.name) }, "Dead letters") : ""));
       body.append(row);
     }
   }
   const unknown = document.getElementById("unknown");
-  unknown.replaceChildren(...o.unknown.map((u) => el("li", {}, `${dash} ${u.field.replace(/_/g, " ")}: ${u.reason}`)));
+  unknown.replaceChildren(...o.unknown.map((u) => el("li", {}, `${dash} ${u.field.replace(/_/g, " ")}: ${u.reason}`)),
+    ...o.figures.unknown.map((u) => el("li", {}, `${dash} ${u}`)));
+  const c = o.figures.cost;
+  document.getElementById("cost").textContent = c
+    ? `Estimated bill ${money(c.usd_per_month)}/month at the rate of the last ${Math.round(c.window_secs)} s (list prices: ` +
+      c.prices.map((p) => `${p.service} from ${p.source}, ${p.date}`).join("; ") + `). ${c.notes.join("; ")}.`
+    : "";
 }
+
+const rate = (n) => (n === null || n === undefined ? dash : (Math.abs(n) >= 10 ? n.toFixed(0) : n.toFixed(2)));
+const money = (n) => (n === null || n === undefined ? dash : "$" + (n >= 0.01 || n === 0 ? n.toFixed(2) : n.toPrecision(2)));
+
+function figureCells(f, key) {
+  if (!key) return ["", "", "", "", "", ""].map(() => el("td", {}, ""));
+  const r = f.subscriptions[key] || {};
+  const ms = r.handler_mean_secs === null || r.handler_mean_secs === undefined ? dash : (r.handler_mean_secs * 1000).toFixed(1) + " ms";
+  return [
+    el("td", { class: "num backlog-rate" }, rate(r.backlog)),
+    el("td", { class: "num dlq-rate" }, rate(r.dead_letters)),
+    el("td", { class: "num acked-rate" }, rate(r.acked)),
+    el("td", { class: "num in-flight-handlers", title: f.in_process ? "in this process" : "from the application's metrics" }, fmt(r.in_flight)),
+    el("td", { class: "num handler-mean" }, ms),
+    el("td", { class: "num cost" }, money(r.usd_per_month)),
+  ];
+}
+
+async function showTimeline(id) {
+  document.getElementById("timeline-id").value = id;
+  const list = document.getElementById("timeline");
+  try {
+    const t = await api(`/api/message/${encodeURIComponent(id)}`);
+    list.replaceChildren(...t.events.map((e) => el("li", { class: "event", "data-what": e.what },
+      el("strong", {}, e.what), " ", e.at_ms ? when(e.at_ms) : dash, " ", el("span", { class: "muted" }, e.subscription), " ", e.detail)));
+    document.getElementById("timeline-unknown").replaceChildren(...t.unknown.map((u) => el("li", {}, `${dash} ${u}`)));
+    showError(null);
+  } catch (e) { list.replaceChildren(el("li", { class: "muted" }, String(e.message || e))); }
+}
+
+document.getElementById("timeline-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  showTimeline(document.getElementById("timeline-id").value.trim());
+});
 
 async function loadGroups() {
   if (!state.selected) return;
@@ -91,7 +132,7 @@ async function loadGroups() {
   const body = document.querySelector("#groups tbody");
   body.replaceChildren();
   for (const gr of g.groups) {
-    const examples = el("td", {}, ...gr.examples.map(([id, payload]) => el("div", {}, el("code", {}, payload), " ", el("span", { class: "muted" }, id))));
+    const examples = el("td", {}, ...gr.examples.map(([id, payload]) => el("div", {}, el("code", {}, payload), " ", el("a", { href: "#", class: "muted message-id", onclick: (ev) => { ev.preventDefault(); showTimeline(id); } }, id))));
     const actions = el("td", {});
     if (state.actions) {
       actions.append(

@@ -25,10 +25,20 @@ try {
   const row = page.locator(`#topology tr[data-sub="${subscription}"]`);
   await row.locator(".dlq-count", { hasText: new RegExp(`^${count}$`) }).waitFor({ timeout: 60000 });
   step(`topology shows ${subscription} with ${count} dead letters`);
+  // Rates need a second sample (the page refreshes every 5 s); the DLQ's depth is steady, so its rate is 0.
+  await row.locator(".dlq-rate", { hasText: /^-?0(\.00)?$/ }).waitFor({ timeout: 60000 });
+  step("rates are shown");
+  await row.locator(".cost", { hasText: /^\$\d/ }).waitFor({ timeout: 60000 });
+  step(`cost per subscription is shown: ${await row.locator(".cost").textContent()}`);
   await row.getByRole("button", { name: "Dead letters" }).click();
   const group = page.locator(`#groups tr[data-reason="${reason}"]`);
   await group.locator(".group-count", { hasText: new RegExp(`^${count}$`) }).waitFor({ timeout: 60000 });
   step(`group "${reason}" shows ${count}`);
+  const id = (await group.locator(".message-id").first().textContent()).trim();
+  await group.locator(".message-id").first().click();
+  await page.locator('#timeline li[data-what="dead-lettered"]', { hasText: reason }).waitFor({ timeout: 60000 });
+  await page.locator('#timeline li[data-what="published"]').waitFor({ timeout: 10000 });
+  step(`timeline of ${id} shows published, attempts and dead-lettered`);
   await page.screenshot({ path: before, fullPage: true });
   await group.getByRole("button", { name: "Redrive" }).click();
   const dialog = page.locator("dialog#confirm");
@@ -44,6 +54,9 @@ try {
   step("the backlog is handled");
   await page.locator("#log tbody tr", { hasText: "redrive" }).first().waitFor({ timeout: 10000 });
   step("the action is logged");
+  await page.locator("#timeline-form button").click();
+  await page.locator('#timeline li[data-what="redriven"]').waitFor({ timeout: 30000 });
+  step(`timeline of ${id} shows redriven`);
   await page.screenshot({ path: after, fullPage: true });
 } finally {
   await browser.close();

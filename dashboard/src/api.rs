@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::extract::{ConnectInfo, Path, Request};
 use axum::http::{header, request::Parts, StatusCode};
@@ -17,6 +17,8 @@ use tidings_core::{DeadLetter, ErrorKind};
 
 use crate::assets;
 use crate::audit::{Entry, Log};
+use crate::figures::{Figures, Metrics, Sampler};
+use crate::timeline::{self, millis, Redriven};
 
 /// Most dead letters read per subscription for the page.
 const READ_MAX: usize = 10_000;
@@ -26,6 +28,9 @@ pub(crate) struct State {
     pub actions: bool,
     pub token: Option<String>,
     pub audit: Log,
+    pub metrics: Option<Metrics>,
+    pub sampler: Sampler,
+    pub redriven: Redriven,
 }
 
 type Shared = Arc<State>;
@@ -37,6 +42,7 @@ pub(crate) fn routes(state: Shared) -> Router {
         .route("/api/dlq/{topic}/{sub}/redrive", post(redrive))
         .route("/api/dlq/{topic}/{sub}/purge", post(purge))
         .route("/api/log", get(log))
+        .route("/api/message/{id}", get(message))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     Router::new()
@@ -75,17 +81,31 @@ struct Overview {
     actions: bool,
     #[serde(flatten)]
     inventory: tidings_core::admin::Inventory,
+    figures: Figures,
 }
 
 async fn overview(axum::extract::State(s): axum::extract::State<Shared>) -> Response {
     match s.operator.inventory().await {
-        Ok(inventory) => Json(Overview { actions: s.actions, inventory }).into_response(),
+        Ok(inventory) => {
+            let figures = s.sampler.figures(&inventory, s.metrics.as_ref()).await;
+            Json(Overview { actions: s.actions, inventory, figures }).into_response()
+        }
         Err(e) => failure(e),
     }
 }
 
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+async fn message(axum::extract::State(s): axum::extract::State<Shared>, Path(id): Path<String>) -> Response {
+    match timeline::of(&s.operator, &s.redriven, id.trim()).await {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "message {id:?} is in no dead-letter queue and was not redriven from this dashboard (no backend keeps \
+                 acked messages)"
+            ),
+        ),
+        Err(e) => failure(e),
+    }
 }
 
 #[derive(Serialize)]
@@ -156,13 +176,30 @@ async fn act(s: Shared, parts: Parts, topic: String, sub: String, body: GroupAct
         return error(StatusCode::BAD_REQUEST, format!("{action} needs \"confirmed\": true"));
     }
     let reason = body.reason.clone();
-    let select = move |d: &DeadLetter| d.reason == reason;
+    let chosen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let select = |d: &DeadLetter| {
+        let yes = d.reason == reason;
+        if yes {
+            chosen.lock().unwrap().insert(d.id.to_string());
+        }
+        yes
+    };
     let pace = Pace::unlimited();
     let outcome = if redrive {
         s.operator.redrive(&topic, &sub, &select, &pace).await
     } else {
         s.operator.purge(&topic, &sub, &select, &pace).await
     };
+    let subscription = format!("{topic}/{sub}");
+    if redrive {
+        let outcome = match &outcome {
+            Ok(n) => format!("redrive of the group \"{}\" from this dashboard: {n} message(s) moved", body.reason),
+            Err(e) => format!("redrive of the group \"{}\" failed: {e}", body.reason),
+        };
+        for id in chosen.into_inner().unwrap() {
+            s.redriven.record(id, &subscription, &outcome);
+        }
+    }
     s.audit.record(Entry {
         at: format!("{}", millis(SystemTime::now())),
         who: who(&parts),

@@ -21,6 +21,9 @@
 mod api;
 mod assets;
 mod audit;
+pub mod cost;
+mod figures;
+mod timeline;
 
 use std::sync::Arc;
 
@@ -28,6 +31,8 @@ use tidings_core::admin::Operator;
 use tidings_core::Bus;
 
 pub use audit::Entry;
+pub use figures::{Figures, Metrics, SubscriptionRates};
+pub use timeline::{Event, Timeline};
 
 /// Builds the dashboard's router.
 #[derive(Debug, Clone)]
@@ -35,12 +40,13 @@ pub struct Dashboard {
     operator: Operator,
     actions: bool,
     token: Option<String>,
+    metrics: Option<Metrics>,
 }
 
 impl Dashboard {
     /// A read-only dashboard of `bus`.
     pub fn new(bus: Bus) -> Self {
-        Self { operator: Operator::new(&bus), actions: false, token: None }
+        Self { operator: Operator::new(&bus), actions: false, token: None, metrics: None }
     }
 
     /// Allows redrive and purge from the page.
@@ -55,6 +61,13 @@ impl Dashboard {
         self
     }
 
+    /// Reads the application's metrics (Prometheus text) for rates, cost per subscription and in-process figures:
+    /// [`Metrics::Render`] in the application itself, [`Metrics::Source`] (a scrape URL or file) elsewhere.
+    pub fn metrics(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// The router: `/` (the page), `/assets/*`, `/api/*`.
     pub fn router(self) -> axum::Router {
         let state = Arc::new(api::State {
@@ -62,6 +75,9 @@ impl Dashboard {
             actions: self.actions,
             token: self.token,
             audit: audit::Log::default(),
+            metrics: self.metrics,
+            sampler: figures::Sampler::default(),
+            redriven: timeline::Redriven::default(),
         });
         api::routes(state)
     }
