@@ -22,7 +22,7 @@ use tidings_core::backend::{OutgoingMessage, SubscriptionSpec};
 use tidings_core::{DeadLetter, Result, TopicConfig};
 
 use crate::error::gcp;
-use crate::meta::{micros, Meta};
+use crate::meta::{micros, trace_of, Meta};
 use crate::provision::{paths, Paths};
 use crate::publish::to_message;
 use crate::subscribe::{dead_letter_of, id_of, meta_of};
@@ -172,9 +172,11 @@ impl GcpAdmin {
                     id: d.id.to_string(),
                     ts: micros(d.publish_time),
                     target: Some(spec.name.clone()),
+                    trace: trace_of(&m.attributes, meta_of(&m).as_ref()),
                     ..Default::default()
                 };
-                let sent = publisher.publish(to_message(&out, meta, spec.topic.config.ordered)).await;
+                let google_trace = self.s.config.google_trace_attributes;
+                let sent = publisher.publish(to_message(&out, meta, spec.topic.config.ordered, google_trace)).await;
                 if let Err(e) = sent {
                     rest.push((m, h));
                     result = Err(tidings_core::Error::backend(

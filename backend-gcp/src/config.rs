@@ -29,6 +29,11 @@ pub struct GcpConfig {
     /// Publisher batching: how long a message waits for its batch to fill.
     #[serde(default = "default_delay", with = "humantime_serde")]
     pub publish_batch_delay: Duration,
+    /// Also write the publish's trace context as the attributes Google's client libraries read
+    /// (`googclient_traceparent`, `googclient_tracestate`), so their subscribers continue the trace; costs those
+    /// attributes of Pub/Sub's 100 per message. Received messages are read either way.
+    #[serde(default)]
+    pub google_trace_attributes: bool,
 }
 
 fn default_count() -> u32 {
@@ -50,6 +55,7 @@ impl Default for GcpConfig {
             publish_batch_messages: default_count(),
             publish_batch_bytes: default_bytes(),
             publish_batch_delay: default_delay(),
+            google_trace_attributes: false,
         }
     }
 }

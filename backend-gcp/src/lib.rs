@@ -179,7 +179,8 @@ impl Backend for GcpBackend {
         c.max_message_size = 10_000_000 - METADATA_RESERVE;
         c.max_publish_batch = 1000;
         c.max_receive_batch = 100;
-        c.max_attributes = 99;
+        // 100 per message: one is tidings' own, and the trace attributes of Google's libraries when configured.
+        c.max_attributes = if self.shared.config.google_trace_attributes { 97 } else { 99 };
         c
     }
 
@@ -194,6 +195,7 @@ impl Backend for GcpBackend {
             ordered: spec.config.ordered,
             provisioning: self.shared.config.provisioning,
             calls: self.shared.calls.clone(),
+            google_trace: self.shared.config.google_trace_attributes,
         }))
     }
 

@@ -7,7 +7,7 @@ use google_cloud_pubsub::model::Message as GMessage;
 use tidings_core::backend::{OutgoingMessage, PublishReport, TopicDriver};
 use tidings_core::{Error, Result};
 
-use crate::meta::{micros, Meta, META_ATTRIBUTE};
+use crate::meta::{google_trace_attributes, micros, Meta, META_ATTRIBUTE};
 
 /// Pub/Sub attribute limits.
 const MAX_KEY_BYTES: usize = 256;
@@ -21,6 +21,8 @@ pub struct GcpTopic {
     pub(crate) ordered: bool,
     pub(crate) provisioning: tidings_core::cloud::Provisioning,
     pub(crate) calls: std::sync::Arc<tidings_core::calls::ApiCalls>,
+    /// `gcp.google_trace_attributes`.
+    pub(crate) google_trace: bool,
 }
 
 /// Checks Pub/Sub's attribute rules; the error names the attribute and the rule.
@@ -47,9 +49,13 @@ pub fn check_attributes(topic: &str, m: &OutgoingMessage) -> Result<()> {
     Ok(())
 }
 
-/// The Pub/Sub message for a tidings message, with metadata in the `tidings` attribute.
-pub fn to_message(m: &OutgoingMessage, meta: Meta, ordered: bool) -> GMessage {
+/// The Pub/Sub message for a tidings message, with metadata in the `tidings` attribute and, with `google_trace`, the
+/// trace context also in the attributes Google's client libraries read.
+pub fn to_message(m: &OutgoingMessage, meta: Meta, ordered: bool, google_trace: bool) -> GMessage {
     let mut attrs: Vec<(String, String)> = m.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let (true, Some(t)) = (google_trace, meta.trace.as_ref()) {
+        attrs.extend(google_trace_attributes(t));
+    }
     attrs.push((META_ATTRIBUTE.to_string(), meta.encode()));
     let mut g = GMessage::new().set_data(m.payload.clone()).set_attributes(attrs);
     if let (true, Some(k)) = (ordered, m.ordering_key.as_deref()) {
@@ -73,7 +79,7 @@ impl TopicDriver for GcpTopic {
                 Ok(()) => pending.push((
                     i,
                     m.ordering_key.clone(),
-                    self.publisher.publish(to_message(m, meta_of(m), self.ordered)),
+                    self.publisher.publish(to_message(m, meta_of(m), self.ordered, self.google_trace)),
                 )),
                 Err(e) => report.refuse(i, e),
             }

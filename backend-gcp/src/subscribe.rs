@@ -30,7 +30,7 @@ use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::meta::{from_micros, micros, Meta, META_ATTRIBUTE};
+use crate::meta::{from_micros, is_google_trace_attribute, micros, trace_of, Meta, META_ATTRIBUTE};
 use crate::provision::Paths;
 use crate::publish::to_message;
 use crate::Shared;
@@ -154,9 +154,12 @@ pub(crate) fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
 pub(crate) fn user_attributes(m: &GMessage) -> Attributes {
     m.attributes
         .iter()
-        // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is.
+        // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is; the trace
+        // attributes of Google's client libraries are the message's trace context, not the application's.
         .filter(|(k, v)| {
-            !(k.starts_with(NATIVE_DLQ_PREFIX) || k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some())
+            !(k.starts_with(NATIVE_DLQ_PREFIX)
+                || is_google_trace_attribute(k)
+                || k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some())
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
@@ -358,7 +361,7 @@ impl GcpSubscription {
                 )
                 .with_attributes(user_attributes(&m))
                 .with_ordering_key(key.as_deref().map(Into::into))
-                .with_trace(meta.as_ref().and_then(|m| m.trace.clone())),
+                .with_trace(trace_of(&m.attributes, meta.as_ref())),
             );
             if st.held.is_empty() {
                 self.reaper.notify_one();
@@ -410,7 +413,7 @@ impl GcpSubscription {
         );
         self.shared.calls.count_bytes("pubsub:Publish", m.payload.len());
         publisher
-            .publish(to_message(&out, meta, self.ordered))
+            .publish(to_message(&out, meta, self.ordered, self.shared.config.google_trace_attributes))
             .await
             .map(|_| ())
             .map_err(|e| Error::backend(format!("gcp: publishing a copy of {} failed: {e}", m.id), true))
@@ -645,7 +648,7 @@ impl SubscriptionDriver for GcpSubscription {
                     ReceivedMessage::new(AckId::Num(0), MessageId::from(id.clone()), m.data.clone(), published, 1)
                         .with_attributes(user_attributes(&m))
                         .with_ordering_key((!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()))
-                        .with_trace(meta.as_ref().and_then(|m| m.trace.clone()));
+                        .with_trace(trace_of(&m.attributes, meta.as_ref()));
                 let meta = Meta {
                     id: id.clone(),
                     ts: micros(copy.publish_time),

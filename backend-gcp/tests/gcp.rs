@@ -294,3 +294,77 @@ async fn one_key_is_paced_by_its_handler() {
         f64::from(count) / span.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn google_trace_attributes_are_written_when_configured_and_read_from_a_google_client_library() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let trace = tidings_core::trace::TraceContext::new(
+        [("traceparent".to_string(), tp.to_string()), ("tracestate".to_string(), "k=v".to_string())].into(),
+    );
+    let mut config = support::config();
+    config.google_trace_attributes = true;
+    let backend = support::backend(config).await;
+    assert_eq!(backend.capabilities().max_attributes, 97, "two attributes fewer for the application");
+    let topic = unique("gtrace");
+    let s = spec(topic, TopicConfig::at_least_once(), SubscriptionConfig::DEFAULT);
+    let plain = SubscriptionSpec::new(s.topic.clone(), "plain", format!("{topic}--plain"), SubscriptionConfig::DEFAULT);
+    backend.provision(&plain).await.unwrap();
+    let sub = backend.subscription(&s).await.unwrap();
+    let out = tidings_core::backend::OutgoingMessage::new(
+        tidings_core::MessageId::generate(),
+        bytes::Bytes::from_static(br#"{"text":"a"}"#),
+        [("source".to_string(), "web".to_string())].into(),
+        None,
+        std::time::SystemTime::now(),
+    )
+    .with_trace(trace.clone());
+    backend.topic(&s.topic).await.unwrap().publish(&[out]).await.unwrap();
+
+    // A subscriber on Google's plain client sees the attributes its library reads.
+    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
+    let ep = format!("http://{}", support::host());
+    let subscriber = google_cloud_pubsub::client::Subscriber::builder()
+        .with_endpoint(&ep)
+        .with_credentials(anon)
+        .build()
+        .await
+        .unwrap();
+    let mut stream = subscriber.subscribe(format!("projects/tidings-test/subscriptions/{topic}--plain")).build();
+    let (m, h) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+    h.ack();
+    assert_eq!(m.attributes.get("googclient_traceparent").map(String::as_str), Some(tp), "{:?}", m.attributes);
+    assert_eq!(m.attributes.get("googclient_tracestate").map(String::as_str), Some("k=v"));
+    // tidings' own consumer gets the context, and not those attributes.
+    let got = receive_one(&*sub).await;
+    assert_eq!(got.trace, trace);
+    assert_eq!(got.attributes, [("source".to_string(), "web".to_string())].into());
+    sub.ack(vec![got.ack_id.clone()]).await.unwrap();
+
+    // Published by a Google client library with OpenTelemetry on: no tidings metadata, googclient_traceparent.
+    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
+    let base = google_cloud_pubsub::client::BasePublisher::builder()
+        .with_endpoint(&ep)
+        .with_credentials(anon)
+        .build()
+        .await
+        .unwrap();
+    let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
+    let foreign = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let m = google_cloud_pubsub::model::Message::new()
+        .set_data(br#"{"text":"b"}"#.to_vec())
+        .set_attributes([("producer", "google-client"), ("googclient_traceparent", foreign)]);
+    publisher.publish(m).await.unwrap();
+    let got = receive_one(&*sub).await;
+    assert_eq!(got.trace.as_ref().and_then(|t| t.get("traceparent")), Some(foreign));
+    assert_eq!(got.attributes, [("producer".to_string(), "google-client".to_string())].into());
+    sub.ack(vec![got.ack_id.clone()]).await.unwrap();
+}
+
+async fn receive_one(sub: &dyn tidings_core::backend::SubscriptionDriver) -> tidings_core::backend::ReceivedMessage {
+    for _ in 0..30 {
+        if let Some(m) = sub.receive(1, Duration::from_secs(1)).await.unwrap().into_iter().next() {
+            return m;
+        }
+    }
+    panic!("nothing received within 30 receives");
+}
