@@ -1,6 +1,6 @@
 //! Deliveries per second with 1 and 4 subscriptions and publish-to-handler latency on each dialect, beside a
 //! hand-written minimal queue on the same database (INSERT; claim with `UPDATE ... RETURNING` or
-//! `FOR UPDATE SKIP LOCKED`; DELETE): the floor for this design. Prints one JSON object per measurement.
+//! `FOR UPDATE SKIP LOCKED`; DELETE): the floor for this design. Prints one JSON object per dialect (medians of interleaved rounds).
 //!
 //! `cargo bench -p tidings-sql --bench throughput [-- --quick]` (PostgreSQL at `DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; SQLite in a temporary file).
@@ -217,9 +217,17 @@ fn micros() -> i64 {
     tidings_core::time::micros(SystemTime::now())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: u64 = if quick { 2_000 } else { 10_000 };
+    // Interleaved rounds (tidings and the floor take turns, the first to go alternating), medians reported: the
+    // machine's speed drifts between runs.
+    let rounds = if quick { 3 } else { 5 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         for dialect in ["sqlite", "postgres"] {
@@ -227,26 +235,47 @@ fn main() {
             std::fs::create_dir_all(&dir).unwrap();
             let schema = format!("tidings_bench_{}", unique());
             let bus = Bus::new(Arc::new(backend(dialect, &dir, &schema).await));
+            let mut fields = Vec::new();
             for subs in [1usize, 4] {
-                let ours = tidings_throughput(&bus, subs, n).await;
-                let floor = match dialect {
-                    "postgres" => floor_pg::run(&schema, subs, n).await,
-                    _ => floor_sqlite::run(&dir.join("floor.db"), subs, n).await,
-                };
-                if dialect == "postgres" {
-                    let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
-                    sqlx::query(&format!("DROP TABLE {schema}.floor_q")).execute(&pool).await.unwrap();
-                } else {
-                    let _ = std::fs::remove_file(dir.join("floor.db"));
+                let (mut ours, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+                for round in 0..rounds {
+                    let mut pair = [0.0f64; 2];
+                    for side in [round % 2, 1 - round % 2] {
+                        pair[side] = if side == 0 {
+                            tidings_throughput(&bus, subs, n).await
+                        } else {
+                            let floor = match dialect {
+                                "postgres" => floor_pg::run(&schema, subs, n).await,
+                                _ => floor_sqlite::run(&dir.join("floor.db"), subs, n).await,
+                            };
+                            if dialect == "postgres" {
+                                let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+                                sqlx::query(&format!("DROP TABLE {schema}.floor_q")).execute(&pool).await.unwrap();
+                            } else {
+                                let _ = std::fs::remove_file(dir.join("floor.db"));
+                            }
+                            floor
+                        };
+                    }
+                    eprintln!("{dialect} subs={subs} round {round}: tidings {:.0}/s, floor {:.0}/s", pair[0], pair[1]);
+                    ours.push(pair[0]);
+                    floors.push(pair[1]);
+                    ratios.push(pair[0] / pair[1]);
                 }
-                println!(
-                    "{{\"bench\":\"sql_throughput\",\"dialect\":\"{dialect}\",\"subscriptions\":{subs},\"messages\":{n},\
-                     \"tidings_deliveries_per_s\":{ours:.0},\"floor_deliveries_per_s\":{floor:.0},\"ratio\":{:.2}}}",
-                    ours / floor
-                );
+                fields.push(format!(
+                    "\"subs{subs}_tidings_deliveries_per_s\":{:.0},\"subs{subs}_floor_deliveries_per_s\":{:.0},\
+                     \"subs{subs}_vs_floor\":{:.2}",
+                    median(ours),
+                    median(floors),
+                    median(ratios)
+                ));
             }
             let (p50, p99) = tidings_latency(&bus, if quick { 100 } else { 500 }).await;
-            println!("{{\"bench\":\"sql_latency\",\"dialect\":\"{dialect}\",\"p50_ms\":{p50:.2},\"p99_ms\":{p99:.2}}}");
+            println!(
+                "{{\"bench\":\"sql_{dialect}\",\"messages\":{n},\"rounds\":{rounds},{},\"p50_ms\":{p50:.2},\
+                 \"p99_ms\":{p99:.2}}}",
+                fields.join(",")
+            );
             bus.shutdown(Duration::from_secs(5)).await;
             if dialect == "postgres" {
                 let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();

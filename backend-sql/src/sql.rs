@@ -21,8 +21,6 @@ pub(crate) struct Sql {
     pub begin: &'static str,
     pub register: String,
     pub lookup: String,
-    /// $1 topic, $2 id, $3 payload, $4 attributes, $5 key, $6 publish time, $7 now, $8 dedup (PostgreSQL: $9 channel).
-    pub publish: String,
     pub claim: String,
     pub claim_ordered: String,
     pub next_due: String,
@@ -46,26 +44,16 @@ fn head(d: &str) -> String {
 impl Sql {
     pub fn new(dialect: Dialect, tables: Tables) -> Self {
         let (s, d) = (&tables.subs, &tables.deliveries);
-        let insert = format!(
-            "INSERT INTO {d} (sub, message_id, payload, attributes, ordering_key, publish_time, enqueued_at, \
-             visible_at, dedup) SELECT id, $2, $3, $4, $5, $6, $7, $7, $8 FROM {s} WHERE topic = $1 \
-             ON CONFLICT (sub, message_id) WHERE dedup DO NOTHING"
-        );
-        let (publish, lock, begin, renumber) = match dialect {
+        let (lock, begin, renumber) = match dialect {
             Dialect::Sqlite => (
-                insert,
                 "",
                 "BEGIN IMMEDIATE",
                 // Without AUTOINCREMENT, new rows take max(seq) + 1, so this never collides with a later insert.
                 format!("(SELECT max(seq) FROM {d}) + 1"),
             ),
-            Dialect::Postgres => (
-                // The notification is delivered when the transaction commits, to every listener of the channel.
-                format!("WITH ins AS ({insert} RETURNING 1) SELECT pg_notify($9, $1) WHERE EXISTS (SELECT 1 FROM ins)"),
-                " FOR UPDATE SKIP LOCKED",
-                "BEGIN",
-                format!("nextval(pg_get_serial_sequence('{d}', 'seq'))"),
-            ),
+            Dialect::Postgres => {
+                (" FOR UPDATE SKIP LOCKED", "BEGIN", format!("nextval(pg_get_serial_sequence('{d}', 'seq'))"))
+            }
         };
         let claim = |extra: &str| {
             format!(
@@ -85,7 +73,6 @@ impl Sql {
                  topic = excluded.topic RETURNING id"
             ),
             lookup: format!("SELECT id, topic FROM {s} WHERE name = $1"),
-            publish,
             claim: claim(""),
             claim_ordered: claim(&head(d)),
             next_due: next_due(""),
@@ -106,6 +93,46 @@ impl Sql {
                  (state = {ACKED} AND visible_at < $2))"
             ),
             tables,
+        }
+    }
+
+    /// Writes `n` messages, one delivery per subscription of the topic each, in one statement: $1 topic, $2 now,
+    /// $3 dedup (PostgreSQL: $4 NOTIFY channel), then per message (id, payload, attributes, ordering key, publish
+    /// time) from [`Sql::publish_first`]. Deliveries are numbered in the batch's order.
+    pub fn publish(&self, n: usize) -> String {
+        let (s, d) = (&self.tables.subs, &self.tables.deliveries);
+        let first = self.publish_first();
+        let v: Vec<String> = (0..n)
+            .map(|i| {
+                let k = first + 5 * i;
+                format!("({i}, ${k}, ${}, ${}, ${}, ${})", k + 1, k + 2, k + 3, k + 4)
+            })
+            .collect();
+        let values = format!(
+            "WITH v (n, message_id, payload, attributes, ordering_key, publish_time) AS (VALUES {})",
+            v.join(", ")
+        );
+        // The WHERE keeps SQLite from reading ON CONFLICT as a join constraint.
+        let insert = format!(
+            "INSERT INTO {d} (sub, message_id, payload, attributes, ordering_key, publish_time, enqueued_at, \
+             visible_at, dedup) SELECT s.id, v.message_id, v.payload, v.attributes, v.ordering_key, v.publish_time, \
+             $2, $2, $3 FROM {s} s, v WHERE s.topic = $1 ORDER BY v.n, s.id ON CONFLICT (sub, message_id) WHERE \
+             dedup DO NOTHING"
+        );
+        match self.dialect {
+            Dialect::Sqlite => format!("{values} {insert}"),
+            // The notification is delivered when the transaction commits, to every listener of the channel.
+            Dialect::Postgres => format!(
+                "{values}, ins AS ({insert} RETURNING 1) SELECT pg_notify($4, $1) WHERE EXISTS (SELECT 1 FROM ins)"
+            ),
+        }
+    }
+
+    /// The first placeholder of the messages in [`Sql::publish`].
+    pub fn publish_first(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 5,
         }
     }
 
@@ -140,19 +167,37 @@ impl Sql {
         )
     }
 
-    /// Per item: $1 seq, $2 lease, $3 visible at.
-    pub fn nack(&self) -> String {
+    /// `WITH v (seq, lease, x) AS (VALUES ($k, $k+1, $k+2), ...)` for `n` triples starting at placeholder `first`,
+    /// `x` of SQL type `x_type`. The casts give PostgreSQL the types of placeholders it cannot infer inside VALUES;
+    /// SQLite reads them as affinities.
+    fn triples(n: usize, first: usize, x_type: &str) -> String {
+        let v: Vec<String> = (0..n)
+            .map(|i| {
+                let k = first + 3 * i;
+                format!("(CAST(${k} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS {x_type}))", k + 1, k + 2)
+            })
+            .collect();
+        format!("WITH v (seq, lease, x) AS (VALUES {}) ", v.join(", "))
+    }
+
+    /// Makes `n` leased deliveries visible again, each at its own time, in one statement: binds (seq, lease,
+    /// visible at) triples from $1.
+    pub fn nack(&self, n: usize) -> String {
         format!(
-            "UPDATE {} SET visible_at = $3, lease = NULL WHERE seq = $1 AND lease = $2 AND state = {PENDING}",
+            "{}UPDATE {} AS t SET visible_at = v.x, lease = NULL FROM v WHERE t.seq = v.seq AND t.lease = v.lease AND \
+             t.state = {PENDING}",
+            Self::triples(n, 1, "BIGINT"),
             self.tables.deliveries
         )
     }
 
-    /// Per item: $1 seq, $2 lease, $3 reason, $4 now.
-    pub fn dead_letter(&self) -> String {
+    /// Dead-letters `n` leased deliveries, each with its reason, in one statement: $1 now, then (seq, lease,
+    /// reason) triples from $2.
+    pub fn dead_letter(&self, n: usize) -> String {
         format!(
-            "UPDATE {} SET state = {DEAD}, reason = $3, dead_at = $4, lease = NULL WHERE seq = $1 AND lease = $2 AND \
-             state = {PENDING}",
+            "{}UPDATE {} AS t SET state = {DEAD}, reason = v.x, dead_at = $1, lease = NULL FROM v WHERE t.seq = v.seq \
+             AND t.lease = v.lease AND t.state = {PENDING}",
+            Self::triples(n, 2, "TEXT"),
             self.tables.deliveries
         )
     }

@@ -47,6 +47,12 @@ pub(crate) trait Store: crate::admin::AdminStore + Send + Sync + Debug {
 /// Most (seq, lease) pairs per statement (SQLite allows 32,766 placeholders; PostgreSQL 65,535).
 pub(crate) const PAIRS_PER_STATEMENT: usize = 500;
 
+/// Most messages per publish statement (5 placeholders each).
+pub(crate) const MESSAGES_PER_STATEMENT: usize = 500;
+
+/// Most (seq, lease, value) triples per statement (nack, dead-letter).
+pub(crate) const TRIPLES_PER_STATEMENT: usize = 500;
+
 /// A store on one pool of `$db`, with statements for its dialect; `channel` is PostgreSQL's NOTIFY channel.
 pub(crate) struct SqlStore<DB: sqlx::Database> {
     pub pool: sqlx::Pool<DB>,
@@ -101,18 +107,20 @@ macro_rules! impl_store {
             batch: &[tidings_core::backend::OutgoingMessage],
         ) -> tidings_core::Result<()> {
             let now = tidings_core::time::micros(std::time::SystemTime::now());
-            for m in batch {
-                let mut q = sqlx::query(&sql.publish)
-                    .bind(topic)
-                    .bind(m.id.as_str())
-                    .bind(&m.payload[..])
-                    .bind($crate::store::encode_attributes(&m.attributes, m.trace.as_ref())?)
-                    .bind(m.ordering_key.as_deref())
-                    .bind(tidings_core::time::micros(m.publish_time))
-                    .bind(now)
-                    .bind(dedup);
+            // One statement per chunk: a statement per message was most of a publish's cost (a round trip each).
+            for chunk in batch.chunks($crate::store::MESSAGES_PER_STATEMENT) {
+                let statement = sql.publish(chunk.len());
+                let mut q = sqlx::query(&statement).bind(topic).bind(now).bind(dedup);
                 if let Some(c) = channel {
                     q = q.bind(c);
+                }
+                for m in chunk {
+                    q = q
+                        .bind(m.id.as_str())
+                        .bind(&m.payload[..])
+                        .bind($crate::store::encode_attributes(&m.attributes, m.trace.as_ref())?)
+                        .bind(m.ordering_key.as_deref())
+                        .bind(tidings_core::time::micros(m.publish_time));
                 }
                 q.execute(&mut *conn).await.map_err(|e| $crate::error::db_error("publishing", e))?;
             }
@@ -255,19 +263,15 @@ macro_rules! impl_store {
             }
 
             async fn nack(&self, items: &[(i64, i64, i64)]) -> tidings_core::Result<()> {
-                use $crate::error::db_error;
-                let sql = self.sql.nack();
-                let mut tx = self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a nack", e))?;
-                for (seq, lease, at) in items {
-                    sqlx::query(&sql)
-                        .bind(*seq)
-                        .bind(*lease)
-                        .bind(*at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_error("nacking", e))?;
+                for chunk in items.chunks($crate::store::TRIPLES_PER_STATEMENT) {
+                    let sql = self.sql.nack(chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for (seq, lease, at) in chunk {
+                        q = q.bind(*seq).bind(*lease).bind(*at);
+                    }
+                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("nacking", e))?;
                 }
-                tx.commit().await.map_err(|e| db_error("committing nacks", e))
+                Ok(())
             }
 
             async fn extend(&self, ids: &[(i64, i64)], until: i64) -> tidings_core::Result<()> {
@@ -283,21 +287,15 @@ macro_rules! impl_store {
             }
 
             async fn dead_letter(&self, items: &[(i64, i64, String)], now: i64) -> tidings_core::Result<()> {
-                use $crate::error::db_error;
-                let sql = self.sql.dead_letter();
-                let mut tx =
-                    self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a dead-letter", e))?;
-                for (seq, lease, reason) in items {
-                    sqlx::query(&sql)
-                        .bind(*seq)
-                        .bind(*lease)
-                        .bind(reason)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_error("dead-lettering", e))?;
+                for chunk in items.chunks($crate::store::TRIPLES_PER_STATEMENT) {
+                    let sql = self.sql.dead_letter(chunk.len());
+                    let mut q = sqlx::query(&sql).bind(now);
+                    for (seq, lease, reason) in chunk {
+                        q = q.bind(*seq).bind(*lease).bind(reason.as_str());
+                    }
+                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("dead-lettering", e))?;
                 }
-                tx.commit().await.map_err(|e| db_error("committing dead letters", e))
+                Ok(())
             }
 
             async fn dead_letters(&self, sub: i64, max: usize) -> tidings_core::Result<Vec<tidings_core::DeadLetter>> {
