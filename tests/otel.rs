@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::trace::SpanKind;
 use opentelemetry::Value;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use serde::{Deserialize, Serialize};
+
+mod common;
 use tidings::{HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Signup {
@@ -27,12 +28,7 @@ fn attr(s: &SpanData, key: &str) -> Option<Value> {
 
 #[test]
 fn consumer_spans_link_to_the_publish_through_the_w3c_propagator() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let (exporter, provider) = common::capture_spans();
     assert!(tidings::otel::install());
     assert!(!tidings::otel::install(), "a second install is refused");
 

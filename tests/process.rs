@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+mod common;
 use tidings::{Message, Settings, SubscriptionConfig, Topic, TopicConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,13 +90,7 @@ impl Run {
         if self.backend != "aws" {
             return tidings::from_settings(self.settings()).await.unwrap();
         }
-        use aws_sdk_sqs::config::Credentials;
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url("http://127.0.0.1:4566")
-            .credentials_provider(Credentials::new("test", "test", None, None, "tidings-tests"))
-            .load()
-            .await;
+        let sdk = common::localstack_sdk().await;
         let backend = tidings::aws::AwsBackend::with_sdk_config(&sdk, tidings::aws::AwsConfig::default()).unwrap();
         tidings::Bus::builder(std::sync::Arc::new(backend)).settings(self.settings()).build()
     }

@@ -8,14 +8,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use serde::{Deserialize, Serialize};
+
+mod common;
 use tidings::{Message, Settings, SubscriptionConfig, Topic, TopicConfig};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
 use tidings_core::Backend;
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Event {
@@ -26,19 +26,14 @@ struct Event {
 fn exporter() -> &'static InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-        let subscriber =
-            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::set_global_default(subscriber).unwrap();
+        let (exporter, _provider) = common::capture_spans();
         tidings::otel::install();
         exporter
     })
 }
 
 /// The first finished span matching `pred`, waiting up to 30 s for it.
-async fn span(what: &str, pred: impl Fn(&SpanData) -> bool) -> SpanData {
+async fn finished_span(what: &str, pred: impl Fn(&SpanData) -> bool) -> SpanData {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(s) = exporter().get_finished_spans().unwrap().into_iter().find(|s| pred(s)) {
@@ -58,7 +53,7 @@ fn destination(s: &SpanData) -> Option<String> {
 
 /// The producer span of the publish to `topic`.
 async fn send_span(topic: &str) -> SpanData {
-    span("send", |s| s.name == format!("send {topic}") && destination(s).as_deref() == Some(topic)).await
+    finished_span("send", |s| s.name == format!("send {topic}") && destination(s).as_deref() == Some(topic)).await
 }
 
 /// Checks a W3C `traceparent` (version-traceid-spanid-flags, lowercase hex, non-zero ids) and returns its ids.
@@ -99,13 +94,7 @@ async fn publish(bus: &tidings::Bus, topic: &'static str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqs_reader_finds_the_publishs_traceparent_in_the_tidings_attribute() {
     exporter();
-    use aws_sdk_sqs::config::Credentials;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:4566")
-        .credentials_provider(Credentials::new("test", "test", None, None, "tidings-tests"))
-        .load()
-        .await;
+    let sdk = common::localstack_sdk().await;
     let backend = tidings::aws::AwsBackend::with_sdk_config(&sdk, tidings::aws::AwsConfig::default()).unwrap();
     let topic = unique("trace-sqs");
     backend.subscription(&spec(topic)).await.expect("the queue is provisioned and subscribed"); // never read here
@@ -217,7 +206,8 @@ async fn a_google_client_librarys_googclient_traceparent_links_the_process_span(
     assert_eq!(producer.as_deref(), Some("google-client"), "the application's attributes arrive");
     assert_eq!(seen_tp, None, "the trace attributes are the message's context, not the application's attributes");
 
-    let process = span("process", |s| s.name == "process sub" && destination(s).as_deref() == Some(topic)).await;
+    let process =
+        finished_span("process", |s| s.name == "process sub" && destination(s).as_deref() == Some(topic)).await;
     assert_eq!(process.links.links.len(), 1, "linked to the producer's context");
     let link = &process.links.links[0].span_context;
     assert_eq!((link.trace_id().to_string(), link.span_id().to_string()), (trace.to_string(), span.to_string()));
