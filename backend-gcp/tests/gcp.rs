@@ -193,14 +193,7 @@ async fn messages_from_foreign_producers_go_to_the_dlq_with_a_reason() {
         })
         .await
         .unwrap();
-    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let ep = format!("http://{}", support::host());
-    let base = google_cloud_pubsub::client::BasePublisher::builder()
-        .with_endpoint(&ep)
-        .with_credentials(anon)
-        .build()
-        .await
-        .unwrap();
+    let base = support::plain_publisher().await;
     let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
     let datas: Vec<Vec<u8>> =
         vec![b"not json".to_vec(), vec![0xff, 0x00, 0xfe], b"{\"wrong\":1}".to_vec(), b"null".to_vec(), Vec::new()];
@@ -235,14 +228,7 @@ async fn ordered_messages_from_another_producer_keep_their_ordering_key() {
     let bus = Bus::new(Arc::new(backend));
     let topic = unique("foreign-ordered");
     let probe = OrderedProbe::subscribe(&bus, topic, "sub").await;
-    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let ep = format!("http://{}", support::host());
-    let base = google_cloud_pubsub::client::BasePublisher::builder()
-        .with_endpoint(&ep)
-        .with_credentials(anon)
-        .build()
-        .await
-        .unwrap();
+    let base = support::plain_publisher().await;
     let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
     for (key, _, body) in OrderedProbe::messages() {
         let m = google_cloud_pubsub::model::Message::new().set_data(body.into_bytes()).set_ordering_key(key);
@@ -341,13 +327,7 @@ async fn google_trace_attributes_are_written_when_configured_and_read_from_a_goo
     sub.ack(vec![got.ack_id.clone()]).await.unwrap();
 
     // Published by a Google client library with OpenTelemetry on: no tidings metadata, googclient_traceparent.
-    let anon = google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let base = google_cloud_pubsub::client::BasePublisher::builder()
-        .with_endpoint(&ep)
-        .with_credentials(anon)
-        .build()
-        .await
-        .unwrap();
+    let base = support::plain_publisher().await;
     let publisher = base.publisher(format!("projects/tidings-test/topics/{topic}")).build();
     let foreign = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let m = google_cloud_pubsub::model::Message::new()

@@ -36,3 +36,13 @@ pub fn provisioned(mode: tidings_gcp::Provisioning) -> GcpConfig {
     c.provisioning = mode;
     c
 }
+
+/// Google's own publisher client on the emulator (anonymous credentials), as another service would publish.
+pub async fn plain_publisher() -> google_cloud_pubsub::client::BasePublisher {
+    google_cloud_pubsub::client::BasePublisher::builder()
+        .with_endpoint(format!("http://{}", host()))
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .expect("Google's publisher client on the emulator")
+}
