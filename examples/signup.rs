@@ -5,6 +5,15 @@
 //!
 //! Run: `cargo run --example signup`. The backend comes only from configuration (`TIDINGS_BACKEND`, `tidings.toml`),
 //! so the same binary runs on every backend.
+//!
+//! With `--features opentelemetry` it also serves tidings' metrics for Prometheus (`http://127.0.0.1:9464/metrics`,
+//! `SIGNUP_METRICS_ADDR`; `SIGNUP_LINGER=60` keeps it up a minute after the story) and exports
+//! spans: to an OTLP/HTTP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, otherwise the trace of the signup that
+//! ends in the dead-letter queue is printed at the end (see `examples/support/telemetry.rs`).
+
+#[cfg(feature = "opentelemetry")]
+#[path = "support/telemetry.rs"]
+mod telemetry;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -15,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use tidings::{HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 use tidings_outbox::Outbox;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignupEvent {
@@ -54,10 +64,17 @@ fn say(start: Instant, who: &str, what: String) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "opentelemetry")]
+    let telemetry = telemetry::init().await?;
+    #[cfg(not(feature = "opentelemetry"))]
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .init();
     let start = Instant::now();
+    #[cfg(feature = "opentelemetry")]
+    if let Some(addr) = telemetry.metrics {
+        say(start, "metrics", format!("Prometheus endpoint: http://{addr}/metrics"));
+    }
     let bus = tidings::from_env().await?;
     say(start, "bus", format!("backend: {}", bus.backend_name()));
 
@@ -121,7 +138,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signups = [(1, "ada@example.com"), (2, "grace@example.com"), (3, "mallory@example.invalid")];
     for (id, email) in signups {
         let t = Instant::now();
-        let msg_id = users.register(id, email).await?;
+        // The request's span: the outbox row captures its trace context, so the handlers' spans join this trace.
+        let msg_id = users.register(id, email).instrument(tracing::info_span!("signup", user.id = id as i64)).await?;
         say(
             start,
             "users",
@@ -168,5 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dead.len()
         ),
     );
+    #[cfg(feature = "opentelemetry")]
+    telemetry.finish(3).await?;
     Ok(())
 }

@@ -137,13 +137,14 @@ impl AwsAdmin {
         let mut skipped_ids = HashSet::new();
         let mut skipped = Vec::new();
         let mut done = 0;
-        loop {
+        'reads: loop {
             let batch = sub.read(&dlq, per_read, Duration::from_secs(1), Some(SWEEP_VISIBILITY)).await?;
             if batch.is_empty() {
                 break;
             }
             let mut progress = false;
-            for r in batch {
+            let mut batch = batch.into_iter();
+            while let Some(r) = batch.next() {
                 let ack = r.msg.ack_id.clone();
                 let h = handle(&ack).to_string();
                 let d = r.into_dead_letter();
@@ -153,7 +154,12 @@ impl AwsAdmin {
                     continue;
                 }
                 progress = true;
-                pace.wait().await;
+                if !pace.wait().await {
+                    // Stopped: what this read took is made visible again below.
+                    skipped.push((ack, 0));
+                    skipped.extend(batch.map(|r| (r.msg.ack_id, 0)));
+                    break 'reads;
+                }
                 if redrive {
                     let meta = crate::meta::Meta {
                         id: d.id.to_string(),

@@ -159,7 +159,10 @@ impl GcpAdmin {
                 rest.push((m, h));
                 continue;
             }
-            pace.wait().await;
+            if !pace.wait().await {
+                rest.push((m, h));
+                break;
+            }
             if redrive {
                 let out = OutgoingMessage::new(
                     d.id.clone(),

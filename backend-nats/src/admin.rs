@@ -75,7 +75,9 @@ impl NatsAdmin {
             if !select(&d.letter) {
                 continue;
             }
-            pace.wait().await;
+            if !pace.wait().await {
+                break;
+            }
             if redrive {
                 dlq::move_back(&self.s, &names, &stream, &d).await?;
             } else {

@@ -272,7 +272,7 @@ impl SqlAdmin {
         let sub = self.id(spec).await?;
         let upto = self.store.high_water().await?;
         let (mut after, mut done) = (0, 0);
-        loop {
+        'pages: loop {
             let page = self.store.dead_page(sub, after, upto, PAGE).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = last;
@@ -280,16 +280,18 @@ impl SqlAdmin {
                 if !select(&d) {
                     continue;
                 }
-                pace.wait().await;
+                if !pace.wait().await {
+                    break 'pages;
+                }
                 let acted =
                     if redrive { self.store.revive(seq, now_us()).await? } else { self.store.delete_dead(seq).await? };
                 if acted {
+                    pace.done();
+                    done += 1;
                     if redrive {
                         self.wake.notify(&spec.topic.resource);
                         self.store.signal(&spec.topic.resource).await?;
                     }
-                    pace.done();
-                    done += 1;
                 }
             }
         }

@@ -276,10 +276,24 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
         }
     };
     let bar = crate::progress::start(json, done_verb);
-    let outcome = tokio::select! {
-        r = work => Some(r),
-        _ = crate::signal::interrupted() => None,
-        _ = crate::progress::follow(bar.as_ref(), &pace) => unreachable!("follow never completes"),
+    // The first Ctrl-C stops between two messages (the one in hand is finished and counted); a second abandons it.
+    let mut stopped = false;
+    let outcome = {
+        let follow = crate::progress::follow(bar.as_ref(), &pace);
+        tokio::pin!(work, follow);
+        tokio::select! {
+        r = &mut work => Some(r),
+        _ = crate::signal::interrupted() => {
+            pace.stop();
+            stopped = true;
+            tokio::select! {
+                r = &mut work => Some(r),
+                _ = crate::signal::interrupted() => None,
+                _ = &mut follow => unreachable!("follow never completes"),
+            }
+        }
+        _ = &mut follow => unreachable!("follow never completes"),
+        }
     };
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -289,6 +303,16 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
     report.ids.truncate(report.done as usize);
     report.selected = report.ids.len();
     let failure = match outcome {
+        Some(Ok(n)) if stopped => {
+            report.done = n;
+            report.interrupted = true;
+            Some(Failure::new(
+                INTERRUPTED,
+                format!(
+                    "interrupted: {done_verb} {n} dead letter(s) so far; the others are still in the dead-letter queue"
+                ),
+            ))
+        }
         Some(Ok(n)) => {
             report.done = n;
             let missing = sel.missing_ids_among(&report.ids);

@@ -297,7 +297,9 @@ impl Operator {
             Target::Local(r) => {
                 let mut moved = 0;
                 for d in r.driver.dead_letters(usize::MAX).await?.into_iter().filter(|d| select(d)) {
-                    pace.wait().await;
+                    if !pace.wait().await {
+                        break;
+                    }
                     let n = r.driver.redrive(Some(vec![d.id])).await? as u64;
                     moved += n;
                     if n > 0 {
