@@ -59,7 +59,9 @@ async fn simulate(
     for r in out.evaluation_results() {
         let specific = r.resource_specific_results();
         if specific.is_empty() && r.eval_decision() != &Decision::Allowed {
-            denied.push(format!("{} ({})", r.eval_action_name(), r.eval_decision().as_str()));
+            // One result per action and resource (the simulator may answer so instead of resource-specific results).
+            let on = r.eval_resource_name().filter(|n| *n != "*").map(|n| format!(" on {n}")).unwrap_or_default();
+            denied.push(format!("{}{on} ({})", r.eval_action_name(), r.eval_decision().as_str()));
         }
         for s in specific.iter().filter(|s| s.eval_resource_decision() != &Decision::Allowed) {
             denied.push(format!(
@@ -95,6 +97,15 @@ pub async fn permissions(s: &Shared, topology: &Topology, sns: &[&str], sqs: &[&
         }
     };
     let (arn, account) = (me.arn().unwrap_or_default(), me.account().unwrap_or_default());
+    if arn.ends_with(":root") {
+        return vec![Check::skipped(
+            "permissions",
+            format!(
+                "not checkable: the caller is the account's root user ({arn}), which may do everything and which the \
+                 policy simulator does not evaluate; run doctor with the application's own credentials"
+            ),
+        )];
+    }
     let partition = arn.split(':').nth(1).unwrap_or("aws");
     let region = s.sdk.region().map(|r| r.to_string()).unwrap_or_default();
     let who = principal(arn);

@@ -315,6 +315,108 @@ fn gcp_doctor() {
     );
 }
 
+/// `doctor` on AWS with the application's own IAM user (LocalStack runs IAM and STS): the policy simulator passes the
+/// actions tidings needs on the topology's topics and queues, and once the user's policy lacks one, the check fails
+/// naming the action and the queue. With the account's root user (the other AWS tests) it is skipped with the reason.
+#[test]
+fn aws_doctor_simulates_the_application_policy() {
+    let env = support::aws();
+    let out = env.app("topology");
+    let json = out.lines().find_map(|l| l.strip_prefix("TOPOLOGY ")).unwrap_or_else(|| panic!("no topology in {out}"));
+    let path = std::env::temp_dir().join(format!("{}topology.json", env.prefix()));
+    std::fs::write(&path, json).unwrap();
+    let file = path.display().to_string();
+
+    let prefix = env.prefix().to_string();
+    let sqs_actions = [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:CreateQueue",
+        "sqs:GetQueueUrl",
+        "sqs:SetQueueAttributes",
+    ];
+    // Least privilege: the topology's own topics, queues and dead-letter queues, by ARN.
+    let topology: serde_json::Value = serde_json::from_str(json).unwrap();
+    let (mut topics, mut queues) = (Vec::new(), Vec::new());
+    for t in topology["topics"].as_array().unwrap() {
+        topics.push(format!("arn:aws:sns:us-east-1:000000000000:{}", t["resource"].as_str().unwrap()));
+        for s in t["subscriptions"].as_array().unwrap() {
+            let q = s["resource"].as_str().unwrap();
+            queues.push(format!("arn:aws:sqs:us-east-1:000000000000:{q}"));
+            queues.push(format!("arn:aws:sqs:us-east-1:000000000000:{q}-dlq"));
+        }
+    }
+    let policy = |sqs: &[&str]| {
+        serde_json::json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["sns:Publish", "sns:CreateTopic", "sns:Subscribe"], "Resource": topics},
+            {"Effect": "Allow", "Action": sqs, "Resource": queues}
+        ]})
+        .to_string()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let user = format!("{prefix}app");
+    let iam = rt.block_on(async {
+        let root = aws_sdk_iam::config::Credentials::new("test", "test", None, None, "localstack");
+        let mut config = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(root);
+        for (k, v) in &env.vars {
+            config = match k.as_str() {
+                "AWS_ENDPOINT_URL" => config.endpoint_url(v),
+                "AWS_REGION" => config.region(aws_config::Region::new(v.clone())),
+                _ => config,
+            };
+        }
+        aws_sdk_iam::Client::new(&config.load().await)
+    });
+    let put = |doc: String| {
+        rt.block_on(iam.put_user_policy().user_name(&user).policy_name("app").policy_document(doc).send()).unwrap();
+    };
+    rt.block_on(iam.create_user().user_name(&user).send()).unwrap();
+    put(policy(&sqs_actions));
+    let key = rt.block_on(iam.create_access_key().user_name(&user).send()).unwrap().access_key.unwrap();
+    let mut app = Env { vars: env.vars.clone() };
+    app.vars.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY");
+    app.vars.push(("AWS_ACCESS_KEY_ID".into(), key.access_key_id));
+    app.vars.push(("AWS_SECRET_ACCESS_KEY".into(), key.secret_access_key));
+
+    let check = |v: &serde_json::Value, name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+            .clone()
+    };
+    let v = app.json(&["doctor", "--topology", &file]);
+    for name in ["permissions: SNS topics", "permissions: SQS queues"] {
+        let c = check(&v, name);
+        assert_eq!(c["status"], "pass", "{c}");
+        assert!(
+            c["detail"].as_str().unwrap().starts_with(&format!("arn:aws:iam::000000000000:user/{user} may ")),
+            "{c}"
+        );
+    }
+
+    put(policy(&sqs_actions.iter().copied().filter(|a| *a != "sqs:DeleteMessage").collect::<Vec<_>>()));
+    let out = app.run(&["--json", "doctor", "--topology", &file]);
+    assert_eq!(out.status.code(), Some(6), "a failed check exits 6");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check(&v, "permissions: SNS topics")["status"], "pass");
+    let sqs = check(&v, "permissions: SQS queues");
+    let detail = sqs["detail"].as_str().unwrap();
+    assert_eq!(sqs["status"], "fail", "{sqs}");
+    let queue = format!("sqs:DeleteMessage on arn:aws:sqs:us-east-1:000000000000:{prefix}orders--billing (");
+    assert!(detail.contains(&queue) && !detail.contains("sqs:ReceiveMessage"), "{sqs}");
+
+    let root = env.json(&["doctor", "--topology", &file]);
+    let skipped = check(&root, "permissions");
+    assert_eq!(skipped["status"], "skipped");
+    assert!(skipped["detail"].as_str().unwrap().contains("root user"), "{skipped}");
+}
+
 /// An unreachable server is a failed check, and nothing after it is attempted.
 #[test]
 fn doctor_reports_an_unreachable_server() {
