@@ -1,5 +1,5 @@
 //! The operator SPI on Pub/Sub: topics and subscriptions from `ListTopics` / `ListSubscriptions`, dead letters read
-//! by pulling the dead-letter subscription and nacking what stays, redrive as a copy published to the topic
+//! by unary pulls of the dead-letter subscription over REST ([`crate::rest`]) and released when they stay, redrive as a copy published to the topic
 //! (addressed to this subscription; the topic's other subscriptions ack and skip it) and then an ack of the dead
 //! letter: an interruption leaves each message in the dead-letter subscription, back in the subscription, or in both,
 //! never in neither.
@@ -7,14 +7,11 @@
 //! Pub/Sub's admin API tells no backlog: it is in Cloud Monitoring (`subscription/num_undelivered_messages`,
 //! `oldest_unacked_message_age`), which the emulator does not have and tidings does not query.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use google_cloud_pubsub::model::{Message as GMessage, Subscription};
-use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
+use google_cloud_pubsub::model::Subscription;
 use tidings_core::admin::{
     Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
@@ -25,75 +22,53 @@ use crate::error::gcp;
 use crate::meta::{micros, trace_of, Meta};
 use crate::provision::{paths, Paths};
 use crate::publish::to_message;
+use crate::rest::{Received, Rest};
 use crate::subscribe::{dead_letter_of, id_of, meta_of};
 use crate::Shared;
 
-/// How long a pull waits for the first message of a dead-letter subscription (a stream takes a moment to start).
-const FIRST_MESSAGE: Duration = Duration::from_secs(3);
-/// A pull ends after this long without a new message.
-const QUIET: Duration = Duration::from_millis(800);
-/// Most dead letters one pull holds (and so the most `stats` counts).
+/// Empty pull answers in a row before a dead-letter subscription counts as drained (the API may answer empty although
+/// messages exist; the emulator does not).
+const PATIENCE: usize = 2;
+/// Most dead letters one read holds (and so the most `stats` counts).
 const MAX_PULL: usize = 10_000;
 
 /// Operator access to Pub/Sub topics and subscriptions.
 #[derive(Debug)]
 pub(crate) struct GcpAdmin {
     pub(crate) s: Arc<Shared>,
+    /// Dead-letter reads (unary pull over REST; see [`crate::rest`]), or why there is no client.
+    pub(crate) rest: std::result::Result<Rest, String>,
 }
 
 fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Messages pulled from a subscription and held until settled; the stream shuts down (flushing acks, nacking the
-/// rest) when dropped through [`Pulled::finish`].
-struct Pulled {
-    messages: Vec<(GMessage, Handler)>,
-    token: google_cloud_pubsub::subscriber::ShutdownToken,
-    /// Dropping the stream shuts it down at once (nacking everything), so it lives until `finish`.
-    stream: MessageStream,
-}
-
-impl Pulled {
-    /// Nacks what is still held, then shuts the stream down (which flushes the acks and nacks). A shutdown first
-    /// would ignore the nacks of messages already handed out, leaving them leased until their deadline; a second
-    /// pull in the same process may still miss messages nacked here (they can come straight back to this stream).
-    async fn finish(self) {
-        for (_, h) in self.messages {
-            h.nack();
-        }
-        self.token.shutdown().await;
-        drop(self.stream);
-    }
-}
-
 impl GcpAdmin {
-    async fn pull(&self, path: &str, max: usize) -> Result<Pulled> {
-        self.s.calls.count("pubsub:StreamingPull");
-        let mut stream = self
-            .s
-            .subscriber
-            .subscribe(path)
-            .set_max_outstanding_messages(max.clamp(1, MAX_PULL) as i64)
-            .set_max_lease_extension(Duration::from_secs(600))
-            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build();
-        let token = stream.shutdown_token();
-        let mut messages = Vec::new();
-        let mut wait = FIRST_MESSAGE;
-        while messages.len() < max {
-            match tokio::time::timeout(wait, stream.next()).await {
-                Ok(Some(Ok(pair))) => messages.push(pair),
-                Ok(Some(Err(e))) => {
-                    let pulled = Pulled { messages, token, stream };
-                    pulled.finish().await;
-                    return Err(gcp("StreamingPull", path, e));
-                }
-                Ok(None) | Err(_) => break,
-            }
-            wait = QUIET;
+    pub(crate) fn new(s: Arc<Shared>) -> Self {
+        let rest = Rest::new(s.endpoint.as_deref(), s.plain_text).map_err(|e| e.to_string());
+        Self { s, rest }
+    }
+
+    fn rest(&self) -> Result<&Rest> {
+        self.rest.as_ref().map_err(|e| tidings_core::Error::config(e.clone()))
+    }
+
+    /// Every message of a dead-letter subscription (up to [`MAX_PULL`]), leased to this call: the caller acks or
+    /// releases each.
+    async fn pull(&self, path: &str) -> Result<Vec<Received>> {
+        self.s.calls.count("pubsub:Pull");
+        self.rest()?.pull(path, MAX_PULL, PATIENCE).await
+    }
+
+    /// Releases what a read leased, so the next read (or the dead-letter subscription's other readers) sees it now.
+    async fn release(&self, path: &str, leased: &[Received]) -> Result<()> {
+        if leased.is_empty() {
+            return Ok(());
         }
-        Ok(Pulled { messages, token, stream })
+        self.s.calls.count("pubsub:ModifyAckDeadline");
+        let ids: Vec<String> = leased.iter().map(|r| r.ack_id.clone()).collect();
+        self.rest()?.release(path, &ids).await
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>> {
@@ -142,28 +117,37 @@ impl GcpAdmin {
         }
     }
 
-    /// Pulls the dead-letter subscription once: each selected message is redriven (copy published first) or only
-    /// acked; the rest are nacked.
+    /// Reads the dead-letter subscription once: each selected message is redriven (copy published first) or only
+    /// acked, one at a time; the rest are released at the end.
     async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
         let p = paths(&self.s, spec);
         let publisher = self.s.base.publisher(p.topic.clone()).build();
-        let pulled = self.pull(&p.dlq_subscription, MAX_PULL).await?;
-        let Pulled { messages, token, stream } = pulled;
+        let dlq = &p.dlq_subscription;
         let mut done = 0;
-        let mut rest = Vec::new();
+        let mut kept = Vec::new();
+        let mut handled = HashSet::new();
         let mut result = Ok(());
-        let mut iter = messages.into_iter();
-        for (m, h) in iter.by_ref() {
-            let d = dead_letter_of(&m);
+        let mut pulled = self.pull(dlq).await?.into_iter();
+        for r in pulled.by_ref() {
+            let d = dead_letter_of(&r.message);
+            if handled.contains(&d.id) {
+                // A second copy of a message already moved: it goes too, uncounted.
+                result = self.ack(dlq, &r).await;
+                if result.is_err() {
+                    break;
+                }
+                continue;
+            }
             if !select(&d) {
-                rest.push((m, h));
+                kept.push(r);
                 continue;
             }
             if !pace.wait().await {
-                rest.push((m, h));
+                kept.push(r);
                 break;
             }
             if redrive {
+                let m = &r.message;
                 let out = OutgoingMessage::new(
                     d.id.clone(),
                     d.payload.clone(),
@@ -175,13 +159,13 @@ impl GcpAdmin {
                     id: d.id.to_string(),
                     ts: micros(d.publish_time),
                     target: Some(spec.name.clone()),
-                    trace: trace_of(&m.attributes, meta_of(&m).as_ref()),
+                    trace: trace_of(&m.attributes, meta_of(m).as_ref()),
                     ..Default::default()
                 };
                 let google_trace = self.s.config.google_trace_attributes;
                 let sent = publisher.publish(to_message(&out, meta, spec.topic.config.ordered, google_trace)).await;
                 if let Err(e) = sent {
-                    rest.push((m, h));
+                    kept.push(r);
                     result = Err(tidings_core::Error::backend(
                         format!("gcp: publishing the redrive copy of {} to {} failed: {e}", d.id, p.topic),
                         true,
@@ -189,13 +173,24 @@ impl GcpAdmin {
                     break;
                 }
             }
-            h.ack();
+            if let Err(e) = self.ack(dlq, &r).await {
+                // Redriven but still a dead letter (in both: at-least-once); it is released below.
+                kept.push(r);
+                result = Err(e);
+                break;
+            }
+            handled.insert(d.id);
             pace.done();
             done += 1;
         }
-        rest.extend(iter);
-        Pulled { messages: rest, token, stream }.finish().await;
-        result.map(|()| done)
+        kept.extend(pulled);
+        let released = self.release(dlq, &kept).await;
+        result.and(released).map(|()| done)
+    }
+
+    async fn ack(&self, path: &str, r: &Received) -> Result<()> {
+        self.s.calls.count("pubsub:Acknowledge");
+        self.rest()?.acknowledge(path, std::slice::from_ref(&r.ack_id)).await
     }
 
     async fn delete(&self, what: &str, path: &str) -> Result<()> {
@@ -253,9 +248,9 @@ impl Admin for GcpAdmin {
 
     async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
         let p = paths(&self.s, spec);
-        let pulled = self.pull(&p.dlq_subscription, MAX_PULL).await?;
-        let mut ids: Vec<String> = pulled.messages.iter().map(|(m, _)| id_of(m, meta_of(m).as_ref())).collect();
-        pulled.finish().await;
+        let pulled = self.pull(&p.dlq_subscription).await?;
+        let mut ids: Vec<String> = pulled.iter().map(|r| id_of(&r.message, meta_of(&r.message).as_ref())).collect();
+        self.release(&p.dlq_subscription, &pulled).await?;
         ids.sort();
         ids.dedup();
         Ok(SubscriptionStats { dead_letters: Some(ids.len() as u64), ..Default::default() })
@@ -263,15 +258,15 @@ impl Admin for GcpAdmin {
 
     async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
         let p = paths(&self.s, spec);
-        let pulled = self.pull(&p.dlq_subscription, MAX_PULL).await?;
+        let pulled = self.pull(&p.dlq_subscription).await?;
         let mut out: Vec<DeadLetter> = Vec::new();
-        for (m, _) in &pulled.messages {
-            let d = dead_letter_of(m);
+        for r in &pulled {
+            let d = dead_letter_of(&r.message);
             if !out.iter().any(|x| x.id == d.id) {
                 out.push(d);
             }
         }
-        pulled.finish().await;
+        self.release(&p.dlq_subscription, &pulled).await?;
         out.sort_by_key(|d| d.dead_lettered_at);
         out.truncate(max);
         Ok(out)

@@ -22,6 +22,7 @@ mod iam;
 mod meta;
 mod provision;
 mod publish;
+mod rest;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub subscriber: Subscriber,
     /// Talking to a plain-text endpoint (the emulator).
     pub plain_text: bool,
+    /// The configured endpoint or the emulator's (`None`: Google's).
+    pub endpoint: Option<String>,
     pub base: BasePublisher,
     /// Requests tidings hands the client library, by operation (see the README's Observability section).
     pub calls: Arc<tidings_core::calls::ApiCalls>,
@@ -123,6 +126,7 @@ impl GcpBackend {
             subs: connect!(SubscriptionAdmin::builder(), &endpoint, anonymous),
             iam: connect!(SchemaService::builder(), &endpoint, anonymous),
             plain_text: anonymous,
+            endpoint: endpoint.clone(),
             subscriber: connect!(Subscriber::builder(), &endpoint, anonymous),
             base: connect!(BasePublisher::builder(), &endpoint, anonymous),
             project,
@@ -227,6 +231,6 @@ impl Backend for GcpBackend {
     }
 
     fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
-        Some(Arc::new(admin::GcpAdmin { s: self.shared.clone() }))
+        Some(Arc::new(admin::GcpAdmin::new(self.shared.clone())))
     }
 }

@@ -442,7 +442,6 @@ fn aws_dead_letter_story() {
 }
 
 #[test]
-#[ignore = "flaky on the Pub/Sub emulator: after a burst of short-lived streaming pulls (one per CLI run) a pull sees none of the dead letters for minutes; it passed in full twice (86 s, 93 s) and failed twice. Run with `cargo test -p tidings-cli --test cli -- --ignored gcp_dead_letter_story`"]
 fn gcp_dead_letter_story() {
     dead_letter_story(&support::gcp(), false);
 }
