@@ -18,12 +18,16 @@ fn grants(role: &str, need: &str) -> bool {
     role == need || role == "roles/pubsub.editor" || role == "roles/pubsub.admin" || role == "roles/owner"
 }
 
+/// Whether a policy's bindings (role, members) give the service agent `need` or a role including it.
+fn agent_holds<'a>(bindings: impl IntoIterator<Item = (&'a str, &'a [String])>, need: &str) -> bool {
+    bindings.into_iter().any(|(role, members)| grants(role, need) && members.iter().any(|m| is_service_agent(m)))
+}
+
 async fn check(s: &Shared, what: &str, resource: String, need: &str) -> Check {
     let name = format!("permissions: {what} {resource}");
     match s.iam.get_iam_policy().set_resource(&resource).send().await {
         Ok(policy) => {
-            let held =
-                policy.bindings.iter().any(|b| grants(&b.role, need) && b.members.iter().any(|m| is_service_agent(m)));
+            let held = agent_holds(policy.bindings.iter().map(|b| (b.role.as_str(), b.members.as_slice())), need);
             if held {
                 Check::pass(name, format!("the Pub/Sub service agent holds {need} (or a role including it)"))
             } else {
@@ -65,4 +69,29 @@ pub async fn permissions(s: &Shared, topology: &Topology) -> Vec<Check> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_holds;
+
+    const AGENT: &str = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com";
+
+    fn holds(bindings: &[(&str, &[&str])], need: &str) -> bool {
+        let owned: Vec<(String, Vec<String>)> =
+            bindings.iter().map(|(r, m)| (r.to_string(), m.iter().map(|m| m.to_string()).collect())).collect();
+        agent_holds(owned.iter().map(|(r, m)| (r.as_str(), m.as_slice())), need)
+    }
+
+    #[test]
+    fn the_service_agent_needs_the_role_or_one_including_it() {
+        let publisher = "roles/pubsub.publisher";
+        assert!(holds(&[(publisher, &["user:ops@example.com", AGENT])], publisher));
+        assert!(holds(&[("roles/pubsub.editor", &[AGENT])], publisher));
+        assert!(!holds(&[(publisher, &["serviceAccount:app@p.iam.gserviceaccount.com"])], publisher), "not the agent");
+        assert!(!holds(&[("roles/pubsub.subscriber", &[AGENT])], publisher), "the other role");
+        assert!(!holds(&[], "roles/pubsub.subscriber"), "no bindings");
+        let lookalike = "serviceAccount:service-1@gcp-sa-pubsub.iam.gserviceaccount.com.evil.example";
+        assert!(!holds(&[(publisher, &[lookalike])], publisher));
+    }
 }
