@@ -304,7 +304,11 @@ impl Admin for AwsAdmin {
                 "oldest_unacked",
                 "SQS reports the oldest message's age to CloudWatch only (ApproximateAgeOfOldestMessage)",
             ),
-            ("rates", "SNS and SQS report message rates to CloudWatch only"),
+            (
+                "rates",
+                "SNS and SQS keep message rates in CloudWatch only; the dashboard derives backlog and DLQ changes from \
+                 successive samples, and acked and published rates from the application's metrics",
+            ),
         ]
     }
 }

@@ -303,7 +303,11 @@ impl Admin for GcpAdmin {
             ("backlog", monitoring),
             ("in_flight", monitoring),
             ("oldest_unacked", monitoring),
-            ("rates", "Pub/Sub reports message rates to Cloud Monitoring only"),
+            (
+                "rates",
+                "Pub/Sub keeps message rates in Cloud Monitoring only; the dashboard derives acked and published rates \
+                 from the application's metrics",
+            ),
             (
                 "dead_letters",
                 "counted by pulling the dead-letter subscription: dead letters leased to a running application \
