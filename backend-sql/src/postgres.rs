@@ -68,6 +68,13 @@ async fn migrate(pool: &PgPool, sql: &Sql, schema: &str, provisioning: Provision
     let where_ = format!("schema {schema:?} of {server}");
     let v = &sql.tables.version;
     if provisioning == Provisioning::Auto {
+        // Already migrated (every start but the first): read the version without DDL, which takes table locks even
+        // when nothing is to be created (PostgreSQL's CREATE INDEX IF NOT EXISTS deadlocked with a running
+        // transaction deleting a subscription).
+        let current = sqlx::query_scalar::<_, i64>(&format!("SELECT version FROM {v}")).fetch_optional(pool).await;
+        if let Ok(Some(found)) = current {
+            return schema::check_version(found, &where_);
+        }
         let mut tx = pool.begin().await.map_err(|e| db_error("beginning migrations", e))?;
         // Processes starting together migrate one at a time (CREATE ... IF NOT EXISTS races otherwise).
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")

@@ -65,6 +65,13 @@ async fn migrate(pool: &sqlx::SqlitePool, sql: &Sql, provisioning: Provisioning,
     let where_ = format!("the SQLite database {path:?}");
     let v = &sql.tables.version;
     if provisioning == Provisioning::Auto {
+        // Already migrated (every start but the first): read the version without DDL, which takes table locks even
+        // when nothing is to be created (PostgreSQL's CREATE INDEX IF NOT EXISTS deadlocked with a running
+        // transaction deleting a subscription).
+        let current = sqlx::query_scalar::<_, i64>(&format!("SELECT version FROM {v}")).fetch_optional(pool).await;
+        if let Ok(Some(found)) = current {
+            return schema::check_version(found, &where_);
+        }
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| db_error("beginning migrations", e))?;
         for ddl in schema::ddl(&sql.tables, &schema::SQLITE_TYPES) {
             sqlx::query(&ddl).execute(&mut *tx).await.map_err(|e| db_error("migrating", e))?;

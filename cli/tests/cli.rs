@@ -144,7 +144,9 @@ fn publish_and_tail(env: &Env) {
     assert_eq!(bad.status.code(), Some(2));
 
     let out = tail.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(out.status.success(), "tail failed: {}{rest}", String::from_utf8_lossy(&out.stdout));
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let mut ns: Vec<u64> = lines.iter().map(|l| l["payload"]["n"].as_u64().unwrap()).collect();
