@@ -16,9 +16,20 @@ use crate::row::{self, Claimed, COLUMNS};
 use crate::{db_error, Outbox};
 
 impl Outbox<Postgres> {
-    /// Creates the outbox table and its index if they do not exist.
+    /// Creates the outbox table and its index if they do not exist. When both exist it only looks (DDL such as
+    /// `CREATE INDEX IF NOT EXISTS` takes a lock on the table even when there is nothing to create, waiting behind
+    /// the relay's transactions).
     pub async fn migrate(&self) -> Result<()> {
         let t = &self.table;
+        let present: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL")
+            .bind(t.to_string())
+            .bind(format!("{t}_topic_seq"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("migrate", e))?;
+        if present {
+            return Ok(());
+        }
         let ddl = [
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (seq BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, \

@@ -32,6 +32,13 @@ async fn setup() -> (Outbox<sqlx::Postgres>, std::sync::Arc<support::Faults>, St
     let suffix = support::unique();
     let outbox = Outbox::new(pool.clone(), bus).with_table(&format!("outbox_{suffix}")).unwrap();
     outbox.migrate().await.unwrap();
+    outbox.migrate().await.expect("a second migrate finds the table and index and does nothing");
+    let index: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("outbox_{suffix}_topic_seq"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(index, "migrate creates the (topic, seq) index");
     let users = format!("users_{suffix}");
     sqlx::query(&format!("CREATE TABLE {users} (id BIGINT PRIMARY KEY)")).execute(&pool).await.unwrap();
     (outbox, faults, users)
