@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
 use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
 use tidings_local::LocalBackend;
 
@@ -12,17 +13,17 @@ use crate::util::{event, mb, minor_faults, peak_rss, reset_peak, rss, Event};
 
 static FANOUT: Topic<Event> = Topic::new("fanout", TopicConfig::at_least_once());
 
-async fn wait_for(counter: &AtomicU64, target: u64) {
+pub(crate) async fn wait_for(counter: &AtomicU64, target: u64) {
     while counter.load(Relaxed) < target {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
 }
 
-fn counting(
+pub(crate) fn counting<T>(
     done: &Arc<AtomicU64>,
-) -> impl Fn(Message<Event>) -> std::future::Ready<tidings_core::HandlerResult> + Send + Sync + 'static {
+) -> impl Fn(Message<T>) -> std::future::Ready<tidings_core::HandlerResult> + Send + Sync + 'static {
     let done = done.clone();
-    move |m: Message<Event>| {
+    move |m: Message<T>| {
         std::hint::black_box(&m.payload);
         done.fetch_add(1, Relaxed);
         std::future::ready(Ok(()))
@@ -31,15 +32,28 @@ fn counting(
 
 /// (publish msgs/s, deliveries/s, peak RSS MB)
 async fn tidings_fanout(k: usize, n: u64) -> (f64, f64, f64) {
+    tidings_fanout_of(&FANOUT, k, n, event).await
+}
+
+/// [`tidings_fanout`] of any payload: `make(i)` builds the i-th message.
+pub(crate) async fn tidings_fanout_of<T>(
+    topic: &'static Topic<T>,
+    k: usize,
+    n: u64,
+    make: impl Fn(u64) -> T,
+) -> (f64, f64, f64)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
     reset_peak();
     let bus = Bus::new(Arc::new(LocalBackend::new()));
     let done = Arc::new(AtomicU64::new(0));
     for i in 0..k {
-        bus.subscribe(&FANOUT, &format!("sub{i}"), SubscriptionConfig::default(), counting(&done)).await.unwrap();
+        bus.subscribe(topic, &format!("sub{i}"), SubscriptionConfig::default(), counting(&done)).await.unwrap();
     }
     let start = Instant::now();
     for i in 0..n {
-        FANOUT.publish(&bus, &event(i)).await.unwrap();
+        topic.publish(&bus, &make(i)).await.unwrap();
     }
     let published = start.elapsed().as_secs_f64();
     wait_for(&done, n * k as u64).await;
@@ -51,6 +65,14 @@ async fn tidings_fanout(k: usize, n: u64) -> (f64, f64, f64) {
 
 /// The practical limit of this design: serialize once into `Bytes`, one bounded mpsc per subscriber, decode, count.
 async fn baseline_fanout(k: usize, n: u64) -> (f64, f64) {
+    baseline_fanout_of::<Event>(k, n, event).await
+}
+
+/// [`baseline_fanout`] of any payload: `make(i)` builds the i-th message. (deliveries/s, peak RSS MB)
+pub(crate) async fn baseline_fanout_of<T>(k: usize, n: u64, make: impl Fn(u64) -> T) -> (f64, f64)
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
     reset_peak();
     let done = Arc::new(AtomicU64::new(0));
     let mut txs = Vec::new();
@@ -59,7 +81,7 @@ async fn baseline_fanout(k: usize, n: u64) -> (f64, f64) {
         let d = done.clone();
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
-                let e: Event = serde_json::from_slice(&b).unwrap();
+                let e: T = serde_json::from_slice(&b).unwrap();
                 std::hint::black_box(&e);
                 d.fetch_add(1, Relaxed);
             }
@@ -68,7 +90,7 @@ async fn baseline_fanout(k: usize, n: u64) -> (f64, f64) {
     }
     let start = Instant::now();
     for i in 0..n {
-        let b = Bytes::from(serde_json::to_vec(&event(i)).unwrap());
+        let b = Bytes::from(serde_json::to_vec(&make(i)).unwrap());
         for tx in &txs {
             tx.send(b.clone()).await.unwrap();
         }
@@ -112,7 +134,7 @@ async fn omniqueue_fanout(k: usize, n: u64) -> (f64, f64) {
 /// Runs of each side per fan-out benchmark.
 const ROUNDS: usize = 3;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -153,6 +175,24 @@ pub async fn fanout(k: usize, n: u64) -> String {
         deliveries / base,
         deliveries / omni
     )
+}
+
+/// Profiling aid (`TIDINGS_BENCH_PROFILE=1 tidings-bench local_publish_only`, for `scripts/bench`'s callgrind step):
+/// [`tidings_fanout`]'s publishes alone, on the same topic with one subscription that takes nothing (stalled, no backlog
+/// limit), so each publish still encodes and stores its copy, and nothing is delivered.
+pub async fn publish_only(n: u64) -> String {
+    let bus = Bus::new(Arc::new(LocalBackend::new()));
+    let stalled = SubscriptionConfig::default().with_max_concurrency(1).with_max_backlog(u64::MAX);
+    bus.subscribe(&FANOUT, "sub0", stalled, |_m: Message<Event>| std::future::pending::<tidings_core::HandlerResult>())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        FANOUT.publish(&bus, &event(i)).await.unwrap();
+    }
+    let p = n as f64 / start.elapsed().as_secs_f64();
+    bus.shutdown(Duration::from_millis(100)).await;
+    format!("{{\"bench\":\"local_publish_only_profile\",\"messages\":{n},\"publish\":{p:.0}}}")
 }
 
 static LATENCY: Topic<Event> = Topic::new("latency", TopicConfig::at_least_once());
@@ -233,25 +273,25 @@ static UNRELATED: Topic<Event> = Topic::new("unrelated", TopicConfig::at_least_o
 const BACKLOG_ROUNDS: usize = 7;
 
 /// A live subscription on a bus, measured round after round.
-struct Live {
-    bus: Bus,
+pub(crate) struct Live {
+    pub(crate) bus: Bus,
     topic: &'static Topic<Event>,
     done: Arc<AtomicU64>,
     /// Messages published since the subscription started.
     sent: u64,
     /// Event numbers start here (after the backlog's).
-    offset: u64,
+    pub(crate) offset: u64,
 }
 
 impl Live {
-    async fn new(bus: Bus, topic: &'static Topic<Event>) -> Self {
+    pub(crate) async fn new(bus: Bus, topic: &'static Topic<Event>) -> Self {
         let done = Arc::new(AtomicU64::new(0));
         bus.subscribe(topic, "live", SubscriptionConfig::default(), counting(&done)).await.unwrap();
         Live { bus, topic, done, sent: 0, offset: 0 }
     }
 
     /// Deliveries/s of `m` more messages.
-    async fn rate(&mut self, m: u64) -> f64 {
+    pub(crate) async fn rate(&mut self, m: u64) -> f64 {
         let (start, faults) = (Instant::now(), minor_faults());
         for i in 0..m {
             self.topic.publish(&self.bus, &event(self.offset + self.sent + i)).await.unwrap();

@@ -1,5 +1,7 @@
 //! `tidings-bench <name> [--quick] [--messages N]`: runs one benchmark and prints one JSON object per line.
-//! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, aws_calls, gcp_calls.
+//! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, local_scaling, aws_calls, gcp_calls (and
+//! the helpers local_scaling_point, one point of local_scaling in a child process, and local_publish_only, for the
+//! callgrind step of `scripts/bench`).
 //! `scripts/bench` runs them all, one process each (peak RSS is per process). With `TIDINGS_BENCH_OBSERVE=1` a real
 //! observability pipeline is installed first (Prometheus recorder, OpenTelemetry batch span exporter into a sink) and
 //! the line gains `"observe"` (the Prometheus page's tidings lines).
@@ -7,6 +9,7 @@
 mod cloud;
 mod local;
 mod observe;
+mod scaling;
 mod util;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -21,10 +24,13 @@ async fn main() {
         "local_fanout4" => local::fanout(4, n.unwrap_or(if quick { 200_000 } else { 1_000_000 })).await,
         "local_latency" => local::latency(if quick { 2 } else { 10 }).await,
         "local_backlog_memory" => local::backlog(n.unwrap_or(if quick { 200_000 } else { 1_000_000 })).await,
+        "local_scaling" => scaling::run(quick),
+        "local_scaling_point" => scaling::point(&args[2..]).await,
+        "local_publish_only" => local::publish_only(n.unwrap_or(100_000)).await,
         "aws_calls" => cloud::aws(n.unwrap_or(if quick { 2_000 } else { 10_000 })).await,
         "gcp_calls" => cloud::gcp(n.unwrap_or(if quick { 2_000 } else { 10_000 })).await,
         other => {
-            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory aws_calls gcp_calls");
+            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls");
             std::process::exit(2);
         }
     };
