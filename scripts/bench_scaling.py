@@ -110,7 +110,9 @@ def section(d, root):
     print("`tidings-bench local_scaling`: the in-memory bus beside the raw-tokio fan-out baseline of `local_fanout*` (one")
     print("encode into `Bytes`, a bounded mpsc of 1,024 per subscriber, decode) along three axes. Every point runs in a")
     print(f"child process of its own, so its peak RSS (`VmHWM`, start-up included) is that point's; {d['rounds']} interleaved")
-    print("rounds, medians. Page faults per message are minor faults (memory fresh from the kernel) in the measured run.\n")
+    print("rounds, medians. Page faults per message are minor faults (memory fresh from the kernel) in the measured run.")
+    print("Single points swing with this machine's load (other sessions share its 2 cores); a row's two sides ran in")
+    print("alternating processes, close in time, so its `vs baseline` is steadier than a comparison between rows.\n")
     print("![deliveries/s and peak RSS by subscriptions](docs/bench/scaling-subscriptions.svg)\n")
     print("| subscriptions | messages | tidings deliveries/s | baseline deliveries/s | vs baseline | tidings publishes/s "
           "| tidings peak RSS MB | baseline peak RSS MB |")
