@@ -36,8 +36,9 @@ const MAX_PULL: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct GcpAdmin {
     pub(crate) s: Arc<Shared>,
-    /// Dead-letter reads (unary pull over REST; see [`crate::rest`]), or why there is no client.
-    pub(crate) rest: std::result::Result<Rest, String>,
+    /// Dead-letter reads (unary pull over REST; see [`crate::rest`]), or why there is no client: made at the first
+    /// read, since a bus asks for its admin on every subscribe.
+    rest: std::sync::OnceLock<std::result::Result<Rest, String>>,
 }
 
 fn short(path: &str) -> &str {
@@ -46,12 +47,14 @@ fn short(path: &str) -> &str {
 
 impl GcpAdmin {
     pub(crate) fn new(s: Arc<Shared>) -> Self {
-        let rest = Rest::new(s.endpoint.as_deref(), s.plain_text).map_err(|e| e.to_string());
-        Self { s, rest }
+        Self { s, rest: std::sync::OnceLock::new() }
     }
 
     fn rest(&self) -> Result<&Rest> {
-        self.rest.as_ref().map_err(|e| tidings_core::Error::config(e.clone()))
+        let rest = self
+            .rest
+            .get_or_init(|| Rest::new(self.s.endpoint.as_deref(), self.s.plain_text).map_err(|e| e.to_string()));
+        rest.as_ref().map_err(|e| tidings_core::Error::config(e.clone()))
     }
 
     /// Every message of a dead-letter subscription (up to [`MAX_PULL`]), leased to this call: the caller acks or

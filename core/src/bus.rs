@@ -204,10 +204,10 @@ impl Bus {
             None => driver,
         };
         // Only where the backend can tell its backlog (GCP's operator figures would pull the DLQ on every sample).
-        let source = match (self.inner.caps.backlog, self.inner.backend.admin()) {
-            (true, Some(admin)) => crate::metrics::backlog::Source::Admin(admin),
-            (true, None) => crate::metrics::backlog::Source::Driver(driver.clone()),
-            (false, _) => crate::metrics::backlog::Source::None,
+        let source = match self.inner.caps.backlog.then(|| self.inner.backend.admin()) {
+            Some(Some(admin)) => crate::metrics::backlog::Source::Admin(admin),
+            Some(None) => crate::metrics::backlog::Source::Driver(driver.clone()),
+            None => crate::metrics::backlog::Source::None,
         };
         let sampled = spec.clone();
         let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.caps.clone(), handler);
