@@ -131,6 +131,10 @@ async fn omniqueue_fanout(k: usize, n: u64) -> (f64, f64) {
     ((n * k as u64) as f64 / start.elapsed().as_secs_f64(), mb(peak_rss()))
 }
 
+fn with_no_publish_rate((deliveries, rss): (f64, f64)) -> (f64, f64, f64) {
+    (0.0, deliveries, rss)
+}
+
 /// Runs of each side per fan-out benchmark.
 const ROUNDS: usize = 3;
 
@@ -141,10 +145,18 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
 
 pub async fn fanout(k: usize, n: u64) -> String {
     if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
-        // Profiling aid: only the tidings side.
-        let (p, d, r) = tidings_fanout(k, n).await;
+        // Profiling aid: one side only, tidings unless `TIDINGS_BENCH_SIDE` names `baseline` or `omniqueue` (the
+        // callgrind step counts each side's instructions per message).
+        let side = std::env::var("TIDINGS_BENCH_SIDE").unwrap_or_else(|_| "tidings".into());
+        let (p, d, r) = match side.as_str() {
+            "tidings" => tidings_fanout(k, n).await,
+            // These two report no publish rate of their own (0).
+            "baseline" => with_no_publish_rate(baseline_fanout(k, n).await),
+            "omniqueue" => with_no_publish_rate(omniqueue_fanout(k, n).await),
+            other => panic!("TIDINGS_BENCH_SIDE={other:?}: expected tidings, baseline or omniqueue"),
+        };
         return format!(
-            "{{\"bench\":\"local_fanout{k}_profile\",\"publish\":{p:.0},\"deliveries\":{d:.0},\"rss\":{r:.1}}}"
+            "{{\"bench\":\"local_fanout{k}_profile\",\"side\":\"{side}\",\"publish\":{p:.0},\"deliveries\":{d:.0},\"rss\":{r:.1}}}"
         );
     }
     // Rounds interleave the three, and each figure is the median of its rounds: this machine's speed drifts by tens

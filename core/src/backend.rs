@@ -142,6 +142,7 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     /// An outgoing message.
+    #[inline]
     pub fn new(
         id: MessageId,
         payload: Bytes,
@@ -153,6 +154,7 @@ impl OutgoingMessage {
     }
 
     /// The same message carrying `trace`.
+    #[inline]
     pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
         self.trace = trace;
         self
@@ -223,6 +225,7 @@ pub struct ReceivedMessage {
 
 impl ReceivedMessage {
     /// A delivery without attributes, ordering key or trace context.
+    #[inline]
     pub fn new(ack_id: AckId, id: MessageId, payload: Bytes, publish_time: SystemTime, attempt: u32) -> Self {
         Self {
             ack_id,
@@ -236,16 +239,19 @@ impl ReceivedMessage {
         }
     }
     /// With these attributes.
+    #[inline]
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
         self.attributes = attributes;
         self
     }
     /// With this ordering key.
+    #[inline]
     pub fn with_ordering_key(mut self, key: Option<Arc<str>>) -> Self {
         self.ordering_key = key;
         self
     }
     /// With this trace context.
+    #[inline]
     pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
         self.trace = trace;
         self

@@ -59,20 +59,30 @@ impl Publisher {
         Publisher { parts, batcher }
     }
 
-    /// Publishes one message (the most common call there is: no batch vector unless the batcher takes it).
-    pub(crate) async fn publish_one(&self, mut m: OutgoingMessage) -> Result<()> {
+    /// Publishes one message at once, without waiting, where the driver can ([`TopicDriver::publish_now`]): its final
+    /// outcome, or `None` when [`Publisher::publish_one`] must follow (the message is left as it was).
+    pub(crate) fn publish_one_now(&self, m: &mut OutgoingMessage) -> Option<Result<()>> {
         let p = &self.parts;
         let started = p.metrics.start();
-        let outcome = match publish_now(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)) {
-            Some(outcome) => outcome,
-            None => match &self.batcher {
-                Some(tx) => {
-                    let (reply, rx) = oneshot::channel();
-                    tx.send((m, reply)).map_err(|_| stopped())?;
-                    rx.await.map_err(|_| stopped()).and_then(|r| r)
-                }
-                None => first_error(send(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)).await),
-            },
+        let outcome = publish_now(p.driver.as_ref(), &p.name, std::slice::from_mut(m))?;
+        p.metrics.sent(1, outcome.is_ok(), started);
+        Some(outcome)
+    }
+
+    /// Publishes one message (the most common call there is: no batch vector unless the batcher takes it).
+    pub(crate) async fn publish_one(&self, mut m: OutgoingMessage) -> Result<()> {
+        if let Some(outcome) = self.publish_one_now(&mut m) {
+            return outcome;
+        }
+        let p = &self.parts;
+        let started = p.metrics.start();
+        let outcome = match &self.batcher {
+            Some(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send((m, reply)).map_err(|_| stopped())?;
+                rx.await.map_err(|_| stopped()).and_then(|r| r)
+            }
+            None => first_error(send(p.driver.as_ref(), &p.name, std::slice::from_mut(&mut m)).await),
         };
         p.metrics.sent(1, outcome.is_ok(), started);
         outcome
