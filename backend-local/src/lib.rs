@@ -16,6 +16,7 @@
 mod queue;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -122,7 +123,7 @@ impl LocalBackend {
                     ordered: spec.config.ordered,
                     exactly_once: spec.config.is_exactly_once(),
                     subs: RwLock::default(),
-                    space: Arc::new(Notify::new()),
+                    space: Arc::default(),
                 })
             })
             .clone()
@@ -170,7 +171,38 @@ struct LocalTopic {
     exactly_once: bool,
     subs: RwLock<Vec<Arc<LocalSubscription>>>,
     /// Wakes publishers waiting for a full subscription to make room.
-    space: Arc<Notify>,
+    space: Arc<Room>,
+}
+
+/// Publishers waiting for room in a topic's subscriptions, and their wake-up. Settling messages is the hot path, and
+/// it only touches the notifier (a lock) while some publisher waits.
+#[derive(Debug, Default)]
+struct Room {
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    /// Counts a publisher as waiting until the guard drops (also when its publish is cancelled).
+    fn wait(&self) -> impl Drop + '_ {
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Counted(&self.waiting)
+    }
+
+    /// Room was made (messages left a backlog): wakes the publishers waiting for it, if any.
+    fn made(&self) {
+        // SeqCst pairs with the waiter's increment: a publisher that counted itself before its last (locked) check
+        // of the backlogs is seen here, after this settlement's (locked) change of a backlog.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 impl LocalTopic {
@@ -201,13 +233,14 @@ impl TopicDriver for LocalTopic {
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         let mut batch = batch.to_vec();
         loop {
-            let space = self.space.notified();
-            let mut space = std::pin::pin!(space);
-            space.as_mut().enable();
+            let room = self.space.notify.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            let _counted = self.space.wait();
             if let Some(outcome) = self.publish_now(&mut batch) {
                 return outcome.map(|()| PublishReport::accepted());
             }
-            space.await;
+            room.await;
         }
     }
 
@@ -253,7 +286,7 @@ struct LocalSubscription {
     /// Backlog limit when the config sets none.
     default_limit: u64,
     /// The topic's wake-up for publishers waiting for room.
-    space: Arc<Notify>,
+    space: Arc<Room>,
 }
 
 #[async_trait]
@@ -291,7 +324,7 @@ impl SubscriptionDriver for LocalSubscription {
         if self.queue.lock().ack(&ids) {
             self.notify.notify_waiters();
         }
-        self.space.notify_waiters();
+        self.space.made();
         Ok(())
     }
 
@@ -309,7 +342,7 @@ impl SubscriptionDriver for LocalSubscription {
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
         self.queue.lock().dead_letter(items);
         self.notify.notify_waiters();
-        self.space.notify_waiters();
+        self.space.made();
         Ok(())
     }
 
