@@ -258,14 +258,28 @@ impl TopicDriver for LocalTopic {
                 return refusal.map(Err);
             }
         }
-        // Every subscription but the last gets a copy (sharing the payload); the last takes the message itself.
+        // Each message becomes a queue entry once; every subscription but the last gets a clone of it (sharing the
+        // payload and the extras), the last the entry itself. A single message (the common case) needs no vector.
         let mut woken = Vec::new();
-        for (s, q) in others.iter().zip(queues.iter_mut()) {
-            if q.push(batch.iter().map(Stored::from), now) {
-                woken.push(s);
+        let mut fan_out = |entries: &[Stored]| {
+            for (s, q) in others.iter().zip(queues.iter_mut()) {
+                if q.push(entries.iter().cloned(), now) {
+                    woken.push(s);
+                }
             }
-        }
-        let last_woken = last_queue.push(batch.iter_mut().map(Stored::take), now);
+        };
+        let last_woken = match batch {
+            [m] => {
+                let entry = Stored::take(m);
+                fan_out(std::slice::from_ref(&entry));
+                last_queue.push([entry], now)
+            }
+            _ => {
+                let entries: Vec<Stored> = batch.iter_mut().map(Stored::take).collect();
+                fan_out(&entries);
+                last_queue.push(entries, now)
+            }
+        };
         drop((queues, last_queue));
         for s in woken {
             s.notify.notify_waiters();

@@ -77,13 +77,6 @@ impl Stored {
     }
 }
 
-impl From<&OutgoingMessage> for Stored {
-    fn from(m: &OutgoingMessage) -> Self {
-        Stored::new(m.id.clone(), m.payload.clone(), m.attributes.clone(), m.ordering_key.clone(), m.publish_time)
-            .with_trace(m.trace.clone())
-    }
-}
-
 impl Stored {
     /// Moves a published message in (its payload and extras; the id is copied).
     pub fn take(m: &mut OutgoingMessage) -> Self {
@@ -213,13 +206,14 @@ impl Queue {
     /// receiver must be woken (it only waits after finding nothing ready).
     pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) -> bool {
         let was_empty = self.ready.is_empty();
+        let enqueued_ms = self.millis(now);
         for m in msgs {
             if self.exactly_once && !self.seen.insert(m.id.clone(), now) {
                 continue;
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.ready.push_back(Pending { seq, msg: m, attempts: 0, enqueued_ms: self.millis(now) });
+            self.ready.push_back(Pending { seq, msg: m, attempts: 0, enqueued_ms });
         }
         was_empty && !self.ready.is_empty()
     }
