@@ -74,6 +74,19 @@ mod tests {
         let u = uuid::Uuid::parse_str(ids.iter().next().unwrap()).unwrap();
         assert_eq!(u.get_version_num(), 7);
     }
+
+    #[test]
+    fn a_generated_id_is_the_uuid_v7_of_its_time_in_canonical_text() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_000_123_456);
+        for _ in 0..1_000 {
+            let id = MessageId::generate_at(at);
+            let u = uuid::Uuid::parse_str(id.as_str()).unwrap();
+            assert_eq!(u.hyphenated().to_string(), id.as_str(), "canonical lower-case hyphenated text");
+            assert_eq!((u.get_version_num(), u.get_variant()), (7, uuid::Variant::RFC4122));
+            let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
+            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_764_000_123_456);
+        }
+    }
 }
 
 impl MessageId {
@@ -87,10 +100,32 @@ impl MessageId {
     /// publish time).
     pub(crate) fn generate_at(now: SystemTime) -> Self {
         let millis = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let random = fast_random();
-        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        Self::new(id.hyphenated().encode_lower(&mut buf))
+        let r = fast_random();
+        // RFC 9562's layout: 48 bits of Unix milliseconds, version 7, 12 random bits, variant 0b10, 62 random bits.
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6] = 0x70 | (r[0] & 0x0f);
+        bytes[7] = r[1];
+        bytes[8] = 0x80 | (r[2] & 0x3f);
+        bytes[9..].copy_from_slice(&r[3..]);
+        // Written straight into the inline form, hyphenated lower-case hex (a publish makes one of these): two digits
+        // per byte from a table, at fixed places.
+        const PAIRS: [[u8; 2]; 256] = {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut t = [[0u8; 2]; 256];
+            let mut i = 0;
+            while i < 256 {
+                t[i] = [HEX[i >> 4], HEX[i & 0x0f]];
+                i += 1;
+            }
+            t
+        };
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        let mut buf = [b'-'; INLINE];
+        for (byte, at) in bytes.iter().zip(AT) {
+            buf[at..at + 2].copy_from_slice(&PAIRS[usize::from(*byte)]);
+        }
+        Self(Repr::Inline { len: 36, buf })
     }
     /// The id as a string.
     pub fn as_str(&self) -> &str {
