@@ -59,10 +59,6 @@ impl Stored {
         from_micros(self.publish_micros)
     }
 
-    pub fn trace(&self) -> Option<&TraceContext> {
-        self.extra.as_ref().and_then(|x| x.trace.as_ref())
-    }
-
     /// The same message carrying the trace context of its publish.
     fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
         let Some(trace) = trace else { return self };
@@ -283,12 +279,15 @@ impl Queue {
             let token = self.next_token;
             self.next_token += 1;
             let m = &p.msg;
-            out.push(
-                ReceivedMessage::new(AckId::Num(token), m.id.clone(), m.payload.clone(), m.publish_time(), p.attempts)
-                    .with_attributes(m.attributes())
-                    .with_ordering_key(m.ordering_key().cloned())
-                    .with_trace(m.trace().cloned()),
-            );
+            let mut r =
+                ReceivedMessage::new(AckId::Num(token), m.id.clone(), m.payload.clone(), m.publish_time(), p.attempts);
+            // Most messages have no extras: then the delivery keeps its empty ones (nothing built and dropped).
+            if let Some(x) = &m.extra {
+                r.attributes = x.attributes.clone();
+                r.ordering_key = x.ordering_key.clone();
+                r.trace = x.trace.clone();
+            }
+            out.push(r);
             self.lease_deadlines.push(Reverse((deadline, token)));
             self.leased.insert(token, Lease { p, deadline });
         }
