@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
 use tidings_local::LocalBackend;
 
-use crate::util::{event, mb, minor_faults, peak_rss, reset_peak, rss, Event};
+use crate::util::{context_switches, cpu_seconds, event, mb, minor_faults, peak_rss, reset_peak, rss, Event};
 
 static FANOUT: Topic<Event> = Topic::new("fanout", TopicConfig::at_least_once());
 
@@ -164,10 +164,28 @@ pub async fn fanout(k: usize, n: u64) -> String {
     // run has grown the heap.
     let (mut bases, mut omnis, mut publishes, mut deliveries_) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut base_rss, mut omni_rss, mut peak) = (0.0, 0.0, 0.0);
+    // CPU time (all threads) and context switches per delivery, per side: [tidings, baseline, omniqueue].
+    // And cores busy (CPU time over wall time).
+    let (mut cpu, mut switches, mut busy) =
+        ([vec![], vec![], vec![]], [vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+    let deliveries_per_run = (n * k as u64) as f64;
+    let mut costs = |side: usize, (c0, s0, t0): (f64, u64, Instant)| {
+        let used = cpu_seconds() - c0;
+        cpu[side].push(used * 1e6 / deliveries_per_run);
+        switches[side].push((context_switches() - s0) as f64 * 1000.0 / deliveries_per_run);
+        busy[side].push(used / t0.elapsed().as_secs_f64());
+    };
+    let mark = || (cpu_seconds(), context_switches(), Instant::now());
     for round in 0..ROUNDS {
+        let m = mark();
         let (b, b_rss) = baseline_fanout(k, n).await;
+        costs(1, m);
+        let m = mark();
         let (o, o_rss) = omniqueue_fanout(k, n).await;
+        costs(2, m);
+        let m = mark();
         let (p, d, t_rss) = tidings_fanout(k, n).await;
+        costs(0, m);
         if round == 0 {
             (base_rss, omni_rss, peak) = (b_rss, o_rss, t_rss);
         }
@@ -179,11 +197,17 @@ pub async fn fanout(k: usize, n: u64) -> String {
     let (base, omni, publish, deliveries) =
         (median(&mut bases), median(&mut omnis), median(&mut publishes), median(&mut deliveries_));
     let rounds = ROUNDS;
+    let [cpu_t, cpu_b, cpu_o] = cpu.map(|mut v| median(&mut v));
+    let [cs_t, cs_b, cs_o] = switches.map(|mut v| median(&mut v));
+    let [busy_t, busy_b, busy_o] = busy.map(|mut v| median(&mut v));
     format!(
         "{{\"bench\":\"local_fanout{k}\",\"messages\":{n},\"subscriptions\":{k},\"rounds\":{rounds},\"tidings_publish_msgs_per_s\":{publish:.0},\
          \"tidings_msgs_per_s\":{deliveries:.0},\"baseline_msgs_per_s\":{base:.0},\"omniqueue_msgs_per_s\":{omni:.0},\
          \"vs_baseline\":{:.2},\"vs_omniqueue\":{:.2},\"tidings_peak_rss_mb\":{peak:.1},\"baseline_peak_rss_mb\":{base_rss:.1},\
-         \"omniqueue_peak_rss_mb\":{omni_rss:.1},\"omniqueue_note\":\"no fan-out: one queue per subscriber, published to each\"}}",
+         \"omniqueue_peak_rss_mb\":{omni_rss:.1},\"tidings_cpu_us_per_delivery\":{cpu_t:.2},\"baseline_cpu_us_per_delivery\":{cpu_b:.2},\
+         \"omniqueue_cpu_us_per_delivery\":{cpu_o:.2},\"tidings_switches_per_1k\":{cs_t:.1},\"baseline_switches_per_1k\":{cs_b:.1},\
+         \"omniqueue_switches_per_1k\":{cs_o:.1},\"tidings_cores_busy\":{busy_t:.2},\"baseline_cores_busy\":{busy_b:.2},\
+         \"omniqueue_cores_busy\":{busy_o:.2},\"omniqueue_note\":\"no fan-out: one queue per subscriber, published to each\"}}",
         deliveries / base,
         deliveries / omni
     )

@@ -267,7 +267,13 @@ async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<
                 drop(slots);
                 // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
                 // Handlers in a group still run concurrently (and release their slots as they finish).
-                let mut all = chains(ordered, batch).into_iter().peekable();
+                // Unordered messages go straight from the batch into their group (each moved once).
+                let all: Box<dyn Iterator<Item = Chain> + Send> = if ordered {
+                    Box::new(chains(batch).into_iter())
+                } else {
+                    Box::new(batch.into_iter().map(Chain::One))
+                };
+                let mut all = all.peekable();
                 while all.peek().is_some() {
                     let group: Vec<Chain> = all.by_ref().take(CHAINS_PER_TASK).collect();
                     let n: usize = group.iter().map(Chain::len).sum();
@@ -347,12 +353,9 @@ impl Chain {
     }
 }
 
-fn chains(ordered: bool, batch: Vec<ReceivedMessage>) -> Vec<Chain> {
+/// The chains of an ordered topic's batch: one per ordering key, in batch order, and one per message without a key.
+fn chains(batch: Vec<ReceivedMessage>) -> Vec<Chain> {
     let mut chains: Vec<Chain> = Vec::with_capacity(batch.len());
-    if !ordered {
-        chains.extend(batch.into_iter().map(Chain::One));
-        return chains;
-    }
     let mut by_key: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
     for m in batch {
         let Some(key) = m.ordering_key.clone() else {
