@@ -13,10 +13,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod inbox;
 mod queue;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tidings_core::{Backend, Capabilities, DeadLetter, ErrorKind, MessageId, Resu
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use inbox::{Inbox, Locked};
 use queue::{Queue, Stored};
 
 /// Default largest message: 10 MiB, like Google Pub/Sub.
@@ -148,12 +150,17 @@ impl Backend for LocalBackend {
         let topic = self.topic_state(&spec.topic);
         let mut subs = topic.subs.write().unwrap();
         if let Some(s) = subs.iter().find(|s| s.name == spec.resource) {
-            s.queue.lock().config = spec.config;
+            let mut q = s.queue();
+            q.config = spec.config;
+            s.inbox.lock().config = spec.config;
+            drop(q);
             return Ok(s.clone());
         }
         let sub = Arc::new(LocalSubscription {
             name: spec.resource.clone(),
             queue: parking_lot::Mutex::new(Queue::new(spec.config, topic.ordered, topic.exactly_once)),
+            inbox: parking_lot::Mutex::new(Inbox::new(spec.config)),
+            held: AtomicU64::new(0),
             notify: Notify::new(),
             default_limit: self.max_backlog,
             space: topic.space.clone(),
@@ -206,14 +213,15 @@ impl Room {
 }
 
 impl LocalTopic {
-    /// The error, or `None` for "wait", of a publish that found `sub` (locked as `q`) at its backlog limit.
-    fn refuse(&self, sub: &LocalSubscription, q: &Queue) -> Option<Option<tidings_core::Error>> {
-        let limit = q.config.max_backlog.unwrap_or(sub.default_limit);
-        let backlog = q.backlog();
+    /// The error, or `None` for "wait", of a publish that found `sub` (its inbox locked as `inbox`) at its backlog
+    /// limit.
+    fn refuse(&self, sub: &LocalSubscription, inbox: &Inbox) -> Option<Option<tidings_core::Error>> {
+        let limit = inbox.config.max_backlog.unwrap_or(sub.default_limit);
+        let backlog = sub.held.load(Ordering::SeqCst) + inbox.len();
         if backlog < limit {
             return None;
         }
-        Some(match q.config.when_full {
+        Some(match inbox.config.when_full {
             WhenFull::Wait => None,
             WhenFull::Fail => Some(tidings_core::Error::new(
                 ErrorKind::BacklogFull,
@@ -244,17 +252,17 @@ impl TopicDriver for LocalTopic {
         }
     }
 
-    /// All or nothing: every subscription's queue is locked, and the batch goes to none of them while one is at its
+    /// All or nothing: every subscription's inbox is locked, and the batch goes to none of them while one is at its
     /// backlog limit (`None`: wait for room; or its error).
     fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         let now = Instant::now();
         let subs = self.subs.read().unwrap();
         tracing::trace!(topic = %self.name, n = batch.len(), subscriptions = subs.len(), "publish");
         let Some((last, others)) = subs.split_last() else { return Some(Ok(())) };
-        let mut queues: Vec<_> = others.iter().map(|s| s.queue.lock()).collect();
-        let mut last_queue = last.queue.lock();
-        for (s, q) in others.iter().zip(&queues).chain(std::iter::once((last, &last_queue))) {
-            if let Some(refusal) = self.refuse(s, q) {
+        let mut inboxes: Vec<_> = others.iter().map(|s| s.inbox.lock()).collect();
+        let mut last_inbox = last.inbox.lock();
+        for (s, inbox) in others.iter().zip(&inboxes).chain(std::iter::once((last, &last_inbox))) {
+            if let Some(refusal) = self.refuse(s, inbox) {
                 return refusal.map(Err);
             }
         }
@@ -262,8 +270,8 @@ impl TopicDriver for LocalTopic {
         // payload and the extras), the last the entry itself. A single message (the common case) needs no vector.
         let mut woken = Vec::new();
         let mut fan_out = |entries: &[Stored]| {
-            for (s, q) in others.iter().zip(queues.iter_mut()) {
-                if q.push(entries.iter().cloned(), now) {
+            for (s, inbox) in others.iter().zip(inboxes.iter_mut()) {
+                if inbox.push(entries.iter().cloned(), now) {
                     woken.push(s);
                 }
             }
@@ -272,15 +280,15 @@ impl TopicDriver for LocalTopic {
             [m] => {
                 let entry = Stored::take(m);
                 fan_out(std::slice::from_ref(&entry));
-                last_queue.push([entry], now)
+                last_inbox.push([entry], now)
             }
             _ => {
                 let entries: Vec<Stored> = batch.iter_mut().map(Stored::take).collect();
                 fan_out(&entries);
-                last_queue.push(entries, now)
+                last_inbox.push(entries, now)
             }
         };
-        drop((queues, last_queue));
+        drop((inboxes, last_inbox));
         for s in woken {
             s.notify.notify_waiters();
         }
@@ -295,12 +303,24 @@ impl TopicDriver for LocalTopic {
 #[derive(Debug)]
 struct LocalSubscription {
     name: String,
+    /// Lock it with [`LocalSubscription::queue`], which moves the inbox in.
     queue: parking_lot::Mutex<Queue>,
+    /// Published messages not yet in the queue.
+    inbox: parking_lot::Mutex<Inbox>,
+    /// The queue's backlog as of its last unlock (plus messages on their way in from the inbox).
+    held: AtomicU64,
     notify: Notify,
     /// Backlog limit when the config sets none.
     default_limit: u64,
     /// The topic's wake-up for publishers waiting for room.
     space: Arc<Room>,
+}
+
+impl LocalSubscription {
+    /// The queue, locked, with the inbox's messages moved in.
+    fn queue(&self) -> Locked<'_> {
+        Locked::new(self.queue.lock(), &self.inbox, &self.held)
+    }
 }
 
 #[async_trait]
@@ -309,7 +329,7 @@ impl SubscriptionDriver for LocalSubscription {
         let give_up = Instant::now() + wait;
         let mut out = Vec::with_capacity(max.min(256));
         // Fast path: messages are ready, no need to register for a wake-up.
-        self.queue.lock().take(max, Instant::now(), &mut out);
+        self.queue().take(max, Instant::now(), &mut out);
         if !out.is_empty() {
             return Ok(out);
         }
@@ -319,7 +339,7 @@ impl SubscriptionDriver for LocalSubscription {
             notified.as_mut().enable();
             let now = Instant::now();
             let next_due = {
-                let mut q = self.queue.lock();
+                let mut q = self.queue();
                 q.take(max, now, &mut out);
                 q.next_due()
             };
@@ -335,7 +355,7 @@ impl SubscriptionDriver for LocalSubscription {
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
-        if self.queue.lock().ack(&ids) {
+        if self.queue().ack(&ids) {
             self.notify.notify_waiters();
         }
         self.space.made();
@@ -343,34 +363,34 @@ impl SubscriptionDriver for LocalSubscription {
     }
 
     async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
-        self.queue.lock().nack(&items, Instant::now());
+        self.queue().nack(&items, Instant::now());
         self.notify.notify_waiters();
         Ok(())
     }
 
     async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
-        self.queue.lock().extend(&ids, by, Instant::now());
+        self.queue().extend(&ids, by, Instant::now());
         Ok(())
     }
 
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
-        self.queue.lock().dead_letter(items);
+        self.queue().dead_letter(items);
         self.notify.notify_waiters();
         self.space.made();
         Ok(())
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue.lock().dead_letters(max))
+        Ok(self.queue().dead_letters(max))
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let n = self.queue.lock().redrive(ids.as_deref(), Instant::now());
+        let n = self.queue().redrive(ids.as_deref(), Instant::now());
         self.notify.notify_waiters();
         Ok(n)
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {
-        Ok(Some(self.queue.lock().backlog()))
+        Ok(Some(self.queue().backlog()))
     }
 }
