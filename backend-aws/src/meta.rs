@@ -14,23 +14,23 @@ pub const MAX_USER_ATTRIBUTES: usize = 9;
 /// Splits received SQS message attributes into tidings metadata and user attributes. Nothing a foreign producer
 /// sends is dropped: a `Binary` attribute arrives base64-encoded (standard alphabet, padded) under its own name, and
 /// an attribute named `tidings` that is not tidings metadata arrives as an ordinary attribute.
-pub fn split(attrs: Option<&HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>) -> (Option<Meta>, Attributes) {
+pub fn split(attrs: Option<HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>) -> (Option<Meta>, Attributes) {
     use base64::Engine;
     let mut meta = None;
     let mut user = Attributes::new();
     for (k, v) in attrs.into_iter().flatten() {
-        let value = match (v.string_value(), v.binary_value()) {
-            (Some(s), _) => s.to_string(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
-            (None, None) => String::new(),
-        };
         if k == META_ATTRIBUTE {
-            if let Some(m) = Meta::decode(&value) {
+            if let Some(m) = v.string_value.as_deref().and_then(Meta::decode) {
                 meta = Some(m);
                 continue;
             }
         }
-        user.insert(k.clone(), value);
+        let value = match (v.string_value, v.binary_value) {
+            (Some(s), _) => s,
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
+            (None, None) => String::new(),
+        };
+        user.insert(k, value);
     }
     (meta, user)
 }
@@ -53,14 +53,14 @@ mod tests {
             META_ATTRIBUTE.to_string(),
             V::builder().data_type("String").string_value("not ours").build().unwrap(),
         );
-        let (meta, user) = split(Some(&attrs));
+        let (meta, user) = split(Some(attrs.clone()));
         assert!(meta.is_none());
         assert_eq!(user.get("blob").map(String::as_str), Some("AAH/"));
         assert_eq!(user.get("n").map(String::as_str), Some("42"));
         assert_eq!(user.get(META_ATTRIBUTE).map(String::as_str), Some("not ours"));
         let ours = Meta { id: "a".into(), ts: 1, ..Default::default() }.encode();
         attrs.insert(META_ATTRIBUTE.to_string(), V::builder().data_type("String").string_value(ours).build().unwrap());
-        let (meta, user) = split(Some(&attrs));
+        let (meta, user) = split(Some(attrs.clone()));
         assert_eq!(meta.unwrap().id, "a");
         assert!(!user.contains_key(META_ATTRIBUTE));
     }

@@ -67,11 +67,11 @@ fn to_entry(i: usize, m: &OutgoingMessage, fifo: bool, ordered: bool) -> Result<
         trace: m.trace.clone(),
         ..Default::default()
     };
-    let attr = |v: &str| MessageAttributeValue::builder().data_type("String").string_value(v).build();
+    let attr = |v: String| MessageAttributeValue::builder().data_type("String").string_value(v).build();
     let mut b = PublishBatchRequestEntry::builder().id(i.to_string()).message(body);
-    b = b.message_attributes(META_ATTRIBUTE, attr(&meta.encode()).map_err(|e| Error::invalid(e.to_string()))?);
+    b = b.message_attributes(META_ATTRIBUTE, attr(meta.encode()).map_err(|e| Error::invalid(e.to_string()))?);
     for (k, v) in &m.attributes {
-        b = b.message_attributes(k, attr(v).map_err(|e| Error::invalid(e.to_string()))?);
+        b = b.message_attributes(k, attr(v.clone()).map_err(|e| Error::invalid(e.to_string()))?);
     }
     if fifo {
         let group = m.ordering_key.as_deref().filter(|_| ordered).map_or_else(|| m.id.to_string(), str::to_string);

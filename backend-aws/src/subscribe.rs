@@ -3,11 +3,15 @@
 //! with a delay and to extend leases, and an explicit copy to the dead-letter queue (SQS redrive is the backstop).
 //!
 //! A `ReceiveMessage` long poll is never cut: SQS hands messages to a poll whose connection was closed, and they would
-//! stay invisible for the whole ack deadline. Each receive runs in a task of its own; when its caller has gone (the
-//! runtime stopped while it waited), the task releases what it got (visibility 0), and `close` waits for such polls.
+//! stay invisible for the whole ack deadline. A receive runs in its caller's task (a task and a channel per receive
+//! cost more CPU than decoding the batch); when its caller drops it mid-poll (the runtime stopped while it waited),
+//! the poll moves to a task of its own, which releases what it gets (visibility 0), and `close` waits for such polls.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -18,7 +22,7 @@ use aws_sdk_sqs::types::{
 use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{entry, sdk};
 use crate::meta::{from_micros, micros, split, Meta, META_ATTRIBUTE};
@@ -41,30 +45,52 @@ pub struct AwsSubscription {
     receiving: Arc<Semaphore>,
 }
 
-/// A receive's result on its way from the task that ran it; what its caller never took is released.
-struct Pending {
-    rx: oneshot::Receiver<Result<Vec<ReceivedMessage>>>,
+type Receiving = Pin<Box<dyn Future<Output = Result<Vec<ReceivedMessage>>> + Send>>;
+
+/// A receive in flight, polled by its caller. Dropped before its poll ended, it finishes the poll in a task of its own
+/// and releases what it gets.
+struct InFlight {
+    poll: Option<Receiving>,
     sub: AwsSubscription,
+    /// The caller's call-count scope (the poll runs within it), for the release.
+    scope: tidings_core::calls::Scope,
+    /// Held until the poll ends, wherever it ends (`close` waits for it).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for Pending {
+impl Future for InFlight {
+    type Output = Result<Vec<ReceivedMessage>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let poll = self.poll.as_mut().expect("polled after it returned");
+        let got = ready!(poll.as_mut().poll(cx));
+        self.poll = None;
+        self.permit = None;
+        Poll::Ready(got)
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        // The caller went away after the task had sent the messages.
-        if let Ok(Ok(msgs)) = self.rx.try_recv() {
-            if let (false, Ok(rt)) = (msgs.is_empty(), tokio::runtime::Handle::try_current()) {
-                let (sub, permit) = (self.sub.clone(), self.sub.receiving.clone().try_acquire_owned().ok());
-                rt.spawn(async move {
-                    sub.release(msgs).await;
-                    drop(permit);
-                });
+        let Some(poll) = self.poll.take() else { return };
+        // Without a runtime the poll cannot go on; it is cut (and its messages return after the ack deadline).
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (sub, permit) = (self.sub.clone(), self.permit.take());
+        rt.spawn(tidings_core::calls::scoped(self.scope.clone(), async move {
+            if let Ok(orphaned) = poll.await {
+                if !orphaned.is_empty() {
+                    sub.release(orphaned).await;
+                }
             }
-        }
+            drop(permit);
+        }));
     }
 }
 
 /// A message read from a queue, in tidings terms.
 pub(crate) struct Read {
     pub(crate) msg: ReceivedMessage,
+    /// Its tidings metadata, if it has any; the trace context is in `msg`.
     pub(crate) meta: Option<Meta>,
 }
 
@@ -123,42 +149,52 @@ impl AwsSubscription {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_attribute_names("All")
             .message_system_attribute_names(Sys::ApproximateReceiveCount)
-            .message_system_attribute_names(Sys::SentTimestamp)
-            .message_system_attribute_names(Sys::MessageGroupId);
+            .message_system_attribute_names(Sys::SentTimestamp);
+        if self.ordered {
+            // Another producer's message on a FIFO queue has only its group for an ordering key; unordered
+            // subscriptions have no use for it.
+            req = req.message_system_attribute_names(Sys::MessageGroupId);
+        }
         if let Some(v) = visibility {
             req = req.visibility_timeout(v);
         }
         let out = req.send().await.map_err(|e| sdk("ReceiveMessage", url, e))?;
-        Ok(out
-            .messages()
-            .iter()
-            .map(|m| {
-                let sys = m.attributes();
-                let sys_get = |k: Sys| sys.and_then(|a| a.get(&k)).and_then(|v| v.parse::<i64>().ok());
-                let (meta, attributes) = split(m.message_attributes());
-                let publish_time = meta.as_ref().map_or_else(
-                    || sys_get(Sys::SentTimestamp).map_or(SystemTime::now(), |ms| from_micros(ms * 1000)),
-                    |m| from_micros(m.ts),
-                );
-                let id = meta.as_ref().map_or_else(|| m.message_id().unwrap_or_default().to_string(), |m| m.id.clone());
-                // tidings' own messages carry their key (a keyless one has its id as group); another producer's
-                // message has only its MessageGroupId, which FIFO queues order by.
-                let group = || sys.and_then(|a| a.get(&Sys::MessageGroupId)).cloned();
-                let key = match &meta {
-                    Some(m) => m.key.clone(),
-                    None => group(),
-                }
-                .filter(|_| self.ordered);
-                let ack_id = AckId::Text(m.receipt_handle().unwrap_or_default().into());
-                let payload = Bytes::from(m.body().unwrap_or_default().to_string());
-                let attempt = sys_get(Sys::ApproximateReceiveCount).unwrap_or(1).max(1) as u32;
-                let msg = ReceivedMessage::new(ack_id, MessageId::from(id), payload, publish_time, attempt)
-                    .with_attributes(attributes)
-                    .with_ordering_key(key.map(Into::into))
-                    .with_trace(meta.as_ref().and_then(|m| m.trace.clone()));
-                Read { msg, meta }
-            })
-            .collect())
+        // The output is ours: its strings move into the messages rather than being copied.
+        Ok(out.messages.unwrap_or_default().into_iter().map(|m| self.to_read(m)).collect())
+    }
+
+    /// One received SQS message in tidings terms.
+    fn to_read(&self, m: aws_sdk_sqs::types::Message) -> Read {
+        let mut sys = m.attributes.unwrap_or_default();
+        let mut sys_take = |k: Sys| sys.remove(&k);
+        let (mut meta, attributes) = split(m.message_attributes);
+        let trace = meta.as_mut().and_then(|m| m.trace.take());
+        let attempt = sys_take(Sys::ApproximateReceiveCount).and_then(|v| v.parse::<i64>().ok());
+        let publish_time = match &meta {
+            Some(meta) => from_micros(meta.ts),
+            None => sys_take(Sys::SentTimestamp)
+                .and_then(|v| v.parse::<i64>().ok())
+                .map_or_else(SystemTime::now, |ms| from_micros(ms * 1000)),
+        };
+        let id = match &meta {
+            Some(meta) => MessageId::from(meta.id.as_str()),
+            None => MessageId::from(m.message_id.as_deref().unwrap_or_default()),
+        };
+        // tidings' own messages carry their key (a keyless one has its id as group); another producer's message has
+        // only its MessageGroupId, which FIFO queues order by (requested only for ordered subscriptions).
+        let key = match &meta {
+            Some(meta) => meta.key.as_deref().map(Arc::<str>::from),
+            None => sys_take(Sys::MessageGroupId).map(Arc::<str>::from),
+        }
+        .filter(|_| self.ordered);
+        let ack_id = AckId::Text(m.receipt_handle.as_deref().unwrap_or_default().into());
+        let payload = Bytes::from(m.body.unwrap_or_default());
+        let attempt = attempt.unwrap_or(1).max(1) as u32;
+        let msg = ReceivedMessage::new(ack_id, id, payload, publish_time, attempt)
+            .with_attributes(attributes)
+            .with_ordering_key(key)
+            .with_trace(trace);
+        Read { msg, meta }
     }
 
     pub(crate) async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
@@ -262,23 +298,14 @@ impl SubscriptionDriver for AwsSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let wait = wait.min(self.s.config.wait_time);
         let permit = self.receiving.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let (tx, rx) = oneshot::channel();
         let sub = self.clone();
-        tokio::spawn(tidings_core::calls::scoped(tidings_core::calls::Scope::current(), async move {
+        // The call-count scope of the caller's task, for the poll wherever it ends (see `InFlight`).
+        let scope = tidings_core::calls::Scope::current();
+        let poll = Box::pin(tidings_core::calls::scoped(scope.clone(), async move {
             let got = sub.read(&sub.res.queue_url, max, wait, None).await;
-            let got = got.map(|v| v.into_iter().map(|r| r.msg).collect::<Vec<_>>());
-            if let Err(Ok(orphaned)) = tx.send(got) {
-                if !orphaned.is_empty() {
-                    sub.release(orphaned).await;
-                }
-            }
-            drop(permit);
+            got.map(|v| v.into_iter().map(|r| r.msg).collect::<Vec<_>>())
         }));
-        let mut pending = Pending { rx, sub: self.clone() };
-        match (&mut pending.rx).await {
-            Ok(got) => got,
-            Err(_) => Err(Error::backend("aws: the receive task ended without an answer", true)),
-        }
+        InFlight { poll: Some(poll), sub: self.clone(), scope, permit: Some(permit) }.await
     }
 
     async fn close(&self) -> Result<()> {
@@ -387,6 +414,7 @@ impl SubscriptionDriver for AwsSubscription {
                     continue;
                 }
                 let mut meta = r.meta.clone().unwrap_or_default();
+                meta.trace = r.msg.trace.clone();
                 meta.id = r.msg.id.to_string();
                 meta.ts = micros(r.msg.publish_time);
                 meta.reason = None;

@@ -162,8 +162,17 @@ pub async fn aws(n: u64) -> String {
         .load()
         .await;
     let (sns, sqs) = (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk));
+    if std::env::var("TIDINGS_BENCH_PROFILE").is_ok_and(|v| v == "raw") {
+        // Profiling aid: only the raw SDK side, with this process's CPU per 1,000 messages.
+        let c0 = crate::util::cpu_seconds();
+        let rate = aws_raw_round(&backend, &sns, &sqs, n).await;
+        let cpu_ms = (crate::util::cpu_seconds() - c0) * 1e6 / n as f64;
+        return format!(
+            "{{\"bench\":\"aws_calls_profile_raw\",\"deliveries\":{rate:.0},\"cpu_ms_per_1k\":{cpu_ms:.0}}}"
+        );
+    }
     if std::env::var("TIDINGS_BENCH_PROFILE").is_ok() {
-        // Profiling aid: only the tidings side, with this process's CPU per 1,000 messages.
+        // Profiling aid: only the tidings side, with this process's CPU per 1,000 messages (`=raw`: the raw side).
         let c0 = crate::util::cpu_seconds();
         let (_, rate, _) = aws_tidings_round(&backend, n).await;
         let cpu_ms = (crate::util::cpu_seconds() - c0) * 1e6 / n as f64;
