@@ -181,11 +181,17 @@ async fn batcher(
     while let Some(first) = rx.recv().await {
         let mut size = p.size(&first.0);
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
+        // One timer per batch, polled only once the queue runs dry: messages already waiting are taken at once.
+        let linger_ends = tokio::time::sleep(linger);
+        tokio::pin!(linger_ends);
         while batch.len() < p.max_batch {
-            let next = tokio::select! {
-                m = rx.recv() => m,
-                _ = tokio::time::sleep_until(deadline) => None,
+            let next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = &mut linger_ends => None,
+                },
             };
             let Some(next) = next else { break };
             let n = p.size(&next.0);
