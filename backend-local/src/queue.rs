@@ -198,10 +198,9 @@ impl Queue {
         (self.ready.len() + self.delayed.len() + self.leased.len() + self.parked_len) as u64
     }
 
-    /// Adds published messages; exactly-once subscriptions drop ids they already accepted. Returns whether a waiting
-    /// receiver must be woken (it only waits after finding nothing ready).
-    pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) -> bool {
-        let was_empty = self.ready.is_empty();
+    /// Adds published messages; exactly-once subscriptions drop ids they already accepted. (Waking receivers is the
+    /// inbox's part: messages reach the queue only when a receiver or another caller already holds it.)
+    pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) {
         let enqueued_ms = self.millis(now);
         for m in msgs {
             if self.exactly_once && !self.seen.insert(m.id.clone(), now) {
@@ -211,7 +210,6 @@ impl Queue {
             self.next_seq += 1;
             self.ready.push_back(Pending { seq, msg: m, attempts: 0, enqueued_ms });
         }
-        was_empty && !self.ready.is_empty()
     }
 
     /// Moves due delayed messages and expired leases back to ready.
