@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Q;
 use tidings_core::admin::{
-    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+    Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec};
 use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
@@ -59,6 +59,11 @@ pub(crate) struct AwsAdmin {
 
 fn last_segment(arn: &str) -> &str {
     arn.rsplit(':').next().unwrap_or(arn)
+}
+
+/// A queue's name from its URL.
+fn last_segment_of_url(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
 }
 
 impl AwsAdmin {
@@ -184,6 +189,33 @@ impl AwsAdmin {
         Ok(done)
     }
 
+    /// URLs of the queues whose names start with `prefix`.
+    async fn queue_urls(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut pages = self.s.sqs.list_queues().queue_name_prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            self.s.calls.count("sqs:ListQueues");
+            out.extend(page.map_err(|e| sdk("ListQueues", prefix, e))?.queue_urls().iter().cloned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether some queue names `dlq_url` as its dead-letter queue (its redrive policy).
+    async fn has_source_queue(&self, dlq_url: &str) -> Result<bool> {
+        self.s.calls.count("sqs:ListDeadLetterSourceQueues");
+        let out = self
+            .s
+            .sqs
+            .list_dead_letter_source_queues()
+            .queue_url(dlq_url)
+            .max_results(1)
+            .send()
+            .await
+            .map_err(|e| sdk("ListDeadLetterSourceQueues", dlq_url, e))?;
+        Ok(!out.queue_urls().is_empty())
+    }
+
     async fn delete_queue(&self, url: &str) -> Result<()> {
         self.s.calls.count("sqs:DeleteQueue");
         self.s.sqs.delete_queue().queue_url(url).send().await.map_err(|e| sdk("DeleteQueue", url, e))?;
@@ -213,6 +245,25 @@ impl Admin for AwsAdmin {
                 config: Some(config),
                 subscriptions,
             });
+        }
+        Ok(out)
+    }
+
+    /// Dead-letter queues (`<queue>-dlq`) whose queue is gone: neither `<queue>` exists nor does any queue name it
+    /// in its redrive policy (asked only when `<queue>` is not there, as for names shortened with a hash).
+    async fn orphans(&self, prefix: &str) -> Result<Vec<Orphan>> {
+        let urls = self.queue_urls(prefix).await?;
+        let names: HashSet<&str> = urls.iter().map(|u| last_segment_of_url(u)).collect();
+        let mut out = Vec::new();
+        for url in &urls {
+            let name = last_segment_of_url(url);
+            let fifo = name.ends_with(".fifo");
+            let Some(base) = name.strip_suffix(".fifo").unwrap_or(name).strip_suffix("-dlq") else { continue };
+            let queue = if fifo { format!("{base}.fifo") } else { base.to_string() };
+            if names.contains(queue.as_str()) || self.has_source_queue(url).await? {
+                continue;
+            }
+            out.push(Orphan::new("dead-letter queue", name, queue));
         }
         Ok(out)
     }

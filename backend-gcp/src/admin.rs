@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use google_cloud_pubsub::model::Subscription;
 use tidings_core::admin::{
-    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
+    Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
 use tidings_core::backend::{OutgoingMessage, SubscriptionSpec};
 use tidings_core::{DeadLetter, Result, TopicConfig};
@@ -43,6 +43,42 @@ pub(crate) struct GcpAdmin {
 
 fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// What Pub/Sub names the topic of a subscription whose topic was deleted.
+const DELETED_TOPIC: &str = "_deleted-topic_";
+
+/// Dead-letter topics and subscriptions under `prefix` whose subscription is gone. A topic `<sub>-dlq` is a
+/// dead-letter topic left behind when no subscription names it as its dead-letter topic, the subscription `<sub>`
+/// does not exist, and it looks like one: it carries its own dead-letter subscription `<sub>-dlq`, or `<sub>` follows
+/// the naming scheme (`<topic>--<subscription>`). Its subscriptions, and a `<sub>-dlq` subscription whose topic was
+/// deleted, are left behind with it.
+fn orphans_of(prefix: &str, topics: &[String], subs: &[Subscription]) -> Vec<Orphan> {
+    let dead_letter_topics: HashSet<&str> =
+        subs.iter().filter_map(|s| s.dead_letter_policy.as_ref().map(|d| d.dead_letter_topic.as_str())).collect();
+    let sub_names: HashSet<&str> = subs.iter().map(|s| short(&s.name)).collect();
+    let mut out = Vec::new();
+    for topic in topics {
+        let name = short(topic);
+        let Some(base) = name.strip_suffix("-dlq") else { continue };
+        if !name.starts_with(prefix) || dead_letter_topics.contains(topic.as_str()) || sub_names.contains(base) {
+            continue;
+        }
+        let attached: Vec<&Subscription> = subs.iter().filter(|s| &s.topic == topic).collect();
+        if !attached.iter().any(|s| short(&s.name) == name) && !base.contains("--") {
+            continue;
+        }
+        out.push(Orphan::new("dead-letter topic", name, base));
+        out.extend(attached.iter().map(|s| Orphan::new("dead-letter subscription", short(&s.name), base)));
+    }
+    for s in subs.iter().filter(|s| s.topic == DELETED_TOPIC) {
+        let name = short(&s.name);
+        if let Some(base) = name.strip_suffix("-dlq").filter(|b| name.starts_with(prefix) && !sub_names.contains(b)) {
+            out.push(Orphan::new("dead-letter subscription", name, base));
+        }
+    }
+    out.sort_by(|a, b| (&a.subscription, &a.kind, &a.resource).cmp(&(&b.subscription, &b.kind, &b.resource)));
+    out
 }
 
 impl GcpAdmin {
@@ -215,16 +251,23 @@ impl GcpAdmin {
 impl Admin for GcpAdmin {
     async fn list(&self, prefix: &str) -> Result<Vec<TopicResource>> {
         let subs = self.subscriptions().await?;
+        let topics = self.topics().await?;
         let dlq_topics: Vec<String> =
             subs.iter().filter_map(|s| s.dead_letter_policy.as_ref().map(|d| d.dead_letter_topic.clone())).collect();
+        // Left behind by a deleted subscription: `orphans` reports them; they are not the application's topics.
+        let orphans: HashSet<String> = orphans_of(prefix, &topics, &subs)
+            .into_iter()
+            .filter(|o| o.kind == "dead-letter topic")
+            .map(|o| o.resource)
+            .collect();
         let mut by_topic: HashMap<String, Vec<&Subscription>> = HashMap::new();
         for s in &subs {
             by_topic.entry(s.topic.clone()).or_default().push(s);
         }
         let mut out = Vec::new();
-        for topic in self.topics().await? {
+        for topic in topics {
             let name = short(&topic);
-            if !name.starts_with(prefix) || dlq_topics.contains(&topic) {
+            if !name.starts_with(prefix) || dlq_topics.contains(&topic) || orphans.contains(name) {
                 continue;
             }
             let subs = by_topic.get(&topic).cloned().unwrap_or_default();
@@ -247,6 +290,11 @@ impl Admin for GcpAdmin {
         }
         out.sort_by(|a, b| a.resource.cmp(&b.resource));
         Ok(out)
+    }
+
+    async fn orphans(&self, prefix: &str) -> Result<Vec<Orphan>> {
+        let subs = self.subscriptions().await?;
+        Ok(orphans_of(prefix, &self.topics().await?, &subs))
     }
 
     async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
@@ -317,5 +365,52 @@ impl Admin for GcpAdmin {
                  are not seen",
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use google_cloud_pubsub::model::{DeadLetterPolicy, Subscription};
+
+    use super::orphans_of;
+
+    fn sub(name: &str, topic: &str, dlq: Option<&str>) -> Subscription {
+        let s = Subscription::new().set_name(format!("projects/p/subscriptions/{name}")).set_topic(topic.to_string());
+        match dlq {
+            Some(d) => s.set_dead_letter_policy(
+                DeadLetterPolicy::new().set_dead_letter_topic(format!("projects/p/topics/{d}")),
+            ),
+            None => s,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_topic_whose_subscription_is_gone_is_an_orphan_not_an_application_topic() {
+        let topics: Vec<String> =
+            ["dev-orders", "dev-orders--billing-dlq", "dev-orders--shipping-dlq", "dev-audit-dlq"]
+                .iter()
+                .map(|t| format!("projects/p/topics/{t}"))
+                .collect();
+        let subs = [
+            sub("dev-orders--billing", "projects/p/topics/dev-orders", Some("dev-orders--billing-dlq")),
+            sub("dev-orders--billing-dlq", "projects/p/topics/dev-orders--billing-dlq", None),
+            // orders/shipping was deleted: its dead-letter topic and subscription stay.
+            sub("dev-orders--shipping-dlq", "projects/p/topics/dev-orders--shipping-dlq", None),
+            // An application topic that happens to end in -dlq, with a subscription of its own: not an orphan.
+            sub("dev-audit-dlq--reader", "projects/p/topics/dev-audit-dlq", None),
+            sub("dev-orders--gone-dlq", super::DELETED_TOPIC, None),
+        ];
+        let found: Vec<(String, String, String)> =
+            orphans_of("dev-", &topics, &subs).into_iter().map(|o| (o.kind, o.resource, o.subscription)).collect();
+        let o = |k: &str, r: &str, s: &str| (k.to_string(), r.to_string(), s.to_string());
+        assert_eq!(
+            found,
+            [
+                o("dead-letter subscription", "dev-orders--gone-dlq", "dev-orders--gone"),
+                o("dead-letter subscription", "dev-orders--shipping-dlq", "dev-orders--shipping"),
+                o("dead-letter topic", "dev-orders--shipping-dlq", "dev-orders--shipping"),
+            ]
+        );
+        assert!(orphans_of("prod-", &topics, &subs).is_empty(), "only under the prefix");
     }
 }

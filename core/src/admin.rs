@@ -12,6 +12,7 @@
 mod doctor;
 mod names;
 mod operator;
+mod orphan;
 mod pace;
 
 use std::fmt::Debug;
@@ -29,6 +30,7 @@ use crate::topology::Topology;
 pub use doctor::{Check, Status};
 pub use names::{logical_subscription, logical_topic};
 pub use operator::{Inventory, Operator, SubscriptionEntry, TopicEntry, UnknownField};
+pub use orphan::Orphan;
 pub use pace::Pace;
 
 /// Chooses dead letters (by id, by reason, everything).
@@ -99,6 +101,13 @@ pub trait Admin: Send + Sync + Debug {
     async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
         let _ = spec;
         Err(crate::Error::new(crate::ErrorKind::Unsupported, "this backend does not check provisioning"))
+    }
+    /// Resources under `prefix` left behind by a subscription that no longer exists (its dead-letter topic, queue or
+    /// subscription), which [`Admin::list`] does not show as topics or subscriptions. Backends whose dead-letter
+    /// store goes with the subscription have none.
+    async fn orphans(&self, prefix: &str) -> Result<Vec<Orphan>> {
+        let _ = prefix;
+        Ok(Vec::new())
     }
     /// Whether the application's identity holds the permissions `topology` needs (`tidings doctor`); a check that
     /// cannot be made is reported as skipped, with what was left unchecked and why.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{logical_subscription, logical_topic, Admin, Check, Pace, Select, SubscriptionStats, TopicResource};
+use super::{
+    logical_subscription, logical_topic, Admin, Check, Orphan, Pace, Select, SubscriptionStats, TopicResource,
+};
 use crate::backend::{SubscriptionSpec, TopicSpec};
 use crate::bus::Bus;
 use crate::dead_letter::DeadLetter;
@@ -33,6 +35,8 @@ pub struct Inventory {
     pub topics: Vec<TopicEntry>,
     /// Figures the backend cannot tell, with the reason.
     pub unknown: Vec<UnknownField>,
+    /// Resources under the prefix left behind by a subscription that no longer exists (see [`Admin::orphans`]).
+    pub orphans: Vec<Orphan>,
 }
 
 /// A figure a backend cannot tell.
@@ -72,6 +76,9 @@ pub struct SubscriptionEntry {
     pub running_here: bool,
     /// Figures; `null` where unknown.
     pub stats: SubscriptionStats,
+    /// `None` when its resources exist; else what is missing, as the backend said it (such as `aws: SQS queue
+    /// "shop-orders--billing-dlq" does not exist`): its figures are then unknown.
+    pub missing: Option<String>,
 }
 
 /// Where a subscription's operations go.
@@ -141,6 +148,7 @@ impl Operator {
                     resource: s.resource.clone(),
                     dead_letter_resource: s.dead_letter_resource.clone(),
                     stats: SubscriptionStats::default(),
+                    missing: None,
                 });
             }
             topics.push(TopicEntry {
@@ -174,6 +182,7 @@ impl Operator {
                         dead_letter_resource: None,
                         running_here: true,
                         stats: SubscriptionStats::default(),
+                        missing: None,
                     });
                 }
             }
@@ -190,16 +199,39 @@ impl Operator {
                 async move { self.stats(&topic, &sub).await }
             }))
             .await;
+            // A subscription whose resource is gone (deleted by hand, say) is marked, the others still listed.
             for (s, f) in t.subscriptions.iter_mut().zip(figures) {
-                s.stats = f?;
+                match f {
+                    Ok(f) => s.stats = f,
+                    Err(e) if e.kind() == ErrorKind::NotFound => s.missing = Some(e.to_string()),
+                    Err(e) => return Err(e),
+                }
             }
         }
+        // Left-behind resources are a footnote: a listing never fails for want of them (`tidings doctor` reports why).
+        let orphans = if figures {
+            self.orphans().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list resources left behind by deleted subscriptions");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         Ok(Inventory {
             backend: self.bus.backend_name().to_string(),
             name_prefix: settings.name_prefix.clone(),
             topics,
             unknown: self.unknown(),
+            orphans,
         })
+    }
+
+    /// Resources under the name prefix left behind by a subscription that no longer exists; see [`Admin::orphans`].
+    pub async fn orphans(&self) -> Result<Vec<Orphan>> {
+        match &self.admin {
+            Some(a) => a.orphans(&self.bus.settings().name_prefix).await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The settings of a topic: as declared on this bus, else as its resource shows them.
