@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
@@ -46,6 +47,8 @@ pub(crate) const METADATA_RESERVE: usize = 512;
 /// Clients, config and call counters shared by every driver of one backend.
 pub(crate) struct Shared {
     pub sns: aws_sdk_sns::Client,
+    /// SNS for publishing: no SDK retries (the portable layer retries publishes).
+    pub sns_publish: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub config: AwsConfig,
     pub calls: Arc<ApiCalls>,
@@ -111,8 +114,14 @@ impl AwsBackend {
             .operation_attempt_timeout(config.wait_time + Duration::from_secs(10))
             .build();
         let sdk = sdk.to_builder().timeout_config(timeouts).build();
+        // Publishes go through a client with the SDK's own retries off: the portable layer in core owns publish
+        // retries (one SDK call per attempt), so a failing publish makes at most 4 calls, not 4 x the SDK's 3
+        // (tests/retries.rs counts them). Receive, settle and admin calls keep the SDK's retries until core retries
+        // them itself.
+        let publish_sdk = sdk.to_builder().retry_config(RetryConfig::disabled()).build();
         let shared = Shared {
             sns: aws_sdk_sns::Client::new(&sdk),
+            sns_publish: aws_sdk_sns::Client::new(&publish_sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             config,
             calls: Arc::new(ApiCalls::new("aws")),
