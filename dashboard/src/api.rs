@@ -18,7 +18,7 @@ use tidings_core::{DeadLetter, ErrorKind};
 use crate::assets;
 use crate::audit::{Entry, Log};
 use crate::figures::{Figures, Metrics, Sampler};
-use crate::timeline::{self, millis, Redriven};
+use crate::timeline::{self, millis, History};
 
 /// Most dead letters read per subscription for the page.
 const READ_MAX: usize = 10_000;
@@ -30,12 +30,12 @@ pub(crate) struct State {
     pub audit: Log,
     pub metrics: Option<Metrics>,
     pub sampler: Sampler,
-    pub redriven: Redriven,
+    pub history: History,
 }
 
 type Shared = Arc<State>;
 
-pub(crate) fn routes(state: Shared) -> Router {
+pub(crate) fn routes(state: Shared, hosts: Arc<crate::hosts::Hosts>) -> Router {
     let api = Router::new()
         .route("/api/overview", get(overview))
         .route("/api/dlq/{topic}/{sub}", get(groups))
@@ -50,6 +50,7 @@ pub(crate) fn routes(state: Shared) -> Router {
         .route("/assets/app.js", get(assets::script))
         .route("/assets/style.css", get(assets::style))
         .merge(api)
+        .layer(middleware::from_fn_with_state(hosts, crate::hosts::check))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -95,13 +96,13 @@ async fn overview(axum::extract::State(s): axum::extract::State<Shared>) -> Resp
 }
 
 async fn message(axum::extract::State(s): axum::extract::State<Shared>, Path(id): Path<String>) -> Response {
-    match timeline::of(&s.operator, &s.redriven, id.trim()).await {
+    match timeline::of(&s.operator, &s.history, id.trim()).await {
         Ok(Some(t)) => Json(t).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!(
-                "message {id:?} is in no dead-letter queue and was not redriven from this dashboard (no backend keeps \
-                 acked messages)"
+                "message {id:?} is in no dead-letter queue and was not redriven or purged from this dashboard (no \
+                 backend keeps acked messages)"
             ),
         ),
         Err(e) => failure(e),
@@ -157,11 +158,11 @@ struct GroupAction {
     confirmed: bool,
 }
 
-fn who(parts: &Parts) -> String {
+/// Who asked: (who, peer, client, user agent).
+fn who(parts: &Parts) -> (String, String, String, String) {
     let peer =
         parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or("unknown peer".to_string(), |c| c.0.to_string());
-    let agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("no user agent");
-    format!("{peer} ({})", agent.chars().take(120).collect::<String>())
+    Entry::who(peer, parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()))
 }
 
 async fn act(s: Shared, parts: Parts, topic: String, sub: String, body: GroupAction, redrive: bool) -> Response {
@@ -176,11 +177,12 @@ async fn act(s: Shared, parts: Parts, topic: String, sub: String, body: GroupAct
         return error(StatusCode::BAD_REQUEST, format!("{action} needs \"confirmed\": true"));
     }
     let reason = body.reason.clone();
-    let chosen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    // What the queue tells of each chosen message, remembered for its timeline once it leaves the queue.
+    let chosen = std::sync::Mutex::new(BTreeMap::new());
     let select = |d: &DeadLetter| {
         let yes = d.reason == reason;
         if yes {
-            chosen.lock().unwrap().insert(d.id.to_string());
+            chosen.lock().unwrap().insert(d.id.to_string(), d.clone());
         }
         yes
     };
@@ -191,18 +193,29 @@ async fn act(s: Shared, parts: Parts, topic: String, sub: String, body: GroupAct
         s.operator.purge(&topic, &sub, &select, &pace).await
     };
     let subscription = format!("{topic}/{sub}");
-    if redrive {
-        let outcome = match &outcome {
-            Ok(n) => format!("redrive of the group \"{}\" from this dashboard: {n} message(s) moved", body.reason),
-            Err(e) => format!("redrive of the group \"{}\" failed: {e}", body.reason),
-        };
-        for id in chosen.into_inner().unwrap() {
-            s.redriven.record(id, &subscription, &outcome);
+    let summary = match &outcome {
+        Ok(n) if redrive => {
+            format!("redrive of the group \"{}\" from this dashboard: {n} message(s) moved", body.reason)
         }
+        Ok(n) => format!("purge of the group \"{}\" from this dashboard: {n} message(s) deleted", body.reason),
+        Err(e) => format!("{action} of the group \"{}\" failed: {e}", body.reason),
+    };
+    for d in chosen.into_inner().unwrap().values() {
+        let what = match (redrive, outcome.is_ok()) {
+            (true, true) => "redriven",
+            (false, true) => "purged",
+            (true, false) => "redrive failed",
+            (false, false) => "purge failed",
+        };
+        s.history.record(d, &subscription, what, &summary);
     }
+    let (who, peer, client, user_agent) = who(&parts);
     s.audit.record(Entry {
         at: format!("{}", millis(SystemTime::now())),
-        who: who(&parts),
+        who,
+        peer,
+        client,
+        user_agent,
         action: action.into(),
         subscription: format!("{topic}/{sub}"),
         reason: body.reason,

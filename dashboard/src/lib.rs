@@ -15,7 +15,13 @@
 //! or run `tidings dashboard`. Actions (redrive, purge) need [`Dashboard::allow_actions`]; with a
 //! [`Dashboard::token`] every API call needs `Authorization: Bearer <token>` (the page asks for it and keeps it in the
 //! tab's session storage; no page contains it). Each action is logged (tracing, target `tidings::dashboard`) and
-//! listed on the page with who (peer address, user agent) and what.
+//! listed on the page with who (peer address, client; the full user agent on hover) and what.
+//!
+//! The dashboard answers only requests naming one of its hosts in `Host` (a guard against DNS rebinding, as
+//! development servers have): served by [`Dashboard::serve`] on loopback, `localhost`, `127.0.0.1` and `[::1]` with
+//! its port; on a specific address, that address; the router alone (embedded, behind the application's server),
+//! `localhost` and any IP address. Add the names it is reached under with [`Dashboard::allowed_hosts`]; other hosts
+//! get 403 with a message naming the host.
 #![warn(missing_docs)]
 
 mod api;
@@ -23,6 +29,7 @@ mod assets;
 mod audit;
 pub mod cost;
 mod figures;
+mod hosts;
 mod timeline;
 
 use std::sync::Arc;
@@ -32,6 +39,7 @@ use tidings_core::Bus;
 
 pub use audit::Entry;
 pub use figures::{Figures, Metrics, SubscriptionRates};
+pub use hosts::{AllowedHost, InvalidHost};
 pub use timeline::{Event, Timeline};
 
 /// Builds the dashboard's router.
@@ -41,12 +49,13 @@ pub struct Dashboard {
     actions: bool,
     token: Option<String>,
     metrics: Option<Metrics>,
+    hosts: Vec<AllowedHost>,
 }
 
 impl Dashboard {
     /// A read-only dashboard of `bus`.
     pub fn new(bus: Bus) -> Self {
-        Self { operator: Operator::new(&bus), actions: false, token: None, metrics: None }
+        Self { operator: Operator::new(&bus), actions: false, token: None, metrics: None, hosts: Vec::new() }
     }
 
     /// Allows redrive and purge from the page.
@@ -68,8 +77,27 @@ impl Dashboard {
         self
     }
 
-    /// The router: `/` (the page), `/assets/*`, `/api/*`.
+    /// Host names the dashboard also answers (the `Host` of a request), besides its own: the names it is reached
+    /// under through DNS or a proxy, such as `dash.example.com` (any port), `dash.example.com:8443`, `.example.com`
+    /// (the domain and its subdomains), or `*` (any host: only behind a proxy that checks `Host` itself). Parse each
+    /// with `"dash.example.com".parse::<AllowedHost>()`.
+    ///
+    /// Its own names: `localhost`, `127.0.0.1` and `[::1]` with the port when [served](Self::serve) on loopback, the
+    /// address when served on a specific one, `localhost` and any IP address with the port on `0.0.0.0`; for the
+    /// [router](Self::router) alone, embedded in an application whose address it does not know, `localhost` and any
+    /// IP address on any port. A request naming another host gets 403 (a guard against DNS rebinding).
+    pub fn allowed_hosts(mut self, hosts: impl IntoIterator<Item = AllowedHost>) -> Self {
+        self.hosts.extend(hosts);
+        self
+    }
+
+    /// The router: `/` (the page), `/assets/*`, `/api/*`, answering `localhost`, IP addresses and the
+    /// [allowed hosts](Self::allowed_hosts) (the application serves it, on an address the router does not know).
     pub fn router(self) -> axum::Router {
+        self.build(hosts::Own::Embedded)
+    }
+
+    fn build(self, own: hosts::Own) -> axum::Router {
         let state = Arc::new(api::State {
             operator: self.operator,
             actions: self.actions,
@@ -77,25 +105,28 @@ impl Dashboard {
             audit: audit::Log::default(),
             metrics: self.metrics,
             sampler: figures::Sampler::default(),
-            redriven: timeline::Redriven::default(),
+            history: timeline::History::default(),
         });
-        api::routes(state)
+        api::routes(state, Arc::new(hosts::Hosts::new(own, self.hosts)))
     }
 }
 
 impl Dashboard {
-    /// Serves the router on `listener` (with peer addresses, for the action log) until `shutdown` completes.
+    /// Serves the router on `listener` (with peer addresses, for the action log) until `shutdown` completes,
+    /// answering the listener's own host names and the [allowed hosts](Self::allowed_hosts).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let own = hosts::Own::Listening(listener.local_addr()?);
+        let app = self.build(own).into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await
     }
 }
 
-/// A read-only dashboard router of `bus` (see [`Dashboard`] for actions and a token).
+/// A read-only dashboard router of `bus` answering `localhost` and IP addresses (see [`Dashboard`] for actions, a
+/// token and [allowed hosts](Dashboard::allowed_hosts)).
 pub fn router(bus: Bus) -> axum::Router {
     Dashboard::new(bus).router()
 }

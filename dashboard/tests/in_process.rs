@@ -21,7 +21,11 @@ struct Job {
 static JOBS: Topic<Job> = Topic::new("jobs", TopicConfig::at_least_once());
 
 async fn overview(app: &axum::Router) -> serde_json::Value {
-    let res = app.clone().oneshot(Request::get("/api/overview").body(Body::empty()).unwrap()).await.unwrap();
+    let res = app
+        .clone()
+        .oneshot(Request::get("/api/overview").header("host", "localhost").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).expect("overview JSON")
 }

@@ -27,14 +27,16 @@ async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The embedded router answers `localhost` (and IP addresses) in `Host`, as a browser on loopback names it.
 fn get(path: &str) -> Request<Body> {
-    Request::get(path).body(Body::empty()).unwrap()
+    Request::get(path).header("host", "localhost:7878").body(Body::empty()).unwrap()
 }
 
 fn post(path: &str, json: &str) -> Request<Body> {
     Request::post(path)
+        .header("host", "localhost:7878")
         .header("content-type", "application/json")
-        .header("user-agent", "router-test")
+        .header("user-agent", "curl/8.5.0")
         .body(Body::from(json.to_string()))
         .unwrap()
 }
@@ -99,6 +101,9 @@ async fn a_redrive_per_group_needs_confirmation_moves_the_group_and_is_logged() 
     let app = Dashboard::new(bus).allow_actions(true).router();
     let path = "/api/dlq/jobs/worker/redrive";
     let reason = "unrecoverable: printer on fire";
+    let (_, groups) = call(&app, get("/api/dlq/jobs/worker")).await;
+    let g: serde_json::Value = serde_json::from_str(&groups).unwrap();
+    let id = g["groups"][0]["examples"][0][0].as_str().unwrap().to_string();
     let (status, _) = call(&app, post(path, &format!(r#"{{"reason":"{reason}","confirmed":false}}"#))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, body) = call(&app, post(path, &format!(r#"{{"reason":"{reason}","confirmed":true}}"#))).await;
@@ -119,7 +124,17 @@ async fn a_redrive_per_group_needs_confirmation_moves_the_group_and_is_logged() 
     let log: serde_json::Value = serde_json::from_str(&log).unwrap();
     assert_eq!(log[1]["action"], "redrive");
     assert_eq!(log[1]["outcome"], "3 message(s)");
-    assert!(log[1]["who"].as_str().unwrap().contains("router-test"), "{log}");
+    // Who: the peer (none through `oneshot`) and the client's short name; the full user agent beside.
+    assert_eq!(log[1]["who"], "unknown peer (curl 8.5)", "{log}");
+    assert_eq!((log[1]["client"].as_str(), log[1]["user_agent"].as_str()), (Some("curl 8.5"), Some("curl/8.5.0")));
+    // The redriven message left the queue, yet its timeline keeps every step, in order.
+    let (status, t) = call(&app, get(&format!("/api/message/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let t: serde_json::Value = serde_json::from_str(&t).unwrap();
+    let steps: Vec<&str> = t["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["published", "attempts", "dead-lettered", "redriven"], "{t}");
+    assert_eq!(t["events"][2]["detail"], reason);
+    assert!(t["events"][3]["detail"].as_str().unwrap().contains("3 message(s) moved"), "{t}");
     assert_eq!(log[0]["action"], "purge");
 }
 
@@ -128,9 +143,11 @@ async fn a_token_is_required_on_every_api_call_and_appears_on_no_page() {
     let (bus, _sub) = bus_with_dead_letters().await;
     let app = Dashboard::new(bus).token(Some("s3cret".into())).router();
     assert_eq!(call(&app, get("/api/overview")).await.0, StatusCode::UNAUTHORIZED);
-    let authed = Request::get("/api/overview").header("authorization", "Bearer s3cret").body(Body::empty()).unwrap();
+    let mut authed = get("/api/overview");
+    authed.headers_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
     assert_eq!(call(&app, authed).await.0, StatusCode::OK);
-    let wrong = Request::get("/api/log").header("authorization", "Bearer nope").body(Body::empty()).unwrap();
+    let mut wrong = get("/api/log");
+    wrong.headers_mut().insert("authorization", "Bearer nope".parse().unwrap());
     assert_eq!(call(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
     let (status, page) = call(&app, get("/")).await;
     assert_eq!(status, StatusCode::OK);
