@@ -42,6 +42,7 @@ pub async fn run(bus: &Bus, a: DashboardArgs) -> Outcome {
     Dashboard::new(bus.clone())
         .allow_actions(a.allow_actions)
         .token(token)
+        .allowed_hosts(a.allowed_hosts)
         .metrics(a.metrics.map(Metrics::Source))
         .serve(listener, crate::signal::interrupted())
         .await
