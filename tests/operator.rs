@@ -90,3 +90,76 @@ async fn the_operator_reads_and_redrives_dead_letters_of_subscriptions_running_o
     assert_eq!(e.kind(), tidings::ErrorKind::NotFound);
     assert!(e.to_string().contains("\"nobody\""), "{e}");
 }
+
+static SIGNUPS: Topic<Order> = Topic::new("signups", TopicConfig::at_least_once());
+
+/// README, "Dead letters from another process": a process that does not consume a subscription reads and redrives
+/// its dead letters through `Operator` (here a second bus on the same SQLite file, as a separate process would build
+/// it), and does not become a competing consumer: nothing published while it runs is delivered to it.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_bus_reads_and_redrives_dead_letters_of_a_subscription_consumed_elsewhere() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let dir = std::env::temp_dir().join(format!(
+        "tidings-operator-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    let vars = |dir: &std::path::Path| -> HashMap<String, String> {
+        HashMap::from([
+            ("TIDINGS_BACKEND".into(), "sqlite".into()),
+            ("TIDINGS_SQLITE__PATH".into(), dir.join("bus.db").display().to_string()),
+        ])
+    };
+    let app = tidings::from_settings(tidings::Settings::load(vars(&dir)).unwrap()).await.unwrap();
+    // The application: user 1 fails with a timeout the first time (dead-lettered at once), the others succeed.
+    let handled = Arc::new(AtomicU32::new(0));
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, f) = (handled.clone(), failed_once.clone());
+    let config = SubscriptionConfig::default().with_max_retries(0);
+    let sub = app
+        .subscribe(&SIGNUPS, "email", config, move |m: Message<Order>| {
+            let (h, f) = (h.clone(), f.clone());
+            async move {
+                if m.n == 1 && !f.swap(true, Ordering::SeqCst) {
+                    return Err(HandlerError::unrecoverable("smtp timeout"));
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    SIGNUPS.publish(&app, &Order { n: 1 }).await.unwrap();
+    assert!(sub.wait_idle(Duration::from_secs(20)).await.unwrap());
+
+    // The operator's process: the same configuration, nothing subscribed.
+    let bus = tidings::from_settings(tidings::Settings::load(vars(&dir)).unwrap()).await.unwrap();
+    let ops = Operator::new(&bus);
+    let dead = ops.dead_letters("signups", "email", 100).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].attempts, dead[0].reason.contains("smtp timeout")), (1, true), "{dead:?}");
+    // While the operator bus is open, live messages still all go to the application.
+    for n in 2..=4 {
+        SIGNUPS.publish(&app, &Order { n }).await.unwrap();
+    }
+    assert!(sub.wait_idle(Duration::from_secs(20)).await.unwrap());
+    assert_eq!(handled.load(Ordering::SeqCst), 3);
+    let moved = ops
+        .redrive("signups", "email", &|d| d.reason.contains("timeout"), &Pace::per_second(50.0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while handled.load(Ordering::SeqCst) < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the redriven dead letter was not handled by the application");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ops.dead_letters("signups", "email", 100).await.unwrap().is_empty());
+    app.shutdown(Duration::from_secs(5)).await;
+    bus.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
