@@ -96,6 +96,8 @@ impl LocalBackend {
         caps.nack_delay = true;
         caps.max_message_size = config.max_message_size;
         caps.max_publish_batch = 1000;
+        // `publish_now` takes a batch of any size under every subscription's inbox lock, all or nothing.
+        caps.atomic_publish = true;
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
         caps.backlog = true;

@@ -38,7 +38,7 @@ pub(crate) struct SqlTopic {
 
 #[async_trait]
 impl TopicDriver for SqlTopic {
-    /// All or nothing: the batch is one transaction.
+    /// All or nothing: the batch, of any size (`Capabilities::atomic_publish`), is one transaction.
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
         self.store.publish(&self.topic, self.dedup, batch).await?;
         self.wake.notify(&self.topic);

@@ -3,7 +3,8 @@
 //! broker). Everything lives in the database, nothing only in one process's memory:
 //!
 //! - a publish writes one delivery row per subscription registered at that moment (fan-out at publish), in one
-//!   transaction; [`publish_in`] does it inside the application's own transaction;
+//!   transaction, whatever the size of the batch (a killed publisher leaves no half batch); [`publish_in`] does it
+//!   inside the application's own transaction;
 //! - a claim leases rows (`visible_at` is the lease end; a crashed consumer's lease expires and the row comes back),
 //!   with `UPDATE ... RETURNING` (SQLite: one writer at a time) or `FOR UPDATE SKIP LOCKED` (PostgreSQL), so processes
 //!   subscribed under the same name compete for one subscription's messages and a message runs in one at a time;
@@ -23,6 +24,7 @@ mod admin;
 pub mod config;
 mod driver;
 mod error;
+mod own_lock;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod publish_in;
@@ -83,6 +85,8 @@ impl SqlBackend {
         caps.nack_delay = true;
         caps.max_message_size = max_message_size;
         caps.max_publish_batch = 500;
+        // A batch of any size is one transaction (its INSERTs take up to MESSAGES_PER_STATEMENT messages each).
+        caps.atomic_publish = true;
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
         caps.backlog = true;

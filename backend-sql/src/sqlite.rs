@@ -11,6 +11,7 @@ use tidings_core::{Error, Result};
 
 use crate::config::{Provisioning, SqliteConfig};
 use crate::error::db_error;
+use crate::own_lock::OwnLock;
 use crate::schema::{self, Tables};
 use crate::sql::{Dialect, Sql};
 use crate::store::{SqlStore, Store};
@@ -53,7 +54,8 @@ pub(crate) async fn open(config: SqliteConfig) -> Result<SqlBackend> {
     let watcher = SqliteConnection::connect_with(&opts)
         .await
         .map_err(|e| db_error(&format!("opening a watcher connection to {path}"), e))?;
-    let store: Arc<dyn Store> = Arc::new(SqlStore { pool, sql, channel: None });
+    let own_lock = Some(OwnLock::new(&config.path, config.busy_timeout));
+    let store: Arc<dyn Store> = Arc::new(SqlStore { pool, sql, channel: None, own_lock });
     let backend = SqlBackend::new("sqlite", store, wake.clone(), config.max_message_size, config.provisioning);
     wake.signalled.store(true, Ordering::Release);
     let task = tokio::spawn(watch(watcher, Arc::downgrade(&wake), config.poll_interval.max(WATCH_MIN)));

@@ -47,7 +47,8 @@ pub(crate) trait Store: crate::admin::AdminStore + Send + Sync + Debug {
 /// Most (seq, lease) pairs per statement (SQLite allows 32,766 placeholders; PostgreSQL 65,535).
 pub(crate) const PAIRS_PER_STATEMENT: usize = 500;
 
-/// Most messages per publish statement (5 placeholders each).
+/// Most messages per publish statement (5 placeholders each: 2,504 in all, far below SQLite's 32,766 and
+/// PostgreSQL's 65,535); a larger batch takes several statements in its one transaction.
 pub(crate) const MESSAGES_PER_STATEMENT: usize = 500;
 
 /// Most (seq, lease, value) triples per statement (nack, dead-letter).
@@ -58,6 +59,8 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
     pub pool: sqlx::Pool<DB>,
     pub sql: Sql,
     pub channel: Option<String>,
+    /// SQLite: the file, to tell a publish waiting for this process's own write lock.
+    pub own_lock: Option<crate::own_lock::OwnLock>,
 }
 
 impl<DB: sqlx::Database> Debug for SqlStore<DB> {
@@ -174,8 +177,18 @@ macro_rules! impl_store {
                 batch: &[tidings_core::backend::OutgoingMessage],
             ) -> tidings_core::Result<()> {
                 use $crate::error::db_error;
-                let mut tx =
-                    self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a publish", e))?;
+                let mut tx = match self.pool.begin_with(self.sql.begin).await {
+                    Ok(tx) => tx,
+                    Err(e) => {
+                        let own = self.own_lock.as_ref().and_then(|o| o.explain(topic, &e));
+                        return Err(match own {
+                            Some(clear) => clear.with_source(e),
+                            None => db_error("beginning a publish", e),
+                        });
+                    }
+                };
+                // SQLite's BEGIN IMMEDIATE took the write lock: this process holds it for the bus until the end.
+                let _holds = self.own_lock.as_ref().map(|o| o.bus_write());
                 publish_on(&mut tx, &self.sql, self.channel.as_deref(), topic, dedup, batch).await?;
                 tx.commit().await.map_err(|e| db_error("committing a publish", e))
             }
@@ -342,6 +355,7 @@ macro_rules! impl_store {
                 use $crate::error::db_error;
                 let mut tx =
                     self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a redrive", e))?;
+                let _holds = self.own_lock.as_ref().map(|o| o.bus_write());
                 let rows = sqlx::query(&self.sql.dead_candidates)
                     .bind(sub)
                     .fetch_all(&mut *tx)

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tidings_core::{Bus, Message, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
-use tidings_sql::{PostgresConfig, SqlBackend};
+use sqlx::sqlite::SqliteConnectOptions;
+use tidings_core::{Bus, ErrorKind, Message, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
+use tidings_sql::{PostgresConfig, SqlBackend, SqliteConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -21,7 +22,6 @@ struct Job {
 }
 
 const CHILD: &str = "TIDINGS_SQL_CHILD";
-const BATCH: u64 = 100;
 
 fn now_us() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
@@ -32,7 +32,11 @@ async fn child_bus() -> Bus {
     let backend = std::env::var("CHILD_BACKEND").unwrap();
     let b = if backend == "postgres" {
         let schema = std::env::var("CHILD_PG_SCHEMA").unwrap();
-        SqlBackend::postgres(PostgresConfig::at(support::pg_url(), schema)).await
+        let mut url = support::pg_url();
+        if let Ok(name) = std::env::var("CHILD_PG_APP") {
+            url = format!("{url}{}application_name={name}", if url.contains('?') { '&' } else { '?' });
+        }
+        SqlBackend::postgres(PostgresConfig::at(url, schema)).await
     } else {
         let mut c = support::sqlite_config();
         c.path = std::env::var("CHILD_SQLITE_PATH").unwrap().into();
@@ -56,13 +60,25 @@ fn log(line: String) {
 fn child_process_entry() {
     let Ok(role) = std::env::var(CHILD) else { return };
     tidings_core::conformance::block_on(async move {
+        if role == "locker" {
+            // An open transaction that has written: it holds the file's write lock until this process dies.
+            let path = std::env::var("CHILD_SQLITE_PATH").unwrap();
+            let pool = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO users (id) VALUES (2)").execute(&mut *tx).await.unwrap();
+            println!("ready");
+            std::future::pending::<()>().await;
+        }
         let bus = child_bus().await;
         let t = topic();
         if role == "publisher" {
+            let size: u64 = std::env::var("CHILD_BATCH").unwrap().parse().unwrap();
             println!("ready");
             for b in 0.. {
-                let jobs: Vec<Job> = (0..BATCH).map(|i| Job { n: b * BATCH + i }).collect();
+                let jobs: Vec<Job> = (0..size).map(|i| Job { n: b * size + i }).collect();
+                log(format!("publishing {b}"));
                 t.publish_batch(&bus, jobs.iter().map(|j| (j, PublishOptions::new()))).await.unwrap();
+                log(format!("published {b}"));
             }
         }
         let pid = std::process::id();
@@ -92,6 +108,10 @@ impl Drop for Children {
 }
 
 fn spawn(role: &str, backend: &str, topic: &str, log: &std::path::Path) -> Child {
+    spawn_with(role, backend, topic, log, &[])
+}
+
+fn spawn_with(role: &str, backend: &str, topic: &str, log: &std::path::Path, env: &[(&str, String)]) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_process_entry", "--nocapture", "--test-threads", "1"])
         .env(CHILD, role)
@@ -100,6 +120,7 @@ fn spawn(role: &str, backend: &str, topic: &str, log: &std::path::Path) -> Child
         .env("CHILD_LOG", log)
         .env("CHILD_SQLITE_PATH", support::sqlite_path())
         .env("CHILD_PG_SCHEMA", support::pg_schema())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .spawn()
         .expect("child starts");
@@ -207,30 +228,92 @@ async fn postgres_two_processes_compete_on_one_subscription() {
     competing_consumers("postgres").await;
 }
 
+/// Batch sizes of the killed publisher: below one INSERT statement (500 messages), exactly one, just above a
+/// statement boundary, the 2,000 of issue 22 (four statements, a boundary), and a large batch of 20 statements (the
+/// API sets no largest batch; a SQL backend takes any in one transaction).
+const KILLED_SIZES: [u64; 5] = [300, 500, 1_501, 2_000, 10_000];
+/// When each kill lands, as a share of the last batch's duration after a commit was seen.
+const KILL_AT: [f64; 4] = [0.1, 0.35, 0.6, 0.85];
+
+/// The publisher child's log: batches it began and batches whose publish returned Ok.
+fn batches(log: &std::path::Path) -> (u64, u64, bool) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let began = text.lines().filter(|l| l.starts_with("publishing ")).count() as u64;
+    let done = text.lines().filter(|l| l.starts_with("published ")).count() as u64;
+    (began, done, text.lines().last().is_some_and(|l| l.starts_with("publishing ")))
+}
+
+/// Kills a child publishing batches of each size mid-batch, again and again (after a varying share of a batch's
+/// duration): the subscription holds whole batches only, never a part of one, and the batch being published when
+/// the child died is there whole or not at all.
 async fn killed_publisher(backend: &str) {
     if backend == "postgres" {
         support::require_pg().await;
     }
-    let r = run("killed");
     let bus = support::bus(backend).await;
-    // Registered first (and stopped), so every batch fans out to it; nothing consumes meanwhile.
-    let sub = bus
-        .subscribe(&r.topic, "count", SubscriptionConfig::default(), |_m: Message<Job>| async { Ok(()) })
-        .await
-        .unwrap();
-    sub.shutdown(Duration::from_secs(5)).await;
-    let mut children = Children(Vec::new());
-    children.0.push(spawn("publisher", backend, r.topic.name(), &r.log));
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    while sub.backlog().await.unwrap().unwrap() < 5 * BATCH && tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let pg = match backend {
+        "postgres" => Some(sqlx::PgPool::connect(&support::pg_url()).await.unwrap()),
+        _ => None,
+    };
+    let mut mid_batch = 0;
+    for size in KILLED_SIZES {
+        let r = run(&format!("killed{size}"));
+        // Registered first (and stopped), so every batch fans out to it; nothing consumes meanwhile.
+        let sub = bus
+            .subscribe(&r.topic, "count", SubscriptionConfig::default(), |_m: Message<Job>| async { Ok(()) })
+            .await
+            .unwrap();
+        sub.shutdown(Duration::from_secs(5)).await;
+        let backlog = || async { sub.backlog().await.unwrap().unwrap() };
+        let (mut seen, mut whole_before, mut done_before) = (0, 0, 0);
+        for at in KILL_AT {
+            let app = format!("tidings-killed-{}", support::unique());
+            let env = [("CHILD_BATCH", size.to_string()), ("CHILD_PG_APP", app.clone())];
+            let mut child = Children(vec![spawn_with("publisher", backend, r.topic.name(), &r.log, &env)]);
+            // Two commits of this child: it is in its loop, and the second times a batch.
+            let mut commits = Vec::new();
+            let end = tokio::time::Instant::now() + Duration::from_secs(30);
+            while commits.len() < 2 {
+                assert!(tokio::time::Instant::now() < end, "the {size}-message publisher made no progress");
+                let now = backlog().await;
+                if now > seen {
+                    seen = now;
+                    commits.push(tokio::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep((commits[1] - commits[0]).mul_f64(at)).await;
+            child.0[0].kill().unwrap(); // SIGKILL
+            child.0[0].wait().unwrap();
+            if let Some(pg) = &pg {
+                // A commit the child sent before it died is still applied: wait until its connections are gone.
+                let gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = $1";
+                let end = tokio::time::Instant::now() + Duration::from_secs(20);
+                while !sqlx::query_scalar::<_, bool>(gone).bind(&app).fetch_one(pg).await.unwrap() {
+                    assert!(tokio::time::Instant::now() < end, "the killed child's connections stay open");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            let after = backlog().await;
+            let (began, done, interrupted) = batches(&r.log);
+            mid_batch += u32::from(interrupted);
+            eprintln!(
+                "KILLED_PUBLISHER backend={backend} batch={size} kill_at={at} deliveries={after} batches_begun={began} \
+                 returned_ok={done} killed_mid_publish={interrupted}"
+            );
+            assert_eq!(after % size, 0, "{backend}: only whole batches of {size} were written, not {after}");
+            // This child's batches: those whose publish returned Ok, and the interrupted one whole or not at all.
+            let (whole, ok) = (after / size - whole_before, done - done_before);
+            assert!(
+                whole == ok || (interrupted && whole == ok + 1),
+                "{backend}: this child stored {whole} batches of {size}; {ok} of its publishes returned Ok{}",
+                if interrupted { " and one was interrupted" } else { "" }
+            );
+            (seen, whole_before, done_before) = (after, after / size, done);
+        }
     }
-    children.0[0].kill().unwrap(); // SIGKILL, mid-batch or between two
-    children.0[0].wait().unwrap();
-    let backlog = sub.backlog().await.unwrap().unwrap();
-    eprintln!("KILLED_PUBLISHER backend={backend} batch={BATCH} deliveries={backlog}");
-    assert!(backlog >= 5 * BATCH);
-    assert_eq!(backlog % BATCH, 0, "only whole batches were written: {backlog}");
+    let kills = (KILLED_SIZES.len() * KILL_AT.len()) as u32;
+    assert!(mid_batch * 2 >= kills, "{backend}: only {mid_batch} of {kills} kills landed inside a publish call");
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -242,4 +325,54 @@ async fn sqlite_publisher_killed_mid_batch_leaves_no_half_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_publisher_killed_mid_batch_leaves_no_half_batch() {
     killed_publisher("postgres").await;
+}
+
+/// Issue 22, item 13: a publish through the bus while this process's own transaction on the bus file has written
+/// (and so holds SQLite's one write lock) cannot commit before that transaction ends, which waits for the publish. It
+/// fails after one busy timeout, not retried, with an error naming `tidings::sql::publish_in`, which publishes inside
+/// that transaction. Another process's open transaction is only waited for: SQLite's own retryable error, no advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_publish_inside_this_process_write_transaction_fails_naming_publish_in() {
+    let dir = std::env::temp_dir().join(format!("tidings-sql-own-lock-{}", support::unique()));
+    let path = dir.join("bus.db");
+    let mut config = SqliteConfig::at(&path);
+    config.busy_timeout = Duration::from_millis(300);
+    let bus = Bus::new(Arc::new(SqlBackend::sqlite(config).await.unwrap()));
+    let topic: Topic<Job> = Topic::new("own-lock", TopicConfig::at_least_once());
+    let sub = bus.subscribe(&topic, "count", SubscriptionConfig::default(), |_m: Message<Job>| async { Ok(()) });
+    let sub = sub.await.unwrap();
+    sub.shutdown(Duration::from_secs(5)).await;
+    let app = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path)).await.unwrap();
+    sqlx::query("CREATE TABLE users (id INTEGER)").execute(&app).await.unwrap();
+
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (id) VALUES (1)").execute(&mut *tx).await.unwrap();
+    let e = topic
+        .publish(&bus, &Job { n: 1 })
+        .await
+        .expect_err("the bus cannot write while this process's tx holds the lock");
+    eprintln!("OWN_LOCK error: {e}");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(!e.is_retryable(), "failed once, not after four busy timeouts: {e}");
+    let text = e.to_string();
+    assert!(text.contains("tidings::sql::publish_in") && text.contains(&path.display().to_string()), "{text}");
+    // What the error says to do works: publish inside the transaction.
+    tidings_sql::publish_in(&bus, &mut *tx, &topic, &Job { n: 2 }).await.unwrap();
+    tx.commit().await.unwrap();
+    topic.publish(&bus, &Job { n: 3 }).await.unwrap();
+    assert_eq!(sub.backlog().await.unwrap(), Some(2), "the message of publish_in and the one after the commit");
+
+    let log = dir.join("locker.log");
+    let env = [("CHILD_SQLITE_PATH", path.display().to_string())];
+    let mut locker = Children(vec![spawn_with("locker", "sqlite", topic.name(), &log, &env)]);
+    let e = topic.publish(&bus, &Job { n: 4 }).await.expect_err("another process holds the write lock");
+    eprintln!("OTHER_PROCESS_LOCK error: {e}");
+    assert!(e.is_retryable() && !e.to_string().contains("publish_in"), "SQLite's own error, retried: {e}");
+    locker.0[0].kill().unwrap();
+    locker.0[0].wait().unwrap();
+    topic.publish(&bus, &Job { n: 5 }).await.unwrap();
+    assert_eq!(sub.backlog().await.unwrap(), Some(3));
+    bus.shutdown(Duration::from_secs(5)).await;
+    app.close().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -28,8 +28,15 @@ pub struct Capabilities {
     pub nack_delay: bool,
     /// Largest encoded payload plus attributes, in bytes.
     pub max_message_size: usize,
-    /// Most messages per `publish` call.
+    /// Most messages per `publish` call (where [`Capabilities::atomic_publish`], per call that coalesces concurrent
+    /// publishes only).
     pub max_publish_batch: usize,
+    /// A `publish` call of any size is all or nothing (one database transaction; the in-memory bus under its locks),
+    /// so the portable layer sends each `publish_batch` and each `publish_prepared` batch (an outbox relay's) whole, in
+    /// one call, whatever `max_publish_batch` and `max_publish_bytes` say: a batch is then accepted whole or not at
+    /// all. Otherwise a batch is split into calls of those sizes, each accepted (or each message, where the backend
+    /// reports per message) on its own.
+    pub atomic_publish: bool,
     /// Most bytes per `publish` call: the sum over its messages of payload, attributes, ordering key and
     /// [`Capabilities::publish_overhead`] (a single message always fits).
     pub max_publish_bytes: usize,
@@ -64,6 +71,7 @@ impl Default for Capabilities {
             nack_delay: false,
             max_message_size: 256 * 1024,
             max_publish_batch: 10,
+            atomic_publish: false,
             max_publish_bytes: usize::MAX,
             publish_overhead: 0,
             publish_linger: Duration::ZERO,
@@ -299,7 +307,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
 /// Publishes to one topic.
 #[async_trait]
 pub trait TopicDriver: Send + Sync + Debug {
-    /// Publishes at most `max_publish_batch` messages (and `max_publish_bytes`) in one call, without retrying:
+    /// Publishes at most `max_publish_batch` messages (and `max_publish_bytes`) in one call, or a whole batch of any
+    /// size where [`Capabilities::atomic_publish`] (all or nothing, then), without retrying:
     /// `Err` when the call failed as a whole, otherwise a report of the messages the backend refused (each with its
     /// own error and retryable flag). The portable layer retries what is retryable.
     async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport>;
