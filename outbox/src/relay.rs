@@ -74,7 +74,9 @@ impl Relay {
         self
     }
 
-    /// Rows per claim (default 100).
+    /// Rows per claim (default 100). The rows of a claim go to the bus in one publish call (per run of rows with the
+    /// same topic config), which a bus that takes batches atomically (SQLite, PostgreSQL, the in-memory bus;
+    /// `Capabilities::atomic_publish`) accepts whole or not at all, at any size.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self

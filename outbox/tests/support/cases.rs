@@ -192,6 +192,24 @@ macro_rules! outbox_cases {
                 assert_eq!(deliveries.load(SeqCst), 1, "the exactly-once subscriber saw one delivery");
             }
 
+            /// A relay batch larger than one call of the bus (the local bus's `max_publish_batch`, 1,000) reaches it
+            /// in one publish call, so a bus that takes a batch of any size all or nothing (SQL, the local bus) gets
+            /// all of the relay's batch or none of it.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_relay_batch_reaches_the_bus_in_one_call() {
+                let (outbox, faults, _users) = super::setup().await;
+                let t = topic::<Event>("whole", TopicConfig::at_least_once());
+                assert!(outbox.bus().capabilities().max_publish_batch < 1_500);
+                let mut tx = outbox.pool().begin().await.unwrap();
+                for n in 0..1_500 {
+                    outbox.publish(&mut tx, &t, &Event { n }).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                assert_eq!(outbox.relay().batch_size(2_000).drain().await.unwrap(), 1_500);
+                assert_eq!(faults.calls(t.name()), vec![1_500], "one publish call for the relay's batch");
+                assert_eq!(rows(&outbox).await, 0);
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn order_per_topic_is_kept() {
                 let (outbox, faults, _users) = super::setup().await;

@@ -27,11 +27,16 @@ pub struct Faults {
     pub hang_after_publish: AtomicBool,
     /// Message ids that reached the broker, per topic, in order (a republish appears twice).
     pub accepted: Mutex<HashMap<String, Vec<String>>>,
+    /// The size of each publish call, per topic.
+    pub calls: Mutex<HashMap<String, Vec<usize>>>,
 }
 
 impl Faults {
     pub fn accepted(&self, topic: &str) -> Vec<String> {
         self.accepted.lock().unwrap().get(topic).cloned().unwrap_or_default()
+    }
+    pub fn calls(&self, topic: &str) -> Vec<usize> {
+        self.calls.lock().unwrap().get(topic).cloned().unwrap_or_default()
     }
     pub fn total(&self) -> usize {
         self.accepted.lock().unwrap().values().map(Vec::len).sum()
@@ -75,6 +80,7 @@ impl TopicDriver for FaultyTopic {
             return Err(Error::backend("broker unreachable (injected)", true));
         }
         let ids: Vec<String> = batch.iter().map(|m| m.id.to_string()).collect();
+        self.faults.calls.lock().unwrap().entry(self.name.clone()).or_default().push(batch.len());
         let report = self.inner.publish(batch).await?;
         assert!(report.failures().is_empty(), "the local bus accepts whole batches");
         self.faults.accepted.lock().unwrap().entry(self.name.clone()).or_default().extend(ids);
