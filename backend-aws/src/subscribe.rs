@@ -6,6 +6,9 @@
 //! stay invisible for the whole ack deadline. A receive runs in its caller's task (a task and a channel per receive
 //! cost more CPU than decoding the batch); when its caller drops it mid-poll (the runtime stopped while it waited),
 //! the poll moves to a task of its own, which releases what it gets (visibility 0), and `close` waits for such polls.
+//! The runtime waits for `close` only until the shutdown's timeout plus a second (within `Bus::SHUTDOWN_MARGIN`): a
+//! poll still open then goes on in the background while the process runs; if the process exits first, what SQS hands
+//! that poll returns after its visibility timeout, its receive counted.
 
 use std::collections::HashSet;
 use std::future::Future;

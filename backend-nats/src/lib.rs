@@ -20,6 +20,7 @@ pub mod config;
 mod connect;
 mod dlq;
 mod error;
+mod floor;
 mod meta;
 mod names;
 mod order;
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub js: async_nats::jetstream::Context,
     pub config: NatsConfig,
     pub calls: RoundTrips,
+    /// The attempts reported per consumer, so a redelivery never counts lower (see `floor`).
+    pub floors: floor::Floors,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,7 +110,8 @@ impl NatsBackend {
     pub fn with_client(client: async_nats::Client, config: NatsConfig) -> Self {
         let js = async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone());
         let max_payload = client.server_info().max_payload;
-        let shared = Shared { client, js, config, calls: RoundTrips::new("nats") };
+        floor::check_server(&client.server_info().version);
+        let shared = Shared { client, js, config, calls: RoundTrips::new("nats"), floors: Default::default() };
         Self { shared: Arc::new(shared), max_payload }
     }
 

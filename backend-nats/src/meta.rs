@@ -84,11 +84,18 @@ pub struct Delivery {
 /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` and the newer form with domain
 /// and account hash (`$JS.ACK.<domain>.<hash>.<stream>...`).
 pub fn delivery(reply: &str) -> Option<Delivery> {
-    let t: Vec<&str> = reply.split('.').collect();
-    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+    // Without allocating: every ack parses its reply subject. The fields used are within the first 12 tokens.
+    let (mut t, mut len) = ([""; 12], 0);
+    for token in reply.split('.') {
+        if let Some(slot) = t.get_mut(len) {
+            *slot = token;
+        }
+        len += 1;
+    }
+    if len < 9 || t[0] != "$JS" || t[1] != "ACK" {
         return None;
     }
-    let off = if t.len() == 9 { 2 } else { 4 };
+    let off = if len == 9 { 2 } else { 4 };
     let n = |i: usize| t.get(off + i).and_then(|v| v.parse::<u64>().ok());
     Some(Delivery { delivered: n(2)?, stream_seq: n(3)?, stored: UNIX_EPOCH + Duration::from_nanos(n(5)?) })
 }

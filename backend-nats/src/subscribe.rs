@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
 use tidings_core::{DeadLetter, MessageId, Result};
 
+use crate::floor::Floor;
 use crate::meta::{delivery, from_micros, split};
 use crate::names::SubNames;
 use crate::order::Sequencer;
@@ -33,6 +34,8 @@ pub struct NatsSubscription {
     exactly_once: bool,
     retention: Duration,
     seq: Option<Arc<Sequencer>>,
+    /// The attempts reported for this consumer's unsettled deliveries (shared with its other drivers).
+    floor: Arc<Floor>,
     /// The last receive found the consumer drained: the next one starts with a waiting pull.
     dry: AtomicBool,
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -50,6 +53,7 @@ impl NatsSubscription {
         let keeper = seq.as_ref().map(|q| keep_leases(s.clone(), Arc::downgrade(q), spec.config.ack_deadline));
         Self {
             backstop: crate::backstop::start(s.clone(), names.clone()),
+            floor: s.floors.of(&names.consumer),
             s,
             names,
             exactly_once: spec.topic.config.is_exactly_once(),
@@ -90,7 +94,13 @@ impl NatsSubscription {
             };
             let trace = meta.as_ref().and_then(|m| m.trace.clone());
             let key = meta.and_then(|m| m.key).filter(|_| self.seq.is_some());
-            let attempt = d.delivered.min(u64::from(u32::MAX)) as u32;
+            let counted = d.delivered.min(u64::from(u32::MAX)) as u32;
+            let attempt = self.floor.attempt(d.stream_seq, counted);
+            if attempt != counted {
+                tracing::warn!(consumer = %self.names.consumer, seq = d.stream_seq, server_count = counted, attempt,
+                    "JetStream handed out a message again with a delivery count below one already seen (nats-server \
+                     before 2.10.14, nats-io/nats-server#5305); counting it as the next attempt");
+            }
             let msg =
                 ReceivedMessage::new(AckId::Text(r.into()), MessageId::from(id), m.payload, publish_time, attempt)
                     .with_attributes(attributes)
@@ -178,13 +188,12 @@ impl NatsSubscription {
         self.seq.as_ref().map(|q| q.take_ready(max)).unwrap_or_default()
     }
 
+    /// Messages acked or dead-lettered: forgotten by the attempt floor, and their keys' next messages released.
     fn done(&self, ids: &[AckId]) {
+        let seqs = || ids.iter().filter_map(|id| delivery(reply(id))).map(|d| d.stream_seq);
+        self.floor.settled(seqs());
         if let Some(q) = &self.seq {
-            for id in ids {
-                if let Some(d) = delivery(reply(id)) {
-                    q.done(d.stream_seq);
-                }
-            }
+            seqs().for_each(|s| q.done(s));
         }
     }
 }

@@ -240,19 +240,15 @@ impl Bus {
         Ok(Reservation { bus: self, key })
     }
 
-    /// Stops every subscription on this bus: no new deliveries, messages received but not yet handed to a handler
-    /// are released at once, in-flight handlers get up to `timeout` to finish, unfinished messages stay unacked (they
-    /// are redelivered after their ack deadline). Afterwards, publishing and subscribing on this bus (and its clones)
-    /// fail with [`ErrorKind::Shutdown`].
+    /// Stops every subscription on this bus, all together: no new deliveries, messages received but not yet handed to
+    /// a handler are released at once, in-flight handlers get up to `timeout` to finish, unfinished messages stay
+    /// unacked (they are redelivered after their ack deadline). Returns within `timeout` plus
+    /// [`Bus::SHUTDOWN_MARGIN`] (2 s), whatever the backend still has open (an SQS long poll): that finishes in the
+    /// background. Afterwards, publishing and subscribing on this bus (and its clones) fail with [`ErrorKind::Shutdown`].
     pub async fn shutdown(&self, timeout: Duration) {
         self.inner.shut.store(true, Ordering::Release);
         let runners: Vec<_> = self.inner.subscriptions.lock().unwrap().running.drain(..).collect();
-        for r in &runners {
-            r.cancel();
-        }
-        for r in runners {
-            r.wait(timeout).await;
-        }
+        runtime::stop_all(&runners, timeout).await;
     }
 
     /// Whether [`Bus::shutdown`] was called.

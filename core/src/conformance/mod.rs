@@ -27,6 +27,7 @@ mod ledger;
 mod operator;
 pub mod proxy;
 pub mod recorded;
+mod shutdown;
 mod support;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ pub use cases::*;
 pub use faults::{network_faults, FaultReport};
 pub use ledger::ledger;
 pub use operator::operator_story;
+pub use shutdown::*;
 
 use crate::Bus;
 
@@ -123,6 +125,7 @@ macro_rules! conformance_tests {
                     max_concurrency_never_exceeded,
                     graceful_shutdown_loses_nothing,
                     shutdown_timeout_leaves_unfinished_unacked,
+                    bus_shutdown_returns_within_its_timeout_plus_the_margin,
                     restart_after_shutdown_resumes_at_once,
                     waiting_until_quiet_works_on_every_backend,
                     invalid_names_are_rejected,

@@ -105,7 +105,8 @@ impl Subscription {
     }
 
     /// Stops this subscription: no new deliveries; in-flight handlers get up to `timeout` to finish; unfinished
-    /// messages stay unacked and are redelivered after their ack deadline. The name can then be subscribed again.
+    /// messages stay unacked and are redelivered after their ack deadline. Returns within `timeout` plus
+    /// [`crate::Bus::SHUTDOWN_MARGIN`]. The name can then be subscribed again.
     pub async fn shutdown(&self, timeout: Duration) {
         self.runner.wait(timeout).await;
     }

@@ -24,7 +24,9 @@ use crate::metrics::{DeadReason, Settled, Started, SubscriptionMetrics};
 use tracing::Span;
 
 mod handle;
+mod shutdown;
 pub use handle::Subscription;
+pub(crate) use shutdown::stop_all;
 
 /// Longest single receive call; shutdown interrupts it.
 const RECEIVE_WAIT: Duration = Duration::from_secs(20);
@@ -42,6 +44,8 @@ pub(crate) struct Runner {
     /// The handlers' view of `cancel` ([`Message::shutdown_requested`]): one shared pointer per message.
     shutdown_signal: Arc<CancellationToken>,
     abort: CancellationToken,
+    /// Cancelled once no handler runs any more (they finished, or the shutdown timeout aborted them).
+    drained: CancellationToken,
     stopped: AtomicBool,
     done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     finished: tokio::sync::Notify,
@@ -85,27 +89,6 @@ impl Runner {
 
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Waits for in-flight handlers up to `timeout`, then aborts the rest (their messages stay unacked).
-    pub(crate) async fn wait(&self, timeout: Duration) {
-        self.cancel.cancel();
-        let rx = self.done.lock().unwrap().take();
-        let Some(mut rx) = rx else {
-            // Another caller is waiting; wait for it to finish.
-            let notified = self.finished.notified();
-            if !self.is_stopped() {
-                notified.await;
-            }
-            return;
-        };
-        if tokio::time::timeout(timeout, &mut rx).await.is_err() {
-            tracing::warn!(subscription = %self.key.1, topic = %self.key.0, ?timeout,
-                "shutdown timeout reached; aborting in-flight handlers, their messages stay unacked");
-            self.abort.cancel();
-            let _ = rx.await;
-        }
-        self.finished.notify_waiters();
     }
 }
 
@@ -178,6 +161,7 @@ where
         shutdown_signal: Arc::new(cancel.clone()),
         cancel,
         abort: CancellationToken::new(),
+        drained: CancellationToken::new(),
         stopped: AtomicBool::new(false),
         done: Mutex::new(Some(done_rx)),
         finished: tokio::sync::Notify::new(),
@@ -195,6 +179,7 @@ where
     tokio::spawn(async move {
         receive_loop(ctx.clone()).await;
         let runner = ctx.runner.clone();
+        runner.drained.cancel();
         drop(ctx);
         let _ = settler.await;
         if let Err(e) = driver.close().await {
