@@ -1,6 +1,8 @@
 //! The dashboard in a real browser (Debian's chromium driven by playwright-core, `dashboard/browser/dashboard.mjs`)
 //! against LocalStack with seeded dead letters: the page shows the counts, the person redrives the reason group
-//! (confirming), and sees the dead-letter queue empty and the messages handled by the application. Saves the
+//! (confirming), and sees the dead-letter queue empty and the messages handled by the application; only a non-zero
+//! DLQ is bold red, the action log shows the browser and peer, and the redriven message's timeline keeps every step.
+//! A request naming a forged host (`Host: evil.example`, as a DNS rebinding page's would) is refused. Saves the
 //! screenshots `target/dashboard-before.png` (README's) and `target/dashboard-after.png`.
 //! `scripts/browser-setup` installs chromium and playwright-core (scripts/test runs it).
 
@@ -60,15 +62,42 @@ fn a_person_redrives_a_reason_group_in_the_dashboard_and_sees_the_dead_letter_qu
         })
     };
     let mut dashboard = env
-        .command(&["dashboard", "--listen", "127.0.0.1:0", "--allow-actions", "--metrics", metrics.to_str().unwrap()])
+        .command(&[
+            "dashboard",
+            "--listen",
+            "127.0.0.1:0",
+            "--allowed-host",
+            "dash.test",
+            "--allow-actions",
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(dashboard.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let mut stderr = BufReader::new(dashboard.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keeps reading what the dashboard logs (a closed pipe would fail its log writes), shown at the end.
+    let logged = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
     let url =
         line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{line}")).to_string();
+    // The DNS rebinding guard: a forged host is refused, the one allowed by --allowed-host served.
+    let ask = |host: &str| {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET /api/overview HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let (forged, allowed) = (ask("evil.example"), ask("dash.test"));
     // The application runs beside the dashboard and handles what comes back.
     let handler = env.app_command("handle:3").stdout(Stdio::piped()).spawn().unwrap();
 
@@ -89,18 +118,24 @@ fn a_person_redrives_a_reason_group_in_the_dashboard_and_sees_the_dead_letter_qu
     let handled = handler.wait_with_output().unwrap();
     let _ = dashboard.kill();
     let _ = dashboard.wait();
+    eprintln!("dashboard's stderr:\n{line}{}", logged.join().unwrap());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     let _ = std::fs::remove_file(&metrics);
     let log = String::from_utf8_lossy(&out.stdout);
     eprintln!("{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(forged.starts_with("HTTP/1.1 403") && forged.contains("\"evil.example\""), "{forged}");
+    assert!(allowed.starts_with("HTTP/1.1 200") && allowed.contains("\"backend\":\"aws\""), "{allowed}");
     assert!(out.status.success(), "the browser session failed");
     for step in [
         "topology shows orders/billing with 3",
         "rates are shown",
         "cost per subscription is shown: $",
         "shows published, attempts and dead-lettered",
-        "shows redriven",
+        "the DLQ of 3 is bold red",
+        "keeps published, attempts, dead-lettered and shows redriven",
+        "the DLQ of 0 is neither bold nor red",
+        "who shows \"Chrome ",
         "redrive confirmed",
         "dead-letter queue is empty",
         "backlog is handled",

@@ -71,7 +71,8 @@ async function loadOverview() {
         el("td", { class: "num backlog" }, s ? fmt(s.stats.backlog) : ""),
         el("td", { class: "num" }, s ? fmt(s.stats.in_flight) : ""),
         el("td", { class: "num" }, s ? age(s.stats.oldest_unacked) : ""),
-        el("td", { class: "num dlq-count" }, s ? fmt(s.stats.dead_letters) : ""),
+        // Only a non-zero DLQ is alarming (bold red); 0 and unknown read as plain figures.
+        el("td", { class: "num dlq-count" + (s && s.stats.dead_letters > 0 ? " alarm" : "") }, s ? fmt(s.stats.dead_letters) : ""),
         ...figureCells(o.figures, s ? `${t.name}/${s.name}` : null),
         el("td", {}, s ? el("button", { type: "button", onclick: () => select(t.name, s.name) }, "Dead letters") : ""));
       body.append(row);
@@ -168,7 +169,10 @@ async function act(action, group) {
 async function loadLog() {
   const entries = await api("/api/log");
   const body = document.querySelector("#log tbody");
-  body.replaceChildren(...entries.map((e) => el("tr", {}, el("td", {}, when(Number(e.at))), el("td", {}, e.who), el("td", {}, e.action), el("td", {}, e.subscription), el("td", {}, e.reason), el("td", {}, e.outcome))));
+  // Who: the client's short name and the peer address; the full user agent on hover.
+  const who = (e) => el("td", { class: "who", title: e.user_agent || "no user agent" },
+    el("span", { class: "client" }, e.client), " ", el("span", { class: "muted peer" }, e.peer));
+  body.replaceChildren(...entries.map((e) => el("tr", {}, el("td", {}, when(Number(e.at))), who(e), el("td", {}, e.action), el("td", {}, e.subscription), el("td", {}, e.reason), el("td", {}, e.outcome))));
 }
 
 function select(topic, sub) {
