@@ -1,8 +1,6 @@
-//! The operator SPI on Pub/Sub: topics and subscriptions from `ListTopics` / `ListSubscriptions`, dead letters read
-//! by unary pulls of the dead-letter subscription over REST ([`crate::rest`]) and released when they stay, redrive as a copy published to the topic
-//! (addressed to this subscription; the topic's other subscriptions ack and skip it) and then an ack of the dead
-//! letter: an interruption leaves each message in the dead-letter subscription, back in the subscription, or in both,
-//! never in neither.
+//! The operator SPI on Pub/Sub: topics and subscriptions from `ListTopics` / `ListSubscriptions`; dead letters read,
+//! redriven and purged through [`crate::dlq`] (unary pulls over REST, released when they stay), the same path a
+//! running subscription's `dead_letters` and `redrive` take.
 //!
 //! Pub/Sub's admin API tells no backlog: it is in Cloud Monitoring (`subscription/num_undelivered_messages`,
 //! `oldest_unacked_message_age`), which the emulator does not have and tidings does not query.
@@ -15,30 +13,18 @@ use google_cloud_pubsub::model::Subscription;
 use tidings_core::admin::{
     Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
-use tidings_core::backend::{OutgoingMessage, SubscriptionSpec};
+use tidings_core::backend::SubscriptionSpec;
 use tidings_core::{DeadLetter, Result, TopicConfig};
 
+use crate::dlq::DeadLetterQueue;
 use crate::error::gcp;
-use crate::meta::{micros, trace_of, Meta};
 use crate::provision::{paths, Paths};
-use crate::publish::to_message;
-use crate::rest::{Received, Rest};
-use crate::subscribe::{dead_letter_of, id_of, meta_of};
 use crate::Shared;
-
-/// Empty pull answers in a row before a dead-letter subscription counts as drained (the API may answer empty although
-/// messages exist; the emulator does not).
-const PATIENCE: usize = 2;
-/// Most dead letters one read holds (and so the most `stats` counts).
-const MAX_PULL: usize = 10_000;
 
 /// Operator access to Pub/Sub topics and subscriptions.
 #[derive(Debug)]
 pub(crate) struct GcpAdmin {
     pub(crate) s: Arc<Shared>,
-    /// Dead-letter reads (unary pull over REST; see [`crate::rest`]), or why there is no client: made at the first
-    /// read, since a bus asks for its admin on every subscribe.
-    rest: std::sync::OnceLock<std::result::Result<Rest, String>>,
 }
 
 fn short(path: &str) -> &str {
@@ -83,31 +69,19 @@ fn orphans_of(prefix: &str, topics: &[String], subs: &[Subscription]) -> Vec<Orp
 
 impl GcpAdmin {
     pub(crate) fn new(s: Arc<Shared>) -> Self {
-        Self { s, rest: std::sync::OnceLock::new() }
+        Self { s }
     }
 
-    fn rest(&self) -> Result<&Rest> {
-        let rest = self
-            .rest
-            .get_or_init(|| Rest::new(self.s.endpoint.as_deref(), self.s.plain_text).map_err(|e| e.to_string()));
-        rest.as_ref().map_err(|e| tidings_core::Error::config(e.clone()))
+    /// The dead-letter queue of `spec`, whose paths are `p`.
+    fn dlq<'a>(&'a self, spec: &'a SubscriptionSpec, p: &'a Paths) -> DeadLetterQueue<'a> {
+        DeadLetterQueue { s: &self.s, paths: p, name: &spec.name, ordered: spec.topic.config.ordered }
     }
 
-    /// Every message of a dead-letter subscription (up to [`MAX_PULL`]), leased to this call: the caller acks or
-    /// releases each.
-    async fn pull(&self, path: &str) -> Result<Vec<Received>> {
-        self.s.calls.count("pubsub:Pull");
-        self.rest()?.pull(path, MAX_PULL, PATIENCE).await
-    }
-
-    /// Releases what a read leased, so the next read (or the dead-letter subscription's other readers) sees it now.
-    async fn release(&self, path: &str, leased: &[Received]) -> Result<()> {
-        if leased.is_empty() {
-            return Ok(());
-        }
-        self.s.calls.count("pubsub:ModifyAckDeadline");
-        let ids: Vec<String> = leased.iter().map(|r| r.ack_id.clone()).collect();
-        self.rest()?.release(path, &ids).await
+    /// Redrives (or, without `redrive`, purges) the selected dead letters of `spec`.
+    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
+        let p = paths(&self.s, spec);
+        let publisher = self.s.base.publisher(p.topic.clone()).build();
+        self.dlq(spec, &p).sweep(&publisher, select, pace, redrive).await
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>> {
@@ -154,82 +128,6 @@ impl GcpAdmin {
             }
             token = page.next_page_token;
         }
-    }
-
-    /// Reads the dead-letter subscription once: each selected message is redriven (copy published first) or only
-    /// acked, one at a time; the rest are released at the end.
-    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
-        let p = paths(&self.s, spec);
-        let publisher = self.s.base.publisher(p.topic.clone()).build();
-        let dlq = &p.dlq_subscription;
-        let mut done = 0;
-        let mut kept = Vec::new();
-        let mut handled = HashSet::new();
-        let mut result = Ok(());
-        let mut pulled = self.pull(dlq).await?.into_iter();
-        for r in pulled.by_ref() {
-            let d = dead_letter_of(&r.message);
-            if handled.contains(&d.id) {
-                // A second copy of a message already moved: it goes too, uncounted.
-                result = self.ack(dlq, &r).await;
-                if result.is_err() {
-                    break;
-                }
-                continue;
-            }
-            if !select(&d) {
-                kept.push(r);
-                continue;
-            }
-            if !pace.wait().await {
-                kept.push(r);
-                break;
-            }
-            if redrive {
-                let m = &r.message;
-                let out = OutgoingMessage::new(
-                    d.id.clone(),
-                    d.payload.clone(),
-                    d.attributes.clone(),
-                    d.ordering_key.as_deref().map(Into::into),
-                    d.publish_time,
-                );
-                let meta = Meta {
-                    id: d.id.to_string(),
-                    ts: micros(d.publish_time),
-                    target: Some(spec.name.clone()),
-                    trace: trace_of(&m.attributes, meta_of(m).as_ref()),
-                    ..Default::default()
-                };
-                let google_trace = self.s.config.google_trace_attributes;
-                let sent = publisher.publish(to_message(&out, meta, spec.topic.config.ordered, google_trace)).await;
-                if let Err(e) = sent {
-                    kept.push(r);
-                    result = Err(tidings_core::Error::backend(
-                        format!("gcp: publishing the redrive copy of {} to {} failed: {e}", d.id, p.topic),
-                        true,
-                    ));
-                    break;
-                }
-            }
-            if let Err(e) = self.ack(dlq, &r).await {
-                // Redriven but still a dead letter (in both: at-least-once); it is released below.
-                kept.push(r);
-                result = Err(e);
-                break;
-            }
-            handled.insert(d.id);
-            pace.done();
-            done += 1;
-        }
-        kept.extend(pulled);
-        let released = self.release(dlq, &kept).await;
-        result.and(released).map(|()| done)
-    }
-
-    async fn ack(&self, path: &str, r: &Received) -> Result<()> {
-        self.s.calls.count("pubsub:Acknowledge");
-        self.rest()?.acknowledge(path, std::slice::from_ref(&r.ack_id)).await
     }
 
     async fn delete(&self, what: &str, path: &str) -> Result<()> {
@@ -299,28 +197,13 @@ impl Admin for GcpAdmin {
 
     async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
         let p = paths(&self.s, spec);
-        let pulled = self.pull(&p.dlq_subscription).await?;
-        let mut ids: Vec<String> = pulled.iter().map(|r| id_of(&r.message, meta_of(&r.message).as_ref())).collect();
-        self.release(&p.dlq_subscription, &pulled).await?;
-        ids.sort();
-        ids.dedup();
-        Ok(SubscriptionStats { dead_letters: Some(ids.len() as u64), ..Default::default() })
+        let dead_letters = self.dlq(spec, &p).count().await?;
+        Ok(SubscriptionStats { dead_letters: Some(dead_letters), ..Default::default() })
     }
 
     async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
         let p = paths(&self.s, spec);
-        let pulled = self.pull(&p.dlq_subscription).await?;
-        let mut out: Vec<DeadLetter> = Vec::new();
-        for r in &pulled {
-            let d = dead_letter_of(&r.message);
-            if !out.iter().any(|x| x.id == d.id) {
-                out.push(d);
-            }
-        }
-        self.release(&p.dlq_subscription, &pulled).await?;
-        out.sort_by_key(|d| d.dead_lettered_at);
-        out.truncate(max);
-        Ok(out)
+        self.dlq(spec, &p).read(max).await
     }
 
     async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {

@@ -17,6 +17,7 @@
 
 mod admin;
 pub mod config;
+mod dlq;
 mod error;
 mod iam;
 mod meta;
@@ -55,12 +56,23 @@ pub(crate) struct Shared {
     pub base: BasePublisher,
     /// Requests tidings hands the client library, by operation (see the README's Observability section).
     pub calls: Arc<tidings_core::calls::ApiCalls>,
+    /// The REST client of dead-letter reads ([`dlq`]), or why there is none: made at the first read, not per
+    /// subscribe.
+    rest: std::sync::OnceLock<std::result::Result<rest::Rest, String>>,
 }
 
 impl Shared {
     /// Whether the endpoint is the emulator (plain text, no IAM).
     pub fn emulated(&self) -> bool {
         self.plain_text
+    }
+
+    /// The REST client of the data plane (unary pulls), made at the first call.
+    pub fn rest(&self) -> Result<&rest::Rest> {
+        let rest = self
+            .rest
+            .get_or_init(|| rest::Rest::new(self.endpoint.as_deref(), self.plain_text).map_err(|e| e.to_string()));
+        rest.as_ref().map_err(|e| Error::config(e.clone()))
     }
 }
 
@@ -132,6 +144,7 @@ impl GcpBackend {
             project,
             config,
             calls: Arc::new(tidings_core::calls::ApiCalls::new("gcp")),
+            rest: std::sync::OnceLock::new(),
         };
         Ok(Self { shared: Arc::new(shared), publishers: Arc::default(), subscriptions: Arc::default() })
     }

@@ -8,14 +8,14 @@
 //!
 //! Waiting is event-driven: a receive sleeps until a message arrives, until a key's next message is released (its
 //! predecessor acked, nacked or expired) or until its wait ends; a reaper task per subscription sleeps until the
-//! earliest client-side lease deadline. The dead-letter queue is read on demand, through a stream opened for the call
-//! with at most `max` (reading) or [`DLQ_OUTSTANDING`] (redrive) messages leased, and closed after it.
+//! earliest client-side lease deadline. The dead-letter queue is read and redriven on demand through [`crate::dlq`]
+//! (unary pulls over REST that release what they do not move), the operator's path too.
 //!
 //! Nack with delay: the crate's `nack()` redelivers at once and it has no "modify ack deadline to N seconds", so the
 //! backend declares `nack_delay = false` and the runtime holds the message (lease kept alive) for the exact backoff,
 //! then nacks. No retry policy is set on the subscription, so the service adds no second delay on top.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,13 +23,15 @@ use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
+use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
+use tidings_core::admin::Pace;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
 use tidings_core::dedup::SeenIds;
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::dlq::DeadLetterQueue;
 use crate::meta::{from_micros, is_google_trace_attribute, micros, trace_of, Meta, META_ATTRIBUTE};
 use crate::provision::Paths;
 use crate::publish::to_message;
@@ -39,12 +41,6 @@ use crate::Shared;
 const NATIVE_DLQ_PREFIX: &str = "CloudPubSubDeadLetterSource";
 /// How long acked ids of an exactly-once topic are remembered to drop republished copies.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
-/// Most dead letters leased at once by a redrive (the rest wait in the DLQ for the next call).
-const DLQ_OUTSTANDING: usize = 1000;
-/// How long a dead-letter read waits for the stream's first message: an empty DLQ costs this.
-const DLQ_FIRST: Duration = Duration::from_secs(3);
-/// How long a dead-letter read waits for one more message before it counts the DLQ as read.
-const DLQ_IDLE: Duration = Duration::from_millis(500);
 /// At least this long (and two ack deadlines), an ordered subscription remembers settled ids to drop late redeliveries.
 const ORDERED_WINDOW: Duration = Duration::from_secs(60);
 
@@ -85,7 +81,7 @@ pub struct GcpSubscription {
     wake: Notify,
     /// Wakes the lease reaper: the first lease was taken while none was held (or the driver is going away).
     reaper: Arc<Notify>,
-    /// One dead-letter read or redrive at a time (two streams would split the dead letters between them).
+    /// One dead-letter read or redrive at a time (two would split the dead letters between their pulls).
     dlq: tokio::sync::Mutex<()>,
     topic_publisher: Publisher,
     dlq_publisher: Publisher,
@@ -421,35 +417,8 @@ impl GcpSubscription {
 }
 
 impl GcpSubscription {
-    /// A stream on the dead-letter subscription for one read or redrive, with at most `outstanding` leased.
-    fn dlq_stream(&self, outstanding: usize) -> (MessageStream, ShutdownToken) {
-        self.shared.calls.count("pubsub:StreamingPull");
-        let stream = self
-            .shared
-            .subscriber
-            .subscribe(&self.paths.dlq_subscription)
-            .set_max_outstanding_messages(outstanding as i64)
-            .set_max_lease_extension(Duration::from_secs(60))
-            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build();
-        let token = stream.shutdown_token();
-        (stream, token)
-    }
-
-    fn dlq_error(&self, what: &str, e: google_cloud_pubsub::Error) -> Error {
-        Error::backend(format!("gcp: {what} the dead-letter queue {} failed: {e}", self.paths.dlq_subscription), true)
-    }
-}
-
-/// The next dead letter, or `None` once the stream stays quiet ([`DLQ_FIRST`] for the first one, [`DLQ_IDLE`] after).
-async fn next_dead_letter(
-    stream: &mut MessageStream,
-    first: bool,
-) -> std::result::Result<Option<(GMessage, Handler)>, google_cloud_pubsub::Error> {
-    match tokio::time::timeout(if first { DLQ_FIRST } else { DLQ_IDLE }, stream.next()).await {
-        Ok(Some(Ok(pair))) => Ok(Some(pair)),
-        Ok(Some(Err(e))) => Err(e),
-        Ok(None) | Err(_) => Ok(None),
+    fn dead_letter_queue(&self) -> DeadLetterQueue<'_> {
+        DeadLetterQueue { s: &self.shared, paths: &self.paths, name: &self.name, ordered: self.ordered }
     }
 }
 
@@ -572,31 +541,7 @@ impl SubscriptionDriver for GcpSubscription {
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
         let _one = self.dlq.lock().await;
-        let (mut stream, token) = self.dlq_stream(max.clamp(1, DLQ_OUTSTANDING));
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        // Leased until the stream closes, which nacks them: the dead letters stay where they are.
-        let mut leased = Vec::new();
-        let mut failed = None;
-        while out.len() < max {
-            match next_dead_letter(&mut stream, leased.is_empty()).await {
-                Ok(Some((m, h))) => {
-                    let d = dead_letter_of(&m);
-                    if seen.insert(d.id.clone()) {
-                        out.push(d);
-                    }
-                    leased.push(h);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    failed = Some(self.dlq_error("reading", e));
-                    break;
-                }
-            }
-        }
-        token.shutdown().await;
-        drop(leased);
-        failed.map_or(Ok(out), Err)
+        self.dead_letter_queue().read(max).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -619,54 +564,8 @@ impl SubscriptionDriver for GcpSubscription {
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
         let _one = self.dlq.lock().await;
-        let (mut stream, token) = self.dlq_stream(DLQ_OUTSTANDING);
-        let wanted = |id: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|x| x.as_str() == id));
-        let mut moved = HashSet::new();
-        // Dead letters not asked for: leased until the stream closes, which nacks them back.
-        let mut skipped = Vec::new();
-        let mut first = true;
-        let mut failed = None;
-        while ids.as_ref().is_none_or(|ids| ids.iter().any(|x| !moved.contains(x.as_str()))) {
-            let (m, h) = match next_dead_letter(&mut stream, first).await {
-                Ok(Some(pair)) => pair,
-                Ok(None) => break,
-                Err(e) => {
-                    failed = Some(self.dlq_error("redriving", e));
-                    break;
-                }
-            };
-            first = false;
-            let meta = meta_of(&m);
-            let id = id_of(&m, meta.as_ref());
-            if !wanted(&id) {
-                skipped.push(h);
-                continue;
-            }
-            if !moved.contains(&id) {
-                let published = publish_time(&m, meta.as_ref());
-                let copy =
-                    ReceivedMessage::new(AckId::Num(0), MessageId::from(id.clone()), m.data.clone(), published, 1)
-                        .with_attributes(user_attributes(&m))
-                        .with_ordering_key((!m.ordering_key.is_empty()).then(|| m.ordering_key.as_str().into()))
-                        .with_trace(trace_of(&m.attributes, meta.as_ref()));
-                let meta = Meta {
-                    id: id.clone(),
-                    ts: micros(copy.publish_time),
-                    target: Some(self.name.clone()),
-                    trace: copy.trace.clone(),
-                    ..Default::default()
-                };
-                if let Err(e) = self.publish_copy(&self.topic_publisher, &copy, meta).await {
-                    failed = Some(e);
-                    break; // this one is nacked with the stream: it stays in the DLQ
-                }
-                moved.insert(id);
-            }
-            h.ack();
-        }
-        // Flushes the acks of what moved and nacks the rest back.
-        token.shutdown().await;
-        drop(skipped);
-        failed.map_or(Ok(moved.len()), Err)
+        let select = |d: &DeadLetter| ids.as_ref().is_none_or(|ids| ids.contains(&d.id));
+        let moved = self.dead_letter_queue().sweep(&self.topic_publisher, &select, &Pace::unlimited(), true).await?;
+        Ok(moved as usize)
     }
 }
