@@ -36,6 +36,7 @@ impl Tables {
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn postgres(schema: &str) -> Self {
         Tables {
             subs: format!("{schema}.subscriptions"),
@@ -53,6 +54,7 @@ pub(crate) struct Types {
 }
 
 pub(crate) const SQLITE_TYPES: Types = Types { serial_pk: "INTEGER PRIMARY KEY", bytes: "BLOB" };
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) const POSTGRES_TYPES: Types = Types { serial_pk: "BIGSERIAL PRIMARY KEY", bytes: "BYTEA" };
 
 /// `CREATE ... IF NOT EXISTS` statements, in order.

@@ -9,6 +9,7 @@ pub(crate) const CLAIMED: &str = "seq, message_id, payload, attributes, ordering
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     Sqlite,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
 }
 

@@ -19,13 +19,18 @@ pub struct Cli {
     /// Name prefix (same as TIDINGS_NAME_PREFIX).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// Prints backend errors in full, with the cloud SDK's details after their first sentence.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Topics and subscriptions under the name prefix, with backlog, in-flight, oldest unacked age and DLQ depth.
+    /// Topics and subscriptions under the name prefix, with backlog, in-flight, oldest unacked age and DLQ depth; a
+    /// subscription whose resource is gone is marked MISSING (exit code 0: the listing is complete), and resources
+    /// left behind by a deleted subscription are listed as orphaned.
     Ls,
     /// Dead-letter queues: list, show, redrive, purge.
     #[command(subcommand)]
@@ -59,10 +64,10 @@ pub enum Dlq {
         #[arg(num_args = 1..=3, required = true, value_name = "ARGS")]
         args: Vec<String>,
     },
-    /// Moves dead letters back into their subscription (attempt counter reset).
-    Redrive(Action),
+    /// Moves dead letters back into their subscription (attempt counter reset); asks nothing (it deletes nothing).
+    Redrive(Redrive),
     /// Deletes dead letters for good (asks first; --yes does not).
-    Purge(Action),
+    Purge(Purge),
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +123,22 @@ pub struct Action {
     /// At most this many messages a second, such as 50 or 50/s.
     #[arg(long, value_name = "N/s")]
     pub rate: Option<String>,
-    /// Does not ask for confirmation (purge).
+}
+
+#[derive(Debug, Args)]
+pub struct Redrive {
+    #[command(flatten)]
+    pub action: Action,
+    /// Not an option of redrive, which asks no confirmation: refused with the reason (it confirms a purge).
+    #[arg(long, short, hide = true)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Purge {
+    #[command(flatten)]
+    pub action: Action,
+    /// Does not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
 }

@@ -35,7 +35,36 @@ pub fn settings_with(cli: &Cli, extra: Vec<(String, String)>) -> Result<Settings
     if let Some(p) = &cli.prefix {
         vars.insert("TIDINGS_NAME_PREFIX".into(), p.clone());
     }
-    Ok(Settings::load(vars)?)
+    let settings = Settings::load(vars)?;
+    compiled_in(&settings.backend, &COMPILED_IN)?;
+    Ok(settings)
+}
+
+/// The backends this binary was built with (the crate's features of the same names).
+const COMPILED_IN: [(&str, bool); 5] = [
+    ("aws", cfg!(feature = "aws")),
+    ("gcp", cfg!(feature = "gcp")),
+    ("nats", cfg!(feature = "nats")),
+    ("sqlite", cfg!(feature = "sqlite")),
+    ("postgres", cfg!(feature = "postgres")),
+];
+
+/// An error naming the feature when `backend` was left out of this build (the in-memory bus is refused elsewhere,
+/// with its own reason; a name that is no backend at all is the settings' error).
+fn compiled_in(backend: &str, compiled: &[(&str, bool)]) -> Result<(), Failure> {
+    if compiled.iter().any(|(name, on)| *name == backend && !on) {
+        let with: Vec<&str> = compiled.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+        return Err(Failure::new(
+            CONFIG,
+            format!(
+                "the configured backend is {backend:?}, but this tidings binary was built without it (compiled in: \
+                 {}): install it with the feature `{backend}`, such as `cargo install tidings-cli --features \
+                 {backend}` (the default features include every backend)",
+                if with.is_empty() { "none".to_string() } else { with.join(", ") }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The bus and its operator; an error for the in-memory bus.
@@ -56,4 +85,23 @@ pub async fn connect(cli: &Cli) -> Result<(Bus, Operator), Failure> {
         ));
     }
     Ok((bus, op))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_backend_left_out_of_the_build_is_refused_naming_its_feature() {
+        let sqlite_only = [("aws", false), ("gcp", false), ("nats", false), ("sqlite", true), ("postgres", false)];
+        let e = super::compiled_in("gcp", &sqlite_only).unwrap_err();
+        assert_eq!(e.code, crate::exit::CONFIG);
+        assert!(
+            e.message.contains("built without it (compiled in: sqlite)")
+                && e.message.contains("`cargo install tidings-cli --features gcp`"),
+            "{}",
+            e.message
+        );
+        assert!(super::compiled_in("sqlite", &sqlite_only).is_ok());
+        assert!(super::compiled_in("local", &sqlite_only).is_ok(), "refused later, with the in-memory bus's reason");
+        assert!(super::compiled_in("typo", &sqlite_only).is_ok(), "the settings name it");
+    }
 }

@@ -77,8 +77,13 @@ pub async fn run(op: &Operator, cmd: Dlq, json: bool) -> Outcome {
     match cmd {
         Dlq::Ls(a) => ls(op, a, json).await,
         Dlq::Show { args } => show(op, args, json).await,
-        Dlq::Redrive(a) => act(op, a, json, true).await,
-        Dlq::Purge(a) => act(op, a, json, false).await,
+        Dlq::Redrive(r) if r.yes => Err(Failure::new(
+            USAGE,
+            "--yes is not an option of `dlq redrive`: a redrive deletes nothing and asks no confirmation (--yes \
+             confirms a purge); --dry-run shows what it would move",
+        )),
+        Dlq::Redrive(r) => act(op, r.action, false, json, true).await,
+        Dlq::Purge(p) => act(op, p.action, p.yes, json, false).await,
     }
 }
 
@@ -212,7 +217,7 @@ struct Report<'a> {
 /// Redrive or purge. The dry run and the purge confirmation read the dead-letter queue first; the action itself
 /// reads it once more and acts as it goes (on Pub/Sub a second read in the same process may miss what the first one
 /// just released, so nothing else reads twice).
-async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
+async fn act(op: &Operator, a: Action, yes: bool, json: bool, redrive: bool) -> Outcome {
     let (verb, past, done_verb) =
         if redrive { ("redrive", "redriven", "moved") } else { ("purge", "purged", "deleted") };
     let sel = Selection::action(&a)?;
@@ -231,7 +236,7 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
         interrupted: false,
         ids: Vec::new(),
     };
-    if a.dry_run || (!redrive && !a.yes) {
+    if a.dry_run || (!redrive && !yes) {
         let found: Vec<DeadLetter> =
             op.dead_letters(topic, sub, READ_MAX).await?.into_iter().filter(|d| sel.matches(d)).collect();
         let missing = sel.missing_ids(&found);
@@ -302,6 +307,7 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
     report.ids = acted.into_inner().unwrap();
     report.ids.truncate(report.done as usize);
     report.selected = report.ids.len();
+    let finished = matches!(outcome, Some(Ok(_))) && !stopped;
     let failure = match outcome {
         Some(Ok(n)) if stopped => {
             report.done = n;
@@ -320,9 +326,12 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
                 Failure::new(NOT_FOUND, format!("no dead letter with id {} in {topic} / {sub}", missing.join(", ")))
             })
         }
+        // Only the error when nothing was done (such as a subscription that does not exist); else how far it got.
+        Some(Err(e)) if report.done == 0 => return Err(Failure::from(e)),
         Some(Err(e)) => {
-            eprintln!("{verb} failed after {done_verb} {} dead letter(s): {e}", report.done);
-            Some(Failure::from(e))
+            let mut f = Failure::from(e);
+            f.message = format!("{verb} failed after {done_verb} {} dead letter(s): {}", report.done, f.message);
+            Some(f)
         }
         None => {
             report.interrupted = true;
@@ -337,7 +346,7 @@ async fn act(op: &Operator, a: Action, json: bool, redrive: bool) -> Outcome {
     };
     if json {
         table::json(&report);
-    } else if !report.interrupted {
+    } else if finished {
         let whither = if redrive { "back into the subscription" } else { "for good" };
         println!("{done_verb} {} dead letter(s) of {topic} / {sub} {whither}", report.done);
     }

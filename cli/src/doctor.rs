@@ -40,6 +40,10 @@ pub async fn run(cli: &Cli, a: &Doctor, json: bool) -> Outcome {
         None => None,
     };
     diagnose(cli, &base, declared, &mut checks).await;
+    // A cloud SDK's debug dump after an error's sentence only with --verbose.
+    for c in &mut checks {
+        c.detail = crate::exit::detail(&c.detail, cli.verbose);
+    }
     report(&checks, json);
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if failed > 0 {
@@ -119,6 +123,9 @@ async fn diagnose(cli: &Cli, base: &Settings, declared: Option<Topology>, checks
             None
         }
     };
+    if listed.is_some() {
+        orphans(&op, checks).await;
+    }
     let topology = match declared {
         Some(t) => {
             match verifying(cli, &base.backend, true) {
@@ -144,6 +151,19 @@ async fn diagnose(cli: &Cli, base: &Settings, declared: Option<Topology>, checks
     };
     checks.extend(op.permissions(&topology).await);
     bus.shutdown(Duration::from_secs(5)).await;
+}
+
+/// One failed check per resource a deleted subscription left behind (not the application's topics or subscriptions).
+async fn orphans(op: &Operator, checks: &mut Vec<Check>) {
+    const NAME: &str = "left-behind resources";
+    match op.orphans().await {
+        Ok(found) if found.is_empty() => {
+            checks.push(Check::pass(NAME, "none: every dead-letter resource under the prefix has its subscription"))
+        }
+        Ok(found) => checks
+            .extend(found.iter().map(|o| Check::fail(format!("orphaned {} {}", o.kind, o.resource), o.describe()))),
+        Err(e) => checks.push(Check::skipped(NAME, format!("cannot list them: {e}"))),
+    }
 }
 
 /// What the listing shows, as a topology (default settings): what the permission checks look at without a file.

@@ -24,6 +24,26 @@ pub const HELP: &str = "Exit codes: 0 done; 1 backend error; 2 bad arguments or 
 in-memory bus, which a separate process cannot reach); 4 not found; 5 not confirmed; 6 a doctor check failed; 130 interrupted (what was done \
 is printed).";
 
+/// A backend error's text as printed: without `verbose`, cut before the cloud SDK's debug dump that follows its
+/// sentence (` (DispatchFailure(…))`, ` (ServiceError(ServiceError { … }))`), with a pointer to --verbose.
+pub fn detail(text: &str, verbose: bool) -> String {
+    match dump_at(text) {
+        Some(at) if !verbose => format!("{} (--verbose prints the SDK's details)", &text[..at]),
+        _ => text.to_string(),
+    }
+}
+
+/// Where a Rust debug dump starts: ` (` then a type or variant name then `(` or ` {`.
+fn dump_at(text: &str) -> Option<usize> {
+    text.match_indices(" (").map(|(i, _)| i).find(|&i| {
+        let rest = &text[i + 2..];
+        let name_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        name_len > 0
+            && rest.starts_with(|c: char| c.is_ascii_uppercase())
+            && (rest[name_len..].starts_with('(') || rest[name_len..].starts_with(" {"))
+    })
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -50,3 +70,32 @@ impl From<Error> for Failure {
 }
 
 pub type Outcome = Result<(), Failure>;
+
+#[cfg(test)]
+mod tests {
+    use super::detail;
+
+    #[test]
+    fn the_sdk_dump_is_cut_from_the_sentence_unless_verbose() {
+        let text = "aws: ListTopics on shop- failed: dispatch failure: io error: client error (Connect): tcp connect \
+                    error: Connection refused (os error 111) (DispatchFailure(DispatchFailure { source: \
+                    ConnectorError { kind: Io, source: hyper_util::client::legacy::Error(Connect, ConnectError) } }))";
+        let short = detail(text, false);
+        assert_eq!(
+            short,
+            "aws: ListTopics on shop- failed: dispatch failure: io error: client error (Connect): tcp connect error: \
+             Connection refused (os error 111) (--verbose prints the SDK's details)"
+        );
+        assert_eq!(detail(text, true), text);
+        let service = "aws: GetQueueUrl on q failed: service error: unhandled error (AccessDenied): not allowed \
+                       (ServiceError(ServiceError { source: Unhandled(Unhandled { source: ErrorMetadata { code: \
+                       Some(\"AccessDenied\") } }), raw: Response { status: StatusCode(403) } }))";
+        assert_eq!(
+            detail(service, false),
+            "aws: GetQueueUrl on q failed: service error: unhandled error (AccessDenied): not allowed (--verbose \
+             prints the SDK's details)"
+        );
+        let plain = "no subscription \"nosuch\" of topic \"orders\" (`tidings ls` lists what there is)";
+        assert_eq!(detail(plain, false), plain);
+    }
+}

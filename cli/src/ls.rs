@@ -1,10 +1,14 @@
 //! `tidings ls`: topics and subscriptions under the prefix, with figures; `–` and a footnote where the backend
-//! cannot tell.
+//! cannot tell; `MISSING` and a footnote naming the resource where a subscription's resource is gone, and the
+//! resources deleted subscriptions left behind. It exits 0 whenever it could list (`tidings doctor` fails on those).
 
 use tidings::admin::Operator;
 
 use crate::exit::Outcome;
 use crate::table::{self, count, UNKNOWN};
+
+/// The mark of a subscription whose resource (its queue, dead-letter queue, ...) is gone.
+const MISSING: &str = "MISSING";
 
 pub async fn run(op: &Operator, json: bool) -> Outcome {
     let inv = op.inventory().await?;
@@ -33,6 +37,11 @@ pub async fn run(op: &Operator, json: bool) -> Outcome {
             ]);
         }
         for s in &t.subscriptions {
+            if s.missing.is_some() {
+                let cells = [MISSING, "", "", ""].map(String::from);
+                rows.push([vec![t.name.clone(), kind.into(), s.name.clone()], cells.to_vec()].concat());
+                continue;
+            }
             rows.push(vec![
                 t.name.clone(),
                 kind.into(),
@@ -52,6 +61,14 @@ pub async fn run(op: &Operator, json: bool) -> Outcome {
     }
     for u in &inv.unknown {
         println!("{UNKNOWN} {}: {}", u.field.replace('_', " "), u.reason);
+    }
+    for t in &inv.topics {
+        for s in t.subscriptions.iter().filter_map(|s| s.missing.as_ref().map(|m| (s, m))) {
+            println!("{MISSING} {}/{}: {}", t.name, s.0.name, s.1);
+        }
+    }
+    for o in &inv.orphans {
+        println!("orphaned: {}", o.describe());
     }
     Ok(())
 }

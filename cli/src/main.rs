@@ -16,13 +16,34 @@ mod signal;
 mod table;
 mod tail;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 use crate::args::{Cli, Command};
 use crate::exit::Outcome;
 
+/// What is logged without RUST_LOG: warnings and errors, and the dashboard's actions.
+pub const DEFAULT_LOG: &str = "warn,tidings::dashboard=info";
+
+/// Logs to stderr (stdout stays the command's output, JSON included), filtered by RUST_LOG, else [`DEFAULT_LOG`].
+fn logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!("tidings: RUST_LOG {v:?} is not a log filter such as info or tidings=debug ({e}); using {DEFAULT_LOG:?}");
+            EnvFilter::new(DEFAULT_LOG)
+        }),
+        _ => EnvFilter::new(DEFAULT_LOG),
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
 fn main() {
     let cli = Cli::parse();
+    logs();
+    let verbose = cli.verbose;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -34,7 +55,7 @@ fn main() {
     match outcome {
         Ok(()) => std::process::exit(exit::OK),
         Err(f) => {
-            eprintln!("tidings: {}", f.message);
+            eprintln!("tidings: {}", exit::detail(&f.message, verbose));
             std::process::exit(f.code);
         }
     }

@@ -22,6 +22,8 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
             .map(|(i, c)| if i + 1 == n { c } else { format!("{c}{}", " ".repeat(widths[i] - c.chars().count())) })
             .collect::<Vec<_>>()
             .join("  ")
+            .trim_end()
+            .to_string()
     };
     let head = line(header.iter().map(|h| h.to_string()).collect());
     if color() {

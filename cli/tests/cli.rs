@@ -109,6 +109,16 @@ fn gcp_tail_of_the_story(env: &Env, dlq: &[&str]) {
     assert!(handled.contains("handled 1,2,3"), "the redriven orders are handled: {handled}");
 }
 
+/// The `tailing ...` line of a tail's stderr (log lines, such as a backend's warnings, may come first).
+fn tailing(err: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    while !line.starts_with("tailing ") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the tail ended without saying what it tails");
+    }
+    line
+}
+
 /// `publish` and `tail`: the tail's temporary subscription sees what is published and is removed on exit, after
 /// `--count` and after Ctrl-C alike.
 fn publish_and_tail(env: &Env) {
@@ -120,8 +130,7 @@ fn publish_and_tail(env: &Env) {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(tail.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let line = tailing(&mut err);
     assert!(line.starts_with("tailing orders through temporary subscription tail-"), "{line}");
     let temp = line.split_whitespace().nth(5).unwrap().to_string();
     assert!(subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")));
@@ -159,8 +168,7 @@ fn publish_and_tail(env: &Env) {
     // Interrupted: Ctrl-C (SIGINT) removes the temporary subscription too.
     let mut tail = env.command(&["tail", "orders"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut err = BufReader::new(tail.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let line = tailing(&mut err);
     let temp = line.split_whitespace().nth(5).unwrap().to_string();
     assert!(subscriptions(&env.json(&["ls"])).contains(&format!("orders/{temp}")));
     let status = Command::new("kill").args(["-INT", &tail.id().to_string()]).status().unwrap();

@@ -1,6 +1,7 @@
 //! The application side of the CLI tests, run in a child process (`Env::app`): `seed` publishes orders whose
 //! handler dead-letters two kinds with two reasons (`seed-declined`: the declined ones alone); `handle:N` handles messages until N arrived and prints their
-//! payloads' `n`; `topology` subscribes and prints the bus's topology as JSON.
+//! payloads' `n`; `topology` subscribes and prints the bus's topology as JSON; `declare:a,b` subscribes `a` and `b` to
+//! orders (their resources provisioned) and exits.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -56,6 +57,13 @@ pub fn main(mode: &str) {
                 .await
                 .expect("subscribe");
             println!("\nTOPOLOGY {}", serde_json::to_string(&bus.topology()).unwrap());
+        } else if let Some(names) = mode.strip_prefix("declare:") {
+            let mut subs = Vec::new();
+            for name in names.split(',') {
+                let handler = |_: Message<Order>| async { Ok(()) };
+                subs.push(bus.subscribe(&ORDERS, name, config, handler).await.expect("subscribe"));
+            }
+            println!("declared {names}");
         } else if let Some(n) = mode.strip_prefix("handle:") {
             let want: usize = n.parse().unwrap();
             let seen = Arc::new(Mutex::new(BTreeSet::new()));

@@ -220,3 +220,44 @@ pub fn subscriptions(v: &Value) -> Vec<String> {
     }
     out
 }
+
+/// One HTTP/1.1 request to `addr` (`host:port`), answered with its status and body: enough for the Pub/Sub
+/// emulator's REST API and the dashboard's, without an HTTP client.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until the answer is whole: its Content-Length, the last chunk, or the server closing (some servers keep
+    // the connection open despite `Connection: close`).
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        let whole = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            let head = head.to_ascii_lowercase();
+            let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse());
+            match length {
+                Some(Ok(len)) => body.len() >= len,
+                _ if head.contains("transfer-encoding: chunked") => body.ends_with("0\r\n\r\n"),
+                _ => false,
+            }
+        });
+        if n == 0 || whole {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
