@@ -61,6 +61,15 @@ impl InTransaction for sqlx::PgConnection {
 /// `bus` must be on the same database (`sqlite` or `postgres` backend; on PostgreSQL the schema is read from the
 /// bus's settings, `postgres.schema`). Returns the message id.
 ///
+/// Inside the transaction, publish with this function, not through the bus. On SQLite a transaction that has written
+/// holds the file's one write lock, so a `topic.publish(&bus, ..)` from the same process waits for that lock while
+/// the transaction waits for the publish (and every other process's writes wait as well). The bus notices (on Linux,
+/// where `/proc/locks` names the process holding the lock) once `sqlite.busy_timeout` has passed, and fails that
+/// publish, not retried, with [`ErrorKind::Unsupported`](tidings_core::ErrorKind::Unsupported) and an error naming
+/// `tidings::sql::publish_in`; elsewhere it fails with SQLite's "database is locked" after its retries. On
+/// PostgreSQL a publish through the bus during the transaction is not blocked, but it commits on its own, whatever
+/// the transaction does.
+///
 /// ```no_run
 /// # use serde::{Deserialize, Serialize};
 /// # use tidings_core::{Topic, TopicConfig};
