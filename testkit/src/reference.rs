@@ -1,0 +1,337 @@
+//! The reference backend: a whole tidings backend in one file, in memory, written to be read before you write your
+//! own. (`tidings-local` is the in-memory bus tuned for speed; this one is tuned for reading.)
+//!
+//! # The model
+//!
+//! A topic copies each message into each of its subscriptions, and a subscription is a queue in which a message is
+//! - **ready**: waiting to be received, in publish order (each message gets a sequence number on arrival);
+//! - **leased**: handed out under an ack token until a deadline, after which it is ready again (a redelivery: each
+//!   delivery counts one attempt more). A message nacked with a delay is leased to nobody until the delay is over;
+//! - **dead**: in the subscription's dead-letter queue, with the reason, until redriven.
+//!
+//! All state sits behind one `Mutex`, and one [`Notify`], the *bell*, rings after each change that can make a message
+//! ready, waking a waiting `receive` to look again. Nothing polls: a waiting receive also wakes when a lease runs out.
+//!
+//! # The contract, method by method
+//!
+//! A driver does one thing per call and never retries: the runtime in `tidings-core` owns encoding, retries,
+//! backoff, concurrency, the dead-letter decision and lease extension, and calls these methods to carry them out.
+//!
+//! - [`Backend::capabilities`]: what the backend does natively; the runtime trusts it. `ordering` and `exactly_once`
+//!   allow topics declared so; `nack_delay` hands backoff to `nack`; `backlog` enables `Subscription::backlog`; the
+//!   `max_*` limits check and split publishes; `atomic_publish` (one `publish` call is all or nothing: here, one lock)
+//!   sends a `publish_batch` in one call. No `bounded_backlog` (publishes that wait while a subscription is full).
+//! - [`Backend::topic`], [`Backend::subscription`]: create the resource, or return it with its messages (an
+//!   application subscribing again after a restart finds what was published meanwhile).
+//! - `TopicDriver::publish`: copies the batch into every subscription that exists now. On exactly-once topics, an
+//!   id the subscription accepted within its retention is dropped.
+//! - `SubscriptionDriver::receive`: leases up to `max` ready messages for the ack deadline, waiting up to `wait` for
+//!   one. On ordered topics it skips messages whose ordering key is held by a leased message: one message per key is
+//!   out at a time, and a redelivery (back in its place by sequence number) comes before later ones.
+//! - `ack`: removes deliveries. A token whose lease ran out is ignored (the message was handed out again), so a late
+//!   ack never removes a newer delivery, and an acked message is never delivered again.
+//! - `nack`: returns deliveries, at once or after a delay. `extend_lease`: moves their deadline to `now + by`.
+//! - `dead_letter`: moves deliveries to the dead-letter queue with their reason and attempt count. `dead_letters`
+//!   reads it without removing anything; `redrive` moves them back, counting attempts from zero again.
+//! - `backlog`: messages not yet acked or dead-lettered (ready or leased).
+//!
+//! Left out: persistence (state lives as long as the [`Reference`] and its clones), retention expiry, the
+//! operator's [`Backend::admin`] and API call counting.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionSpec, TopicSpec};
+use tidings_core::dedup::SeenIds;
+use tidings_core::{Backend, Capabilities, DeadLetter, MessageId, PublishReport, Result, SubscriptionConfig};
+use tidings_core::{SubscriptionDriver, TopicDriver};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The reference backend. Clones share one broker.
+#[derive(Debug, Clone, Default)]
+pub struct Reference {
+    broker: Arc<Broker>,
+}
+
+impl Reference {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// All state behind one lock (topic -> subscription -> queue), and the bell.
+#[derive(Debug, Default)]
+struct Broker {
+    topics: Mutex<HashMap<String, HashMap<String, Queue>>>,
+    bell: Notify,
+}
+
+#[async_trait]
+impl Backend for Reference {
+    fn name(&self) -> &str {
+        "reference"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::default();
+        (caps.ordering, caps.exactly_once, caps.nack_delay, caps.backlog, caps.atomic_publish) =
+            (true, true, true, true, true);
+        caps.max_message_size = 1024 * 1024;
+        (caps.max_publish_batch, caps.max_receive_batch, caps.max_attributes) = (1000, 100, 100);
+        caps
+    }
+
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>> {
+        self.broker.topics.lock().unwrap().entry(spec.resource.clone()).or_default();
+        Ok(Arc::new(TopicHandle { broker: self.broker.clone(), topic: spec.resource.clone() }))
+    }
+
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {
+        let (topic, name) = (spec.topic.resource.clone(), spec.resource.clone());
+        let mut topics = self.broker.topics.lock().unwrap();
+        let queue = topics.entry(topic.clone()).or_default().entry(name.clone()).or_insert_with(|| Queue {
+            ordered: spec.topic.config.ordered,
+            seen: spec.topic.config.is_exactly_once().then(|| SeenIds::new(spec.config.message_retention)),
+            ..Queue::default()
+        });
+        queue.config = spec.config; // Subscribing again may change the settings, never the messages.
+        Ok(Arc::new(SubscriptionHandle { broker: self.broker.clone(), topic, name }))
+    }
+}
+
+/// The publisher driver of one topic.
+#[derive(Debug)]
+struct TopicHandle {
+    broker: Arc<Broker>,
+    topic: String,
+}
+
+#[async_trait]
+impl TopicDriver for TopicHandle {
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport> {
+        let now = Instant::now();
+        let mut topics = self.broker.topics.lock().unwrap();
+        for queue in topics.get_mut(&self.topic).expect("created by Backend::topic").values_mut() {
+            batch.iter().for_each(|m| queue.accept(m.clone(), now));
+        }
+        drop(topics);
+        self.broker.bell.notify_waiters();
+        Ok(PublishReport::accepted())
+    }
+}
+
+/// The driver of one subscription.
+#[derive(Debug)]
+struct SubscriptionHandle {
+    broker: Arc<Broker>,
+    topic: String,
+    name: String,
+}
+
+impl SubscriptionHandle {
+    /// Runs `f` on the queue, under the lock.
+    fn queue<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
+        let mut topics = self.broker.topics.lock().unwrap();
+        f(topics.get_mut(&self.topic).and_then(|t| t.get_mut(&self.name)).expect("created by Backend::subscription"))
+    }
+
+    /// Runs `f` on the queue and rings the bell: messages may have become ready.
+    fn change<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
+        let out = self.queue(f);
+        self.broker.bell.notify_waiters();
+        out
+    }
+}
+
+#[async_trait]
+impl SubscriptionDriver for SubscriptionHandle {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        let give_up = Instant::now() + wait;
+        loop {
+            // Listen for the bell before looking, so a change between the look and the wait is not missed.
+            let mut bell = std::pin::pin!(self.broker.bell.notified());
+            bell.as_mut().enable();
+            let now = Instant::now();
+            let (got, next_due) = self.queue(|q| (q.take(max, now), q.next_due()));
+            if !got.is_empty() || now >= give_up {
+                return Ok(got);
+            }
+            let until = next_due.map_or(give_up, |due| due.min(give_up));
+            tokio::select! {
+                _ = bell => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        self.change(|q| ids.iter().for_each(|id| drop(q.settle(id)))); // A freed ordering key makes its next ready.
+        Ok(())
+    }
+
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        let now = Instant::now();
+        self.change(|q| {
+            for (id, delay) in items {
+                if let Some(entry) = q.settle(&id) {
+                    q.lease(entry, now + delay); // To nobody: ready again once the delay is over.
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
+        let deadline = Instant::now() + by;
+        self.queue(|q| {
+            for id in &ids {
+                if let Some(lease) = q.leased.get_mut(id) {
+                    lease.0 = deadline;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        self.change(|q| {
+            for DeadLetterRequest { message, reason, .. } in items {
+                let Some(Entry { msg, attempts, .. }) = q.settle(&message.ack_id) else { continue };
+                let key = msg.ordering_key.as_deref().map(str::to_string);
+                let letter =
+                    DeadLetter::new(msg.id, msg.payload, msg.publish_time, attempts, reason, SystemTime::now());
+                q.dead.push_back(letter.with_attributes(msg.attributes).with_ordering_key(key));
+            }
+        });
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self.queue(|q| q.dead.iter().take(max).cloned().collect()))
+    }
+
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
+        Ok(self.change(|q| {
+            let chosen = |d: &DeadLetter| ids.as_ref().is_none_or(|ids| ids.contains(&d.id));
+            let (back, stay): (Vec<_>, Vec<_>) = q.dead.drain(..).partition(chosen);
+            q.dead = stay.into();
+            for d in &back {
+                let key = d.ordering_key.as_deref().map(Arc::from);
+                let msg =
+                    OutgoingMessage::new(d.id.clone(), d.payload.clone(), d.attributes.clone(), key, d.publish_time);
+                q.enqueue(msg); // Not through `accept`: a redriven id is no duplicate. Attempts start at 0.
+            }
+            back.len()
+        }))
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>> {
+        Ok(Some(self.queue(|q| q.ready.len() + q.leased.len()) as u64))
+    }
+}
+
+/// A message in a subscription's queue.
+#[derive(Debug)]
+struct Entry {
+    /// Its place in publish order.
+    seq: u64,
+    msg: OutgoingMessage,
+    /// Deliveries so far.
+    attempts: u32,
+}
+
+/// One subscription's messages. `ready` stays sorted by `seq`.
+#[derive(Debug, Default)]
+struct Queue {
+    config: SubscriptionConfig,
+    ordered: bool,
+    /// Ids accepted within the retention, on exactly-once topics.
+    seen: Option<SeenIds<MessageId>>,
+    next_seq: u64,
+    next_token: u64,
+    ready: VecDeque<Entry>,
+    /// Ack token -> (lease deadline, message).
+    leased: HashMap<AckId, (Instant, Entry)>,
+    dead: VecDeque<DeadLetter>,
+}
+
+impl Queue {
+    /// A published message: enqueued, unless exactly-once and its id was seen.
+    fn accept(&mut self, msg: OutgoingMessage, now: Instant) {
+        if self.seen.as_mut().is_none_or(|seen| seen.insert(msg.id.clone(), now)) {
+            self.enqueue(msg);
+        }
+    }
+
+    fn enqueue(&mut self, msg: OutgoingMessage) {
+        self.ready.push_back(Entry { seq: self.next_seq, msg, attempts: 0 });
+        self.next_seq += 1;
+    }
+
+    /// Ready again, in its place by sequence number (so before later messages of its ordering key).
+    fn put_back(&mut self, entry: Entry) {
+        let at = self.ready.partition_point(|e| e.seq < entry.seq);
+        self.ready.insert(at, entry);
+    }
+
+    /// Ends a lease and returns its message; `None` if the token is unknown or its lease already ran out.
+    fn settle(&mut self, id: &AckId) -> Option<Entry> {
+        self.leased.remove(id).map(|(_, entry)| entry)
+    }
+
+    /// Leases `entry` until `until` under a new token, which it returns.
+    fn lease(&mut self, entry: Entry, until: Instant) -> AckId {
+        self.next_token += 1;
+        self.leased.insert(AckId::Num(self.next_token), (until, entry));
+        AckId::Num(self.next_token)
+    }
+
+    /// Makes the messages whose lease ran out ready again.
+    fn return_expired(&mut self, now: Instant) {
+        let expired: Vec<AckId> =
+            self.leased.iter().filter(|(_, (until, _))| *until <= now).map(|(id, _)| id.clone()).collect();
+        for id in expired {
+            let (_, entry) = self.leased.remove(&id).expect("listed above");
+            self.put_back(entry);
+        }
+    }
+
+    /// When the next lease runs out.
+    fn next_due(&self) -> Option<Instant> {
+        self.leased.values().map(|(until, _)| *until).min()
+    }
+
+    /// Leases up to `max` ready messages for the ack deadline.
+    fn take(&mut self, max: usize, now: Instant) -> Vec<ReceivedMessage> {
+        self.return_expired(now);
+        // On ordered topics, the keys of leased messages: later messages of these keys wait.
+        let mut held: HashSet<Arc<str>> = HashSet::new();
+        if self.ordered {
+            held.extend(self.leased.values().filter_map(|(_, e)| e.msg.ordering_key.clone()));
+        }
+        let (mut got, mut i) = (Vec::new(), 0);
+        while got.len() < max && i < self.ready.len() {
+            if let Some(key) = self.ready[i].msg.ordering_key.as_ref().filter(|_| self.ordered) {
+                if !held.insert(key.clone()) {
+                    i += 1; // Its key is out (or taken earlier in this batch): it waits.
+                    continue;
+                }
+            }
+            let mut entry = self.ready.remove(i).expect("i < len");
+            entry.attempts += 1;
+            let (m, attempt) = (&entry.msg, entry.attempts);
+            let mut delivery =
+                ReceivedMessage::new(AckId::Num(0), m.id.clone(), m.payload.clone(), m.publish_time, attempt)
+                    .with_attributes(m.attributes.clone())
+                    .with_ordering_key(m.ordering_key.clone())
+                    .with_trace(m.trace.clone());
+            delivery.ack_id = self.lease(entry, now + self.config.ack_deadline);
+            got.push(delivery);
+        }
+        got
+    }
+}
