@@ -1,7 +1,8 @@
 //! Across processes (children are this test binary re-run with `TIDINGS_SQL_CHILD` set): two subscriber processes
 //! competing on one subscription lose nothing and never run one message in both at once (a redelivery after an
 //! expired lease would be counted, and with a 30 s deadline none is expected); a publisher killed mid-batch leaves no
-//! half-written batch.
+//! half-written batch, at any batch size; on SQLite, a publish through the bus inside this process's own write
+//! transaction fails naming `publish_in`, and one waiting for another process's transaction is only retried.
 
 mod support;
 
