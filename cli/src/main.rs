@@ -37,7 +37,14 @@ fn logs() {
         _ => EnvFilter::new(DEFAULT_LOG),
     };
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    // A write to a closed stderr (`tidings dashboard 2>&1 | head -1`) is dropped, not reported with eprintln!, which
+    // would panic inside whatever logged.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false)
+        .init();
 }
 
 fn main() {

@@ -84,6 +84,39 @@ fn sqlite_dashboard_actions_are_logged_on_stderr() {
     assert!(dash.wait().unwrap().success());
 }
 
+/// A dashboard whose stderr was closed (`tidings dashboard 2>&1 | head -1`) keeps answering: a request that logs (an
+/// action, a refused host) is answered, not broken by a failed log write.
+#[test]
+fn sqlite_dashboard_keeps_answering_after_its_stderr_is_closed() {
+    let env = support::sqlite();
+    assert!(env.app("seed").contains("seeded"));
+    env.until(&["dlq", "ls", "orders", "billing"], "5 dead letters", |v| dead_letters(v).len() == 5);
+    let mut dash = env
+        .command(&["dashboard", "--allow-actions", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(dash.stderr.take().unwrap());
+    let mut serving = String::new();
+    while !serving.starts_with("dashboard of the sqlite") {
+        serving.clear();
+        assert!(err.read_line(&mut serving).unwrap() > 0, "the dashboard ended before printing its address");
+    }
+    drop(err); // the reading end of its stderr closes
+    let addr = serving.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().trim().to_string();
+    let body = serde_json::json!({ "reason": "unrecoverable: card declined", "confirmed": true }).to_string();
+    let (status, answer) = support::http(&addr, "POST", "/api/dlq/orders/billing/purge", Some(&body));
+    assert_eq!(status, 200, "purge: {answer}");
+    let (status, _) = support::http(&addr, "GET", "/api/overview", None);
+    assert_eq!(status, 200);
+    assert!(dash.try_wait().unwrap().is_none(), "the dashboard is still running");
+    let stopped = std::process::Command::new("kill").args(["-INT", &dash.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    let _ = dash.wait();
+}
+
 /// With every log level on, `--json` stdout is the JSON alone: the logs go to stderr.
 #[test]
 fn sqlite_json_stdout_stays_json_with_logs_on() {
