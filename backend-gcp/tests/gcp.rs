@@ -348,3 +348,62 @@ async fn receive_one(sub: &dyn tidings_core::backend::SubscriptionDriver) -> tid
     }
     panic!("nothing received within 30 receives");
 }
+
+/// Issue 22: on Google's stock emulator a dead-letter read through the subscription returned none of the messages
+/// tidings had just dead-lettered, and a redrive right after a read moved nothing (each read's streaming pull stayed
+/// behind as a ghost consumer holding the dead letters). Reads and redrives must see what is there, read after read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_reads_and_a_redrive_right_after_see_what_was_just_dead_lettered() {
+    let bus = Bus::new(Arc::new(support::backend(support::config()).await));
+    let t = Topic::<Event>::new(unique("dlq-reads"), TopicConfig::at_least_once());
+    let handled: Arc<std::sync::Mutex<Vec<(String, u32)>>> = Arc::default();
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, f) = (handled.clone(), fixed.clone());
+    let sub = bus
+        .subscribe(&t, "sub", SubscriptionConfig::DEFAULT, move |m: tidings_core::Message<Event>| {
+            h.lock().unwrap().push((m.text.clone(), m.attempt()));
+            let fixed = f.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match fixed {
+                    true => Ok(()),
+                    false => Err(tidings_core::HandlerError::unrecoverable("rejected")),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    // Reads of an empty dead-letter queue first, as an application polling it would make.
+    for _ in 0..3 {
+        assert!(sub.dead_letters(10).await.unwrap().is_empty());
+    }
+    t.publish(&bus, &Event { text: "one".into() }).await.unwrap();
+    t.publish(&bus, &Event { text: "two".into() }).await.unwrap();
+    // The issue's reads came within 15 s of the dead-lettering: that is the patience here too.
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut dead = Vec::new();
+    while tokio::time::Instant::now() < end {
+        dead = sub.dead_letters(10).await.unwrap();
+        if dead.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut texts: Vec<String> = dead.iter().map(|d| d.decode::<Event>().unwrap().text).collect();
+    texts.sort();
+    assert_eq!(texts, ["one", "two"], "both dead letters are read");
+    assert_eq!(sub.dead_letters(10).await.unwrap().len(), 2, "a read leaves the dead letters for the next read");
+    // A redrive right after a read moves what it names, and the handler gets it again.
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let one = dead.iter().find(|d| d.decode::<Event>().unwrap().text == "one").unwrap().id.clone();
+    assert_eq!(sub.redrive(std::slice::from_ref(&one)).await.unwrap(), 1, "the redrive moves the dead letter");
+    for _ in 0..150 {
+        if handled.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handled.lock().unwrap().last().cloned(), Some(("one".to_string(), 1)), "redriven, attempts reset");
+    let left = sub.dead_letters(10).await.unwrap();
+    assert_eq!(left.iter().map(|d| d.decode::<Event>().unwrap().text).collect::<Vec<_>>(), ["two"]);
+    bus.shutdown(Duration::from_secs(5)).await;
+}

@@ -47,11 +47,13 @@ pub fn aws() -> Env {
     Env { vars }
 }
 
-/// The Pub/Sub emulator, with a fresh name prefix.
+/// The Pub/Sub emulator at `PUBSUB_EMULATOR_HOST` (default 127.0.0.1:8085; scripts/test also runs the GCP stories
+/// against the stock emulator), with a fresh name prefix.
 pub fn gcp() -> Env {
-    reachable("The Pub/Sub emulator", "127.0.0.1:8085", "scripts/pubsub-emulator start");
+    let host = std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".into());
+    reachable("The Pub/Sub emulator", &host, "scripts/pubsub-emulator start");
     let vars = vec![
-        ("PUBSUB_EMULATOR_HOST".to_string(), "127.0.0.1:8085".to_string()),
+        ("PUBSUB_EMULATOR_HOST".to_string(), host),
         ("PUBSUB_PROJECT_ID".into(), "tidings-test".into()),
         ("TIDINGS_BACKEND".into(), "gcp".into()),
         ("TIDINGS_NAME_PREFIX".into(), prefix()),
