@@ -20,25 +20,35 @@
 
 mod backlog;
 pub mod capture;
-mod cases;
+mod delivery;
 mod faults;
 pub mod foreign;
+mod leases;
 mod ledger;
 mod operator;
+mod ordering;
 pub mod proxy;
 pub mod recorded;
+mod retries;
 mod shutdown;
 mod support;
+mod trace;
+mod validation;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use backlog::*;
-pub use cases::*;
+pub use delivery::*;
 pub use faults::{network_faults, FaultReport};
+pub use leases::*;
 pub use ledger::ledger;
 pub use operator::operator_story;
+pub use ordering::*;
+pub use retries::*;
 pub use shutdown::*;
+pub use trace::*;
+pub use validation::*;
 
 use crate::Bus;
 

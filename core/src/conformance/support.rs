@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Bus, Metadata, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use crate::{Bus, Message, Metadata, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 
 use super::Timing;
 
@@ -113,4 +113,15 @@ pub(crate) fn require(bus: &Bus, has: bool, test: &str, capability: &str) {
          `lacks: [{capability}]` in conformance_tests! so the case is reported as skipped",
         bus.backend_name()
     );
+}
+
+/// A handler that logs each delivery and acks it.
+pub(crate) fn logging(
+    log: &Log,
+) -> impl Fn(Message<Event>) -> std::future::Ready<crate::HandlerResult> + Send + Sync + 'static {
+    let log = log.clone();
+    move |m| {
+        log.record(&m);
+        std::future::ready(Ok(()))
+    }
 }
