@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, Capabilities, OutgoingMessage, SubscriptionSpec, TopicSpec};
+use crate::backend::{Backend, Capabilities, OutgoingMessage, TopicSpec};
 use crate::calls::{self, Scope};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -26,6 +26,8 @@ use crate::subscription::SubscriptionConfig;
 use crate::topic::{Topic, TopicConfig};
 use crate::trace::{self, TraceContext};
 use tracing::Instrument;
+
+mod tools;
 
 /// How long after the last `subscribe` the bus checks for subscription overrides that matched nothing.
 const OVERRIDE_CHECK_DELAY: Duration = Duration::from_secs(5);
@@ -504,59 +506,6 @@ impl Bus {
     /// Subscriptions running on this bus (for [`Bus::topology`] and the operator tools).
     pub(crate) fn runners(&self) -> Vec<Arc<Runner>> {
         self.inner.subscriptions.lock().unwrap().running.iter().filter(|r| !r.is_stopped()).cloned().collect()
-    }
-}
-
-/// For backends and tools: the outbox, operator tools and backend tests.
-impl Bus {
-    /// The backend itself (the outermost layer), for tools and backend tests that need the raw driver.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.inner.backend
-    }
-
-    /// The spec a subscription of `topic` named `name` gets on this bus (names mapped, config overrides applied).
-    pub fn subscription_spec<T>(&self, topic: &Topic<T>, name: &str, config: SubscriptionConfig) -> SubscriptionSpec {
-        let config = match self.inner.settings.subscription_override(topic.name(), name) {
-            Some(o) => config.apply(o),
-            None => config,
-        };
-        SubscriptionSpec::new(
-            self.topic_spec(topic.name(), topic.config()),
-            name,
-            self.inner.settings.subscription_resource_name(topic.name(), name),
-            config,
-        )
-    }
-
-    /// Encodes and validates a message for `topic` without sending it (an outbox stores the result and relays it
-    /// later with [`Bus::publish_prepared`]). The id is assigned here.
-    pub fn prepare<T: Serialize>(
-        &self,
-        topic: &Topic<T>,
-        message: &T,
-        options: PublishOptions,
-    ) -> Result<OutgoingMessage> {
-        validate_name("topic", topic.name())?;
-        self.outgoing(topic, message, options, trace::capture(&tracing::Span::none()))
-    }
-
-    /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
-    /// topic `name` with `config`; they are validated again against this backend's limits first. The ids are kept,
-    /// so exactly-once topics de-duplicate a republish.
-    pub async fn publish_prepared(
-        &self,
-        name: &str,
-        config: TopicConfig,
-        mut batch: Vec<OutgoingMessage>,
-    ) -> Result<()> {
-        self.check_open()?;
-        for m in &batch {
-            self.validate(name, config, m)?;
-        }
-        let span = trace::send_span(self.backend_name(), name);
-        span.record("messaging.batch.message_count", batch.len() as i64);
-        let sent = async { self.publisher(name, config).await?.publish_many(&mut batch).await };
-        sent.instrument(span.clone()).await.inspect_err(|e| record_error(&span, e))
     }
 }
 

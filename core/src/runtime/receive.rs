@@ -1,0 +1,264 @@
+//! Receiving: receives sized to the free handler slots, batches split into groups of chains (one per ordering key on
+//! ordered topics), and one task per group that begins each delivery and hands it on to be settled.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::deliver::{begin, Begin, Done};
+use super::settle::{ack_now, conclude, nack, settled_ack, Outcome};
+use super::Ctx;
+use crate::backend::ReceivedMessage;
+
+/// Longest single receive call; shutdown interrupts it.
+const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+/// Chains (messages, on unordered topics) handled by one spawned task.
+const CHAINS_PER_TASK: usize = 16;
+
+pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>) {
+    let cfg = ctx.runner.spec.config;
+    let sem = Arc::new(Semaphore::new(cfg.max_concurrency));
+    let max_batch = ctx.caps.max_receive_batch.max(1);
+    let cancel = ctx.runner.cancel.clone();
+    let mut tasks = JoinSet::new();
+    let mut error_backoff = Duration::from_millis(100);
+    let ordered = ctx.runner.spec.topic.config.ordered;
+    // Ordered topics keep one receive at a time: the broker's hand-out order is the delivery order.
+    let max_receives = if ordered { 1 } else { ctx.caps.concurrent_receives.max(1) };
+    // Each receive in flight holds a handler slot for every message it asked for; unused slots go back on return.
+    let mut receiving = FuturesUnordered::new();
+    // Receives wanted in flight: one more after each full batch (up to the capability), back to one after a partial.
+    let mut wanted = 1;
+    'run: loop {
+        while receiving.len() < wanted {
+            let mut slots = if receiving.is_empty() {
+                tokio::select! {
+                    p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                    _ = cancel.cancelled() => break 'run,
+                }
+            } else {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            };
+            let n = (1 + sem.available_permits()).min(max_batch);
+            if n > 1 {
+                slots.merge(sem.clone().try_acquire_many_owned(n as u32 - 1).expect("only this loop takes slots"));
+            }
+            let (driver, metrics) = (ctx.runner.driver.clone(), ctx.runner.metrics.clone());
+            receiving.push(async move {
+                let started = metrics.start();
+                let received = driver.receive(n, RECEIVE_WAIT).await;
+                metrics.received(started);
+                (received, slots)
+            });
+        }
+        let (received, mut slots) = tokio::select! {
+            Some(r) = receiving.next() => r,
+            _ = cancel.cancelled() => break,
+        };
+        match received {
+            Ok(batch) => {
+                // Every lease of the batch started about now: extensions are scheduled from here, not from when a
+                // handler happens to start (on a busy machine that can be much later).
+                let received_at = tokio::time::Instant::now();
+                if !batch.is_empty() {
+                    ctx.runner.activity.received(batch.len());
+                }
+                error_backoff = Duration::from_millis(100);
+                wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
+                // One slot per delivery, handed to the groups in slices; the ones asked for but not filled go back.
+                let mut permits = match slots.split(batch.len()) {
+                    Some(used) => used,
+                    None => std::mem::replace(&mut slots, empty_permit(&sem)),
+                };
+                drop(slots);
+                // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
+                // Handlers in a group still run concurrently (and release their slots as they finish).
+                // Unordered messages go straight from the batch into their group (each moved once).
+                let all: Box<dyn Iterator<Item = Chain> + Send> = if ordered {
+                    Box::new(chains(batch).into_iter())
+                } else {
+                    Box::new(batch.into_iter().map(Chain::One))
+                };
+                let mut all = all.peekable();
+                while all.peek().is_some() {
+                    let group: Vec<Chain> = all.by_ref().take(CHAINS_PER_TASK).collect();
+                    let n: usize = group.iter().map(Chain::len).sum();
+                    let slots = if all.peek().is_some() { permits.split(n) } else { None };
+                    let slots = slots.unwrap_or_else(|| std::mem::replace(&mut permits, empty_permit(&sem)));
+                    tasks.spawn(run_group(ctx.clone(), group, slots, received_at));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %ctx.runner.key.1, error = %e, retry_in = ?error_backoff, "receive failed");
+                drop(slots);
+                wanted = 1;
+                if receiving.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::time::jittered(error_backoff)) => {},
+                        _ = cancel.cancelled() => break,
+                    }
+                    error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        while let Some(r) = tasks.try_join_next() {
+            log_task_end(r);
+        }
+    }
+    drop(receiving);
+    // Graceful shutdown: let in-flight handlers finish unless the shutdown timeout aborts them.
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r { Some(r) => log_task_end(r), None => break },
+            _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
+        }
+    }
+}
+
+fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            tracing::error!(error = %e, "tidings handler task panicked outside the handler");
+        }
+    }
+}
+
+/// Nacks, without delay, deliveries no handler started.
+fn release<T>(ctx: &Ctx<T>, chain: Chain) {
+    let msgs = match chain {
+        Chain::One(m) => vec![m],
+        Chain::Many(v) => v,
+    };
+    for m in msgs {
+        nack(ctx, m.ack_id, Duration::ZERO);
+    }
+}
+
+/// Messages handled one after another: one per ordering key on ordered topics (a broker such as SQS FIFO hands out
+/// several messages of one group at once), a single message otherwise.
+enum Chain {
+    One(ReceivedMessage),
+    Many(Vec<ReceivedMessage>),
+}
+
+impl Chain {
+    fn len(&self) -> usize {
+        match self {
+            Chain::One(_) => 1,
+            Chain::Many(v) => v.len(),
+        }
+    }
+}
+
+/// The chains of an ordered topic's batch: one per ordering key, in batch order, and one per message without a key.
+fn chains(batch: Vec<ReceivedMessage>) -> Vec<Chain> {
+    let mut chains: Vec<Chain> = Vec::with_capacity(batch.len());
+    let mut by_key: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
+    for m in batch {
+        let Some(key) = m.ordering_key.clone() else {
+            chains.push(Chain::One(m));
+            continue;
+        };
+        match by_key.get(&key) {
+            Some(&i) => match &mut chains[i] {
+                Chain::Many(v) => v.push(m),
+                one @ Chain::One(_) => {
+                    let Chain::One(first) = std::mem::replace(one, Chain::Many(Vec::new())) else { unreachable!() };
+                    *one = Chain::Many(vec![first, m]);
+                }
+            },
+            None => {
+                by_key.insert(key, chains.len());
+                chains.push(Chain::One(m));
+            }
+        }
+    }
+    chains
+}
+
+/// A permit holding no slot, to split the others from.
+fn empty_permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    sem.clone().try_acquire_many_owned(0).expect("zero permits are always available")
+}
+
+type Delivery = (ReceivedMessage, OwnedSemaphorePermit);
+type Slow = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs a group of chains within one task. The fast path: each single message is decoded and its handler polled
+/// once, inline; the acks of every handler that finished right there go to the driver in one call, and their slots
+/// are released together. Handlers still running, failures and ordered chains continue concurrently.
+async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    group: Vec<Chain>,
+    mut slots: OwnedSemaphorePermit,
+    received_at: tokio::time::Instant,
+) {
+    let mut acks = Vec::with_capacity(slots.num_permits());
+    let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
+    for chain in group {
+        if ctx.runner.cancel.is_cancelled() {
+            // Shutdown began after this batch was received: what no handler started goes back at once.
+            release(&ctx, chain);
+            continue;
+        }
+        match chain {
+            Chain::One(msg) => match begin(&ctx, &msg).await {
+                (Begin::Done(Done::Ok), a) => {
+                    settled_ack(&ctx, &a);
+                    acks.push(msg.ack_id)
+                }
+                (b, a) => {
+                    let permit = slots.split(1).expect("one slot per delivery");
+                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, a, received_at).map(drop)));
+                }
+            },
+            Chain::Many(msgs) => {
+                let chain: Vec<Delivery> =
+                    msgs.into_iter().map(|m| (m, slots.split(1).expect("one slot per delivery"))).collect();
+                slow.push(Box::pin(process_chain(ctx.clone(), chain, received_at)));
+            }
+        }
+    }
+    drop(slots);
+    // The fast path's acks go straight to the driver, one call per group, while the slow ones run on.
+    let ack = async {
+        if !acks.is_empty() {
+            ack_now(&ctx, acks).await;
+        }
+    };
+    futures_util::future::join(ack, async { while slow.next().await.is_some() {} }).await;
+}
+
+/// Handles a chain in order; once one message is to be retried, the rest of its chain go back unhandled with the same
+/// delay, so they are redelivered after it.
+async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    chain: Vec<Delivery>,
+    received_at: tokio::time::Instant,
+) {
+    let mut chain = chain.into_iter();
+    while let Some((msg, permit)) = chain.next() {
+        if ctx.runner.cancel.is_cancelled() {
+            // Shutdown: the rest of the chain goes back at once, in order, rather than waiting out its lease.
+            release(&ctx, Chain::Many(std::iter::once(msg).chain(chain.map(|(m, _)| m)).collect()));
+            return;
+        }
+        let (b, a) = begin(&ctx, &msg).await;
+        if let Outcome::Retried(delay) = conclude(ctx.clone(), msg, permit, b, a, received_at).await {
+            // The same delay: brokers that let later messages of a group through while an earlier one is invisible
+            // (LocalStack does) still return them after it.
+            for (rest, _permit) in chain.by_ref() {
+                nack(&ctx, rest.ack_id, delay);
+            }
+        }
+    }
+}

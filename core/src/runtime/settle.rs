@@ -1,0 +1,166 @@
+//! Settling deliveries: the decision (ack, retry after the backoff, or dead-letter) and the one route by which every
+//! settlement reaches the driver, [`apply`]: from the settle loop, and from a group's fast path (its acks, in one
+//! call).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::deliver::{done, with_lease, Begin, Done, Failure};
+use super::{Activity, Attempt, Ctx};
+use crate::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
+use crate::metrics::{Settled, SubscriptionMetrics};
+
+/// Most settlements applied per driver call.
+const SETTLE_BATCH: usize = 1000;
+
+/// A settlement on its way to the settle loop.
+pub(super) enum Settle {
+    Ack(AckId),
+    Nack(AckId, Duration),
+    DeadLetter(DeadLetterRequest),
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Acked,
+    DeadLettered,
+    /// Nacked with this delay.
+    Retried(Duration),
+}
+
+/// Sends a nack with `delay` to the settle loop.
+pub(super) fn nack<T>(ctx: &Ctx<T>, id: AckId, delay: Duration) {
+    let _ = ctx.settle.send(Settle::Nack(id, delay));
+}
+
+/// Records an ack on the delivery's span and in the metrics.
+pub(super) fn settled_ack<T>(ctx: &Ctx<T>, a: &Attempt) {
+    ctx.runner.metrics.settled(Settled::Ack, a.started);
+    tracing::debug!(target: "tidings", parent: &a.span, subscription = %ctx.runner.key.1, tidings.settle = "ack", "acked");
+}
+
+/// Acks a group's fast-path deliveries at once, in one driver call, without the settle loop.
+pub(super) async fn ack_now<T>(ctx: &Ctx<T>, acks: Vec<AckId>) {
+    let r = &ctx.runner;
+    apply(&*r.driver, &r.activity, &r.metrics, acks, Vec::new(), Vec::new()).await;
+}
+
+/// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
+/// after the backoff.
+pub(super) async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    msg: ReceivedMessage,
+    permit: OwnedSemaphorePermit,
+    begun: Begin,
+    a: Attempt,
+    received_at: tokio::time::Instant,
+) -> Outcome {
+    let span = &a.span;
+    let attempt = msg.attempt;
+    let policy = ctx.runner.spec.config.retry;
+    let finished = match begun {
+        Begin::Done(d) => d,
+        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, span, received_at, fut).await),
+    };
+    let failure = match finished {
+        Done::Ok => {
+            settled_ack(&ctx, &a);
+            let _ = ctx.settle.send(Settle::Ack(msg.ack_id));
+            return Outcome::Acked;
+        }
+        Done::Failed(f) => f,
+    };
+    if failure.is_final() {
+        // A poison message's span has its `error.type` already (recorded where decoding failed).
+        if let Failure::Unrecoverable(_) = failure {
+            span.record("error.type", failure.class().as_str());
+        }
+        dead_letter(&ctx, &a, msg, failure);
+        return Outcome::DeadLettered;
+    }
+    span.record("error.type", failure.class().as_str());
+    if policy.is_exhausted(attempt) {
+        dead_letter(&ctx, &a, msg, failure);
+        return Outcome::DeadLettered;
+    }
+    ctx.runner.metrics.settled(Settled::Retry, a.started);
+    let delay = policy.backoff(attempt);
+    tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1, id = %msg.id, attempt,
+        tidings.settle = "nack", tidings.retry_in = ?delay, error = %failure, "handler failed; will retry");
+    if ctx.caps.nack_delay {
+        nack(&ctx, msg.ack_id, delay);
+        return Outcome::Retried(delay);
+    }
+    // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
+    drop(permit);
+    let cancel = ctx.runner.cancel.clone();
+    let _ = with_lease(&ctx, &msg.ack_id, span, received_at, async {
+        tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
+    })
+    .await;
+    nack(&ctx, msg.ack_id, Duration::ZERO);
+    Outcome::Retried(Duration::ZERO)
+}
+
+fn dead_letter<T>(ctx: &Ctx<T>, a: &Attempt, message: ReceivedMessage, failure: Failure) {
+    ctx.runner.metrics.settled(Settled::DeadLetter(failure.class()), a.started);
+    let reason = failure.to_string();
+    tracing::warn!(target: "tidings", parent: &a.span, subscription = %ctx.runner.key.1, id = %message.id,
+        attempt = message.attempt, tidings.settle = "dead_letter", %reason, "dead-lettering message");
+    let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
+}
+
+pub(super) async fn settle_loop(
+    driver: Arc<dyn SubscriptionDriver>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    activity: Arc<Activity>,
+    metrics: Arc<SubscriptionMetrics>,
+) {
+    let mut buf = Vec::with_capacity(64);
+    while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
+        let (mut acks, mut nacks, mut dead) = (Vec::with_capacity(buf.len()), Vec::new(), Vec::new());
+        for s in buf.drain(..) {
+            match s {
+                Settle::Ack(id) => acks.push(id),
+                Settle::Nack(id, d) => nacks.push((id, d)),
+                Settle::DeadLetter(r) => dead.push(r),
+            }
+        }
+        apply(&*driver, &activity, &metrics, acks, nacks, dead).await;
+    }
+}
+
+/// Applies settlements with one driver call per kind, and counts them as settled.
+async fn apply(
+    driver: &dyn SubscriptionDriver,
+    activity: &Activity,
+    metrics: &SubscriptionMetrics,
+    acks: Vec<AckId>,
+    nacks: Vec<(AckId, Duration)>,
+    dead: Vec<DeadLetterRequest>,
+) {
+    let n = acks.len() + nacks.len() + dead.len();
+    let started = metrics.start();
+    // Dead letters first: an ordering key blocked behind one unblocks with it.
+    if !dead.is_empty() {
+        if let Err(e) = driver.dead_letter(dead).await {
+            tracing::error!(error = %e, "dead-lettering failed; the messages will be redelivered");
+        }
+    }
+    if !acks.is_empty() {
+        if let Err(e) = driver.ack(acks).await {
+            tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
+        }
+    }
+    if !nacks.is_empty() {
+        if let Err(e) = driver.nack(nacks).await {
+            tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
+        }
+    }
+    metrics.settle_call(started);
+    activity.settled(n);
+}
