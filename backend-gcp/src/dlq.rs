@@ -23,8 +23,8 @@ use tidings_core::{DeadLetter, Error, Result};
 use crate::meta::{micros, trace_of, Meta};
 use crate::provision::Paths;
 use crate::publish::to_message;
+use crate::received::{dead_letter_of, id_of, meta_of};
 use crate::rest::Received;
-use crate::subscribe::{dead_letter_of, id_of, meta_of};
 use crate::Shared;
 
 /// Empty pull answers in a row before a dead-letter subscription counts as drained (the API may answer empty although

@@ -23,6 +23,7 @@ mod iam;
 mod meta;
 mod provision;
 mod publish;
+mod received;
 mod rest;
 mod subscribe;
 

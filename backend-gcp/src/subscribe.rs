@@ -27,18 +27,18 @@ use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
 use tidings_core::admin::Pace;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
 use tidings_core::dedup::SeenIds;
-use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
+use tidings_core::{DeadLetter, Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::dlq::DeadLetterQueue;
-use crate::meta::{from_micros, is_google_trace_attribute, micros, trace_of, Meta, META_ATTRIBUTE};
+use crate::meta::{micros, trace_of, Meta};
 use crate::provision::Paths;
 use crate::publish::to_message;
+use crate::received::{id_of, meta_of, publish_time, user_attributes};
 use crate::Shared;
 
 /// Attributes the service adds to messages it dead-letters.
-const NATIVE_DLQ_PREFIX: &str = "CloudPubSubDeadLetterSource";
 /// How long acked ids of an exactly-once topic are remembered to drop republished copies.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 /// At least this long (and two ack deadlines), an ordered subscription remembers settled ids to drop late redeliveries.
@@ -137,37 +137,6 @@ fn pump(
 
 fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
     (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000)
-}
-
-pub(crate) fn meta_of(m: &GMessage) -> Option<Meta> {
-    m.attributes.get(META_ATTRIBUTE).and_then(|v| Meta::decode(v))
-}
-
-pub(crate) fn id_of(m: &GMessage, meta: Option<&Meta>) -> String {
-    meta.map_or_else(|| m.message_id.clone(), |x| x.id.clone())
-}
-
-pub(crate) fn user_attributes(m: &GMessage) -> Attributes {
-    m.attributes
-        .iter()
-        // An attribute named `tidings` that is not tidings metadata (a foreign producer's) is kept as it is; the trace
-        // attributes of Google's client libraries are the message's trace context, not the application's.
-        .filter(|(k, v)| {
-            !(k.starts_with(NATIVE_DLQ_PREFIX)
-                || is_google_trace_attribute(k)
-                || k.as_str() == META_ATTRIBUTE && Meta::decode(v).is_some())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-pub(crate) fn publish_time(m: &GMessage, meta: Option<&Meta>) -> std::time::SystemTime {
-    match meta {
-        Some(x) => from_micros(x.ts),
-        None => m.publish_time.as_ref().map_or(std::time::SystemTime::now(), |t| {
-            from_micros(t.seconds() * 1_000_000 + i64::from(t.nanos()) / 1000)
-        }),
-    }
 }
 
 impl GcpSubscription {
@@ -420,22 +389,6 @@ impl GcpSubscription {
     fn dead_letter_queue(&self) -> DeadLetterQueue<'_> {
         DeadLetterQueue { s: &self.shared, paths: &self.paths, name: &self.name, ordered: self.ordered }
     }
-}
-
-/// A message of a dead-letter subscription as a [`DeadLetter`] (also read by the operator SPI).
-pub(crate) fn dead_letter_of(m: &GMessage) -> DeadLetter {
-    let meta = meta_of(m);
-    let native = m.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").and_then(|c| c.parse().ok());
-    let attempts = meta.as_ref().and_then(|x| x.attempts).or(native).unwrap_or(0);
-    let reason = meta
-        .as_ref()
-        .and_then(|x| x.reason.clone())
-        .unwrap_or_else(|| format!("moved by the Pub/Sub dead-letter policy after {attempts} deliveries"));
-    let id = MessageId::from(id_of(m, meta.as_ref()));
-    let at = meta.as_ref().and_then(|x| x.dlq_ts).map_or(std::time::SystemTime::now(), from_micros);
-    DeadLetter::new(id, m.data.clone(), publish_time(m, meta.as_ref()), attempts, reason, at)
-        .with_attributes(user_attributes(m))
-        .with_ordering_key((!m.ordering_key.is_empty()).then(|| m.ordering_key.clone()))
 }
 
 impl Drop for GcpSubscription {
