@@ -124,18 +124,7 @@ async fn decode(f: Fixture) {
         .set_message_group_id(raw["MessageGroupId"].as_str().map(str::to_string))
         .set_message_deduplication_id(raw["MessageDeduplicationId"].as_str().map(str::to_string));
     send.send().await.expect("SendMessage of the fixture");
-    if case.dead_letter && !case.redrive {
-        let letters = golden::eventually("the dead letter through Subscription::dead_letters", || async {
-            let letters = sub.dead_letters(10).await.expect("dead letters");
-            (!letters.is_empty()).then_some(letters)
-        })
-        .await;
-        golden::assert_dead_letter(&f, &letters);
-    } else {
-        let d = golden::delivery(&mut rx, &f.decoded.id).await;
-        golden::assert_delivered(&f, &d);
-    }
-    bus.shutdown(Duration::from_secs(5)).await;
+    golden::assert_decoded(&bus, &case, &f, &sub, &mut rx).await;
 }
 
 const CASES: [Case; 8] = [

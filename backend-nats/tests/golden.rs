@@ -97,18 +97,7 @@ async fn decode(f: Fixture) {
     let subject = raw["subject"].as_str().unwrap().to_string();
     let payload = bytes::Bytes::from(raw["payload"].as_str().unwrap().to_string());
     js.publish_with_headers(subject, headers, payload).await.unwrap().await.expect("the stream stores the fixture");
-    if case.dead_letter && !case.redrive {
-        let letters = golden::eventually("the dead letter through Subscription::dead_letters", || async {
-            let letters = sub.dead_letters(10).await.expect("dead letters");
-            (!letters.is_empty()).then_some(letters)
-        })
-        .await;
-        golden::assert_dead_letter(&f, &letters);
-    } else {
-        let d = golden::delivery(&mut rx, &f.decoded.id).await;
-        golden::assert_delivered(&f, &d);
-    }
-    bus.shutdown(Duration::from_secs(5)).await;
+    golden::assert_decoded(&bus, &case, &f, &sub, &mut rx).await;
 }
 
 const CASES: [Case; 7] = [

@@ -363,6 +363,29 @@ pub async fn subscribe(
     (sub, rx)
 }
 
+/// Checks what tidings made of the injected fixture `f`: a dead letter (reason, attempts) read through
+/// `Subscription::dead_letters` for a dead-letter case, otherwise the delivery's decoded fields; then shuts `bus` down.
+pub async fn assert_decoded(
+    bus: &Bus,
+    case: &Case,
+    f: &Fixture,
+    sub: &Subscription,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>,
+) {
+    if case.dead_letter && !case.redrive {
+        let letters = eventually("the dead letter through Subscription::dead_letters", || async {
+            let letters = sub.dead_letters(10).await.expect("dead letters");
+            (!letters.is_empty()).then_some(letters)
+        })
+        .await;
+        assert_dead_letter(f, &letters);
+    } else {
+        let d = delivery(rx, &f.decoded.id).await;
+        assert_delivered(f, &d);
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
 /// The next delivery of message `id` (others are skipped), within [`PATIENCE`].
 pub async fn delivery(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>, id: &str) -> Delivered {
     let end = tokio::time::Instant::now() + PATIENCE;
