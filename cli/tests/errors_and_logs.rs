@@ -39,20 +39,25 @@ fn line_with(
     }
 }
 
+/// Five dead letters of orders/billing on a SQLite bus, and `RUST_LOG=info tidings dashboard --allow-actions` on it
+/// with its stderr piped.
+fn seeded_dashboard(env: &support::Env) -> std::process::Child {
+    assert!(env.app("seed").contains("seeded"));
+    env.until(&["dlq", "ls", "orders", "billing"], "5 dead letters", |v| dead_letters(v).len() == 5);
+    env.command(&["dashboard", "--allow-actions", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `RUST_LOG=info tidings dashboard --allow-actions`: a purge and a redrive made through the dashboard's API each
 /// print their log line (target `tidings::dashboard`) on stderr.
 #[test]
 fn sqlite_dashboard_actions_are_logged_on_stderr() {
     let env = support::sqlite();
-    assert!(env.app("seed").contains("seeded"));
-    env.until(&["dlq", "ls", "orders", "billing"], "5 dead letters", |v| dead_letters(v).len() == 5);
-    let mut dash = env
-        .command(&["dashboard", "--allow-actions", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut dash = seeded_dashboard(&env);
     let (tx, lines) = mpsc::channel();
     let err = BufReader::new(dash.stderr.take().unwrap());
     std::thread::spawn(move || {
@@ -89,15 +94,7 @@ fn sqlite_dashboard_actions_are_logged_on_stderr() {
 #[test]
 fn sqlite_dashboard_keeps_answering_after_its_stderr_is_closed() {
     let env = support::sqlite();
-    assert!(env.app("seed").contains("seeded"));
-    env.until(&["dlq", "ls", "orders", "billing"], "5 dead letters", |v| dead_letters(v).len() == 5);
-    let mut dash = env
-        .command(&["dashboard", "--allow-actions", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut dash = seeded_dashboard(&env);
     let mut err = BufReader::new(dash.stderr.take().unwrap());
     let mut serving = String::new();
     while !serving.starts_with("dashboard of the sqlite") {
