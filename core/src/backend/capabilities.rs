@@ -1,0 +1,72 @@
+//! What a backend does natively, and what the portable layer completes for it.
+
+use std::time::Duration;
+
+/// What a backend can do natively. The runtime fills gaps client-side, and the conformance suite reads these flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages sharing an ordering key are delivered in order, one at a time.
+    pub ordering: bool,
+    /// Acked messages are never redelivered and republished ids are de-duplicated.
+    pub exactly_once: bool,
+    /// `nack` honours a per-message delay; otherwise the runtime holds the message (lease kept) for the backoff.
+    pub nack_delay: bool,
+    /// Largest encoded payload plus attributes, in bytes.
+    pub max_message_size: usize,
+    /// Most messages per `publish` call (where [`Capabilities::atomic_publish`], per call that coalesces concurrent
+    /// publishes only).
+    pub max_publish_batch: usize,
+    /// A `publish` call of any size is all or nothing (one database transaction; the in-memory bus under its locks),
+    /// so the portable layer sends each `publish_batch` and each `publish_prepared` batch (an outbox relay's) whole, in
+    /// one call, whatever `max_publish_batch` and `max_publish_bytes` say: a batch is then accepted whole or not at
+    /// all. Otherwise a batch is split into calls of those sizes, each accepted (or each message, where the backend
+    /// reports per message) on its own.
+    pub atomic_publish: bool,
+    /// Most bytes per `publish` call: the sum over its messages of payload, attributes, ordering key and
+    /// [`Capabilities::publish_overhead`] (a single message always fits).
+    pub max_publish_bytes: usize,
+    /// Bytes a message costs a publish call beyond payload, attributes and key (metadata, framing).
+    pub publish_overhead: usize,
+    /// How long a publish waits for concurrent publishes to share its call; zero sends each publish (or batch) at
+    /// once. The portable layer does the coalescing; the driver only sees the batches.
+    pub publish_linger: std::time::Duration,
+    /// Publish calls the portable layer keeps in flight per topic when it coalesces (ordered topics: one).
+    pub publish_in_flight: usize,
+    /// Most messages per `receive` call.
+    pub max_receive_batch: usize,
+    /// `receive` calls the runtime may have in flight at once for one subscription of an unordered topic: above 1
+    /// only where `receive` is safe to call concurrently and a call's round trip is worth overlapping (SQS hands out
+    /// at most 10 messages a call). The runtime adds a call only while the previous one came back full.
+    pub concurrent_receives: usize,
+    /// Most attributes per message (tidings reserves none on the local bus).
+    pub max_attributes: usize,
+    /// [`SubscriptionDriver::backlog`] reports how many messages wait (so `Subscription::backlog` is `Some` and
+    /// `Subscription::wait_idle` works); Pub/Sub cannot tell.
+    pub backlog: bool,
+    /// A subscription's backlog can be bounded ([`crate::SubscriptionConfig::max_backlog`]): publishes wait or fail
+    /// at the limit. The in-memory bus; brokers keep backlogs on disk under their own limits.
+    pub bounded_backlog: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            ordering: false,
+            exactly_once: false,
+            nack_delay: false,
+            max_message_size: 256 * 1024,
+            max_publish_batch: 10,
+            atomic_publish: false,
+            max_publish_bytes: usize::MAX,
+            publish_overhead: 0,
+            publish_linger: Duration::ZERO,
+            publish_in_flight: 1,
+            max_receive_batch: 10,
+            concurrent_receives: 1,
+            max_attributes: 10,
+            backlog: false,
+            bounded_backlog: false,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Messages crossing the contract: what a topic driver publishes, what a subscription driver hands out, and the
+//! tokens that settle a delivery.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::message::{Attributes, MessageId};
+use crate::trace::TraceContext;
+
+/// A message on its way to the backend, already encoded and validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct OutgoingMessage {
+    /// Assigned by tidings; reused when the same message is published again.
+    pub id: MessageId,
+    /// Encoded payload.
+    pub payload: Bytes,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Ordering key.
+    pub ordering_key: Option<Arc<str>>,
+    /// Publish time.
+    pub publish_time: SystemTime,
+    /// Trace context captured at publish (or when an outbox row was written), to carry in tidings' own metadata.
+    pub trace: Option<TraceContext>,
+}
+
+impl OutgoingMessage {
+    /// An outgoing message.
+    #[inline]
+    pub fn new(
+        id: MessageId,
+        payload: Bytes,
+        attributes: Attributes,
+        ordering_key: Option<Arc<str>>,
+        publish_time: SystemTime,
+    ) -> Self {
+        Self { id, payload, attributes, ordering_key, publish_time, trace: None }
+    }
+
+    /// The same message carrying `trace`.
+    #[inline]
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+}
+
+/// What became of a publish call's messages: the backend refused those listed (by index in the batch, with each
+/// one's error) and accepted the rest. The default accepted everything.
+#[derive(Debug, Default)]
+pub struct PublishReport {
+    failed: Vec<(usize, crate::Error)>,
+}
+
+impl PublishReport {
+    /// Every message was accepted.
+    pub fn accepted() -> Self {
+        Self::default()
+    }
+
+    /// The message at `index` of the batch was refused with `error`.
+    pub fn refuse(&mut self, index: usize, error: crate::Error) {
+        self.failed.push((index, error));
+    }
+
+    /// The refused messages, by index.
+    pub fn failures(&self) -> &[(usize, crate::Error)] {
+        &self.failed
+    }
+
+    /// The refused messages, by index, taken.
+    pub fn into_failures(self) -> Vec<(usize, crate::Error)> {
+        self.failed
+    }
+}
+
+/// Opaque token naming one delivery of one message, for ack, nack and lease extension.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AckId {
+    /// A numeric token (in-memory backends).
+    Num(u64),
+    /// A receipt handle or ack id string (cloud backends).
+    Text(Arc<str>),
+}
+
+/// A message handed out by `receive`, leased for the subscription's ack deadline.
+///
+/// Built with [`ReceivedMessage::new`] and the `with_*` methods (the struct is `#[non_exhaustive]`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceivedMessage {
+    /// Token for settling this delivery.
+    pub ack_id: AckId,
+    /// Message id.
+    pub id: MessageId,
+    /// Encoded payload, as published.
+    pub payload: Bytes,
+    /// Attributes, as published.
+    pub attributes: Attributes,
+    /// Ordering key.
+    pub ordering_key: Option<Arc<str>>,
+    /// Publish time.
+    pub publish_time: SystemTime,
+    /// Delivery attempt, 1 for the first delivery.
+    pub attempt: u32,
+    /// Trace context the message carries (see [`crate::trace`]); `None` for messages published without one.
+    pub trace: Option<TraceContext>,
+}
+
+impl ReceivedMessage {
+    /// A delivery without attributes, ordering key or trace context.
+    #[inline]
+    pub fn new(ack_id: AckId, id: MessageId, payload: Bytes, publish_time: SystemTime, attempt: u32) -> Self {
+        Self {
+            ack_id,
+            id,
+            payload,
+            attributes: Attributes::new(),
+            ordering_key: None,
+            publish_time,
+            attempt,
+            trace: None,
+        }
+    }
+    /// With these attributes.
+    #[inline]
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+    /// With this ordering key.
+    #[inline]
+    pub fn with_ordering_key(mut self, key: Option<Arc<str>>) -> Self {
+        self.ordering_key = key;
+        self
+    }
+    /// With this trace context.
+    #[inline]
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+}
+
+/// A message the runtime moves to the DLQ, with the reason.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetterRequest {
+    /// The delivery to dead-letter.
+    pub message: ReceivedMessage,
+    /// Why: the last error, a decode error, or an unrecoverable error.
+    pub reason: String,
+}
+
+impl DeadLetterRequest {
+    /// Dead-letters `message` because of `reason`.
+    pub fn new(message: ReceivedMessage, reason: impl Into<String>) -> Self {
+        Self { message, reason: reason.into() }
+    }
+}

@@ -1,0 +1,88 @@
+//! The three traits a backend implements: [`Backend`] (provisioning, capabilities, operator access) and the two batch
+//! drivers, [`TopicDriver`] and [`SubscriptionDriver`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    AckId, Capabilities, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionSpec,
+    TopicSpec,
+};
+use crate::dead_letter::DeadLetter;
+use crate::error::Result;
+use crate::message::MessageId;
+
+/// Entry point of a backend: provisions (or verifies) resources and hands out drivers.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// Short name, such as `local`, `aws`, `gcp`.
+    fn name(&self) -> &str;
+    /// What the backend does natively.
+    fn capabilities(&self) -> Capabilities;
+    /// Ensures (or verifies, by provisioning mode) the topic and returns its publisher driver.
+    async fn topic(&self, spec: &TopicSpec) -> Result<Arc<dyn TopicDriver>>;
+    /// Ensures (or verifies) the subscription and its DLQ, and returns its driver.
+    async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>>;
+    /// Operator access (the `tidings` CLI, the dashboard) where the backend's state lives outside one process.
+    fn admin(&self) -> Option<Arc<dyn super::Admin>> {
+        None
+    }
+    /// The API calls (or server round trips) this backend counts, where it makes any.
+    fn api_calls(&self) -> Option<&crate::calls::ApiCalls> {
+        None
+    }
+}
+
+/// Publishes to one topic.
+#[async_trait]
+pub trait TopicDriver: Send + Sync + Debug {
+    /// Publishes at most `max_publish_batch` messages (and `max_publish_bytes`) in one call, or a whole batch of any
+    /// size where [`Capabilities::atomic_publish`] (all or nothing, then), without retrying:
+    /// `Err` when the call failed as a whole, otherwise a report of the messages the backend refused (each with its
+    /// own error and retryable flag). The portable layer retries what is retryable.
+    async fn publish(&self, batch: &[OutgoingMessage]) -> Result<PublishReport>;
+
+    /// Publishes without waiting, where the backend can (an in-process bus): `Some` with the outcome of the whole
+    /// batch, or `None` to have the caller use `publish`. Spares the boxed future of an async call on the hottest
+    /// path there is; network backends keep the default.
+    ///
+    /// All or nothing: on `Some(Ok(()))` every message was accepted, and the batch is the driver's: it may have moved
+    /// the payloads out (the caller keeps only the ids). Otherwise it must leave the batch as it found it, for
+    /// `publish` to send.
+    fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
+        let _ = batch;
+        None
+    }
+}
+
+/// Receives from and settles deliveries of one subscription. Every method is one batch call and does not retry.
+#[async_trait]
+pub trait SubscriptionDriver: Send + Sync + Debug {
+    /// Waits up to `wait` for messages and leases at most `max` of them for the ack deadline.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>>;
+    /// Removes these deliveries from the subscription.
+    async fn ack(&self, ids: Vec<AckId>) -> Result<()>;
+    /// Returns deliveries for redelivery after each one's delay (zero when `nack_delay` is unsupported).
+    async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()>;
+    /// Extends the lease of these deliveries to `by` from now.
+    async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()>;
+    /// Moves deliveries to the subscription's dead-letter queue with their reason.
+    async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()>;
+    /// Reads up to `max` dead letters without removing them.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>>;
+    /// Moves dead letters (all, or those with the given ids) back into the subscription with the attempt counter
+    /// reset; returns how many moved.
+    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize>;
+    /// Called when a subscription's runner has stopped and its settlements were applied: flush anything the driver
+    /// still buffers (acks batched by a client library, say). The driver may be used again afterwards.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Messages not yet acked or dead-lettered (ready, delayed or leased), where the backend can tell.
+    async fn backlog(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}

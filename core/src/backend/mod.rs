@@ -1,0 +1,33 @@
+//! The backend contract, in one place: everything a backend implements and everything it is handed.
+//!
+//! A backend is a narrow, batch-oriented driver that never retries; the portable layer ([`crate::Bus`] and the
+//! runtime) owns encoding, validation, dispatch, concurrency, backoff, attempt counting, dead-letter decisions, lease
+//! extension, ordering where the broker lacks it, and shutdown.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `driver.rs` | the three traits: [`Backend`] (provisioning, capabilities, operator access), [`TopicDriver`], [`SubscriptionDriver`] |
+//! | `capabilities.rs` | [`Capabilities`]: what a backend does natively |
+//! | `spec.rs` | [`TopicSpec`], [`SubscriptionSpec`]: what the backend is asked to provision |
+//! | `delivery.rs` | [`OutgoingMessage`], [`PublishReport`], [`ReceivedMessage`], [`AckId`], [`DeadLetterRequest`] |
+//! | `admin.rs` | [`Admin`]: the operator's contract (CLI, dashboard) |
+//! | `check.rs`, `orphan.rs` | what `tidings doctor` and the inventory report |
+//!
+//! The test kit (`tidings-testkit`) holds a small reference backend written to be read, and the conformance suite
+//! every backend passes.
+
+pub mod admin;
+mod capabilities;
+mod check;
+mod delivery;
+mod driver;
+mod orphan;
+mod spec;
+
+pub use admin::Admin;
+pub use capabilities::Capabilities;
+pub use check::{Check, Status};
+pub use delivery::{AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage};
+pub use driver::{Backend, SubscriptionDriver, TopicDriver};
+pub use orphan::Orphan;
+pub use spec::{SubscriptionSpec, TopicSpec};

@@ -1,0 +1,49 @@
+//! Topics and subscriptions as a backend sees them: logical name, resource name, settings.
+
+use crate::subscription::SubscriptionConfig;
+use crate::topic::TopicConfig;
+
+/// A topic as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicSpec {
+    /// Logical name used in code.
+    pub name: String,
+    /// Name of the cloud resource (prefix and overrides from config applied).
+    pub resource: String,
+    /// Settings from the declaration.
+    pub config: TopicConfig,
+}
+
+impl TopicSpec {
+    /// A topic spec.
+    pub fn new(name: impl Into<String>, resource: impl Into<String>, config: TopicConfig) -> Self {
+        Self { name: name.into(), resource: resource.into(), config }
+    }
+}
+
+/// A subscription as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionSpec {
+    /// The topic it belongs to.
+    pub topic: TopicSpec,
+    /// Logical name used in code.
+    pub name: String,
+    /// Name of the cloud resource.
+    pub resource: String,
+    /// Effective settings (code, then config overrides).
+    pub config: SubscriptionConfig,
+}
+
+impl SubscriptionSpec {
+    /// A subscription spec.
+    pub fn new(
+        topic: TopicSpec,
+        name: impl Into<String>,
+        resource: impl Into<String>,
+        config: SubscriptionConfig,
+    ) -> Self {
+        Self { topic, name: name.into(), resource: resource.into(), config }
+    }
+}
