@@ -43,7 +43,7 @@ async fn topology_lists_declared_topics_and_running_subscriptions_with_their_set
 static JOBS: Topic<Order> = Topic::new("jobs", TopicConfig::at_least_once());
 
 #[tokio::test]
-async fn the_operator_reads_and_redrives_dead_letters_of_subscriptions_running_on_the_in_memory_bus() {
+async fn the_operator_reads_redrives_and_purges_dead_letters_of_subscriptions_running_on_the_in_memory_bus() {
     let bus = tidings::local();
     let config = SubscriptionConfig::default().with_max_retries(0);
     // Odd jobs fail the first time they are handled (and so are dead-lettered), then succeed once redriven.
@@ -84,8 +84,11 @@ async fn the_operator_reads_and_redrives_dead_letters_of_subscriptions_running_o
     assert_eq!(pace.count(), 1);
     assert!(sub.wait_idle(Duration::from_secs(10)).await.unwrap());
     assert_eq!(op.stats("jobs", "worker").await.unwrap().dead_letters, Some(1));
-    let e = op.purge("jobs", "worker", &|_| true, &pace).await.unwrap_err();
-    assert_eq!(e.kind(), tidings::ErrorKind::Unsupported);
+    // The in-memory bus purges too, through the same dead-letter surface.
+    assert_eq!(op.purge("jobs", "worker", &|_| true, &pace).await.unwrap(), 1);
+    assert_eq!(pace.count(), 2);
+    assert_eq!(op.stats("jobs", "worker").await.unwrap().dead_letters, Some(0));
+    assert!(op.dead_letters("jobs", "worker", 10).await.unwrap().is_empty());
     let e = op.stats("jobs", "nobody").await.unwrap_err();
     assert_eq!(e.kind(), tidings::ErrorKind::NotFound);
     assert!(e.to_string().contains("\"nobody\""), "{e}");

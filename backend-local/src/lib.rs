@@ -27,7 +27,8 @@ use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
     TopicDriver, TopicSpec,
 };
-use tidings_core::{Backend, Capabilities, DeadLetter, ErrorKind, MessageId, Result, Settings, WhenFull};
+use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
+use tidings_core::{Backend, Capabilities, DeadLetter, Error, ErrorKind, MessageId, Result, Settings, WhenFull};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -383,16 +384,59 @@ impl SubscriptionDriver for LocalSubscription {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue().dead_letters(max))
+        Ok(self.queue().read_letters(None, max).0.into_iter().map(|h| h.letter).collect())
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let n = self.queue().redrive(ids.as_deref(), Instant::now());
+        let handles: Vec<AckId> = {
+            let q = self.queue();
+            let (all, _) = q.read_letters(None, usize::MAX);
+            all.into_iter()
+                .filter(|h| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id)))
+                .map(|h| h.handle)
+                .collect()
+        };
+        let n = self.queue().restore(&handles, Instant::now());
         self.notify.notify_waiters();
         Ok(n)
     }
 
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(self)
+    }
+
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(Some(self.queue().backlog()))
+    }
+}
+
+/// The dead-letter queue: numbered letters in the order they came; a cursor is the last number read.
+#[async_trait]
+impl DeadLetters for LocalSubscription {
+    async fn read(&self, cursor: Option<&str>, max: usize) -> Result<LetterPage> {
+        let after = cursor
+            .map(|c| {
+                c.parse::<u64>()
+                    .map_err(|_| Error::invalid(format!("dead-letter cursor {c:?} is not one this bus gave out")))
+            })
+            .transpose()?;
+        let (letters, more) = self.queue().read_letters(after, max);
+        let next = match letters.last() {
+            Some(HeldLetter { handle: AckId::Num(n), .. }) if more => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(LetterPage::new(letters, next))
+    }
+
+    async fn restore(&self, letters: Vec<HeldLetter>) -> Result<()> {
+        let handles: Vec<AckId> = letters.into_iter().map(|h| h.handle).collect();
+        self.queue().restore(&handles, Instant::now());
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn delete(&self, handles: Vec<AckId>) -> Result<()> {
+        self.queue().delete_letters(&handles);
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage};
+use tidings_core::dead_letter::HeldLetter;
 use tidings_core::dedup::SeenIds;
 use tidings_core::time::{from_micros, micros};
 use tidings_core::trace::TraceContext;
@@ -57,6 +58,10 @@ impl Stored {
 
     pub fn publish_time(&self) -> SystemTime {
         from_micros(self.publish_micros)
+    }
+
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.extra.as_ref().and_then(|x| x.trace.clone())
     }
 
     /// The same message carrying the trace context of its publish.
@@ -166,7 +171,9 @@ pub(crate) struct Queue {
     parked_len: usize,
     /// Exactly-once: ids accepted within the retention window.
     seen: SeenIds<MessageId>,
-    dlq: VecDeque<DeadLetter>,
+    /// Dead letters in the order they came, each under its number in the dead-letter queue.
+    dlq: VecDeque<(u64, HeldLetter)>,
+    next_letter: u64,
 }
 
 impl Queue {
@@ -187,6 +194,7 @@ impl Queue {
             parked_len: 0,
             seen: SeenIds::new(config.message_retention),
             dlq: VecDeque::new(),
+            next_letter: 0,
         }
     }
 
@@ -373,32 +381,52 @@ impl Queue {
                     DeadLetter::new(m.id.clone(), payload, m.publish_time(), l.p.attempts, r.reason, SystemTime::now())
                         .with_attributes(m.attributes())
                         .with_ordering_key(m.ordering_key().map(|k| k.to_string()));
-                self.dlq.push_back(letter);
+                let n = self.next_letter;
+                self.next_letter += 1;
+                self.dlq.push_back((n, HeldLetter::new(AckId::Num(n), letter).with_trace(m.trace())));
             }
         }
     }
 
-    pub fn dead_letters(&self, max: usize) -> Vec<DeadLetter> {
-        self.dlq.iter().take(max).cloned().collect()
+    /// Up to `max` dead letters numbered after `after`, and whether more follow them.
+    pub fn read_letters(&self, after: Option<u64>, max: usize) -> (Vec<HeldLetter>, bool) {
+        let start = self.dlq.partition_point(|(n, _)| after.is_some_and(|a| *n <= a));
+        let out: Vec<HeldLetter> = self.dlq.iter().skip(start).take(max).map(|(_, h)| h.clone()).collect();
+        (out, self.dlq.len() > start + max)
     }
 
-    pub fn redrive(&mut self, ids: Option<&[MessageId]>, now: Instant) -> usize {
-        let mut moved = 0;
-        let enqueued_ms = self.millis(now);
-        let mut keep = VecDeque::with_capacity(self.dlq.len());
-        for d in self.dlq.drain(..) {
-            if ids.is_some_and(|ids| !ids.contains(&d.id)) {
-                keep.push_back(d);
-                continue;
+    /// Removes these dead letters; returns those that were there.
+    fn take_letters(&mut self, handles: &[AckId]) -> Vec<HeldLetter> {
+        let wanted: std::collections::HashSet<&AckId> = handles.iter().collect();
+        let mut out = Vec::new();
+        self.dlq.retain(|(_, h)| {
+            let take = wanted.contains(&h.handle);
+            if take {
+                out.push(h.clone());
             }
+            !take
+        });
+        out
+    }
+
+    /// Puts these dead letters back as new messages (attempt counter reset); returns how many.
+    pub fn restore(&mut self, handles: &[AckId], now: Instant) -> usize {
+        let enqueued_ms = self.millis(now);
+        let letters = self.take_letters(handles);
+        for h in &letters {
+            let d = h.letter.clone();
             let seq = self.next_seq;
             self.next_seq += 1;
-            let msg = Stored::new(d.id, d.payload, d.attributes, d.ordering_key.map(Arc::from), d.publish_time);
+            let msg = Stored::new(d.id, d.payload, d.attributes, d.ordering_key.map(Arc::from), d.publish_time)
+                .with_trace(h.trace.clone());
             self.ready.push_back(Pending { seq, msg, attempts: 0, enqueued_ms });
-            moved += 1;
         }
-        self.dlq = keep;
-        moved
+        letters.len()
+    }
+
+    /// Deletes these dead letters for good.
+    pub fn delete_letters(&mut self, handles: &[AckId]) {
+        self.take_letters(handles);
     }
 }
 
@@ -438,9 +466,9 @@ mod tests {
         q.push([m], t0);
         let got = take(&mut q, 1, t0);
         q.dead_letter(vec![DeadLetterRequest::new(got[0].clone(), "bad")]);
-        let dl = q.dead_letters(10);
-        assert_eq!(dl[0].payload, payload);
-        assert_ne!(dl[0].payload.as_ptr(), payload.as_ptr(), "not a view into the publish-time buffer");
+        let dl = q.read_letters(None, 10).0;
+        assert_eq!(dl[0].letter.payload, payload);
+        assert_ne!(dl[0].letter.payload.as_ptr(), payload.as_ptr(), "not a view into the publish-time buffer");
     }
 
     fn cfg() -> SubscriptionConfig {
@@ -513,7 +541,7 @@ mod tests {
             vec!["k2"],
             "dead-lettering unblocks the key"
         );
-        assert_eq!(q.dead_letters(10)[0].attempts, 2);
+        assert_eq!(q.read_letters(None, 10).0[0].letter.attempts, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,10 +12,9 @@
 
 mod names;
 mod operator;
-mod pace;
 
-pub use crate::backend::admin::{Admin, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+pub use crate::backend::admin::{Admin, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+pub use crate::dead_letter::{Pace, Select};
 pub use crate::backend::{Check, Orphan, Status};
 pub use names::{logical_subscription, logical_topic};
 pub use operator::{Inventory, Operator, SubscriptionEntry, TopicEntry, UnknownField};
-pub use pace::Pace;

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::backend::{SubscriptionSpec, TopicSpec};
 use crate::bus::Bus;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{self, DeadLetter, DeadLetters, Move};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::Runner;
 use crate::subscription::SubscriptionConfig;
@@ -301,20 +301,36 @@ impl Operator {
                 backlog: r.driver.backlog().await?,
                 in_flight: None,
                 oldest_unacked: None,
-                dead_letters: Some(r.driver.dead_letters(usize::MAX).await?.len() as u64),
+                dead_letters: Some(match r.driver.clone().dead_letter_queue() {
+                    Some(q) => dead_letter::peek(&*q, usize::MAX).await?.len() as u64,
+                    None => r.driver.dead_letters(usize::MAX).await?.len() as u64,
+                }),
             }),
         }
     }
 
-    /// Up to `max` dead letters of a subscription, without removing them.
+    /// The dead-letter queue of a subscription, where its backend offers the one dead-letter surface.
+    async fn queue(&self, target: &Target) -> Result<Option<Arc<dyn DeadLetters>>> {
+        match target {
+            Target::Admin(a, spec) => a.dead_letter_queue(spec).await,
+            Target::Local(r) => Ok(r.driver.clone().dead_letter_queue()),
+        }
+    }
+
+    /// Up to `max` dead letters of a subscription, oldest first, without removing them.
     pub async fn dead_letters(&self, topic: &str, sub: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        match self.target(topic, sub).await? {
+        let target = self.target(topic, sub).await?;
+        if let Some(q) = self.queue(&target).await? {
+            return dead_letter::peek(&*q, max).await;
+        }
+        match target {
             Target::Admin(a, spec) => a.dead_letters(&spec, max).await,
             Target::Local(r) => r.driver.dead_letters(max).await,
         }
     }
 
-    /// Moves the selected dead letters back into the subscription; see [`Admin::redrive`].
+    /// Moves the selected dead letters back into the subscription (attempt counter reset), one at a time, each
+    /// after `pace` allows it; returns how many moved. A copy is sent before its dead letter is removed.
     pub async fn redrive(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
         let moved = self.redrive_selected(topic, sub, select, pace).await?;
         ::metrics::counter!(crate::metrics::REDRIVEN, "backend" => self.bus.backend_name().to_string(),
@@ -324,7 +340,11 @@ impl Operator {
     }
 
     async fn redrive_selected(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        match self.target(topic, sub).await? {
+        let target = self.target(topic, sub).await?;
+        if let Some(q) = self.queue(&target).await? {
+            return dead_letter::sweep(&*q, select, pace, Move::Restore).await;
+        }
+        match target {
             Target::Admin(a, spec) => a.redrive(&spec, select, pace).await,
             Target::Local(r) => {
                 let mut moved = 0;
@@ -343,14 +363,18 @@ impl Operator {
         }
     }
 
-    /// Deletes the selected dead letters; see [`Admin::purge`].
+    /// Deletes the selected dead letters for good, each after `pace` allows it; returns how many went.
     pub async fn purge(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        match self.target(topic, sub).await? {
+        let target = self.target(topic, sub).await?;
+        if let Some(q) = self.queue(&target).await? {
+            return dead_letter::sweep(&*q, select, pace, Move::Delete).await;
+        }
+        match target {
             Target::Admin(a, spec) => a.purge(&spec, select, pace).await,
             Target::Local(_) => Err(Error::new(
                 ErrorKind::Unsupported,
-                "the in-memory bus cannot purge dead letters (its SubscriptionDriver has no delete); redrive them or \
-                 restart the process",
+                "this backend's subscription driver offers no dead-letter queue to purge; redrive them or restart \
+                 the process",
             )),
         }
     }

@@ -8,15 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::DeadLetter;
 use super::{Check, Orphan, SubscriptionSpec};
-use crate::admin::Pace;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetters, Pace, Select};
 use crate::error::Result;
 use crate::topic::TopicConfig;
 use crate::topology::Topology;
-
-/// Chooses dead letters (by id, by reason, everything).
-pub type Select<'a> = &'a (dyn Fn(&DeadLetter) -> bool + Send + Sync);
+use std::sync::Arc;
 
 /// A topic found under the prefix, as the backend names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +69,13 @@ pub trait Admin: Send + Sync + Debug {
     async fn redrive(&self, sub: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64>;
     /// Deletes the selected dead letters for good, each after `pace` allows it; returns how many went.
     async fn purge(&self, sub: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64>;
+    /// A subscription's dead-letter queue, where the backend offers it through the one dead-letter surface (the
+    /// operator then reads, redrives and purges through it, and `dead_letters`, `redrive` and `purge` above go
+    /// unused).
+    async fn dead_letter_queue(&self, sub: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
+        let _ = sub;
+        Ok(None)
+    }
     /// Deletes a subscription and its dead-letter queue (the CLI's temporary subscriptions).
     async fn delete_subscription(&self, sub: &SubscriptionSpec) -> Result<()>;
     /// The figures this backend cannot tell, each with the reason (printed as footnotes).

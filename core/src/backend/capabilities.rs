@@ -2,11 +2,18 @@
 
 use std::time::Duration;
 
-/// What a backend can do natively. The runtime fills gaps client-side, and the conformance suite reads these flags.
+/// What a backend can do natively, as [`crate::Backend::capabilities`] declares it. The runtime fills gaps
+/// client-side: [`Capabilities::completed`] is what a bus offers on the backend ([`crate::Bus::capabilities`], which
+/// the conformance suite reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// Messages sharing an ordering key are delivered in order, one at a time.
+    /// The broker itself delivers messages sharing an ordering key in order, one at a time: it hands out a key's next
+    /// message only once the previous one was acked or dead-lettered (a retried one keeps its place). Where it does
+    /// not, core completes it: on ordered topics the runtime's sequencer keeps one message per key out and parks the
+    /// key's later ones (leases kept alive) until then, so ordered topics work on every backend. A backend that hands
+    /// out a key's messages in order but not one at a time (NATS JetStream, Pub/Sub with message ordering) declares
+    /// `false`.
     pub ordering: bool,
     /// Acked messages are never redelivered and republished ids are de-duplicated.
     pub exactly_once: bool,
@@ -47,6 +54,14 @@ pub struct Capabilities {
     /// A subscription's backlog can be bounded ([`crate::SubscriptionConfig::max_backlog`]): publishes wait or fail
     /// at the limit. The in-memory bus; brokers keep backlogs on disk under their own limits.
     pub bounded_backlog: bool,
+}
+
+impl Capabilities {
+    /// What a bus on this backend offers: these native capabilities, completed by core. `ordering` is always there
+    /// (the runtime's sequencer gives it where the broker does not).
+    pub fn completed(&self) -> Self {
+        Self { ordering: true, ..self.clone() }
+    }
 }
 
 impl Default for Capabilities {

@@ -11,7 +11,7 @@ use super::{
     AckId, Capabilities, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionSpec,
     TopicSpec,
 };
-use crate::dead_letter::DeadLetter;
+use super::{DeadLetter, DeadLetters};
 use crate::error::Result;
 use crate::message::MessageId;
 
@@ -76,6 +76,12 @@ pub trait SubscriptionDriver: Send + Sync + Debug {
     /// Moves dead letters (all, or those with the given ids) back into the subscription with the attempt counter
     /// reset; returns how many moved.
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize>;
+    /// The subscription's dead-letter queue, where the driver offers it through the one dead-letter surface (the
+    /// `Subscription` handle and the operator then read, redrive and purge through it, and `dead_letters` and
+    /// `redrive` above go unused).
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        None
+    }
     /// Called when a subscription's runner has stopped and its settlements were applied: flush anything the driver
     /// still buffers (acks batched by a client library, say). The driver may be used again afterwards.
     async fn close(&self) -> Result<()> {

@@ -10,6 +10,7 @@
 //! | `capabilities.rs` | [`Capabilities`]: what a backend does natively |
 //! | `spec.rs` | [`TopicSpec`], [`SubscriptionSpec`]: what the backend is asked to provision |
 //! | `delivery.rs` | [`OutgoingMessage`], [`PublishReport`], [`ReceivedMessage`], [`AckId`], [`DeadLetterRequest`] |
+//! | `dead_letters.rs` | [`DeadLetters`]: a subscription's dead-letter queue (read with a cursor, restore, delete), the one surface for the `Subscription` handle and the operator |
 //! | `admin.rs` | [`Admin`]: the operator's contract (CLI, dashboard) |
 //! | `check.rs`, `orphan.rs` | what `tidings doctor` and the inventory report |
 //!
@@ -19,6 +20,7 @@
 pub mod admin;
 mod capabilities;
 mod check;
+pub mod dead_letters;
 mod delivery;
 mod driver;
 mod orphan;
@@ -27,6 +29,7 @@ mod spec;
 pub use admin::Admin;
 pub use capabilities::Capabilities;
 pub use check::{Check, Status};
+pub use dead_letters::{DeadLetter, DeadLetters, HeldLetter, LetterPage};
 pub use delivery::{AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage};
 pub use driver::{Backend, SubscriptionDriver, TopicDriver};
 pub use orphan::Orphan;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::{scoped, Scope, SCOPE};
 use crate::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver};
+use crate::dead_letter::{DeadLetters, HeldLetter, LetterPage};
 use crate::{DeadLetter, MessageId, PublishReport, Result};
 
 /// A topic driver whose calls run within a scope.
@@ -58,10 +59,37 @@ impl SubscriptionDriver for ScopedSubscription {
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
         scoped(self.scope.clone(), self.inner.redrive(ids)).await
     }
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        let inner = self.inner.clone().dead_letter_queue()?;
+        Some(Arc::new(ScopedDeadLetters { scope: self.scope.clone(), inner }))
+    }
     async fn close(&self) -> Result<()> {
         scoped(self.scope.clone(), self.inner.close()).await
     }
     async fn backlog(&self) -> Result<Option<u64>> {
         scoped(self.scope.clone(), self.inner.backlog()).await
+    }
+}
+
+/// A dead-letter queue whose calls run within its subscription's scope.
+#[derive(Debug)]
+pub(crate) struct ScopedDeadLetters {
+    pub(crate) scope: Scope,
+    pub(crate) inner: Arc<dyn DeadLetters>,
+}
+
+#[async_trait]
+impl DeadLetters for ScopedDeadLetters {
+    async fn read(&self, cursor: Option<&str>, max: usize) -> Result<LetterPage> {
+        scoped(self.scope.clone(), self.inner.read(cursor, max)).await
+    }
+    async fn restore(&self, letters: Vec<HeldLetter>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.restore(letters)).await
+    }
+    async fn delete(&self, handles: Vec<AckId>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.delete(handles)).await
+    }
+    async fn release(&self, handles: Vec<AckId>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.release(handles)).await
     }
 }

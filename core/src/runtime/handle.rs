@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dead_letter::{self, Move, Pace};
 use crate::error::{Error, Result};
 use crate::subscription::SubscriptionConfig;
 
@@ -36,21 +37,34 @@ impl Subscription {
         &self.runner.spec.config
     }
 
-    /// Reads up to `max` messages from the dead-letter queue without removing them.
+    /// Reads up to `max` messages from the dead-letter queue without removing them, oldest first where the backend
+    /// keeps an order.
     pub async fn dead_letters(&self, max: usize) -> Result<Vec<crate::DeadLetter>> {
-        self.runner.driver.dead_letters(max).await
+        match self.runner.driver.clone().dead_letter_queue() {
+            Some(q) => dead_letter::peek(&*q, max).await,
+            None => self.runner.driver.dead_letters(max).await,
+        }
     }
 
     /// Moves every dead letter back into the subscription, attempt counter reset; returns how many moved.
     pub async fn redrive_all(&self) -> Result<usize> {
-        let n = self.runner.driver.redrive(None).await?;
+        let n = match self.runner.driver.clone().dead_letter_queue() {
+            Some(q) => dead_letter::sweep(&*q, &|_| true, &Pace::unlimited(), Move::Restore).await? as usize,
+            None => self.runner.driver.redrive(None).await?,
+        };
         self.runner.metrics.redriven(n);
         Ok(n)
     }
 
     /// Moves the dead letters with these ids back into the subscription; returns how many moved.
     pub async fn redrive(&self, ids: &[crate::MessageId]) -> Result<usize> {
-        let n = self.runner.driver.redrive(Some(ids.to_vec())).await?;
+        let n = match self.runner.driver.clone().dead_letter_queue() {
+            Some(q) => {
+                let select = |d: &crate::DeadLetter| ids.contains(&d.id);
+                dead_letter::sweep(&*q, &select, &Pace::unlimited(), Move::Restore).await? as usize
+            }
+            None => self.runner.driver.redrive(Some(ids.to_vec())).await?,
+        };
         self.runner.metrics.redriven(n);
         Ok(n)
     }
