@@ -31,8 +31,10 @@
 //! - `ack`: removes deliveries. A token whose lease ran out is ignored (the message was handed out again), so a late
 //!   ack never removes a newer delivery, and an acked message is never delivered again.
 //! - `nack`: returns deliveries, at once or after a delay. `extend_lease`: moves their deadline to `now + by`.
-//! - `dead_letter`: moves deliveries to the dead-letter queue with their reason and attempt count. `dead_letters`
-//!   reads it without removing anything; `redrive` moves them back, counting attempts from zero again.
+//! - `dead_letter`: moves deliveries to the dead-letter queue with their reason and attempt count.
+//!   `dead_letter_queue` hands out that queue as [`DeadLetters`]: `read` pages through it without removing anything
+//!   (a cursor is the last letter's number), `restore` moves letters back (attempts count from zero again, the
+//!   trace context kept), `delete` drops them. Core's one sweep drives it for `Subscription::redrive` and the operator.
 //! - `backlog`: messages not yet acked or dead-lettered (ready or leased).
 //!
 //! Left out: persistence (state lives as long as the [`Reference`] and its clones), retention expiry, the
@@ -44,8 +46,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionSpec, TopicSpec};
+use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
 use tidings_core::dedup::SeenIds;
-use tidings_core::{Backend, Capabilities, DeadLetter, MessageId, PublishReport, Result, SubscriptionConfig};
+use tidings_core::{Backend, Capabilities, DeadLetter, Error, MessageId, PublishReport, Result, SubscriptionConfig};
 use tidings_core::{SubscriptionDriver, TopicDriver};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -203,34 +206,67 @@ impl SubscriptionDriver for SubscriptionHandle {
                 let Some(Entry { msg, attempts, .. }) = q.settle(&message.ack_id) else { continue };
                 let key = msg.ordering_key.as_deref().map(str::to_string);
                 let letter =
-                    DeadLetter::new(msg.id, msg.payload, msg.publish_time, attempts, reason, SystemTime::now());
-                q.dead.push_back(letter.with_attributes(msg.attributes).with_ordering_key(key));
+                    DeadLetter::new(msg.id, msg.payload, msg.publish_time, attempts, reason, SystemTime::now())
+                        .with_attributes(msg.attributes)
+                        .with_ordering_key(key);
+                q.next_token += 1; // Dead letters are numbered from the token counter: in order, never reused.
+                q.dead.push_back(HeldLetter::new(AckId::Num(q.next_token), letter).with_trace(msg.trace));
             }
         });
         Ok(())
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue(|q| q.dead.iter().take(max).cloned().collect()))
+        Ok(self.queue(|q| q.dead.iter().take(max).map(|h| h.letter.clone()).collect()))
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        Ok(self.change(|q| {
-            let chosen = |d: &DeadLetter| ids.as_ref().is_none_or(|ids| ids.contains(&d.id));
-            let (back, stay): (Vec<_>, Vec<_>) = q.dead.drain(..).partition(chosen);
-            q.dead = stay.into();
-            for d in &back {
-                let key = d.ordering_key.as_deref().map(Arc::from);
-                let msg =
-                    OutgoingMessage::new(d.id.clone(), d.payload.clone(), d.attributes.clone(), key, d.publish_time);
-                q.enqueue(msg); // Not through `accept`: a redriven id is no duplicate. Attempts start at 0.
-            }
-            back.len()
-        }))
+        let chosen = |h: &HeldLetter| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id));
+        let letters: Vec<HeldLetter> = self.queue(|q| q.dead.iter().filter(|h| chosen(h)).cloned().collect());
+        let n = letters.len();
+        DeadLetters::restore(self, letters).await.map(|()| n)
+    }
+
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(self)
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(Some(self.queue(|q| q.ready.len() + q.leased.len()) as u64))
+    }
+}
+
+/// The dead-letter queue: letters in the order they came, each under its number; a cursor is the last number read.
+#[async_trait]
+impl DeadLetters for SubscriptionHandle {
+    async fn read(&self, cursor: Option<&str>, max: usize) -> Result<LetterPage> {
+        let after: u64 =
+            cursor.map_or(Ok(0), |c| c.parse().map_err(|_| Error::invalid(format!("bad cursor {c:?}"))))?;
+        let number = |h: &HeldLetter| if let AckId::Num(n) = h.handle { n } else { 0 };
+        let (letters, more) = self.queue(|q| {
+            let after: Vec<HeldLetter> = q.dead.iter().filter(|h| number(h) > after).cloned().collect();
+            (after.iter().take(max).cloned().collect::<Vec<_>>(), after.len() > max)
+        });
+        let next = letters.last().filter(|_| more).map(|h| number(h).to_string());
+        Ok(LetterPage::new(letters, next))
+    }
+
+    async fn restore(&self, letters: Vec<HeldLetter>) -> Result<()> {
+        self.change(|q| {
+            for h in letters {
+                let Some(at) = q.dead.iter().position(|d| d.handle == h.handle) else { continue };
+                let HeldLetter { letter: d, trace, .. } = q.dead.remove(at).expect("found above");
+                let key = d.ordering_key.as_deref().map(Arc::from);
+                let msg = OutgoingMessage::new(d.id, d.payload, d.attributes, key, d.publish_time).with_trace(trace);
+                q.enqueue(msg); // Not through `accept`: a redriven id is no duplicate. Attempts start at 0.
+            }
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, handles: Vec<AckId>) -> Result<()> {
+        self.queue(|q| q.dead.retain(|h| !handles.contains(&h.handle)));
+        Ok(())
     }
 }
 
@@ -256,7 +292,7 @@ struct Queue {
     ready: VecDeque<Entry>,
     /// Ack token -> (lease deadline, message).
     leased: HashMap<AckId, (Instant, Entry)>,
-    dead: VecDeque<DeadLetter>,
+    dead: VecDeque<HeldLetter>,
 }
 
 impl Queue {
