@@ -10,8 +10,8 @@ use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde::{Deserialize, Serialize};
 use tidings_aws::{AwsConfig, Provisioning};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
-use tidings_core::conformance::foreign::OrderedProbe;
 use tidings_core::{Backend, Bus, ErrorKind, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_testkit::conformance::foreign::OrderedProbe;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Event {

@@ -4,8 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
-use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
+use tidings_testkit::conformance::{Harness, Timing};
 
 struct Aws;
 
@@ -18,7 +18,7 @@ impl Harness for Aws {
     }
 }
 
-tidings_core::conformance_tests!(aws => Aws; lacks: [bounded_backlog]);
+tidings_testkit::conformance_tests!(aws => Aws; lacks: [bounded_backlog]);
 
 /// The default `aws.wait_time` (20 s long polls) rather than the suite's 1 s.
 struct AwsLongPolls;
@@ -38,13 +38,13 @@ impl Harness for AwsLongPolls {
 /// the next receive beside each busy handler, must not hold the shutdown past its timeout plus the margin.
 #[test]
 fn bus_shutdown_is_bounded_with_20_s_long_polls() {
-    tidings_core::conformance::block_on(
-        tidings_core::conformance::bus_shutdown_returns_within_its_timeout_plus_the_margin(&AwsLongPolls),
+    tidings_testkit::conformance::block_on(
+        tidings_testkit::conformance::bus_shutdown_returns_within_its_timeout_plus_the_margin(&AwsLongPolls),
     );
 }
 
 /// Load with injected failures, panics and slow handlers against LocalStack (bounded: 1,000 messages).
 #[test]
 fn ledger_1000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Aws, 1_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Aws, 1_000, false));
 }

@@ -1,5 +1,5 @@
 //! Network faults between tidings and LocalStack, injected by a TCP proxy (the shared
-//! [`network_faults`](tidings_core::conformance::network_faults) scenario: resets mid-stream, a 3 s cut, latency).
+//! [`network_faults`](tidings_testkit::conformance::network_faults) scenario: resets mid-stream, a 3 s cut, latency).
 
 mod support;
 
@@ -9,8 +9,8 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
 use tidings_aws::AwsBackend;
-use tidings_core::conformance::{network_faults, proxy::FaultProxy};
 use tidings_core::Bus;
+use tidings_testkit::conformance::{network_faults, proxy::FaultProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_cuts_and_latency_lose_nothing() {

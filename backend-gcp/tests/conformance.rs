@@ -4,8 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
-use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
+use tidings_testkit::conformance::{Harness, Timing};
 
 struct Gcp;
 
@@ -18,10 +18,10 @@ impl Harness for Gcp {
     }
 }
 
-tidings_core::conformance_tests!(gcp => Gcp; lacks: [bounded_backlog]);
+tidings_testkit::conformance_tests!(gcp => Gcp; lacks: [bounded_backlog]);
 
 /// Load with injected failures, panics and slow handlers against the emulator (bounded: 1,000 messages).
 #[test]
 fn ledger_1000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Gcp, 1_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Gcp, 1_000, false));
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
-use tidings_core::conformance::foreign::{OrderedProbe, Step};
 use tidings_core::{Backend, Bus, ErrorKind, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
 use tidings_gcp::{GcpConfig, Provisioning};
+use tidings_testkit::conformance::foreign::{OrderedProbe, Step};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Event {

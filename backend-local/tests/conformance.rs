@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
 use tidings_local::LocalBackend;
+use tidings_testkit::conformance::{Harness, Timing};
 
 struct Local;
 
@@ -29,7 +29,7 @@ impl Harness for LocalWithoutNackDelay {
     }
 }
 
-tidings_core::conformance_tests!(
+tidings_testkit::conformance_tests!(
     local => Local,
     local_without_nack_delay => LocalWithoutNackDelay,
 );
@@ -38,12 +38,12 @@ tidings_core::conformance_tests!(
 /// subscriptions.
 #[test]
 fn ledger_20000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Local, 20_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Local, 20_000, false));
 }
 
 #[test]
 fn ledger_exactly_once_has_no_duplicate_after_ack() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Local, 5_000, true));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Local, 5_000, true));
 }
 
 /// The backlog gauge of a running subscription is sampled on the bus's interval (the messages its stalled handlers
@@ -51,10 +51,10 @@ fn ledger_exactly_once_has_no_duplicate_after_ack() {
 #[test]
 fn backlog_gauge_is_sampled_and_redrives_are_counted() {
     use std::time::Duration;
-    use tidings_core::conformance::recorded::{install, snapshot, sum};
     use tidings_core::metrics::{BACKLOG, DEAD_LETTERED, REDRIVEN};
     use tidings_core::{HandlerError, Message, SubscriptionConfig, Topic, TopicConfig};
-    tidings_core::conformance::block_on(async {
+    use tidings_testkit::conformance::recorded::{install, snapshot, sum};
+    tidings_testkit::conformance::block_on(async {
         install();
         let bus =
             Bus::builder(Arc::new(LocalBackend::new())).backlog_sample_interval(Duration::from_millis(20)).build();

@@ -4,8 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
-use tidings_core::conformance::operator_story;
 use tidings_core::{Bus, Settings};
+use tidings_testkit::conformance::operator_story;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_sees_and_moves_dead_letters() {

@@ -1,14 +1,14 @@
 //! Network faults between tidings and the NATS server, injected by a TCP proxy (the shared
-//! [`network_faults`](tidings_core::conformance::network_faults) scenario: resets mid-stream, a 3 s cut, latency).
+//! [`network_faults`](tidings_testkit::conformance::network_faults) scenario: resets mid-stream, a 3 s cut, latency).
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_core::conformance::{network_faults, proxy::FaultProxy};
 use tidings_core::Bus;
 use tidings_nats::NatsBackend;
+use tidings_testkit::conformance::{network_faults, proxy::FaultProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_cuts_and_latency_lose_nothing() {

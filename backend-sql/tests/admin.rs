@@ -4,8 +4,8 @@ mod support;
 
 use std::sync::Arc;
 
-use tidings_core::conformance::operator_story;
 use tidings_core::{Bus, Settings};
+use tidings_testkit::conformance::operator_story;
 
 async fn story(backend: &str) {
     let b = match backend {

@@ -5,7 +5,7 @@ mod support;
 
 use support::{Postgres, Sqlite};
 
-tidings_core::conformance_tests!(
+tidings_testkit::conformance_tests!(
     sqlite => Sqlite; lacks: [bounded_backlog],
     postgres => Postgres; lacks: [bounded_backlog],
 );
@@ -14,20 +14,20 @@ tidings_core::conformance_tests!(
 /// subscriptions.
 #[test]
 fn ledger_sqlite_2000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Sqlite, 2_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Sqlite, 2_000, false));
 }
 
 #[test]
 fn ledger_sqlite_exactly_once_has_no_duplicate_after_ack() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Sqlite, 1_000, true));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Sqlite, 1_000, true));
 }
 
 #[test]
 fn ledger_postgres_2000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Postgres, 2_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Postgres, 2_000, false));
 }
 
 #[test]
 fn ledger_postgres_exactly_once_has_no_duplicate_after_ack() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Postgres, 1_000, true));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Postgres, 1_000, true));
 }

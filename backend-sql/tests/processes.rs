@@ -60,7 +60,7 @@ fn log(line: String) {
 #[test]
 fn child_process_entry() {
     let Ok(role) = std::env::var(CHILD) else { return };
-    tidings_core::conformance::block_on(async move {
+    tidings_testkit::conformance::block_on(async move {
         if role == "locker" {
             // An open transaction that has written: it holds the file's write lock until this process dies.
             let path = std::env::var("CHILD_SQLITE_PATH").unwrap();

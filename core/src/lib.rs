@@ -1,8 +1,9 @@
 //! Core of tidings: typed topics and subscriptions, the backend SPI, the runtime that runs handlers the same way on
-//! every backend, configuration, and (feature `conformance`) the behaviour suite every backend must pass.
+//! every backend, and configuration.
 //!
 //! Applications use the `tidings` facade crate; backend authors implement [`Backend`], [`TopicDriver`] and
-//! [`SubscriptionDriver`].
+//! [`SubscriptionDriver`], and run the behaviour suite every backend must pass (`tidings_testkit::conformance`, in the
+//! `tidings-testkit` crate, which uses only this crate's public items) from their tests.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -28,9 +29,6 @@ pub mod topic;
 pub mod topology;
 pub mod trace;
 pub mod wire;
-
-#[cfg(feature = "conformance")]
-pub mod conformance;
 
 pub use backend::{Backend, Capabilities, PublishReport, SubscriptionDriver, TopicDriver};
 pub use bus::{Bus, BusBuilder};

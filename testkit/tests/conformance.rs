@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
+use tidings_testkit::conformance::{Harness, Timing};
 use tidings_testkit::Reference;
 
 struct Ref;
@@ -18,16 +18,16 @@ impl Harness for Ref {
     }
 }
 
-tidings_core::conformance_tests!(reference => Ref; lacks: [bounded_backlog]);
+tidings_testkit::conformance_tests!(reference => Ref; lacks: [bounded_backlog]);
 
 /// Load with injected failures, panics and slow handlers: every message ends acked or dead-lettered, in each of two
 /// subscriptions.
 #[test]
 fn ledger_20000_messages_under_failures() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Ref, 20_000, false));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Ref, 20_000, false));
 }
 
 #[test]
 fn ledger_exactly_once_has_no_duplicate_after_ack() {
-    tidings_core::conformance::block_on(tidings_core::conformance::ledger(&Ref, 5_000, true));
+    tidings_testkit::conformance::block_on(tidings_testkit::conformance::ledger(&Ref, 5_000, true));
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use tidings_core::conformance::Timing;
 use tidings_nats::{NatsBackend, NatsConfig};
+use tidings_testkit::conformance::Timing;
 
 pub fn url() -> String {
     std::env::var("TIDINGS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tidings_core::conformance::{Harness, Timing};
 use tidings_core::Bus;
 use tidings_sql::{PostgresConfig, SqlBackend, SqliteConfig};
+use tidings_testkit::conformance::{Harness, Timing};
 
 /// Test timing: sub-second backoffs; a 2 s ack deadline, because the runtime extends a lease every half deadline
 /// and, on a loaded machine, a SQLite write can wait that long for the lock (with 500 ms, a lease sometimes lapsed

@@ -17,7 +17,7 @@ macro_rules! outbox_cases {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_trace_context_of_the_write_reaches_the_handler_after_a_relay_restart() {
                 use tracing::Instrument;
-                let capture = tidings_core::conformance::capture::install();
+                let capture = tidings_testkit::conformance::capture::install();
                 let (outbox, _faults, users) = super::setup().await;
                 let t = topic::<Event>("traced", TopicConfig::at_least_once());
                 let _watching = capture.watch(t.name());
@@ -64,8 +64,8 @@ macro_rules! outbox_cases {
             /// drain to zero and each row's relay lag (insert to publish) spans the outage.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn metrics_show_pending_rows_and_the_relay_lag() {
-                use tidings_core::conformance::recorded::{install, snapshot, sum};
                 use tidings_core::metrics::{OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, OUTBOX_RELAY_LAG};
+                use tidings_testkit::conformance::recorded::{install, snapshot, sum};
                 install();
                 let (outbox, faults, users) = super::setup().await;
                 let table = format!("metrics_{}", super::support::unique());

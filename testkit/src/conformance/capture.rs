@@ -16,7 +16,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::trace::{Propagator, TraceContext};
+use tidings_core::trace::{Propagator, TraceContext};
 
 /// One captured span.
 #[derive(Debug, Clone, Default)]
@@ -80,7 +80,7 @@ pub fn install() -> Capture {
             tracing::subscriber::set_global_default(subscriber)
                 .expect("the trace conformance case installs the global tracing subscriber; another one was installed");
             assert!(
-                crate::trace::set_propagator(CapturePropagator(capture.clone())),
+                tidings_core::trace::set_propagator(CapturePropagator(capture.clone())),
                 "the trace conformance case installs the trace propagator; another one was installed"
             );
             capture

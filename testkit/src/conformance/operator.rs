@@ -1,4 +1,4 @@
-//! The operator SPI ([`crate::admin::Admin`]) of a backend whose state lives outside a process, through
+//! The operator SPI ([`tidings_core::admin::Admin`]) of a backend whose state lives outside a process, through
 //! [`Operator`] as the CLI and the dashboard use it: exact backlog, in-flight and DLQ depth, an oldest-unacked age,
 //! dead letters read, redriven selectively (each once, even when the handler dead-letters them again during the
 //! sweep), purged, and a subscription deleted.
@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::admin::{Operator, Pace};
-use crate::{Bus, ErrorKind, HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_core::admin::{Operator, Pace};
+use tidings_core::{Bus, ErrorKind, HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
@@ -39,7 +39,7 @@ struct App {
     release: Arc<Notify>,
 }
 
-async fn subscribe_work(bus: &Bus, t: &Topic<Job>) -> (crate::Subscription, App) {
+async fn subscribe_work(bus: &Bus, t: &Topic<Job>) -> (tidings_core::Subscription, App) {
     let app = App { seen: Arc::default(), healed: Arc::default(), release: Arc::new(Notify::new()) };
     let (seen, healed, release) = (app.seen.clone(), app.healed.clone(), app.release.clone());
     let sub = bus
@@ -121,7 +121,7 @@ pub async fn operator_story(bus: &Bus, name: &str) {
 
     // Healed: the one selected by its reason is handled; the others stay.
     app.healed.store(true, Ordering::SeqCst);
-    let one = |d: &crate::DeadLetter| d.reason.contains("job 1001");
+    let one = |d: &tidings_core::DeadLetter| d.reason.contains("job 1001");
     assert_eq!(op.redrive(&name, "work", &one, &Pace::unlimited()).await.unwrap(), 1);
     until("job 1001 handled", || async {
         app.seen.lock().unwrap().iter().filter(|n| **n == 1001).count() == 3

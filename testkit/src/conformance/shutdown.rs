@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::support::{logging, sub_config, topic, wait_until, Event, Log};
 use super::Harness;
-use crate::{Bus, ErrorKind, HandlerError, Message, PublishOptions, Topic, TopicConfig};
+use tidings_core::{Bus, ErrorKind, HandlerError, Message, PublishOptions, Topic, TopicConfig};
 
 /// Counts the handlers dropped before they finished.
 struct Dropped(Arc<AtomicUsize>);
@@ -27,7 +27,7 @@ impl Drop for Dropped {
 fn stuck_on_first_attempt(
     log: &Log,
     dropped: &Arc<AtomicUsize>,
-) -> impl Fn(Message<Event>) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::HandlerResult> + Send>>
+) -> impl Fn(Message<Event>) -> std::pin::Pin<Box<dyn std::future::Future<Output = tidings_core::HandlerResult> + Send>>
        + Send
        + Sync
        + 'static {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::support::{logging, sub_config, topic, wait_until, Event, Log};
 use super::Harness;
-use crate::{Message, PublishOptions, TopicConfig};
+use tidings_core::{Message, PublishOptions, TopicConfig};
 
 pub async fn ack_deadline_expiry_redelivers<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());

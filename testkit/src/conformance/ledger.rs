@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::support::{topic, Event};
 use super::Harness;
-use crate::{HandlerError, Message, PublishOptions, RetryPolicy, SubscriptionConfig, TopicConfig};
+use tidings_core::{HandlerError, Message, PublishOptions, RetryPolicy, SubscriptionConfig, TopicConfig};
 
 /// What one subscription saw.
 #[derive(Debug, Default)]
@@ -105,7 +105,7 @@ pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
     let mut published = HashSet::new();
     let mut tasks = Vec::new();
     for w in 0..8u64 {
-        let (bus, tp) = (bus.clone(), crate::Topic::<Event>::new(tp.name(), tp.config()));
+        let (bus, tp) = (bus.clone(), tidings_core::Topic::<Event>::new(tp.name(), tp.config()));
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in (w..n).step_by(8) {
@@ -182,9 +182,9 @@ pub async fn ledger<H: Harness>(h: &H, n: u64, exactly_once: bool) {
 /// Metrics after the ledger add up: every publish counted once; per subscription each delivery ended as exactly one
 /// of acked, retried or dead-lettered, in agreement with what the handlers saw; the backend's API-call counter
 /// equals the calls it counted itself.
-fn metrics_add_up(bus: &crate::Bus, topic: &str, published: u64, ledgers: &[Ledger], dead: &[usize]) {
+fn metrics_add_up(bus: &tidings_core::Bus, topic: &str, published: u64, ledgers: &[Ledger], dead: &[usize]) {
     use super::recorded::{snapshot, sum, sum_by};
-    use crate::metrics::*;
+    use tidings_core::metrics::*;
     let backend = bus.backend_name();
     let series = snapshot(&[("backend", backend), ("topic", topic)]);
     let count = |name: &str, filter: &[(&str, &str)]| sum(&series, name, filter) as u64;

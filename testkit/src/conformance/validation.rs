@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use super::support::{logging, sub_config, topic, Event, Log};
 use super::Harness;
-use crate::{ErrorKind, PublishOptions, RetryPolicy, SubscriptionConfig, TopicConfig};
+use tidings_core::{ErrorKind, PublishOptions, RetryPolicy, SubscriptionConfig, TopicConfig};
 
 pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     for bad in ["Signups", "1signups", "sign_ups", "signups-", ""] {
-        let topic =
-            crate::Topic::<Event>::new(Box::leak(bad.to_string().into_boxed_str()), TopicConfig::at_least_once());
+        let topic = tidings_core::Topic::<Event>::new(
+            Box::leak(bad.to_string().into_boxed_str()),
+            TopicConfig::at_least_once(),
+        );
         let e = topic.publish(&bus, &Event::new(1)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains(&format!("topic name {bad:?}")), "{e}");
@@ -57,7 +59,7 @@ pub async fn duplicate_subscription_is_rejected<H: Harness>(h: &H) {
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("\"email\"") && e.to_string().contains(topic.name()), "{e}");
     bus.subscribe(&first, "email", sub_config(&t, 5), logging(&Log::default())).await.expect("unique per topic only");
-    let conflicting = crate::Topic::<Event>::new(topic.name(), TopicConfig::exactly_once());
+    let conflicting = tidings_core::Topic::<Event>::new(topic.name(), TopicConfig::exactly_once());
     let e = conflicting.publish(&bus, &Event::new(1)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict, "one topic name, two configs: {e}");
     bus.shutdown(t.patience).await;
@@ -157,14 +159,15 @@ pub async fn invalid_publish_options_are_rejected<H: Harness>(h: &H) {
         e.to_string().contains(&format!("{} attributes", max + 1)) && e.to_string().contains(&max.to_string()),
         "{e}"
     );
-    for bad in ["", "has space", "caf\u{e9}", &"x".repeat(crate::message::MAX_ID_LEN + 1)] {
-        let opts = PublishOptions::new().id(crate::MessageId::from(bad));
+    for bad in ["", "has space", "caf\u{e9}", &"x".repeat(tidings_core::message::MAX_ID_LEN + 1)] {
+        let opts = PublishOptions::new().id(tidings_core::MessageId::from(bad));
         let e = topic.publish_with(&bus, &ev, opts).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains(&format!("{bad:?}")) && e.to_string().contains("printable ASCII"), "{e}");
     }
-    let longest = "o".repeat(crate::message::MAX_ID_LEN);
-    let id = topic.publish_with(&bus, &ev, PublishOptions::new().id(crate::MessageId::from(longest.as_str()))).await;
+    let longest = "o".repeat(tidings_core::message::MAX_ID_LEN);
+    let id =
+        topic.publish_with(&bus, &ev, PublishOptions::new().id(tidings_core::MessageId::from(longest.as_str()))).await;
     assert_eq!(id.unwrap().as_str(), longest, "the longest custom id is accepted and kept");
 }
 

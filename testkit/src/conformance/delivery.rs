@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::support::{logging, sub_config, topic, Event, Log};
 use super::Harness;
-use crate::{ErrorKind, Message, PublishOptions, TopicConfig};
+use tidings_core::{ErrorKind, Message, PublishOptions, TopicConfig};
 
 pub async fn round_trip_with_attributes_and_metadata<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
@@ -88,7 +88,7 @@ pub async fn independence_of_a_stalled_subscription<H: Harness>(h: &H) {
     let stalled = bus
         .subscribe(&topic, "stalled", sub_config(&t, 5).with_max_concurrency(1), move |_m: Message<Event>| {
             calls.fetch_add(1, SeqCst);
-            std::future::pending::<crate::HandlerResult>()
+            std::future::pending::<tidings_core::HandlerResult>()
         })
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::support::{logging, sub_config, topic, wait_dead_letters, wait_until, Event, Log};
 use super::Harness;
-use crate::{HandlerError, Message, RetryPolicy, TopicConfig};
+use tidings_core::{HandlerError, Message, RetryPolicy, TopicConfig};
 
 pub async fn err_redelivers_after_backoff_with_rising_attempt<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
@@ -50,7 +50,7 @@ pub async fn err_redelivers_after_backoff_with_rising_attempt<H: Harness>(h: &H)
 fn failing(
     log: &Log,
     reason: &'static str,
-) -> impl Fn(Message<Event>) -> std::future::Ready<crate::HandlerResult> + Send + Sync + 'static {
+) -> impl Fn(Message<Event>) -> std::future::Ready<tidings_core::HandlerResult> + Send + Sync + 'static {
     let log = log.clone();
     move |m| {
         log.record(&m);
@@ -142,7 +142,7 @@ struct Wrong {
 pub async fn poison_message_goes_to_dlq<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());
     let topic = topic::<Event>("poison", TopicConfig::at_least_once());
-    let wrong = crate::Topic::<Wrong>::new(topic.name(), topic.config());
+    let wrong = tidings_core::Topic::<Wrong>::new(topic.name(), topic.config());
     let log = Log::default();
     let sub = bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
     let id = wrong.publish(&bus, &Wrong { unexpected: vec![1, 2] }).await.unwrap();
@@ -234,11 +234,11 @@ pub async fn foreign_bad_input_goes_to_dlq<H: Harness>(h: &H) {
     let driver = bus.backend().topic(&spec).await.unwrap();
     let mut accepted = 0;
     for (i, (what, payload)) in bad.iter().enumerate() {
-        let mut attributes = crate::Attributes::new();
+        let mut attributes = tidings_core::Attributes::new();
         attributes.insert("producer".into(), "foreign".into());
         attributes.insert(format!("unexpected-{i}"), what.to_string());
-        let m = crate::backend::OutgoingMessage::new(
-            crate::MessageId::generate(),
+        let m = tidings_core::backend::OutgoingMessage::new(
+            tidings_core::MessageId::generate(),
             bytes::Bytes::from(payload.clone()),
             attributes,
             None,

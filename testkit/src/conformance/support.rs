@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Bus, Message, Metadata, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_core::{Bus, Message, Metadata, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 
 use super::Timing;
 
@@ -53,7 +53,7 @@ pub(crate) struct Delivery {
 pub(crate) struct Log(Arc<Mutex<Vec<Delivery>>>);
 
 impl Log {
-    pub fn record(&self, msg: &crate::Message<Event>) {
+    pub fn record(&self, msg: &tidings_core::Message<Event>) {
         self.0.lock().unwrap().push(Delivery {
             event: msg.payload.clone(),
             meta: msg.meta.clone(),
@@ -89,10 +89,10 @@ pub(crate) async fn wait_until(patience: Duration, mut cond: impl FnMut() -> boo
 
 /// Reads the DLQ until it holds `n` entries or patience runs out.
 pub(crate) async fn wait_dead_letters(
-    sub: &crate::Subscription,
+    sub: &tidings_core::Subscription,
     n: usize,
     patience: Duration,
-) -> Vec<crate::DeadLetter> {
+) -> Vec<tidings_core::DeadLetter> {
     let end = Instant::now() + patience;
     loop {
         let d = sub.dead_letters(100).await.expect("read DLQ");
@@ -118,7 +118,7 @@ pub(crate) fn require(bus: &Bus, has: bool, test: &str, capability: &str) {
 /// A handler that logs each delivery and acks it.
 pub(crate) fn logging(
     log: &Log,
-) -> impl Fn(Message<Event>) -> std::future::Ready<crate::HandlerResult> + Send + Sync + 'static {
+) -> impl Fn(Message<Event>) -> std::future::Ready<tidings_core::HandlerResult> + Send + Sync + 'static {
     let log = log.clone();
     move |m| {
         log.record(&m);

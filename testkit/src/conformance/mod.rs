@@ -1,22 +1,38 @@
-//! The behaviour suite every backend must pass (feature `conformance`), generic over the backend through a
-//! [`Harness`]. A backend crate runs all of it with one macro call; test names read
+//! The behaviour suite every backend must pass, generic over the backend through a [`Harness`]. A backend crate
+//! takes `tidings-testkit` as a dev-dependency and runs all of it with one macro call in a test file; test names read
 //! `conformance::<backend>::<behaviour>`:
 //!
-//! ```text
-//! struct Local;
-//! impl Harness for Local {
-//!     async fn bus(&self) -> Bus { Bus::new(Arc::new(LocalBackend::new())) }
-//!     fn timing(&self) -> Timing { Timing::FAST }
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use tidings_core::Bus;
+//! use tidings_testkit::conformance::{Harness, Timing};
+//! use tidings_testkit::Reference;
+//!
+//! struct Ref;
+//!
+//! impl Harness for Ref {
+//!     async fn bus(&self) -> Bus {
+//!         Bus::new(Arc::new(Reference::new()))
+//!     }
+//!     fn timing(&self) -> Timing {
+//!         Timing::FAST
+//!     }
 //! }
-//! tidings_core::conformance_tests!(local => Local);
+//!
+//! tidings_testkit::conformance_tests!(reference => Ref; lacks: [bounded_backlog]);
+//! # fn main() {}
 //! ```
 //!
-//! (`backend-local/tests/conformance.rs` is the compiled version of this.)
+//! (`testkit/tests/conformance.rs` runs exactly this against the [reference backend](crate::reference), and each
+//! backend crate's `tests/conformance.rs` against its own backend.)
 //!
 //! A case that needs a capability the backend lacks is declared in the macro call, `backend => harness; lacks:
 //! [ordering, exactly_once]`, and generated as `#[ignore = "backend lacks the `ordering` capability"]`, so the test
 //! runner reports it as ignored, by name, never as passed. A gated case run on a backend that lacks its capability
 //! fails, asking for the declaration.
+//!
+//! The suite uses only the public API of `tidings-core`, as a backend's own tests do.
 
 mod backlog;
 pub mod capture;
@@ -50,7 +66,7 @@ pub use shutdown::*;
 pub use trace::*;
 pub use validation::*;
 
-use crate::Bus;
+use tidings_core::Bus;
 
 /// Time scale of a backend's tests: brokers with coarse timers (SQS seconds, Pub/Sub's 10 s minimum ack deadline)
 /// use larger values than the in-memory bus.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::proxy::FaultProxy;
-use crate::{Bus, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_core::{Bus, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::support::{self, logging, sub_config, topic, wait_until, Event, Log};
 use super::Harness;
-use crate::{HandlerError, Message, PublishOptions, TopicConfig};
+use tidings_core::{HandlerError, Message, PublishOptions, TopicConfig};
 
 pub async fn ordering_per_key<H: Harness>(h: &H) {
     let (bus, t) = (h.bus().await, h.timing());

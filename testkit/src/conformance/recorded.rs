@@ -19,7 +19,7 @@ pub fn install() {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         recorder.install().expect("the conformance suite installs the process's only metrics recorder");
-        crate::metrics::describe();
+        tidings_core::metrics::describe();
         snapshotter
     });
 }

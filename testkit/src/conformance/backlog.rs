@@ -8,13 +8,13 @@ use tokio::sync::Semaphore;
 
 use super::support::{self, sub_config, topic, wait_until, Event};
 use super::Harness;
-use crate::{ErrorKind, Message, TopicConfig, WhenFull};
+use tidings_core::{ErrorKind, Message, TopicConfig, WhenFull};
 
 /// A subscription whose handlers each wait for a permit of `gate`, counting the messages they finished.
 async fn gated(
-    bus: &crate::Bus,
-    topic: &crate::Topic<Event>,
-    config: crate::SubscriptionConfig,
+    bus: &tidings_core::Bus,
+    topic: &tidings_core::Topic<Event>,
+    config: tidings_core::SubscriptionConfig,
 ) -> (Arc<Semaphore>, Arc<AtomicUsize>) {
     let (gate, handled) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
     let (g, n) = (gate.clone(), handled.clone());
@@ -74,7 +74,7 @@ pub async fn bounded_backlog_fails_or_waits_at_the_limit<H: Harness>(h: &H) {
     for n in 0..2 {
         waiting.publish(&bus, &Event::new(n)).await.expect("room below the limit");
     }
-    let (b, w) = (bus.clone(), crate::Topic::<Event>::new(waiting.name(), waiting.config()));
+    let (b, w) = (bus.clone(), tidings_core::Topic::<Event>::new(waiting.name(), waiting.config()));
     let third = tokio::spawn(async move { w.publish(&b, &Event::new(2)).await });
     tokio::time::sleep(t.ack_deadline / 2).await;
     assert!(!third.is_finished(), "a publish waits while the backlog is at its limit");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
+use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
 
 /// One message of a foreign producer's ordered stream.
 #[derive(Debug, Serialize, Deserialize)]
