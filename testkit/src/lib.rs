@@ -1,10 +1,10 @@
 //! The test kit for tidings backends, taken as a dev-dependency by every backend crate.
 //!
-//! - The [conformance suite](mod@conformance): the behaviour every backend must show, generic over the backend through a
-//!   [`Harness`](conformance::Harness) and run in full by one [`conformance_tests!`] call in a backend's tests. It is
-//!   written against the public API of `tidings-core` only, as a backend author's own tests would be. Its helpers
-//!   (a capturing trace layer, a metrics recorder, a fault-injecting TCP proxy, the foreign-producer probe and the
-//!   operator story) serve the backends' other tests too.
+//! - The [conformance suite](mod@conformance): the behaviour every backend must show, generic over the backend
+//!   through a [`Harness`](conformance::Harness) and run in full by one [`conformance_tests!`] call in a backend's
+//!   tests. It is written against the public API of `tidings-core` only, as a backend author's own tests would be.
+//!   Its helpers (a capturing trace layer, a metrics recorder, a fault-injecting TCP proxy, the foreign-producer probe
+//!   and the operator story) serve the backends' other tests too.
 //! - The [reference backend](mod@reference): a complete backend in one short file, in memory, that passes the
 //!   conformance suite and is written to be read by someone about to write their first backend. Its module page walks
 //!   through the contract (`Backend`, `TopicDriver`, `SubscriptionDriver`) method by method.

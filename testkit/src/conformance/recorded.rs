@@ -2,7 +2,8 @@
 //! as the global recorder, read back filtered by labels (each test uses its own topic names, so tests running at
 //! once in one process do not see each other's figures).
 //!
-//! A snapshot drains histograms: only code holding [`super::EXCLUSIVE`] takes one.
+//! A snapshot drains histograms: only code holding the suite's exclusive lock (which the trace case and the ledger
+//! take) takes one.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
