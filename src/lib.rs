@@ -58,8 +58,51 @@ pub use tidings_dashboard as dashboard;
 
 use std::sync::Arc;
 
-/// Backend names accepted in `backend` / `TIDINGS_BACKEND`.
-pub const BACKENDS: &[&str] = &["local", "aws", "gcp", "nats", "sqlite", "postgres"];
+use tidings_core::backend::BackendInfo;
+
+/// The backends: one line each (its name, which is also its Cargo feature; its [`BackendInfo`]; how to open it from
+/// the settings). Adding a backend is its own crate, its feature, and one line here: the CLI, the dashboard and
+/// tracing read everything else from its `BackendInfo`.
+macro_rules! registry {
+    ($($name:literal => $info:expr, |$s:ident| $open:expr;)*) => {
+        /// Backend names accepted in `backend` / `TIDINGS_BACKEND`, whether this build includes them or not.
+        pub const BACKENDS: &[&str] = &[$($name),*];
+
+        /// The backends this build includes (the Cargo features of the same names), with their names and pricing.
+        #[allow(clippy::vec_init_then_push)]
+        pub fn backends() -> Vec<BackendInfo> {
+            #[allow(unused_mut)]
+            let mut v = Vec::new();
+            $(#[cfg(feature = $name)] v.push($info);)*
+            v
+        }
+
+        /// The backend the settings name, where this build includes it.
+        async fn open(settings: &Settings) -> Option<Result<Arc<dyn Backend>>> {
+            match settings.backend.as_str() {
+                $(#[cfg(feature = $name)] $name => {
+                    let $s = settings;
+                    Some($open.map(|b| Arc::new(b) as Arc<dyn Backend>))
+                })*
+                _ => None,
+            }
+        }
+    };
+}
+
+registry! {
+    "local" => tidings_local::info(), |s| tidings_local::LocalBackend::from_settings(s);
+    "aws" => tidings_aws::info(), |s| tidings_aws::AwsBackend::from_settings(s).await;
+    "gcp" => tidings_gcp::info(), |s| tidings_gcp::GcpBackend::from_settings(s).await;
+    "nats" => tidings_nats::info(), |s| tidings_nats::NatsBackend::from_settings(s).await;
+    "sqlite" => tidings_sql::info("sqlite"), |s| tidings_sql::SqlBackend::from_settings(s).await;
+    "postgres" => tidings_sql::info("postgres"), |s| tidings_sql::SqlBackend::from_settings(s).await;
+}
+
+/// The [`BackendInfo`] of a backend this build includes, by name.
+pub fn backend_info(name: &str) -> Option<BackendInfo> {
+    backends().into_iter().find(|b| b.name == name)
+}
 
 /// Builds the bus the configuration names: defaults < `tidings.toml` (or the file `TIDINGS_CONFIG` names) <
 /// `TIDINGS_*` environment variables. With nothing configured, this is the in-memory bus.
@@ -70,62 +113,28 @@ pub async fn from_env() -> Result<Bus> {
 /// Builds the bus these settings name.
 pub async fn from_settings(settings: Settings) -> Result<Bus> {
     settings.check_sections(BACKENDS)?;
-    let backend: Arc<dyn Backend> = match settings.backend.as_str() {
-        #[cfg(feature = "local")]
-        "local" => Arc::new(tidings_local::LocalBackend::from_settings(&settings)?),
-        #[cfg(feature = "aws")]
-        "aws" => Arc::new(tidings_aws::AwsBackend::from_settings(&settings).await?),
-        #[cfg(feature = "gcp")]
-        "gcp" => Arc::new(tidings_gcp::GcpBackend::from_settings(&settings).await?),
-        #[cfg(feature = "nats")]
-        "nats" => Arc::new(tidings_nats::NatsBackend::from_settings(&settings).await?),
-        #[cfg(feature = "sqlite")]
-        "sqlite" => Arc::new(tidings_sql::SqlBackend::from_settings(&settings).await?),
-        #[cfg(feature = "postgres")]
-        "postgres" => Arc::new(tidings_sql::SqlBackend::from_settings(&settings).await?),
-        name if BACKENDS.contains(&name) => {
+    let backend = match open(&settings).await {
+        Some(opened) => opened?,
+        None if BACKENDS.contains(&settings.backend.as_str()) => {
+            let with: Vec<String> = backends().into_iter().map(|b| b.name.into_owned()).collect();
             return Err(Error::config(format!(
-                "config key `backend` (TIDINGS_BACKEND) is {name:?}, but this build of tidings does not include it: \
-                 enable the Cargo feature `{name}` of the `tidings` crate (compiled in: {})",
-                compiled_in().join(", ")
-            )))
+                "config key `backend` (TIDINGS_BACKEND) is {:?}, but this build of tidings does not include it: \
+                 enable the Cargo feature `{}` of the `tidings` crate (compiled in: {})",
+                settings.backend,
+                settings.backend,
+                if with.is_empty() { "none".to_string() } else { with.join(", ") }
+            )));
         }
-        other => {
+        None => {
             return Err(Error::config(format!(
-                "config key `backend` (TIDINGS_BACKEND) is {other:?}, which is not a tidings backend; expected one of: \
-                 {}",
+                "config key `backend` (TIDINGS_BACKEND) is {:?}, which is not a tidings backend; expected one of: {}",
+                settings.backend,
                 BACKENDS.join(", ")
             )))
         }
     };
     tracing::info!(backend = backend.name(), prefix = %settings.name_prefix, "tidings bus ready");
     Ok(Bus::builder(backend).settings(settings).build())
-}
-
-fn compiled_in() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if cfg!(feature = "local") {
-        v.push("local");
-    }
-    if cfg!(feature = "aws") {
-        v.push("aws");
-    }
-    if cfg!(feature = "gcp") {
-        v.push("gcp");
-    }
-    if cfg!(feature = "nats") {
-        v.push("nats");
-    }
-    if cfg!(feature = "sqlite") {
-        v.push("sqlite");
-    }
-    if cfg!(feature = "postgres") {
-        v.push("postgres");
-    }
-    if v.is_empty() {
-        v.push("none");
-    }
-    v
 }
 
 /// A fresh in-memory bus with default settings, whatever the environment says.

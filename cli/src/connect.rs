@@ -36,18 +36,22 @@ pub fn settings_with(cli: &Cli, extra: Vec<(String, String)>) -> Result<Settings
         vars.insert("TIDINGS_NAME_PREFIX".into(), p.clone());
     }
     let settings = Settings::load(vars)?;
-    compiled_in(&settings.backend, &COMPILED_IN)?;
+    compiled_in(&settings.backend, &compiled())?;
     Ok(settings)
 }
 
-/// The backends this binary was built with (the crate's features of the same names).
-const COMPILED_IN: [(&str, bool); 5] = [
-    ("aws", cfg!(feature = "aws")),
-    ("gcp", cfg!(feature = "gcp")),
-    ("nats", cfg!(feature = "nats")),
-    ("sqlite", cfg!(feature = "sqlite")),
-    ("postgres", cfg!(feature = "postgres")),
-];
+/// Every backend tidings knows, each with whether this binary was built with it (the crate's features of the same
+/// names, which are the `tidings` crate's).
+fn compiled() -> Vec<(&'static str, bool)> {
+    let with = tidings::backends();
+    tidings::BACKENDS.iter().map(|name| (*name, with.iter().any(|b| b.name == *name))).collect()
+}
+
+/// Whether the backend the settings name keeps its state inside each application process (the in-memory bus),
+/// where no other process can reach it.
+pub fn in_process(settings: &Settings) -> bool {
+    tidings::backend_info(&settings.backend).is_some_and(|b| b.in_process)
+}
 
 /// An error naming the feature when `backend` was left out of this build (the in-memory bus is refused elsewhere,
 /// with its own reason; a name that is no backend at all is the settings' error).
@@ -70,7 +74,7 @@ fn compiled_in(backend: &str, compiled: &[(&str, bool)]) -> Result<(), Failure> 
 /// The bus and its operator; an error for the in-memory bus.
 pub async fn connect(cli: &Cli) -> Result<(Bus, Operator), Failure> {
     let settings = settings(cli)?;
-    if settings.backend == "local" {
+    if in_process(&settings) {
         return Err(Failure::new(CONFIG, LOCAL_BUS));
     }
     let bus = tidings::from_settings(settings).await?;

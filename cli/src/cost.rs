@@ -58,7 +58,7 @@ pub async fn run(a: CostArgs, json: bool) -> Outcome {
         }
         (None, None) => unreachable!("clap requires --over or --window"),
     };
-    let e = cost::estimate(&usage);
+    let e = cost::estimate(&usage, &tidings::backends());
     if json {
         table::json(&e);
         return Ok(());

@@ -16,13 +16,10 @@ use crate::connect::{settings, settings_with, LOCAL_BUS};
 use crate::exit::{Failure, Outcome, CONFIG, DOCTOR};
 use crate::table;
 
-/// Backends whose config section has a `provisioning` key.
-const SECTIONS: [&str; 5] = ["aws", "gcp", "nats", "sqlite", "postgres"];
-
 pub async fn run(cli: &Cli, a: &Doctor, json: bool) -> Outcome {
     let mut checks = Vec::new();
     let base = settings(cli)?;
-    if base.backend == "local" {
+    if crate::connect::in_process(&base) {
         return Err(Failure::new(CONFIG, LOCAL_BUS));
     }
     checks.push(Check::pass("configuration", format!("backend {}, name prefix {:?}", base.backend, base.name_prefix)));
@@ -85,8 +82,9 @@ fn topology_matches(path: &str, t: &Topology, s: &Settings) -> Check {
 /// their tables on opening otherwise), so opening and checking creates nothing.
 fn verifying(cli: &Cli, backend: &str, always: bool) -> Result<Settings, Failure> {
     let key = format!("TIDINGS_{}__PROVISIONING", backend.to_uppercase());
-    let sql = matches!(backend, "sqlite" | "postgres");
-    let extra = if (always || sql) && SECTIONS.contains(&backend) { vec![(key, "verify".into())] } else { Vec::new() };
+    let info = tidings::backend_info(backend);
+    let verify = info.is_some_and(|b| b.provisioning && (always || b.provisions_on_open));
+    let extra = if verify { vec![(key, "verify".into())] } else { Vec::new() };
     settings_with(cli, extra)
 }
 

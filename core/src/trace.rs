@@ -139,25 +139,14 @@ pub(crate) fn connect(trace: Option<&TraceContext>, span: &Span) {
     }
 }
 
-/// `messaging.system` for a backend name: the conventions' registered values where one exists (`aws_sqs` for
-/// consumers and `aws.sns` for producers on AWS, `gcp_pubsub`), the backend's name otherwise.
-pub fn messaging_system(backend: &str, producer: bool) -> &str {
-    match backend {
-        "aws" if producer => "aws.sns",
-        "aws" => "aws_sqs",
-        "gcp" => "gcp_pubsub",
-        other => other,
-    }
-}
-
 /// The producer span of a publish to `topic`.
-pub(crate) fn send_span(backend: &str, topic: &str) -> Span {
+pub(crate) fn send_span(system: &str, topic: &str) -> Span {
     tracing::info_span!(
         target: "tidings",
         "send",
         otel.name = %format_args!("send {topic}"),
         otel.kind = "producer",
-        messaging.system = messaging_system(backend, true),
+        messaging.system = system,
         messaging.destination.name = topic,
         messaging.operation.type = "send",
         messaging.operation.name = "send",

@@ -88,7 +88,7 @@ struct Overview {
 async fn overview(axum::extract::State(s): axum::extract::State<Shared>) -> Response {
     match s.operator.inventory().await {
         Ok(inventory) => {
-            let figures = s.sampler.figures(&inventory, s.metrics.as_ref()).await;
+            let figures = s.sampler.figures(&inventory, s.metrics.as_ref(), s.operator.backend_info()).await;
             Json(Overview { actions: s.actions, inventory, figures }).into_response()
         }
         Err(e) => failure(e),

@@ -2,7 +2,9 @@
 //! subscription from the `tidings.api.calls` and `tidings.api.bytes` counters (labels `backend`, `operation`,
 //! `topic`, `subscription`) of a metrics snapshot, at the list prices in [`prices`].
 //!
-//! Counters are totals, so the estimate works on aggregates per (backend, operation, topic, subscription):
+//! Each backend says how its operations are billed ([`BackendInfo::pricing`]); the price of each service is in
+//! [`prices`]. Counters are totals, so the estimate works on aggregates per (backend, operation, topic,
+//! subscription):
 //! - SNS and SQS: billed requests = max(calls, ⌈bytes / 64 KiB⌉). Exact while no single request carries more than
 //!   64 KiB; a lower bound otherwise (a 100 KiB request bills two, and the aggregate cannot see which one it was).
 //! - Pub/Sub: billed bytes of publishes = max(bytes, 1000 × calls) (exact while every request is at or above, or
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
+use tidings_core::backend::{BackendInfo, Billed};
 
 pub use prices::Price;
 pub use scrape::{Sample, Scrape, ScrapeError};
@@ -181,10 +184,13 @@ struct Acc {
     calls: f64,
     billed: f64,
     priced: bool,
+    /// Billed delivery of what its topic published (Pub/Sub).
+    delivery: bool,
 }
 
-/// The monthly bill of `usage`.
-pub fn estimate(usage: &Usage) -> Estimate {
+/// The monthly bill of `usage`, priced by what each backend says of its operations (`backends`: the
+/// [`BackendInfo`] of every backend the counters may name; a counter of any other backend is unpriced).
+pub fn estimate(usage: &Usage, backends: &[BackendInfo]) -> Estimate {
     let secs = usage.window.as_secs_f64();
     let scale = if secs > 0.0 { MONTH_SECS / secs } else { 0.0 };
     // (backend, topic, subscription, service) -> calls and billed units in the window.
@@ -192,37 +198,40 @@ pub fn estimate(usage: &Usage) -> Estimate {
     let mut published: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut pulled: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     for c in &usage.counters {
-        let (service, billed) = match (c.backend.as_str(), c.operation.split(':').next().unwrap_or("")) {
-            ("aws", "sns") => (Some("SNS"), c.calls.max((c.bytes / prices::AWS_CHUNK_BYTES).ceil())),
-            ("aws", "sqs") => (Some("SQS"), c.calls.max((c.bytes / prices::AWS_CHUNK_BYTES).ceil())),
-            ("gcp", _) if c.operation == "pubsub:Publish" && c.subscription.is_none() => {
-                let billed = c.bytes.max(prices::PUBSUB_MIN_REQUEST_BYTES * c.calls);
-                if let Some(t) = &c.topic {
+        let info = backends.iter().find(|b| b.name == c.backend);
+        let priced = info.and_then(|b| b.priced(&c.operation));
+        let (service, billed) = match priced.map(|p| (p.service, p.billed)) {
+            Some((service, Billed::Requests { chunk_bytes })) => {
+                (Some(service), c.calls.max((c.bytes / f64::from(chunk_bytes)).ceil()))
+            }
+            Some((service, Billed::Published { min_request_bytes })) => {
+                let billed = c.bytes.max(f64::from(min_request_bytes) * c.calls);
+                if let (Some(t), None) = (&c.topic, &c.subscription) {
                     *published.entry((c.backend.clone(), t.clone())).or_default() += billed;
                 }
-                (Some("Pub/Sub"), billed)
+                (Some(service), billed)
             }
-            ("gcp", _) if matches!(c.operation.as_str(), "pubsub:Pull" | "pubsub:StreamingPull") => {
+            Some((service, Billed::Pulled)) => {
                 if let (Some(t), Some(s)) = (&c.topic, &c.subscription) {
                     *pulled.entry((c.backend.clone(), t.clone(), s.clone())).or_default() += c.bytes;
                 }
-                (Some("Pub/Sub"), 0.0)
+                (Some(service), 0.0)
             }
-            // Redrive copies and the like: publishes billed like any other.
-            ("gcp", _) if c.operation == "pubsub:Publish" => {
-                (Some("Pub/Sub"), c.bytes.max(prices::PUBSUB_MIN_REQUEST_BYTES * c.calls))
-            }
-            ("gcp", _) => (Some("Pub/Sub"), 0.0),
-            _ => (None, 0.0),
+            Some((service, _)) => (Some(service), 0.0),
+            None => (None, 0.0),
         };
         let a = acc.entry((c.backend.clone(), c.topic.clone(), c.subscription.clone(), service)).or_default();
         a.calls += c.calls;
         a.billed += billed;
         a.priced |= service.is_some();
+        // A service billed by what is published also bills each subscription delivery of it.
+        a.delivery |= info.is_some_and(|b| {
+            b.pricing.iter().any(|p| Some(p.service) == service && matches!(p.billed, Billed::Published { .. }))
+        });
     }
-    // Pub/Sub delivery: every subscription seen on a topic receives what the topic published.
-    for ((backend, topic, sub, service), a) in acc.iter_mut() {
-        if service == &Some("Pub/Sub") {
+    // Delivery: every subscription seen on a topic receives what the topic published.
+    for ((backend, topic, sub, _), a) in acc.iter_mut() {
+        if a.delivery {
             if let (Some(t), Some(s)) = (topic, sub) {
                 let p = published.get(&(backend.clone(), t.clone())).copied().unwrap_or(0.0);
                 let got = pulled.get(&(backend.clone(), t.clone(), s.clone())).copied().unwrap_or(0.0);
@@ -233,12 +242,7 @@ pub fn estimate(usage: &Usage) -> Estimate {
     let mut lines: Vec<Line> = acc
         .into_iter()
         .map(|((backend, topic, subscription, service), a)| {
-            let price = match service {
-                Some("SNS") => Some(prices::SNS_PUBLISH),
-                Some("SQS") => Some(prices::SQS_REQUEST),
-                Some("Pub/Sub") => Some(prices::PUBSUB_THROUGHPUT),
-                _ => None,
-            };
+            let price = service.and_then(prices::of_service);
             let billed = a.billed * scale;
             Line {
                 backend,

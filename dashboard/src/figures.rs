@@ -109,7 +109,12 @@ fn delta(now: &Scrape, before: &Scrape, name: &str, with: &[(&str, &str)], secs:
 
 impl Sampler {
     /// Takes a sample of `inv` (and of the metrics) and derives the figures from it and the previous sample.
-    pub(crate) async fn figures(&self, inv: &Inventory, metrics: Option<&Metrics>) -> Figures {
+    pub(crate) async fn figures(
+        &self,
+        inv: &Inventory,
+        metrics: Option<&Metrics>,
+        backend: &tidings_core::backend::BackendInfo,
+    ) -> Figures {
         let mut unknown = Vec::new();
         let scrape = match metrics {
             Some(m) => match m.read().await {
@@ -154,7 +159,7 @@ impl Sampler {
         if let (Some(first), Some(s)) = (&st.first_scrape, &now.scrape) {
             let usage = Usage::between(first, s);
             if usage.window.as_secs_f64() >= MIN_GAP_SECS {
-                f.cost = Some(cost::estimate(&usage));
+                f.cost = Some(cost::estimate(&usage, std::slice::from_ref(backend)));
             } else {
                 unknown.push("cost: measuring since the dashboard started; shown from the next refresh".to_string());
             }

@@ -12,6 +12,7 @@ use crate::backend::{SubscriptionSpec, TopicSpec};
 use crate::bus::Bus;
 use crate::dead_letter::{self, DeadLetter, DeadLetters, Move};
 use crate::error::{Error, ErrorKind, Result};
+use crate::retry;
 use crate::runtime::Runner;
 use crate::subscription::SubscriptionConfig;
 use crate::topic::TopicConfig;
@@ -88,6 +89,11 @@ enum Target {
 }
 
 impl Operator {
+    /// The names and pricing of the bus's backend.
+    pub fn backend_info(&self) -> &crate::backend::BackendInfo {
+        self.bus.backend_info()
+    }
+
     /// The operator of `bus`.
     pub fn new(bus: &Bus) -> Self {
         Self { bus: bus.clone(), admin: bus.backend().admin() }
@@ -115,7 +121,7 @@ impl Operator {
 
     async fn listing(&self) -> Result<Vec<TopicResource>> {
         match &self.admin {
-            Some(a) => a.list(&self.bus.settings().name_prefix).await,
+            Some(a) => retry::call("list", None, || a.list(&self.bus.settings().name_prefix)).await,
             None => Ok(Vec::new()),
         }
     }
@@ -229,7 +235,7 @@ impl Operator {
     /// Resources under the name prefix left behind by a subscription that no longer exists; see [`Admin::orphans`].
     pub async fn orphans(&self) -> Result<Vec<Orphan>> {
         match &self.admin {
-            Some(a) => a.orphans(&self.bus.settings().name_prefix).await,
+            Some(a) => retry::call("orphans", None, || a.orphans(&self.bus.settings().name_prefix)).await,
             None => Ok(Vec::new()),
         }
     }
@@ -296,7 +302,7 @@ impl Operator {
     /// Figures of one subscription.
     pub async fn stats(&self, topic: &str, sub: &str) -> Result<SubscriptionStats> {
         match self.target(topic, sub).await? {
-            Target::Admin(a, spec) => a.stats(&spec).await,
+            Target::Admin(a, spec) => retry::call("stats", None, || a.stats(&spec)).await,
             Target::Local(r) => Ok(SubscriptionStats {
                 backlog: r.driver.backlog().await?,
                 in_flight: None,
@@ -312,7 +318,7 @@ impl Operator {
     /// The dead-letter queue of a subscription, where its backend offers the one dead-letter surface.
     async fn queue(&self, target: &Target) -> Result<Option<Arc<dyn DeadLetters>>> {
         match target {
-            Target::Admin(a, spec) => a.dead_letter_queue(spec).await,
+            Target::Admin(a, spec) => retry::call("dead_letter_queue", None, || a.dead_letter_queue(spec)).await,
             Target::Local(r) => Ok(r.driver.clone().dead_letter_queue()),
         }
     }
@@ -324,7 +330,7 @@ impl Operator {
             return dead_letter::peek(&*q, max).await;
         }
         match target {
-            Target::Admin(a, spec) => a.dead_letters(&spec, max).await,
+            Target::Admin(a, spec) => retry::call("dead_letters", None, || a.dead_letters(&spec, max)).await,
             Target::Local(r) => r.driver.dead_letters(max).await,
         }
     }
@@ -382,7 +388,7 @@ impl Operator {
     /// Checks a subscription's resources without creating or receiving anything; see [`Admin::provisioned`].
     pub async fn provisioned(&self, spec: &SubscriptionSpec) -> Result<()> {
         match &self.admin {
-            Some(a) => a.provisioned(spec).await,
+            Some(a) => retry::call("provisioned", None, || a.provisioned(spec)).await,
             None => Ok(()),
         }
     }

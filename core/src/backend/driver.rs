@@ -11,7 +11,7 @@ use super::{
     AckId, Capabilities, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionSpec,
     TopicSpec,
 };
-use super::{DeadLetter, DeadLetters};
+use super::{BackendInfo, DeadLetter, DeadLetters};
 use crate::error::Result;
 use crate::message::MessageId;
 
@@ -20,6 +20,11 @@ use crate::message::MessageId;
 pub trait Backend: Send + Sync + Debug + 'static {
     /// Short name, such as `local`, `aws`, `gcp`.
     fn name(&self) -> &str;
+    /// Its names and pricing, read by tracing, the CLI and the dashboard. The default: [`Backend::name`], with no
+    /// price.
+    fn info(&self) -> BackendInfo {
+        BackendInfo::named(self.name())
+    }
     /// What the backend does natively.
     fn capabilities(&self) -> Capabilities;
     /// Ensures (or verifies, by provisioning mode) the topic and returns its publisher driver.

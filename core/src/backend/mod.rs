@@ -11,6 +11,7 @@
 //! | `spec.rs` | [`TopicSpec`], [`SubscriptionSpec`]: what the backend is asked to provision |
 //! | `delivery.rs` | [`OutgoingMessage`], [`PublishReport`], [`ReceivedMessage`], [`AckId`], [`DeadLetterRequest`] |
 //! | `dead_letters.rs` | [`DeadLetters`]: a subscription's dead-letter queue (read with a cursor, restore, delete), the one surface for the `Subscription` handle and the operator |
+//! | `info.rs` | [`BackendInfo`]: its name, OpenTelemetry `messaging.system` and how its API calls are billed |
 //! | `admin.rs` | [`Admin`]: the operator's contract (CLI, dashboard) |
 //! | `check.rs`, `orphan.rs` | what `tidings doctor` and the inventory report |
 //!
@@ -23,6 +24,7 @@ mod check;
 pub mod dead_letters;
 mod delivery;
 mod driver;
+mod info;
 mod orphan;
 mod spec;
 
@@ -32,5 +34,6 @@ pub use check::{Check, Status};
 pub use dead_letters::{DeadLetter, DeadLetters, HeldLetter, LetterPage};
 pub use delivery::{AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage};
 pub use driver::{Backend, SubscriptionDriver, TopicDriver};
+pub use info::{BackendInfo, Billed, Priced};
 pub use orphan::Orphan;
 pub use spec::{SubscriptionSpec, TopicSpec};

@@ -61,7 +61,7 @@ impl Bus {
         for m in &batch {
             self.validate(name, config, m)?;
         }
-        let span = trace::send_span(self.backend_name(), name);
+        let span = trace::send_span(&self.backend_info().producer_system, name);
         span.record("messaging.batch.message_count", batch.len() as i64);
         let sent = async { self.publisher(name, config).await?.publish_many(&mut batch).await };
         sent.instrument(span.clone()).await.inspect_err(|e| record_error(&span, e))

@@ -63,8 +63,7 @@ pub const PUBSUB_THROUGHPUT: Price = Price {
 /// Every price the estimator uses.
 pub const ALL: [Price; 3] = [SNS_PUBLISH, SQS_REQUEST, PUBSUB_THROUGHPUT];
 
-/// Pub/Sub's billed minimum per publish, push or pull request, in bytes.
-pub const PUBSUB_MIN_REQUEST_BYTES: f64 = 1000.0;
-
-/// SNS and SQS bill each started 64 KiB chunk of a request's payload as one request.
-pub const AWS_CHUNK_BYTES: f64 = 65_536.0;
+/// The price of a service, by the name a backend's [`tidings_core::backend::Priced`] gives it.
+pub fn of_service(service: &str) -> Option<Price> {
+    ALL.into_iter().find(|p| p.service == service)
+}

@@ -9,6 +9,11 @@ fn close(got: Option<f64>, want: f64) {
     assert!((got - want).abs() <= want * 1e-9, "got {got}, want {want}");
 }
 
+/// The backends the counters name, as they describe their pricing.
+fn backends() -> Vec<tidings_core::backend::BackendInfo> {
+    vec![tidings_aws::info(), tidings_gcp::info(), tidings_nats::info()]
+}
+
 fn scrape(text: &str) -> Scrape {
     Scrape::parse(text).unwrap()
 }
@@ -34,7 +39,7 @@ tidings_api_calls_total{backend="aws",operation="sqs:ChangeMessageVisibilityBatc
 tidings_api_calls_total{backend="aws",operation="sns:ListTopics"} 2
 "#,
     );
-    let e = estimate(&Usage::from_snapshot(&s, Duration::from_secs(3600)));
+    let e = estimate(&Usage::from_snapshot(&s, Duration::from_secs(3600)), &backends());
     close(e.topic("orders"), 0.036);
     close(e.topic("images"), 0.01116);
     close(e.subscription("orders", "billing"), 1.0656);
@@ -68,7 +73,7 @@ tidings_api_bytes_total{backend="gcp",operation="pubsub:StreamingPull",topic="t"
 tidings_api_calls_total{backend="nats",operation="PUB",topic="n"} 50
 "#,
     );
-    let e = estimate(&Usage::from_snapshot(&s, Duration::from_secs(600)));
+    let e = estimate(&Usage::from_snapshot(&s, Duration::from_secs(600)), &backends());
     close(e.topic("t"), 0.157160684466362);
     close(e.subscription("t", "s"), 0.157160684466362);
     close(e.subscription("t", "s2"), 0.471482053399086);
@@ -94,6 +99,6 @@ fn a_window_between_two_snapshots_counts_the_difference() {
     assert_eq!(u.window, Duration::from_secs(60));
     assert_eq!(u.counters.iter().map(|c| c.calls).collect::<Vec<_>>(), [30.0, 5.0]);
     // 35 requests a minute = 1 512 000 a month at $0.40/M = $0.6048.
-    close(estimate(&u).subscription("o", "b"), 0.6048);
+    close(estimate(&u, &backends()).subscription("o", "b"), 0.6048);
     assert!(SystemTime::now() >= after.at);
 }
