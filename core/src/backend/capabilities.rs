@@ -57,10 +57,18 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// What a bus on this backend offers: these native capabilities, completed by core. `ordering` is always there
-    /// (the runtime's sequencer gives it where the broker does not).
+    /// What a bus on this backend offers: these native capabilities, completed by core (as OpenDAL's
+    /// `CompleteLayer` completes a service):
+    ///
+    /// | capability | where the backend lacks it, core completes it with |
+    /// |---|---|
+    /// | `ordering` | the runtime's sequencer: one message per key out, later ones parked (leases kept alive) |
+    /// | `nack_delay` | the runtime holding a failed message for its backoff (lease kept alive), then a plain `nack` |
+    ///
+    /// Every other capability is the backend's own: core checks against it and splits work by it, but does not
+    /// emulate it.
     pub fn completed(&self) -> Self {
-        Self { ordering: true, ..self.clone() }
+        Self { ordering: true, nack_delay: true, ..self.clone() }
     }
 }
 
