@@ -1,8 +1,51 @@
-//! Retry policy: exponential backoff between attempts and the point where a message is dead-lettered.
+//! Retry policy: exponential backoff between attempts and the point where a message is dead-lettered; and the
+//! portable layer's retry of a backend call that failed transiently ([`call`]).
 
+use std::future::Future;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{Error, Result};
+use crate::time::jittered;
+
+/// Attempts of one backend call that keeps failing retryably (see [`call`]).
+pub(crate) const CALL_ATTEMPTS: u32 = 4;
+/// Backoff before a backend call's second attempt; doubles per attempt (100, 200, 400 ms), jittered.
+const CALL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs a backend call until it succeeds, fails for good (an error that is not [`Error::is_retryable`]), or
+/// [`CALL_ATTEMPTS`] attempts failed, with jittered exponential backoff between attempts. Drivers make one call per
+/// attempt and never retry (the AWS SDK's own retries are off), so this is the only retry of settlements,
+/// provisioning and operator reads. Once `stop` is cancelled (a shutdown past its deadline) no further attempt is
+/// made, and a backoff under way ends at once: the call returns its last error. `what` names the call in the log.
+pub(crate) async fn call<T, F, Fut>(what: &str, stop: Option<&CancellationToken>, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !e.is_retryable() || n >= CALL_ATTEMPTS || stop.is_some_and(CancellationToken::is_cancelled) {
+            return Err(e);
+        }
+        let delay = jittered(CALL_BACKOFF * 2u32.pow(n - 1));
+        tracing::warn!(target: "tidings", call = what, attempt = n, retry_in = ?delay, error = %e,
+            "backend call failed; retrying");
+        match stop {
+            Some(stop) => tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return Err(e),
+            },
+            None => tokio::time::sleep(delay).await,
+        }
+        n += 1;
+    }
+}
 
 /// How a subscription retries a message whose handler failed.
 ///
@@ -88,7 +131,56 @@ pub(crate) fn positive(field: &str, d: Duration) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
     use super::*;
+
+    /// Calls `call` with an attempt that fails with `retryable` errors its first `failures` times; returns the outcome
+    /// and the attempts made.
+    async fn failing(failures: u32, retryable: bool, stop: Option<&CancellationToken>) -> (Result<u32>, u32) {
+        let n = AtomicU32::new(0);
+        let r = call("test", stop, || async {
+            let i = n.fetch_add(1, SeqCst) + 1;
+            if i <= failures {
+                return Err(Error::backend(format!("attempt {i} failed (injected)"), retryable));
+            }
+            Ok(i)
+        })
+        .await;
+        (r, n.load(SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_retried_with_backoff_only_while_retryable_and_at_most_4_times() {
+        let start = tokio::time::Instant::now();
+        let (r, n) = failing(2, true, None).await;
+        assert_eq!((r.unwrap(), n), (3, 3), "succeeds at the third attempt");
+        let waited = start.elapsed();
+        // 100 ms then 200 ms, each jittered by [0.5, 1.5).
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(450), "{waited:?}");
+        let (r, n) = failing(10, true, None).await;
+        assert_eq!(n, CALL_ATTEMPTS, "gives up after {CALL_ATTEMPTS} attempts");
+        assert!(r.unwrap_err().to_string().contains("attempt 4 failed"), "returns the last error");
+        let (r, n) = failing(10, false, None).await;
+        assert_eq!(n, 1, "an error that is not retryable is not retried");
+        assert!(!r.unwrap_err().is_retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_retries_and_the_backoff_under_way() {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            s.cancel();
+        });
+        let start = tokio::time::Instant::now();
+        let (r, n) = failing(10, true, Some(&stop)).await;
+        assert_eq!((n, start.elapsed()), (1, Duration::from_millis(10)), "the backoff ended with the stop");
+        assert!(r.is_err());
+        let (_, n) = failing(10, true, Some(&stop)).await;
+        assert_eq!(n, 1, "no retry once stopped");
+    }
 
     #[test]
     fn backoff_doubles_from_min_and_caps_at_max() {
