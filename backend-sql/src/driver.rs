@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver,
 };
+use tidings_core::dead_letter::{DeadLetters, HeldLetter};
 use tidings_core::time::micros;
 use tidings_core::{DeadLetter, MessageId, PublishReport, Result, SubscriptionConfig};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::dead_letters::SqlDeadLetters;
 use crate::error::parse_ack_id;
 use crate::store::Store;
 use crate::wake::Wake;
@@ -86,6 +88,11 @@ impl SqlSubscription {
         }
         Ok(())
     }
+
+    /// This subscription's dead-letter queue.
+    fn letters(&self) -> SqlDeadLetters {
+        SqlDeadLetters { store: self.store.clone(), wake: self.wake.clone(), topic: self.topic.clone(), sub: self.sub }
+    }
 }
 
 fn pairs(ids: &[AckId]) -> Vec<(i64, i64)> {
@@ -157,15 +164,19 @@ impl SubscriptionDriver for SqlSubscription {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        self.store.dead_letters(self.sub, max).await
+        Ok(self.letters().read(None, max).await?.letters.into_iter().map(|h| h.letter).collect())
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let n = self.store.redrive(self.sub, ids.as_deref(), now_us()).await?;
-        if n > 0 {
-            self.changed(true).await?;
-        }
-        Ok(n)
+        let q = self.letters();
+        let chosen: Vec<HeldLetter> = (q.read(None, usize::MAX).await?.letters.into_iter())
+            .filter(|h| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id)))
+            .collect();
+        Ok(q.restore_rows(&chosen).await? as usize)
+    }
+
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(Arc::new(self.letters()))
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {

@@ -22,6 +22,7 @@
 
 mod admin;
 pub mod config;
+mod dead_letters;
 mod driver;
 mod error;
 mod own_lock;
@@ -38,12 +39,13 @@ mod wake;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::backend::{BackendInfo, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
 use tidings_core::{Backend, Capabilities, Result};
 
 pub use config::{PostgresConfig, Provisioning, SqliteConfig};
 pub use publish_in::{publish_in, publish_in_with, InTransaction};
 
+use admin::AdminStore;
 use store::Store;
 use wake::Wake;
 
@@ -57,6 +59,8 @@ pub struct SqlBackend {
 struct Inner {
     name: &'static str,
     store: Arc<dyn Store>,
+    /// The same database, for the operator.
+    admin_store: Arc<dyn AdminStore>,
     wake: Arc<Wake>,
     caps: Capabilities,
     provisioning: Provisioning,
@@ -72,9 +76,9 @@ impl Drop for Inner {
 }
 
 impl SqlBackend {
-    fn new(
+    fn new<S: Store + AdminStore + 'static>(
         name: &'static str,
-        store: Arc<dyn Store>,
+        store: Arc<S>,
         wake: Arc<Wake>,
         max_message_size: usize,
         provisioning: Provisioning,
@@ -90,7 +94,8 @@ impl SqlBackend {
         caps.max_receive_batch = 256;
         caps.max_attributes = 100;
         caps.backlog = true;
-        let inner = Inner { name, store, wake, caps, provisioning, tasks: Mutex::default() };
+        let admin_store = store.clone();
+        let inner = Inner { name, store, admin_store, wake, caps, provisioning, tasks: Mutex::default() };
         SqlBackend { inner: Arc::new(inner) }
     }
 
@@ -136,10 +141,20 @@ impl SqlBackend {
     }
 }
 
+/// The SQL backends' names (`sqlite`, `postgres`; no per-call price). Opening one creates its tables unless
+/// `provisioning = "verify"`.
+pub fn info(name: &'static str) -> BackendInfo {
+    BackendInfo::new(name).with_provisioning(true)
+}
+
 #[async_trait]
 impl Backend for SqlBackend {
     fn name(&self) -> &str {
         self.inner.name
+    }
+
+    fn info(&self) -> BackendInfo {
+        info(self.inner.name)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -155,9 +170,11 @@ impl Backend for SqlBackend {
         }))
     }
 
-    /// Operator access: exact figures from the rows, dead letters redriven or purged one row at a time.
+    /// Operator access: exact figures from the rows, and each subscription's dead-letter queue.
     fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
-        Some(Arc::new(admin::SqlAdmin { store: self.inner.store.clone(), wake: self.inner.wake.clone() }))
+        let (store, admin_store, wake) =
+            (self.inner.store.clone(), self.inner.admin_store.clone(), self.inner.wake.clone());
+        Some(Arc::new(admin::SqlAdmin { store, admin_store, wake }))
     }
 
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {

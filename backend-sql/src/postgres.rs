@@ -14,7 +14,7 @@ use crate::config::{validate_schema, PostgresConfig, Provisioning};
 use crate::error::db_error;
 use crate::schema::{self, Tables};
 use crate::sql::{Dialect, Sql};
-use crate::store::{SqlStore, Store};
+use crate::store::SqlStore;
 use crate::wake::Wake;
 use crate::SqlBackend;
 
@@ -57,8 +57,7 @@ pub(crate) async fn open(config: PostgresConfig) -> Result<SqlBackend> {
     migrate(&pool, &sql, &config.schema, config.provisioning, &server).await?;
     let wake = Arc::new(Wake::new(config.poll_interval, IDLE));
     let channel = channel(&config.schema);
-    let store: Arc<dyn Store> =
-        Arc::new(SqlStore { pool: pool.clone(), sql, channel: Some(channel.clone()), own_lock: None });
+    let store = Arc::new(SqlStore { pool: pool.clone(), sql, channel: Some(channel.clone()), own_lock: None });
     let backend = SqlBackend::new("postgres", store, wake.clone(), config.max_message_size, config.provisioning);
     let task = tokio::spawn(listen(pool, channel, Arc::downgrade(&wake), config.poll_interval));
     backend.own_task(task.abort_handle());

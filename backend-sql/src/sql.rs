@@ -26,8 +26,7 @@ pub(crate) struct Sql {
     pub claim_ordered: String,
     pub next_due: String,
     pub next_due_ordered: String,
-    pub dead_letters: String,
-    pub dead_candidates: String,
+    pub dead_page: String,
     pub renumber: String,
     pub backlog: String,
     pub dead_depth: String,
@@ -78,14 +77,15 @@ impl Sql {
             claim_ordered: claim(&head(d)),
             next_due: next_due(""),
             next_due_ordered: next_due(&head(d)),
-            dead_letters: format!(
-                "SELECT message_id, payload, attributes, ordering_key, publish_time, attempts, reason, dead_at FROM {d} \
-                 WHERE sub = $1 AND state = {DEAD} ORDER BY seq LIMIT $2"
+            dead_page: format!(
+                "SELECT seq, message_id, payload, attributes, ordering_key, publish_time, attempts, reason, dead_at \
+                 FROM {d} WHERE sub = $1 AND state = {DEAD} AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
             ),
-            dead_candidates: format!("SELECT seq, message_id FROM {d} WHERE sub = $1 AND state = {DEAD} ORDER BY seq"),
+            // The row itself goes back (payload, attributes with their trace context, ordering key, publish time and
+            // id as stored), its attempts counted from zero again.
             renumber: format!(
                 "UPDATE {d} SET seq = {renumber}, state = {PENDING}, attempts = 0, visible_at = $2, enqueued_at = $2, \
-                 lease = NULL, reason = NULL, dead_at = NULL WHERE seq = $1 AND state = {DEAD}"
+                 lease = NULL, reason = NULL, dead_at = NULL WHERE seq = $1 AND sub = $3 AND state = {DEAD}"
             ),
             backlog: format!("SELECT count(*) FROM {d} WHERE sub = $1 AND state = {PENDING}"),
             dead_depth: format!("SELECT count(*) FROM {d} WHERE sub = $1 AND state = {DEAD}"),
@@ -165,6 +165,16 @@ impl Sql {
             "UPDATE {} SET visible_at = $1 WHERE state = {PENDING} AND {}",
             self.tables.deliveries,
             Self::pairs(n, 2)
+        )
+    }
+
+    /// Deletes `n` dead deliveries of a subscription: $1 the subscription, then their `seq` from $2.
+    pub fn delete_dead(&self, n: usize) -> String {
+        let v: Vec<String> = (0..n).map(|i| format!("${}", i + 2)).collect();
+        format!(
+            "DELETE FROM {} WHERE sub = $1 AND state = {DEAD} AND seq IN ({})",
+            self.tables.deliveries,
+            v.join(", ")
         )
     }
 

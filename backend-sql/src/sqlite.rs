@@ -14,7 +14,7 @@ use crate::error::db_error;
 use crate::own_lock::OwnLock;
 use crate::schema::{self, Tables};
 use crate::sql::{Dialect, Sql};
-use crate::store::{SqlStore, Store};
+use crate::store::SqlStore;
 use crate::wake::Wake;
 use crate::SqlBackend;
 
@@ -55,7 +55,7 @@ pub(crate) async fn open(config: SqliteConfig) -> Result<SqlBackend> {
         .await
         .map_err(|e| db_error(&format!("opening a watcher connection to {path}"), e))?;
     let own_lock = Some(OwnLock::new(&config.path, config.busy_timeout));
-    let store: Arc<dyn Store> = Arc::new(SqlStore { pool, sql, channel: None, own_lock });
+    let store = Arc::new(SqlStore { pool, sql, channel: None, own_lock });
     let backend = SqlBackend::new("sqlite", store, wake.clone(), config.max_message_size, config.provisioning);
     wake.signalled.store(true, Ordering::Release);
     let task = tokio::spawn(watch(watcher, Arc::downgrade(&wake), config.poll_interval.max(WATCH_MIN)));

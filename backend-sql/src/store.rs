@@ -4,13 +4,14 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use tidings_core::backend::{OutgoingMessage, ReceivedMessage};
-use tidings_core::{DeadLetter, MessageId, Result};
+use tidings_core::backend::{AckId, OutgoingMessage, ReceivedMessage};
+use tidings_core::dead_letter::HeldLetter;
+use tidings_core::{Attributes, DeadLetter, Result};
 
 use crate::sql::Sql;
 
 #[async_trait]
-pub(crate) trait Store: crate::admin::AdminStore + Send + Sync + Debug {
+pub(crate) trait Store: Send + Sync + Debug {
     fn sql(&self) -> &Sql;
     /// The id of a subscription, registering it first when `create`.
     async fn register(&self, topic: &str, name: &str, create: bool) -> Result<i64>;
@@ -34,8 +35,15 @@ pub(crate) trait Store: crate::admin::AdminStore + Send + Sync + Debug {
     async fn nack(&self, items: &[(i64, i64, i64)]) -> Result<()>;
     async fn extend(&self, ids: &[(i64, i64)], until: i64) -> Result<()>;
     async fn dead_letter(&self, items: &[(i64, i64, String)], now: i64) -> Result<()>;
-    async fn dead_letters(&self, sub: i64, max: usize) -> Result<Vec<DeadLetter>>;
-    async fn redrive(&self, sub: i64, ids: Option<&[MessageId]>, now: i64) -> Result<usize>;
+    /// The highest `seq` in the table (0 when empty).
+    async fn high_water(&self) -> Result<i64>;
+    /// Up to `max` dead rows with `after < seq <= upto`, in `seq` order, each under its `seq`.
+    async fn dead_page(&self, sub: i64, after: i64, upto: i64, max: usize) -> Result<Vec<HeldLetter>>;
+    /// Makes these dead rows pending again, in one transaction: each takes a new `seq` (behind what is pending, as a
+    /// republish would) and counts its attempts from zero. Returns how many were still dead.
+    async fn restore(&self, sub: i64, seqs: &[i64], now: i64) -> Result<u64>;
+    /// Deletes these dead rows; returns how many were still dead.
+    async fn delete_dead(&self, sub: i64, seqs: &[i64]) -> Result<u64>;
     /// Runs one of the `count(*)` statements for a subscription.
     async fn count(&self, statement: &str, sub: i64) -> Result<u64>;
     /// Drops pending deliveries enqueued before `cutoff` (retention) and expired de-duplication rows.
@@ -53,6 +61,9 @@ pub(crate) const MESSAGES_PER_STATEMENT: usize = 500;
 
 /// Most (seq, lease, value) triples per statement (nack, dead-letter).
 pub(crate) const TRIPLES_PER_STATEMENT: usize = 500;
+
+/// Most `seq` values per statement (purging dead letters).
+pub(crate) const SEQS_PER_STATEMENT: usize = 500;
 
 /// A store on one pool of `$db`, with statements for its dialect; `channel` is PostgreSQL's NOTIFY channel.
 pub(crate) struct SqlStore<DB: sqlx::Database> {
@@ -94,6 +105,40 @@ pub(crate) fn decode_attributes(
         tidings_core::Error::invalid(format!("sql: delivery row has invalid attributes JSON {s:?}: {e}"))
     })?;
     Ok(tidings_core::trace::split_trace(all))
+}
+
+/// The columns of a dead row, as read.
+pub(crate) struct DeadRow {
+    pub seq: i64,
+    pub id: String,
+    pub payload: Vec<u8>,
+    pub attributes: String,
+    pub ordering_key: Option<String>,
+    pub publish_time: i64,
+    pub attempts: i64,
+    pub reason: Option<String>,
+    pub dead_at: Option<i64>,
+}
+
+impl DeadRow {
+    /// The dead letter, under its `seq`, with the trace context its publish stored beside the attributes.
+    pub fn into_held(self) -> Result<HeldLetter> {
+        let (attributes, trace): (Attributes, _) = decode_attributes(&self.attributes)?;
+        let attempts = self.attempts.clamp(0, i64::from(u32::MAX)) as u32;
+        let published = tidings_core::time::from_micros(self.publish_time);
+        let at = tidings_core::time::from_micros(self.dead_at.unwrap_or(0));
+        let letter = DeadLetter::new(
+            self.id.into(),
+            self.payload.into(),
+            published,
+            attempts,
+            self.reason.unwrap_or_default(),
+            at,
+        )
+        .with_attributes(attributes)
+        .with_ordering_key(self.ordering_key);
+        Ok(HeldLetter::new(AckId::Num(self.seq as u64), letter).with_trace(trace))
+    }
 }
 
 /// Implements [`Store`] for `SqlStore<$db>` and `publish_on` for `$conn` (a transaction of the application's, or
@@ -311,11 +356,28 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn dead_letters(&self, sub: i64, max: usize) -> tidings_core::Result<Vec<tidings_core::DeadLetter>> {
+            async fn high_water(&self) -> tidings_core::Result<i64> {
+                let sql = format!("SELECT max(seq) FROM {}", self.sql.tables.deliveries);
+                let max: Option<i64> = sqlx::query_scalar(&sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("reading the highest seq", e))?;
+                Ok(max.unwrap_or(0))
+            }
+
+            async fn dead_page(
+                &self,
+                sub: i64,
+                after: i64,
+                upto: i64,
+                max: usize,
+            ) -> tidings_core::Result<Vec<tidings_core::dead_letter::HeldLetter>> {
                 use sqlx::Row;
                 use $crate::error::db_error;
-                let rows = sqlx::query(&self.sql.dead_letters)
+                let rows = sqlx::query(&self.sql.dead_page)
                     .bind(sub)
+                    .bind(after)
+                    .bind(upto)
                     .bind(max.min(i64::MAX as usize) as i64)
                     .fetch_all(&self.pool)
                     .await
@@ -323,62 +385,55 @@ macro_rules! impl_store {
                 let get = |e| db_error("reading a dead letter", e);
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
-                    let id: String = r.try_get("message_id").map_err(get)?;
-                    let payload: Vec<u8> = r.try_get("payload").map_err(get)?;
-                    let attributes: String = r.try_get("attributes").map_err(get)?;
-                    let attempts: i64 = r.try_get("attempts").map_err(get)?;
-                    let reason: Option<String> = r.try_get("reason").map_err(get)?;
-                    let dead_at: Option<i64> = r.try_get("dead_at").map_err(get)?;
-                    out.push(
-                        tidings_core::DeadLetter::new(
-                            tidings_core::MessageId::from(id),
-                            bytes::Bytes::from(payload),
-                            tidings_core::time::from_micros(r.try_get("publish_time").map_err(get)?),
-                            attempts.clamp(0, i64::from(u32::MAX)) as u32,
-                            reason.unwrap_or_default(),
-                            tidings_core::time::from_micros(dead_at.unwrap_or(0)),
-                        )
-                        .with_attributes($crate::store::decode_attributes(&attributes)?.0)
-                        .with_ordering_key(r.try_get("ordering_key").map_err(get)?),
-                    );
+                    let row = $crate::store::DeadRow {
+                        seq: r.try_get("seq").map_err(get)?,
+                        id: r.try_get("message_id").map_err(get)?,
+                        payload: r.try_get("payload").map_err(get)?,
+                        attributes: r.try_get("attributes").map_err(get)?,
+                        ordering_key: r.try_get("ordering_key").map_err(get)?,
+                        publish_time: r.try_get("publish_time").map_err(get)?,
+                        attempts: r.try_get("attempts").map_err(get)?,
+                        reason: r.try_get("reason").map_err(get)?,
+                        dead_at: r.try_get("dead_at").map_err(get)?,
+                    };
+                    out.push(row.into_held()?);
                 }
                 Ok(out)
             }
 
-            async fn redrive(
-                &self,
-                sub: i64,
-                ids: Option<&[tidings_core::MessageId]>,
-                now: i64,
-            ) -> tidings_core::Result<usize> {
-                use sqlx::Row;
+            async fn restore(&self, sub: i64, seqs: &[i64], now: i64) -> tidings_core::Result<u64> {
                 use $crate::error::db_error;
                 let mut tx =
                     self.pool.begin_with(self.sql.begin).await.map_err(|e| db_error("beginning a redrive", e))?;
                 let _holds = self.own_lock.as_ref().map(|o| o.bus_write());
-                let rows = sqlx::query(&self.sql.dead_candidates)
-                    .bind(sub)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| db_error("reading dead letters", e))?;
                 let mut moved = 0;
-                for r in rows {
-                    let seq: i64 = r.try_get("seq").map_err(|e| db_error("reading a dead letter", e))?;
-                    let id: String = r.try_get("message_id").map_err(|e| db_error("reading a dead letter", e))?;
-                    if ids.is_some_and(|ids| !ids.iter().any(|i| i.as_str() == id)) {
-                        continue;
-                    }
-                    // A new seq puts it behind everything pending, as a republish would.
+                for &seq in seqs {
                     let done = sqlx::query(&self.sql.renumber)
                         .bind(seq)
                         .bind(now)
+                        .bind(sub)
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| db_error("redriving", e))?;
-                    moved += done.rows_affected() as usize;
+                    moved += done.rows_affected();
                 }
                 tx.commit().await.map_err(|e| db_error("committing a redrive", e))?;
                 Ok(moved)
+            }
+
+            async fn delete_dead(&self, sub: i64, seqs: &[i64]) -> tidings_core::Result<u64> {
+                let mut gone = 0;
+                for chunk in seqs.chunks($crate::store::SEQS_PER_STATEMENT) {
+                    let sql = self.sql.delete_dead(chunk.len());
+                    let mut q = sqlx::query(&sql).bind(sub);
+                    for seq in chunk {
+                        q = q.bind(*seq);
+                    }
+                    let done =
+                        q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("purging dead letters", e))?;
+                    gone += done.rows_affected();
+                }
+                Ok(gone)
             }
 
             async fn count(&self, statement: &str, sub: i64) -> tidings_core::Result<u64> {
