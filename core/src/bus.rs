@@ -197,8 +197,9 @@ impl Bus {
         self.publisher(topic.name(), topic.config()).await?;
         let key = (topic.name().to_string(), name.to_string());
         let reservation = self.reserve(key.clone())?;
-        let driver =
-            calls::scoped(Scope::subscription(topic.name(), name), self.inner.backend.subscription(&spec)).await?;
+        // Provisioning is retried while it fails retryably (drivers never retry; each of its steps is idempotent).
+        let provision = crate::retry::call("provision subscription", None, || self.inner.backend.subscription(&spec));
+        let driver = calls::scoped(Scope::subscription(topic.name(), name), provision).await?;
         let driver: Arc<dyn crate::SubscriptionDriver> = match self.api_calls() {
             Some(_) => {
                 Arc::new(calls::ScopedSubscription { scope: Scope::subscription(topic.name(), name), inner: driver })
@@ -368,7 +369,8 @@ impl Bus {
         let publisher = entry
             .publisher
             .get_or_try_init(|| async {
-                let driver = calls::scoped(Scope::topic(name), self.inner.backend.topic(&spec)).await?;
+                let provision = crate::retry::call("provision topic", None, || self.inner.backend.topic(&spec));
+                let driver = calls::scoped(Scope::topic(name), provision).await?;
                 let driver: Arc<dyn crate::TopicDriver> = match self.api_calls() {
                     Some(_) => Arc::new(calls::ScopedTopic { scope: Scope::topic(name), inner: driver }),
                     None => driver,

@@ -1,5 +1,6 @@
 //! The one loop over a dead-letter queue: read page by page, select, pace, move (restore or delete), and give back
-//! what was held. Written once for every backend.
+//! what was held. Written once for every backend. Each call to the queue that fails retryably is retried with backoff
+//! ([`retry::call`]): a transient error costs a retry of that one step, not the whole sweep.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use super::{DeadLetter, DeadLetters, HeldLetter, Pace, Select};
 use crate::backend::AckId;
 use crate::error::Result;
+use crate::retry;
 
 /// Letters per read when the pace is quick; a pace slower than one a second reads one at a time, so no letter a read
 /// holds waits past its lease.
@@ -29,7 +31,8 @@ pub(crate) async fn peek(q: &dyn DeadLetters, max: usize) -> Result<Vec<DeadLett
     let mut cursor: Option<String> = None;
     let read = async {
         while out.len() < max {
-            let page = q.read(cursor.as_deref(), (max - out.len()).min(PER_READ)).await?;
+            let n = (max - out.len()).min(PER_READ);
+            let page = retry::call("read dead letters", None, || q.read(cursor.as_deref(), n)).await?;
             if page.letters.is_empty() {
                 break;
             }
@@ -84,7 +87,7 @@ async fn pass(
     let mut seen = HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = q.read(cursor.as_deref(), per_read).await?;
+        let page = retry::call("read dead letters", None, || q.read(cursor.as_deref(), per_read)).await?;
         if page.letters.is_empty() {
             return Ok(());
         }
@@ -123,8 +126,11 @@ async fn apply(q: &dyn DeadLetters, how: Move, group: Vec<HeldLetter>, pace: &Pa
     }
     let n = group.len();
     match how {
-        Move::Restore => q.restore(group).await?,
-        Move::Delete => q.delete(group.into_iter().map(|h| h.handle).collect()).await?,
+        Move::Restore => retry::call("restore dead letters", None, || q.restore(group.clone())).await?,
+        Move::Delete => {
+            let handles: Vec<AckId> = group.into_iter().map(|h| h.handle).collect();
+            retry::call("delete dead letters", None, || q.delete(handles.clone())).await?
+        }
     }
     for _ in 0..n {
         pace.done();
@@ -136,5 +142,5 @@ async fn release(q: &dyn DeadLetters, held: Vec<AckId>) -> Result<()> {
     if held.is_empty() {
         return Ok(());
     }
-    q.release(held).await
+    retry::call("release dead letters", None, || q.release(held.clone())).await
 }

@@ -184,8 +184,13 @@ pub(super) async fn with_lease<T, F: Future>(
             _ = tokio::time::sleep_until(next) => {
                 tracing::debug!(target: "tidings", parent: span, subscription = %ctx.runner.key.1,
                     tidings.settle = "extend_lease", by = ?deadline, "extending the lease");
-                if let Err(e) = ctx.runner.driver.extend_lease(vec![ack_id.clone()], deadline).await {
-                    tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
+                // The work runs on while the lease is extended (the extension retried as settle calls are).
+                tokio::select! {
+                    biased;
+                    out = &mut fut => return out,
+                    r = super::settle::extend(&ctx.runner, vec![ack_id.clone()], deadline) => if let Err(e) = r {
+                        tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
+                    }
                 }
                 next = tokio::time::Instant::now() + period;
             }

@@ -42,7 +42,7 @@ impl Subscription {
     pub async fn dead_letters(&self, max: usize) -> Result<Vec<crate::DeadLetter>> {
         match self.runner.driver.clone().dead_letter_queue() {
             Some(q) => dead_letter::peek(&*q, max).await,
-            None => self.runner.driver.dead_letters(max).await,
+            None => crate::retry::call("dead_letters", None, || self.runner.driver.dead_letters(max)).await,
         }
     }
 
@@ -71,7 +71,7 @@ impl Subscription {
 
     /// Messages not yet acked or dead-lettered, where the backend can tell.
     pub async fn backlog(&self) -> Result<Option<u64>> {
-        self.runner.driver.backlog().await
+        crate::retry::call("backlog", None, || self.runner.driver.backlog()).await
     }
 
     /// Waits until the backlog is empty (everything acked or dead-lettered), polling every few milliseconds, for at

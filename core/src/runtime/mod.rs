@@ -31,6 +31,7 @@ pub(crate) struct Runner {
     cancel: CancellationToken,
     /// The handlers' view of `cancel` ([`Message::shutdown_requested`]): one shared pointer per message.
     shutdown_signal: Arc<CancellationToken>,
+    /// Cancelled at the shutdown's deadline: handlers still running are dropped, and settlements stop retrying.
     abort: CancellationToken,
     /// Cancelled once no handler runs any more (they finished, or the shutdown timeout aborted them).
     drained: CancellationToken,
@@ -130,8 +131,7 @@ where
         metrics: Arc::new(SubscriptionMetrics::new(backend, &spec_topic, &spec_name)),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    let settler =
-        tokio::spawn(settle::settle_loop(driver.clone(), rx, runner.activity.clone(), runner.metrics.clone()));
+    let settler = tokio::spawn(settle::settle_loop(runner.clone(), rx));
     let system = crate::trace::messaging_system(backend, false).to_string();
     let span_name = format!("process {}", runner.spec.name);
     let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx, system, span_name });

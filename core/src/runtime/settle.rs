@@ -1,6 +1,8 @@
 //! Settling deliveries: the decision (ack, retry after the backoff, or dead-letter) and the one route by which every
 //! settlement reaches the driver, [`apply`]: from the settle loop, and from a group's fast path (its acks, in one
-//! call).
+//! call). Drivers never retry: a settle call (and a lease extension, [`extend`]) that fails retryably is retried here
+//! with backoff ([`crate::retry::call`]), so a transient error on an ack does not turn into a redelivery; the retries
+//! end at the shutdown's deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +11,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::deliver::{done, with_lease, Begin, Done, Failure};
-use super::{Activity, Attempt, Ctx};
-use crate::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
-use crate::metrics::{Settled, SubscriptionMetrics};
+use super::{Attempt, Ctx, Runner};
+use crate::backend::{AckId, DeadLetterRequest, ReceivedMessage};
+use crate::error::Result;
+use crate::metrics::Settled;
+use crate::retry;
 
 /// Most settlements applied per driver call.
 const SETTLE_BATCH: usize = 1000;
@@ -45,8 +49,12 @@ pub(super) fn settled_ack<T>(ctx: &Ctx<T>, a: &Attempt) {
 
 /// Acks a group's fast-path deliveries at once, in one driver call, without the settle loop.
 pub(super) async fn ack_now<T>(ctx: &Ctx<T>, acks: Vec<AckId>) {
-    let r = &ctx.runner;
-    apply(&*r.driver, &r.activity, &r.metrics, acks, Vec::new(), Vec::new()).await;
+    apply(&ctx.runner, acks, Vec::new(), Vec::new()).await;
+}
+
+/// Extends the lease of these deliveries to `by` from now, retried as settle calls are.
+pub(super) async fn extend(runner: &Runner, ids: Vec<AckId>, by: Duration) -> Result<()> {
+    retry::call("extend_lease", Some(&runner.abort), || runner.driver.extend_lease(ids.clone(), by)).await
 }
 
 /// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
@@ -114,12 +122,7 @@ fn dead_letter<T>(ctx: &Ctx<T>, a: &Attempt, message: ReceivedMessage, failure: 
     let _ = ctx.settle.send(Settle::DeadLetter(DeadLetterRequest { message, reason }));
 }
 
-pub(super) async fn settle_loop(
-    driver: Arc<dyn SubscriptionDriver>,
-    mut rx: mpsc::UnboundedReceiver<Settle>,
-    activity: Arc<Activity>,
-    metrics: Arc<SubscriptionMetrics>,
-) {
+pub(super) async fn settle_loop(runner: Arc<Runner>, mut rx: mpsc::UnboundedReceiver<Settle>) {
     let mut buf = Vec::with_capacity(64);
     while rx.recv_many(&mut buf, SETTLE_BATCH).await > 0 {
         let (mut acks, mut nacks, mut dead) = (Vec::with_capacity(buf.len()), Vec::new(), Vec::new());
@@ -130,37 +133,35 @@ pub(super) async fn settle_loop(
                 Settle::DeadLetter(r) => dead.push(r),
             }
         }
-        apply(&*driver, &activity, &metrics, acks, nacks, dead).await;
+        apply(&runner, acks, nacks, dead).await;
     }
 }
 
-/// Applies settlements with one driver call per kind, and counts them as settled.
-async fn apply(
-    driver: &dyn SubscriptionDriver,
-    activity: &Activity,
-    metrics: &SubscriptionMetrics,
-    acks: Vec<AckId>,
-    nacks: Vec<(AckId, Duration)>,
-    dead: Vec<DeadLetterRequest>,
-) {
+/// Applies settlements with one driver call per kind, each retried while it fails retryably (until the shutdown's
+/// deadline), and counts them as settled.
+async fn apply(runner: &Runner, acks: Vec<AckId>, nacks: Vec<(AckId, Duration)>, dead: Vec<DeadLetterRequest>) {
+    let (driver, stop) = (&runner.driver, Some(&runner.abort));
     let n = acks.len() + nacks.len() + dead.len();
-    let started = metrics.start();
+    let started = runner.metrics.start();
     // Dead letters first: an ordering key blocked behind one unblocks with it.
     if !dead.is_empty() {
-        if let Err(e) = driver.dead_letter(dead).await {
+        if let Err(e) = retry::call("dead_letter", stop, || driver.dead_letter(dead.clone())).await {
             tracing::error!(error = %e, "dead-lettering failed; the messages will be redelivered");
         }
     }
     if !acks.is_empty() {
-        if let Err(e) = driver.ack(acks).await {
+        if let Err(e) = retry::call("ack", stop, || driver.ack(acks.clone())).await {
             tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
         }
     }
     if !nacks.is_empty() {
-        if let Err(e) = driver.nack(nacks).await {
+        if let Err(e) = retry::call("nack", stop, || driver.nack(nacks.clone())).await {
             tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
         }
     }
-    metrics.settle_call(started);
-    activity.settled(n);
+    runner.metrics.settle_call(started);
+    runner.activity.settled(n);
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,7 +57,15 @@ impl Runner {
                 "shutdown timeout reached; aborting in-flight handlers, their messages stay unacked");
             self.abort.cancel();
         }
-        if timeout_at(end, &mut rx).await.is_err() {
+        // At the deadline settlements stop retrying too: each one left gets one more attempt.
+        let closed = match timeout_at(deadline, &mut rx).await {
+            Ok(_) => true,
+            Err(_) => {
+                self.abort.cancel();
+                timeout_at(end, &mut rx).await.is_ok()
+            }
+        };
+        if !closed {
             tracing::info!(subscription = %self.key.1, topic = %self.key.0, grace = ?CLOSE_GRACE,
                 "the backend is still closing this subscription (a receive still open at the broker, or settlements); \
                  shutdown returns and the close finishes in the background");
