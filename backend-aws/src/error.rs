@@ -1,5 +1,6 @@
 //! Mapping AWS SDK errors to tidings errors with a retryable flag.
 
+use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use tidings_core::{Error, ErrorKind};
 
@@ -16,14 +17,19 @@ const RETRYABLE_CODES: &[&str] = &[
     "KMSThrottling",
 ];
 
-/// Converts an SDK error of operation `op` on `resource`.
-pub fn sdk<E, R>(op: &str, resource: &str, e: SdkError<E, R>) -> Error
+/// Converts an SDK error of operation `op` on `resource`. Retryable, as the SDK's own retry classifier has it: a
+/// throttling or internal error code, a 5xx or 429 status (whatever its code), a timeout, a network failure.
+pub fn sdk<E>(op: &str, resource: &str, e: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let retryable = match &e {
-        SdkError::ServiceError(s) => s.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c)),
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status();
+            status.is_server_error()
+                || status.as_u16() == 429
+                || s.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c))
+        }
         SdkError::ConstructionFailure(_) => false,
         _ => true,
     };

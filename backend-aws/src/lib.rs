@@ -46,13 +46,13 @@ pub(crate) const METADATA_RESERVE: usize = 512;
 
 /// Clients, config and call counters shared by every driver of one backend.
 pub(crate) struct Shared {
+    /// SNS and SQS clients with the SDK's own retries off: one HTTP call per driver call (see `with_sdk_config`).
     pub sns: aws_sdk_sns::Client,
-    /// SNS for publishing: no SDK retries (the portable layer retries publishes).
-    pub sns_publish: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub config: AwsConfig,
     pub calls: Arc<ApiCalls>,
-    /// For STS and IAM clients (`tidings doctor`).
+    /// For STS and IAM clients (`tidings doctor`): they keep the SDK's own retries, as no portable layer retries
+    /// those one-off checks.
     #[cfg(feature = "iam-check")]
     pub sdk: aws_config::SdkConfig,
 }
@@ -114,15 +114,14 @@ impl AwsBackend {
             .operation_attempt_timeout(config.wait_time + Duration::from_secs(10))
             .build();
         let sdk = sdk.to_builder().timeout_config(timeouts).build();
-        // Publishes go through a client with the SDK's own retries off: the portable layer in core owns publish
-        // retries (one SDK call per attempt), so a failing publish makes at most 4 calls, not 4 x the SDK's 3
-        // (tests/retries.rs counts them). Receive, settle and admin calls keep the SDK's retries until core retries
-        // them itself.
-        let publish_sdk = sdk.to_builder().retry_config(RetryConfig::disabled()).build();
+        // Every SNS and SQS call goes through clients with the SDK's own retries off: the portable layer in core owns
+        // the retries (publishes, receives, settlements, provisioning, operator reads), so each attempt is one HTTP
+        // call; with the SDK's 3 attempts under each of core's, a failing publish or ack made 12 calls instead of 4
+        // (tests/retries.rs counts them).
+        let messaging = sdk.to_builder().retry_config(RetryConfig::disabled()).build();
         let shared = Shared {
-            sns: aws_sdk_sns::Client::new(&sdk),
-            sns_publish: aws_sdk_sns::Client::new(&publish_sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sns: aws_sdk_sns::Client::new(&messaging),
+            sqs: aws_sdk_sqs::Client::new(&messaging),
             config,
             calls: Arc::new(ApiCalls::new("aws")),
             #[cfg(feature = "iam-check")]

@@ -41,7 +41,7 @@ impl TopicDriver for AwsTopic {
         publish_with(&topic.arn, topic.fifo, self.ordered, batch, |entries| async move {
             s.calls.count_bytes("sns:PublishBatch", entries.iter().map(|e| e.message().len()).sum());
             let out = s
-                .sns_publish
+                .sns
                 .publish_batch()
                 .topic_arn(&topic.arn)
                 .set_publish_batch_request_entries(Some(entries))
