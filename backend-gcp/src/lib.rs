@@ -191,7 +191,9 @@ impl Backend for GcpBackend {
 
     fn capabilities(&self) -> Capabilities {
         let mut c = Capabilities::default();
-        c.ordering = true;
+        // Message ordering hands out a key's messages in order, but not one at a time (the service streams a key's
+        // later messages before the earlier one is acked): core's sequencer completes it.
+        c.ordering = false;
         c.exactly_once = true;
         c.nack_delay = false;
         c.max_message_size = 10_000_000 - METADATA_RESERVE;

@@ -1,15 +1,19 @@
 //! Receiving through one streaming pull per running subscription (flow control from max concurrency; the crate
 //! extends leases while we hold a message). Closing shuts the stream down: pending acks are flushed and every message
 //! still leased to this process (prefetched, held past a shutdown timeout) is nacked, so another consumer gets it at
-//! once; a restart in the same process reopens the stream and keeps the de-duplication memory. On top, client-side: the ack deadline (a message handed out and neither
-//! settled nor extended within it is nacked, so it is redelivered), head-of-line blocking per ordering key (the
-//! service streams later messages of a key before the earlier one is acked), de-duplication of republished ids on
-//! exactly-once topics, and redrive copies addressed to one subscription.
+//! once; a restart in the same process reopens the stream and keeps the de-duplication memory. On top, client-side:
+//! the ack deadline (a message handed out and neither settled nor extended within it is nacked, so it is
+//! redelivered), de-duplication of republished ids on exactly-once topics, late redeliveries of settled messages on
+//! ordered topics, and redrive copies addressed to one subscription.
 //!
-//! Waiting is event-driven: a receive sleeps until a message arrives, until a key's next message is released (its
-//! predecessor acked, nacked or expired) or until its wait ends; a reaper task per subscription sleeps until the
-//! earliest client-side lease deadline. The dead-letter queue is read and redriven on demand through [`crate::dlq`]
-//! (unary pulls over REST that release what they do not move), the operator's path too.
+//! Ordering: with message ordering the service hands out a key's messages in order, but streams its later ones
+//! before the earlier one is acked, and on a nack or an expired lease it sends the message's successors again. So the
+//! backend declares no native ordering: messages go to the runtime in the order they arrive, and core's sequencer
+//! keeps one message per key out (a redelivery of a message it holds takes the older delivery's place there).
+//!
+//! Waiting is event-driven: a receive sleeps until a message arrives or its wait ends; a reaper task per subscription
+//! sleeps until the earliest client-side lease deadline. The dead-letter queue is read and redriven on demand through
+//! [`crate::dlq`] (unary pulls over REST that release what they do not move), the operator's path too.
 //!
 //! Nack with delay: the crate's `nack()` redelivers at once and it has no "modify ack deadline to N seconds", so the
 //! backend declares `nack_delay = false` and the runtime holds the message (lease kept alive) for the exact backoff,
@@ -38,7 +42,6 @@ use crate::publish::to_message;
 use crate::received::{id_of, meta_of, publish_time, user_attributes};
 use crate::Shared;
 
-/// Attributes the service adds to messages it dead-letters.
 /// How long acked ids of an exactly-once topic are remembered to drop republished copies.
 const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 /// At least this long (and two ack deadlines), an ordered subscription remembers settled ids to drop late redeliveries.
@@ -48,17 +51,12 @@ struct Held {
     handler: Handler,
     deadline: Instant,
     id: String,
-    key: Option<String>,
 }
 
 struct State {
     next_token: u64,
     held: HashMap<u64, Held>,
     ready: VecDeque<(GMessage, Handler)>,
-    /// Ordered topics: ids per key in arrival order; the front one is the key's current message.
-    key_order: HashMap<String, VecDeque<String>>,
-    /// Messages waiting for their key's turn, by id (also redelivered duplicates of a held message).
-    parked: HashMap<String, (GMessage, Handler)>,
     /// Exactly-once topics: ids acked in the last [`DEDUP_WINDOW`], to drop republished copies.
     acked: SeenIds<String>,
     /// Ordered topics: ids acked or dead-lettered lately, to drop late redeliveries.
@@ -77,8 +75,6 @@ pub struct GcpSubscription {
     stream: Mutex<Option<ShutdownToken>>,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<(GMessage, Handler)>>,
     state: Mutex<State>,
-    /// Wakes the waiting receive: a key's next message became ready.
-    wake: Notify,
     /// Wakes the lease reaper: the first lease was taken while none was held (or the driver is going away).
     reaper: Arc<Notify>,
     /// One dead-letter read or redrive at a time (two would split the dead letters between their pulls).
@@ -163,12 +159,9 @@ impl GcpSubscription {
                 next_token: 0,
                 held: HashMap::new(),
                 ready: VecDeque::new(),
-                key_order: HashMap::new(),
-                parked: HashMap::new(),
                 acked: SeenIds::new(DEDUP_WINDOW),
                 settled: SeenIds::new((spec.config.ack_deadline * 2).max(ORDERED_WINDOW)),
             }),
-            wake: Notify::new(),
             reaper: Arc::new(Notify::new()),
             dlq: tokio::sync::Mutex::new(()),
             topic_publisher,
@@ -221,12 +214,12 @@ impl GcpSubscription {
         for t in expired {
             let h = st.held.remove(&t).unwrap();
             tracing::debug!(id = %h.id, "gcp: ack deadline expired; nacking for redelivery");
-            self.unhold(&mut st, &h, false);
             h.handler.nack();
         }
     }
 
-    /// Sorts an arrival into ready, parked or dropped (redrive copies for another subscription, republished ids).
+    /// Queues an arrival, or drops it (redrive copies for another subscription, republished ids, late redeliveries of
+    /// settled messages).
     fn arrive(&self, st: &mut State, m: GMessage, h: Handler) {
         let meta = meta_of(&m);
         if meta.as_ref().and_then(|x| x.target.as_deref()).is_some_and(|t| t != self.name) {
@@ -250,58 +243,13 @@ impl GcpSubscription {
             h.ack();
             return;
         }
-        if !self.ordered || m.ordering_key.is_empty() {
-            st.ready.push_back((m, h));
-            return;
-        }
-        let key = m.ordering_key.clone();
-        let order = st.key_order.entry(key.clone()).or_default();
-        if !order.contains(&id) {
-            order.push_back(id.clone());
-        }
-        let head = order.front() == Some(&id);
-        let busy = st.held.values().any(|x| x.key.as_deref() == Some(key.as_str()));
-        let queued = st.ready.iter().any(|(r, _)| r.ordering_key == key);
-        if head && !busy && !queued {
-            st.ready.push_back((m, h));
-        } else if let Some((_, old)) = st.parked.insert(id, (m, h)) {
-            drop(old); // an older delivery of the same message: let it go back
-        }
+        st.ready.push_back((m, h));
     }
 
     fn known(st: &State, id: &str) -> bool {
         st.acked.contains(id)
             || st.held.values().any(|h| h.id == id)
-            || st.parked.contains_key(id)
             || st.ready.iter().any(|(m, _)| id_of(m, meta_of(m).as_ref()) == id)
-    }
-
-    /// Bookkeeping when a delivery ends; `done` (acked or dead-lettered) advances its key, and the key's next
-    /// message, if it is here, wakes the waiting receive.
-    fn unhold(&self, st: &mut State, h: &Held, done: bool) {
-        let Some(key) = &h.key else { return };
-        if done {
-            if let Some(order) = st.key_order.get_mut(key) {
-                if order.front() == Some(&h.id) {
-                    order.pop_front();
-                }
-            }
-            if let Some((_, dup)) = st.parked.remove(&h.id) {
-                dup.ack();
-            }
-        }
-        let next = st.key_order.get(key).and_then(|o| o.front().cloned());
-        match next {
-            Some(next) => {
-                if let Some(p) = st.parked.remove(&next) {
-                    st.ready.push_front(p);
-                    self.wake.notify_waiters();
-                }
-            }
-            None => {
-                st.key_order.remove(key);
-            }
-        }
     }
 
     fn take(&self, max: usize) -> Vec<ReceivedMessage> {
@@ -331,7 +279,7 @@ impl GcpSubscription {
             if st.held.is_empty() {
                 self.reaper.notify_one();
             }
-            st.held.insert(token, Held { handler: h, deadline: Instant::now() + self.ack_deadline, id, key });
+            st.held.insert(token, Held { handler: h, deadline: Instant::now() + self.ack_deadline, id });
         }
         out
     }
@@ -354,7 +302,6 @@ impl GcpSubscription {
             if self.ordered {
                 st.settled.insert(h.id.clone(), now);
             }
-            self.unhold(&mut st, &h, true);
         }
         match h.handler {
             Handler::ExactlyOnce(x) => x
@@ -404,10 +351,6 @@ impl SubscriptionDriver for GcpSubscription {
         let mut inbox = self.inbox.lock().await;
         let mut open = true;
         loop {
-            // Registered before looking, so a release between the look and the wait still wakes it.
-            let released = self.wake.notified();
-            let mut released = std::pin::pin!(released);
-            released.as_mut().enable();
             {
                 let mut st = self.state.lock().unwrap();
                 while let Ok((m, h)) = inbox.try_recv() {
@@ -418,8 +361,7 @@ impl SubscriptionDriver for GcpSubscription {
             if !out.is_empty() || Instant::now() >= give_up {
                 return Ok(out);
             }
-            // Wake for an arrival, for a key's next message (released by an ack, a nack or an expired lease), or
-            // when the wait is over.
+            // Wake for an arrival, or when the wait is over.
             tokio::select! {
                 m = inbox.recv(), if open => match m {
                     Some((m, h)) => {
@@ -428,7 +370,6 @@ impl SubscriptionDriver for GcpSubscription {
                     }
                     None => open = false,
                 },
-                _ = &mut released => {}
                 _ = tokio::time::sleep_until(give_up) => {}
             }
         }
@@ -451,9 +392,6 @@ impl SubscriptionDriver for GcpSubscription {
         self.shared.calls.count("pubsub:ModifyAckDeadline");
         for (id, _) in &items {
             if let Some(h) = self.release(id) {
-                let mut st = self.state.lock().unwrap();
-                self.unhold(&mut st, &h, false);
-                drop(st);
                 h.handler.nack();
             }
         }
@@ -510,8 +448,6 @@ impl SubscriptionDriver for GcpSubscription {
         let mut st = self.state.lock().unwrap();
         st.held.clear();
         st.ready.clear();
-        st.parked.clear();
-        st.key_order.clear();
         Ok(())
     }
 

@@ -23,7 +23,6 @@ mod error;
 mod floor;
 mod meta;
 mod names;
-mod order;
 mod provision;
 mod publish;
 mod pull;
@@ -144,7 +143,8 @@ impl Backend for NatsBackend {
 
     fn capabilities(&self) -> Capabilities {
         let mut c = Capabilities::default();
-        c.ordering = true;
+        // A consumer hands out a key's messages in stream order, but not one at a time: core's sequencer completes it.
+        c.ordering = false;
         c.exactly_once = true;
         c.nack_delay = true;
         c.max_message_size = self.max_payload.saturating_sub(METADATA_RESERVE);

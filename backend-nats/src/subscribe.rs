@@ -1,8 +1,9 @@
 //! Receiving: a pull without waiting for what is there (one round trip under load), else a waiting pull for one
 //! message followed by one without waiting for the rest (a waiting pull for N would be held until N arrived).
 //! Attempt = the delivery count of the reply subject. Deliveries addressed to another subscription (redrive copies)
-//! or older than this subscription's retention are acked and skipped; on ordered topics the [`Sequencer`] keeps
-//! one message per key out.
+//! or older than this subscription's retention are acked and skipped. JetStream hands out a key's messages in stream
+//! order but not one at a time, so the backend declares no native ordering and core's runtime keeps one message per
+//! key out on ordered topics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,15 +17,12 @@ use tidings_core::{DeadLetter, MessageId, Result};
 use crate::floor::Floor;
 use crate::meta::{delivery, from_micros, split};
 use crate::names::SubNames;
-use crate::order::Sequencer;
 use crate::pull::{pull, Inbox};
 use crate::settle::{ack_sync, nak, reply, send};
 use crate::{dlq, provision, Shared};
 
 /// How long past its expiry a pull may still bring messages (the server's answer in flight).
 const RELEASE_MARGIN: Duration = Duration::from_millis(500);
-/// Longest waiting pull while messages are parked behind their keys (released ones are handed out after it).
-const HOLDING_WAIT: Duration = Duration::from_millis(200);
 
 /// One subscription's consumer and dead-letter stream.
 #[derive(Debug)]
@@ -33,12 +31,12 @@ pub struct NatsSubscription {
     names: SubNames,
     exactly_once: bool,
     retention: Duration,
-    seq: Option<Arc<Sequencer>>,
+    /// Ordered topic: deliveries carry their ordering key.
+    ordered: bool,
     /// The attempts reported for this consumer's unsettled deliveries (shared with its other drivers).
     floor: Arc<Floor>,
     /// The last receive found the consumer drained: the next one starts with a waiting pull.
     dry: AtomicBool,
-    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The reply subject of this driver's pulls, made on the first receive.
     inbox: tokio::sync::Mutex<Option<Inbox>>,
     /// Set while a pull runs, to when the server may still answer it: left set when its receive was dropped (at
@@ -49,8 +47,6 @@ pub struct NatsSubscription {
 
 impl NatsSubscription {
     pub(crate) fn new(s: Arc<Shared>, names: SubNames, spec: &SubscriptionSpec) -> Self {
-        let seq = spec.topic.config.ordered.then(|| Arc::new(Sequencer::default()));
-        let keeper = seq.as_ref().map(|q| keep_leases(s.clone(), Arc::downgrade(q), spec.config.ack_deadline));
         Self {
             backstop: crate::backstop::start(s.clone(), names.clone()),
             floor: s.floors.of(&names.consumer),
@@ -58,9 +54,8 @@ impl NatsSubscription {
             names,
             exactly_once: spec.topic.config.is_exactly_once(),
             retention: spec.config.message_retention,
-            seq,
+            ordered: spec.topic.config.ordered,
             dry: AtomicBool::new(false),
-            keeper: Mutex::new(keeper),
             inbox: tokio::sync::Mutex::new(None),
             open_pull: Mutex::new(None),
         }
@@ -93,7 +88,7 @@ impl NatsSubscription {
                 None => msg_id.unwrap_or_else(|| format!("{}-{}", self.names.topic.stream, d.stream_seq)),
             };
             let trace = meta.as_ref().and_then(|m| m.trace.clone());
-            let key = meta.and_then(|m| m.key).filter(|_| self.seq.is_some());
+            let key = meta.and_then(|m| m.key).filter(|_| self.ordered);
             let counted = d.delivered.min(u64::from(u32::MAX)) as u32;
             let attempt = self.floor.attempt(d.stream_seq, counted);
             if attempt != counted {
@@ -105,11 +100,9 @@ impl NatsSubscription {
                 ReceivedMessage::new(AckId::Text(r.into()), MessageId::from(id), m.payload, publish_time, attempt)
                     .with_attributes(attributes)
                     .with_ordering_key(key.map(Into::into))
+                    .with_sequence(Some(d.stream_seq))
                     .with_trace(trace);
-            match &self.seq {
-                Some(q) => out.extend(q.arrive(d.stream_seq, msg)),
-                None => out.push(msg),
-            }
+            out.push(msg);
         }
         if let Err(e) = send(&self.s, "ack of skipped deliveries", skip).await {
             tracing::debug!(error = %e, "skipped deliveries return later");
@@ -127,12 +120,9 @@ impl NatsSubscription {
     }
 
     /// Releases (nacks, without delay) what nobody will handle: deliveries a dropped receive's pull still brings into
-    /// the inbox, and messages parked behind their ordering key. Then the inbox goes.
+    /// the inbox. Then the inbox goes.
     async fn release(&self) -> Result<()> {
-        let mut left: Vec<AckId> = self.seq.as_ref().map(|q| q.held()).unwrap_or_default();
-        if let Some(q) = &self.seq {
-            q.clear();
-        }
+        let mut left: Vec<AckId> = Vec::new();
         if let Some(mut inbox) = self.inbox.lock().await.take() {
             let until = self.open_pull.lock().unwrap().take();
             loop {
@@ -155,20 +145,15 @@ impl NatsSubscription {
 
     /// Pulls for one receive: without waiting while messages are there, else one waiting pull and one for the rest.
     async fn pulled(&self, inbox: &mut Inbox, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
-        let mut out;
         if !self.dry.load(Ordering::Relaxed) {
             let got = self.pull(inbox, max, None).await?.messages;
             self.dry.store(got.len() < max, Ordering::Relaxed);
-            out = self.accept(got).await;
+            let out = self.accept(got).await;
             if !out.is_empty() {
                 return Ok(out);
             }
         }
-        let holding = self.seq.as_ref().is_some_and(|q| q.is_holding());
-        let mut wait = wait.min(self.s.config.wait_time).max(Duration::from_millis(1));
-        if holding {
-            wait = wait.min(HOLDING_WAIT);
-        }
+        let wait = wait.min(self.s.config.wait_time).max(Duration::from_millis(1));
         let mut got = self.pull(inbox, 1, Some(wait)).await?.messages;
         if !got.is_empty() && max > 1 {
             match self.pull(inbox, max - 1, None).await {
@@ -179,22 +164,12 @@ impl NatsSubscription {
                 Err(e) => tracing::debug!(error = %e, "second pull failed; returning the first message"),
             }
         }
-        out = self.accept(got).await;
-        out.extend(self.ready(max.saturating_sub(out.len())));
-        Ok(out)
+        Ok(self.accept(got).await)
     }
 
-    fn ready(&self, max: usize) -> Vec<ReceivedMessage> {
-        self.seq.as_ref().map(|q| q.take_ready(max)).unwrap_or_default()
-    }
-
-    /// Messages acked or dead-lettered: forgotten by the attempt floor, and their keys' next messages released.
+    /// Messages acked or dead-lettered: forgotten by the attempt floor.
     fn done(&self, ids: &[AckId]) {
-        let seqs = || ids.iter().filter_map(|id| delivery(reply(id))).map(|d| d.stream_seq);
-        self.floor.settled(seqs());
-        if let Some(q) = &self.seq {
-            seqs().for_each(|s| q.done(s));
-        }
+        self.floor.settled(ids.iter().filter_map(|id| delivery(reply(id))).map(|d| d.stream_seq));
     }
 }
 
@@ -203,28 +178,8 @@ fn bodies(ids: &[AckId], body: &'static [u8]) -> Vec<(String, Bytes)> {
     ids.iter().map(|id| (reply(id).to_string(), Bytes::from_static(body))).collect()
 }
 
-/// Keeps the leases of parked messages alive (`+WPI` every half ack deadline) while the subscription lives.
-fn keep_leases(s: Arc<Shared>, q: std::sync::Weak<Sequencer>, deadline: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(tidings_core::calls::scoped(tidings_core::calls::Scope::current(), async move {
-        let period = (deadline / 2).max(Duration::from_millis(100));
-        loop {
-            tokio::time::sleep(period).await;
-            let Some(q) = q.upgrade() else { return };
-            let held = q.held();
-            drop(q);
-            let items = held.iter().map(|id| (reply(id).to_string(), Bytes::from_static(b"+WPI"))).collect();
-            if let Err(e) = send(&s, "lease extension of parked messages", items).await {
-                tracing::warn!(error = %e, "lease extension of parked messages failed");
-            }
-        }
-    }))
-}
-
 impl Drop for NatsSubscription {
     fn drop(&mut self) {
-        if let Some(k) = self.keeper.lock().unwrap().take() {
-            k.abort();
-        }
         self.backstop.abort();
     }
 }
@@ -233,10 +188,6 @@ impl Drop for NatsSubscription {
 impl SubscriptionDriver for NatsSubscription {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
         let max = max.max(1);
-        let out = self.ready(max);
-        if !out.is_empty() {
-            return Ok(out);
-        }
         let mut guard = self.inbox.lock().await;
         if guard.is_none() {
             *guard = Some(Inbox::new(&self.s, &self.names).await?);

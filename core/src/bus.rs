@@ -43,6 +43,9 @@ pub struct Bus {
 
 struct Inner {
     backend: Arc<dyn Backend>,
+    /// What the backend does natively (the runtime completes the rest).
+    native: Capabilities,
+    /// What the bus offers: `native`, completed by core.
     caps: Capabilities,
     settings: Settings,
     /// How often running subscriptions' backlog gauges are sampled (zero: never).
@@ -110,11 +113,12 @@ impl BusBuilder {
 
     /// The bus.
     pub fn build(self) -> Bus {
-        let caps = self.backend.capabilities();
+        let native = self.backend.capabilities();
         Bus {
             inner: Arc::new(Inner {
                 backend: self.backend,
-                caps,
+                caps: native.completed(),
+                native,
                 settings: self.settings,
                 backlog_interval: self.backlog_interval,
                 topics: std::sync::RwLock::default(),
@@ -150,9 +154,15 @@ impl Bus {
         self.inner.backend.api_calls()
     }
 
-    /// What the backend does natively.
+    /// What the bus offers on its backend: what the backend does natively, completed by core (ordered topics work on
+    /// every backend). [`Bus::native_capabilities`] tells what the backend does itself.
     pub fn capabilities(&self) -> &Capabilities {
         &self.inner.caps
+    }
+
+    /// What the backend does natively ([`crate::Backend::capabilities`]).
+    pub fn native_capabilities(&self) -> &Capabilities {
+        &self.inner.native
     }
 
     /// The settings in force.
@@ -213,7 +223,7 @@ impl Bus {
             None => crate::metrics::backlog::Source::None,
         };
         let sampled = spec.clone();
-        let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.caps.clone(), handler);
+        let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.native.clone(), handler);
         let stop = runner.cancel_token().clone();
         crate::metrics::backlog::start(self.backend_name(), sampled, source, self.inner.backlog_interval, stop);
         {
@@ -381,27 +391,20 @@ impl Bus {
         Ok(publisher.clone())
     }
 
-    /// A topic config the backend cannot honour is refused when the topic is first used, never downgraded.
+    /// A topic config the bus cannot honour is refused when the topic is first used, never downgraded. Ordered topics
+    /// never are: where the backend lacks native ordering, the runtime's sequencer completes it.
     fn check_supported(&self, name: &str, config: TopicConfig) -> Result<()> {
-        let caps = &self.inner.caps;
-        let missing = if config.ordered && !caps.ordering {
-            Some(("ordering", "ordered"))
-        } else if config.is_exactly_once() && !caps.exactly_once {
-            Some(("exactly_once", "exactly-once"))
-        } else {
-            None
-        };
-        match missing {
-            None => Ok(()),
-            Some((capability, what)) => Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "topic {name:?} is declared {what}, but the {} backend lacks the `{capability}` capability; \
-                     declare it without that guarantee or choose another backend",
-                    self.backend_name()
-                ),
-            )),
+        if !config.is_exactly_once() || self.inner.caps.exactly_once {
+            return Ok(());
         }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "topic {name:?} is declared exactly-once, but the {} backend lacks the `exactly_once` capability; \
+                 declare it without that guarantee or choose another backend",
+                self.backend_name()
+            ),
+        ))
     }
 
     fn topic_spec(&self, name: &str, config: TopicConfig) -> TopicSpec {

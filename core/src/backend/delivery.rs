@@ -108,6 +108,11 @@ pub struct ReceivedMessage {
     pub attempt: u32,
     /// Trace context the message carries (see [`crate::trace`]); `None` for messages published without one.
     pub trace: Option<TraceContext>,
+    /// The message's position in the broker's own order, where it keeps one (a NATS JetStream stream sequence);
+    /// `None` elsewhere. On an ordered topic without native ordering, the runtime lines up the messages waiting behind
+    /// a key by it, so a redelivery of an earlier message goes ahead of later ones that arrived before it; without
+    /// it, they wait in the order they arrived.
+    pub sequence: Option<u64>,
 }
 
 impl ReceivedMessage {
@@ -123,6 +128,7 @@ impl ReceivedMessage {
             publish_time,
             attempt,
             trace: None,
+            sequence: None,
         }
     }
     /// With these attributes.
@@ -141,6 +147,12 @@ impl ReceivedMessage {
     #[inline]
     pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
         self.trace = trace;
+        self
+    }
+    /// At this position in the broker's own order ([`ReceivedMessage::sequence`]).
+    #[inline]
+    pub fn with_sequence(mut self, sequence: Option<u64>) -> Self {
+        self.sequence = sequence;
         self
     }
 }

@@ -1,6 +1,7 @@
 //! The runtime that runs one subscription's handlers, written once for every backend: receive sized to free
 //! handler slots ([`receive`]), decode and dispatch with panic isolation and lease extension ([`deliver`]), backoff,
-//! attempt counting, dead-letter decisions and batched settlement ([`settle`]), and graceful shutdown ([`shutdown`]).
+//! attempt counting, dead-letter decisions and batched settlement ([`settle`]), graceful shutdown ([`shutdown`]), and
+//! per-key head-of-line blocking on ordered topics whose backend lacks native ordering ([`sequence`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,9 @@ use tracing::Span;
 mod deliver;
 mod handle;
 mod receive;
+mod sequence;
+#[cfg(test)]
+mod sequence_tests;
 mod settle;
 mod shutdown;
 pub use handle::Subscription;
@@ -86,6 +90,8 @@ struct Ctx<T> {
     caps: Capabilities,
     handler: Box<dyn Handler<T>>,
     settle: mpsc::UnboundedSender<settle::Settle>,
+    /// One message per ordering key out at a time: on ordered topics whose backend lacks native ordering.
+    seq: Option<Arc<sequence::Sequencer>>,
     /// `messaging.system` of the process spans.
     system: String,
     /// `otel.name` of the process spans: `process <subscription>`.
@@ -134,7 +140,10 @@ where
     let settler = tokio::spawn(settle::settle_loop(runner.clone(), rx));
     let system = crate::trace::messaging_system(backend, false).to_string();
     let span_name = format!("process {}", runner.spec.name);
-    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler: Box::new(handler), settle: tx, system, span_name });
+    let seq = (runner.spec.topic.config.ordered && !caps.ordering)
+        .then(|| Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline)));
+    let handler = Box::new(handler);
+    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler, settle: tx, seq, system, span_name });
     tokio::spawn(async move {
         receive::receive_loop(ctx.clone()).await;
         let runner = ctx.runner.clone();
@@ -192,6 +201,7 @@ mod tests {
                         publish_time: SystemTime::now(),
                         attempt: 1,
                         trace: None,
+                        sequence: None,
                     }
                 })
                 .collect())

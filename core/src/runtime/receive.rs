@@ -1,5 +1,7 @@
 //! Receiving: receives sized to the free handler slots, batches split into groups of chains (one per ordering key on
-//! ordered topics), and one task per group that begins each delivery and hands it on to be settled.
+//! ordered topics), and one task per group that begins each delivery and hands it on to be settled. On an ordered
+//! topic whose backend lacks native ordering, each batch passes through the subscription's [`Sequencer`] first, and a
+//! key's messages run one after another in one task ([`run_key`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,10 +12,12 @@ use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::deliver::{begin, Begin, Done};
-use super::settle::{ack_now, conclude, nack, settled_ack, Outcome};
-use super::Ctx;
+use super::sequence::{Arrival, Sequencer};
+use super::settle::{ack_now, conclude, nack, settled_ack, Outcome, Settle};
+use super::{Attempt, Ctx};
 use crate::backend::ReceivedMessage;
 
 /// Longest single receive call; shutdown interrupts it.
@@ -35,6 +39,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
     let mut receiving = FuturesUnordered::new();
     // Receives wanted in flight: one more after each full batch (up to the capability), back to one after a partial.
     let mut wanted = 1;
+    let keeper = ctx.seq.as_ref().map(|q| keep_leases(&ctx, q.clone()));
     'run: loop {
         while receiving.len() < wanted {
             let mut slots = if receiving.is_empty() {
@@ -52,28 +57,39 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
             if n > 1 {
                 slots.merge(sem.clone().try_acquire_many_owned(n as u32 - 1).expect("only this loop takes slots"));
             }
-            let (driver, metrics) = (ctx.runner.driver.clone(), ctx.runner.metrics.clone());
+            let (driver, metrics, seq) = (ctx.runner.driver.clone(), ctx.runner.metrics.clone(), ctx.seq.clone());
             receiving.push(async move {
+                // Messages the sequencer released (their key's retried message was given up) go before a receive.
+                if let Some((ready, Some(since))) = seq.map(|q| q.take_ready(n)) {
+                    return (Ok(ready), slots, Some(since));
+                }
                 let started = metrics.start();
                 let received = driver.receive(n, RECEIVE_WAIT).await;
                 metrics.received(started);
-                (received, slots)
+                (received, slots, None)
             });
         }
-        let (received, mut slots) = tokio::select! {
+        let (received, mut slots, released) = tokio::select! {
             Some(r) = receiving.next() => r,
             _ = cancel.cancelled() => break,
         };
         match received {
             Ok(batch) => {
                 // Every lease of the batch started about now: extensions are scheduled from here, not from when a
-                // handler happens to start (on a busy machine that can be much later).
-                let received_at = tokio::time::Instant::now();
-                if !batch.is_empty() {
-                    ctx.runner.activity.received(batch.len());
-                }
+                // handler happens to start (on a busy machine that can be much later). Released messages' leases
+                // began at their last extension.
+                let (batch, received_at) = match released {
+                    Some(since) => (batch, since),
+                    None => {
+                        let now = Instant::now();
+                        if !batch.is_empty() {
+                            ctx.runner.activity.received(batch.len());
+                        }
+                        wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
+                        (sort(&ctx, batch, now), now)
+                    }
+                };
                 error_backoff = Duration::from_millis(100);
-                wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
                 // One slot per delivery, handed to the groups in slices; the ones asked for but not filled go back.
                 let mut permits = match slots.split(batch.len()) {
                     Some(used) => used,
@@ -83,7 +99,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
                 // One task per group of chains rather than per message: spawning dominated the cost of a delivery.
                 // Handlers in a group still run concurrently (and release their slots as they finish).
                 // Unordered messages go straight from the batch into their group (each moved once).
-                let all: Box<dyn Iterator<Item = Chain> + Send> = if ordered {
+                let all: Box<dyn Iterator<Item = Chain> + Send> = if ordered && ctx.seq.is_none() {
                     Box::new(chains(batch).into_iter())
                 } else {
                     Box::new(batch.into_iter().map(Chain::One))
@@ -120,6 +136,13 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
         tokio::select! {
             r = tasks.join_next() => match r { Some(r) => log_task_end(r), None => break },
             _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
+        }
+    }
+    // What the sequencer still holds goes back at once, rather than waiting out its lease.
+    if let (Some(keeper), Some(q)) = (keeper, &ctx.seq) {
+        keeper.abort();
+        for m in q.drain() {
+            nack(&ctx, m.ack_id, Duration::ZERO);
         }
     }
 }
@@ -200,7 +223,7 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     group: Vec<Chain>,
     mut slots: OwnedSemaphorePermit,
-    received_at: tokio::time::Instant,
+    received_at: Instant,
 ) {
     let mut acks = Vec::with_capacity(slots.num_permits());
     let mut slow: FuturesUnordered<Slow> = FuturesUnordered::new();
@@ -211,16 +234,22 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
             continue;
         }
         match chain {
-            Chain::One(msg) => match begin(&ctx, &msg).await {
-                (Begin::Done(Done::Ok), a) => {
-                    settled_ack(&ctx, &a);
-                    acks.push(msg.ack_id)
+            Chain::One(msg) => {
+                let keyed = ctx.seq.is_some() && msg.ordering_key.is_some();
+                match begin(&ctx, &msg).await {
+                    (Begin::Done(Done::Ok), a) if !keyed => {
+                        settled_ack(&ctx, &a);
+                        acks.push(msg.ack_id)
+                    }
+                    (b, a) => {
+                        let permit = slots.split(1).expect("one slot per delivery");
+                        slow.push(match keyed {
+                            true => Box::pin(run_key(ctx.clone(), msg, permit, (b, a), received_at)),
+                            false => Box::pin(conclude(ctx.clone(), msg, permit, b, a, received_at).map(drop)),
+                        });
+                    }
                 }
-                (b, a) => {
-                    let permit = slots.split(1).expect("one slot per delivery");
-                    slow.push(Box::pin(conclude(ctx.clone(), msg, permit, b, a, received_at).map(drop)));
-                }
-            },
+            }
             Chain::Many(msgs) => {
                 let chain: Vec<Delivery> =
                     msgs.into_iter().map(|m| (m, slots.split(1).expect("one slot per delivery"))).collect();
@@ -243,7 +272,7 @@ async fn run_group<T: DeserializeOwned + Send + Sync + 'static>(
 async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: Arc<Ctx<T>>,
     chain: Vec<Delivery>,
-    received_at: tokio::time::Instant,
+    received_at: Instant,
 ) {
     let mut chain = chain.into_iter();
     while let Some((msg, permit)) = chain.next() {
@@ -261,4 +290,85 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// Sorts a fresh batch through the sequencer, where the subscription has one: what may run now.
+fn sort<T>(ctx: &Ctx<T>, batch: Vec<ReceivedMessage>, now: Instant) -> Vec<ReceivedMessage> {
+    let Some(q) = &ctx.seq else { return batch };
+    let mut out = Vec::with_capacity(batch.len());
+    for m in batch {
+        match q.arrive(m, now) {
+            Arrival::Out(m) => out.push(m),
+            Arrival::Held => {}
+            // The older delivery is forgotten, so it no longer counts as in flight.
+            Arrival::Replaced => ctx.runner.activity.settled(1),
+        }
+    }
+    out
+}
+
+/// Runs a key's message that the sequencer let out and then, each time one is acked or dead-lettered, the key's next
+/// one, in this task and on this handler slot: the slot passes from one message to the next (`conclude` is handed
+/// none), so a receive cannot take it in between. On a backend without nack delay, a retried message thus keeps its
+/// slot while it is held for its backoff.
+async fn run_key<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    mut msg: ReceivedMessage,
+    mut slot: OwnedSemaphorePermit,
+    begun: (Begin, Attempt),
+    mut leased_at: Instant,
+) {
+    let seq = ctx.seq.clone().expect("keyed deliveries run on sequenced subscriptions");
+    let mut begun = Some(begun);
+    loop {
+        let (key, id) = (msg.ordering_key.clone().expect("a keyed delivery"), msg.id.clone());
+        let (b, a) = match begun.take() {
+            Some(begun) => begun,
+            None => begin(&ctx, &msg).await,
+        };
+        let none = slot.split(0).expect("zero slots are always there");
+        let outcome = conclude(ctx.clone(), msg, none, b, a, leased_at).await;
+        let finished = seq.finished(&key, &id, outcome, Instant::now());
+        if let Some(again) = finished.again {
+            match outcome {
+                Outcome::Retried(delay) => nack(&ctx, again.ack_id, delay),
+                Outcome::Acked | Outcome::DeadLettered => {
+                    let _ = ctx.settle.send(Settle::Ack(again.ack_id));
+                }
+            }
+        }
+        let Some((next, since)) = finished.next else { return };
+        if ctx.runner.cancel.is_cancelled() {
+            nack(&ctx, next.ack_id, Duration::ZERO); // shutdown: it goes back at once
+            return;
+        }
+        (msg, leased_at) = (next, since);
+    }
+}
+
+/// Keeps the leases of what the sequencer holds alive (every third of the ack deadline, as for a running handler),
+/// and gives up retried messages whose redelivery is overdue, until aborted.
+fn keep_leases<T>(ctx: &Ctx<T>, q: Arc<Sequencer>) -> tokio::task::JoinHandle<()> {
+    let runner = ctx.runner.clone();
+    let deadline = runner.spec.config.ack_deadline;
+    let period = (deadline / 3).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut next = Instant::now() + period;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let now = Instant::now();
+            next = now + period;
+            q.give_up_overdue(now);
+            let held = q.extend(now);
+            if held.is_empty() {
+                continue;
+            }
+            let subscription = &runner.key.1;
+            tracing::debug!(target: "tidings", %subscription, held = held.len(), tidings.settle = "extend_lease",
+                "extending the leases of messages waiting behind their ordering key");
+            if let Err(e) = super::settle::extend(&runner, held, deadline).await {
+                tracing::warn!(%subscription, error = %e, "lease extension of messages waiting behind their key failed");
+            }
+        }
+    })
 }
