@@ -288,8 +288,8 @@ mod tests {
         assert_eq!(held, vec![AckId::Num(12), AckId::Num(21), AckId::Num(3)]);
         let f = s.finished("a", &"1".into(), Outcome::Acked, t);
         assert_eq!(f.again.map(|m| m.ack_id), Some(AckId::Num(21)), "the second delivery is settled with it");
-        let (next, _) = f.next.unwrap();
-        assert_eq!((next.id.to_string(), next.ack_id), ("2".into(), AckId::Num(12)));
+        let (two, _) = f.next.unwrap();
+        assert_eq!((two.id.to_string(), two.ack_id), ("2".into(), AckId::Num(12)));
         assert_eq!(next(&s, "a", "2", Outcome::Acked).as_deref(), Some("3"));
     }
 
