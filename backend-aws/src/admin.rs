@@ -1,29 +1,23 @@
 //! The operator SPI on SNS + SQS: topics from `ListTopics`, their queues from `ListSubscriptionsByTopic`, figures
-//! from `GetQueueAttributes`, dead letters read by receiving from the DLQ with a visibility timeout and making them
-//! visible again, redrive as `SendMessage` to the subscription queue then `DeleteMessage` from the DLQ (one message at
-//! a time, so an interruption leaves each one in either queue, or in both, never in neither).
+//! from `GetQueueAttributes`, dead letters through the subscription's dead-letter queue (`dlq.rs`), which core's sweep
+//! reads, redrives and purges.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Q;
 use tidings_core::admin::{
     Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
-use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec};
+use tidings_core::backend::{DeadLetters, SubscriptionSpec};
 use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
 
 use crate::error::sdk;
-use crate::meta::micros;
 use crate::names::{fit, MAX_QUEUE_NAME};
 use crate::provision::{queue_attributes, queue_names, topic_name, SubRes};
-use crate::subscribe::{handle, AwsSubscription};
+use crate::subscribe::AwsSubscription;
 use crate::Shared;
-
-/// How long a message read during a sweep stays hidden from consumers.
-const SWEEP_VISIBILITY: i32 = 30;
 
 /// The SNS and SQS actions the application needs in a provisioning mode (README, AWS section).
 fn actions(mode: tidings_core::cloud::Provisioning) -> (Vec<&'static str>, Vec<&'static str>) {
@@ -132,63 +126,6 @@ impl AwsAdmin {
         Ok((AwsSubscription::new(self.s.clone(), res.clone(), spec.topic.config.ordered), res))
     }
 
-    /// Reads the DLQ through once: each selected message is redriven (a copy sent to the subscription queue first)
-    /// or only deleted; the others are made visible again at the end.
-    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
-        let (sub, res) = self.driver(spec).await?;
-        let dlq = res.dlq_url.clone();
-        // A slow pace takes one message per receive, so none waits past its visibility timeout.
-        let per_read = if pace.interval().is_some_and(|i| i > Duration::from_secs(1)) { 1 } else { 10 };
-        let mut skipped_ids = HashSet::new();
-        let mut skipped = Vec::new();
-        let mut done = 0;
-        'reads: loop {
-            let batch = sub.read(&dlq, per_read, Duration::from_secs(1), Some(SWEEP_VISIBILITY)).await?;
-            if batch.is_empty() {
-                break;
-            }
-            let mut progress = false;
-            let mut batch = batch.into_iter();
-            while let Some(r) = batch.next() {
-                let ack = r.msg.ack_id.clone();
-                let h = handle(&ack).to_string();
-                let d = r.into_dead_letter();
-                if !select(&d) {
-                    progress |= skipped_ids.insert(d.id.clone());
-                    skipped.push((ack, 0));
-                    continue;
-                }
-                progress = true;
-                if !pace.wait().await {
-                    // Stopped: what this read took is made visible again below.
-                    skipped.push((ack, 0));
-                    skipped.extend(batch.map(|r| (r.msg.ack_id, 0)));
-                    break 'reads;
-                }
-                if redrive {
-                    let meta = crate::meta::Meta {
-                        id: d.id.to_string(),
-                        ts: micros(d.publish_time),
-                        key: d.ordering_key.clone(),
-                        ..Default::default()
-                    };
-                    let dedup = format!("{}-redrive-{}", d.id, uuid::Uuid::now_v7().simple());
-                    sub.send_copy(&res.queue_url, &d.payload, &d.attributes, &meta, &dedup).await?;
-                }
-                sub.delete(&dlq, &[h.as_str()]).await?;
-                pace.done();
-                done += 1;
-            }
-            if !progress {
-                break;
-            }
-        }
-        if !skipped.is_empty() {
-            sub.change_visibility(&dlq, skipped, "dead-letter sweep").await?;
-        }
-        Ok(done)
-    }
-
     /// URLs of the queues whose names start with `prefix`.
     async fn queue_urls(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -287,18 +224,25 @@ impl Admin for AwsAdmin {
         Ok(SubscriptionStats { backlog, in_flight, oldest_unacked: None, dead_letters: dead })
     }
 
+    /// One read of the dead-letter queue; the operator reads through [`Admin::dead_letter_queue`].
     async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let mut out = self.driver(spec).await?.0.dead_letters(max).await?;
+        let mut out = crate::legacy_dlq::peek(&self.driver(spec).await?.0, max).await?;
         out.sort_by_key(|d| d.dead_lettered_at);
         Ok(out)
     }
 
+    /// Among one read of the dead-letter queue; the operator redrives through [`Admin::dead_letter_queue`].
     async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, true).await
+        crate::legacy_dlq::sweep(&self.driver(spec).await?.0, select, pace, true).await
     }
 
+    /// Among one read of the dead-letter queue; the operator purges through [`Admin::dead_letter_queue`].
     async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, false).await
+        crate::legacy_dlq::sweep(&self.driver(spec).await?.0, select, pace, false).await
+    }
+
+    async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
+        Ok(Some(Arc::new(self.driver(spec).await?.0)))
     }
 
     async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {

@@ -17,9 +17,11 @@
 
 mod admin;
 pub mod config;
+mod dlq;
 mod error;
 #[cfg(feature = "iam-check")]
 mod iam;
+mod legacy_dlq;
 mod meta;
 mod names;
 mod provision;

@@ -10,7 +10,6 @@
 //! poll still open then goes on in the background while the process runs; if the process exits first, what SQS hands
 //! that poll returns after its visibility timeout, its receive counted.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName as Sys, QueueAttributeName as Q,
 };
 use bytes::Bytes;
-use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver};
+use tidings_core::backend::{AckId, DeadLetterRequest, DeadLetters, ReceivedMessage, SubscriptionDriver};
 use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -42,7 +41,7 @@ const MAX_RECEIVES: u32 = 1024;
 #[derive(Debug, Clone)]
 pub struct AwsSubscription {
     s: Arc<Shared>,
-    res: SubRes,
+    pub(crate) res: SubRes,
     ordered: bool,
     /// One permit per receive in flight (or releasing what its gone caller did not take).
     receiving: Arc<Semaphore>,
@@ -95,19 +94,6 @@ pub(crate) struct Read {
     pub(crate) msg: ReceivedMessage,
     /// Its tidings metadata, if it has any; the trace context is in `msg`.
     pub(crate) meta: Option<Meta>,
-}
-
-impl Read {
-    /// A message received from a dead-letter queue as a [`DeadLetter`].
-    pub(crate) fn into_dead_letter(self) -> DeadLetter {
-        let meta = self.meta.unwrap_or_default();
-        let reason = meta.reason.unwrap_or_else(|| "moved by the SQS redrive policy".into());
-        let at = meta.dlq_ts.map_or(SystemTime::now(), from_micros);
-        let m = self.msg;
-        DeadLetter::new(m.id, m.payload, m.publish_time, meta.attempts.unwrap_or(0), reason, at)
-            .with_attributes(m.attributes)
-            .with_ordering_key(meta.key)
-    }
 }
 
 fn secs(d: Duration) -> i32 {
@@ -377,64 +363,18 @@ impl SubscriptionDriver for AwsSubscription {
         self.delete(&self.res.queue_url, &done).await
     }
 
+    /// One read of the dead-letter queue; core reads through [`dead_letter_queue`](Self::dead_letter_queue).
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        // Peek: page through the DLQ with a short visibility timeout (so each receive returns the next messages),
-        // then make everything visible again.
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        let mut handles = Vec::new();
-        while out.len() < max {
-            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(30)).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for r in batch {
-                handles.push((r.msg.ack_id.clone(), 0));
-                if out.len() >= max || !seen.insert(r.msg.id.clone()) {
-                    continue;
-                }
-                out.push(r.into_dead_letter());
-            }
-        }
-        if !handles.is_empty() {
-            self.change_visibility(&self.res.dlq_url, handles, "dead-letter peek").await?;
-        }
-        Ok(out)
+        crate::legacy_dlq::peek(self, max).await
     }
 
+    /// Among one read of the dead-letter queue; core redrives through [`dead_letter_queue`](Self::dead_letter_queue).
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let mut moved = 0;
-        let mut skipped = Vec::new();
-        for _ in 0..1000 {
-            let batch = self.read(&self.res.dlq_url, 10, Duration::ZERO, Some(30)).await?;
-            if batch.is_empty() {
-                break;
-            }
-            let mut delete = Vec::new();
-            for r in &batch {
-                if ids.as_ref().is_some_and(|ids| !ids.contains(&r.msg.id)) {
-                    skipped.push((r.msg.ack_id.clone(), 0));
-                    continue;
-                }
-                let mut meta = r.meta.clone().unwrap_or_default();
-                meta.trace = r.msg.trace.clone();
-                meta.id = r.msg.id.to_string();
-                meta.ts = micros(r.msg.publish_time);
-                meta.reason = None;
-                meta.attempts = None;
-                meta.dlq_ts = None;
-                let dedup = format!("{}-redrive-{}", r.msg.id, uuid::Uuid::now_v7().simple());
-                self.send_copy(&self.res.queue_url, &r.msg.payload, &r.msg.attributes, &meta, &dedup).await?;
-                delete.push(handle(&r.msg.ack_id).to_string());
-                moved += 1;
-            }
-            let delete: Vec<&str> = delete.iter().map(String::as_str).collect();
-            self.delete(&self.res.dlq_url, &delete).await?;
-        }
-        if !skipped.is_empty() {
-            self.change_visibility(&self.res.dlq_url, skipped, "redrive").await?;
-        }
-        Ok(moved)
+        crate::legacy_dlq::redrive(self, ids).await
+    }
+
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(self)
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName as Sys};
 use golden::{Case, Fixture};
 use serde_json::{json, Map, Value};
+use tidings_core::admin::{Operator, Pace};
 use tidings_core::{Bus, SubscriptionConfig};
 
 const BACKEND: &str = "aws";
@@ -109,9 +110,14 @@ async fn decode(f: Fixture) {
     let sqs = sqs().await;
     let receiving = Case { dead_letter: false, ..case };
     let (sub, mut rx) = golden::subscribe(&bus, &receiving, SubscriptionConfig::DEFAULT).await;
-    let raw = golden::reprefix(&f.raw, &f.prefix, &prefix);
+    inject(&sqs, &golden::reprefix(&f.raw, &f.prefix, &prefix)).await;
+    golden::assert_decoded(&bus, &case, &f, &sub, &mut rx).await;
+}
+
+/// Sends a fixture's raw message (reprefixed) with the plain SQS client into its queue.
+async fn inject(sqs: &aws_sdk_sqs::Client, raw: &Value) {
     let queue = raw["queue"].as_str().unwrap();
-    let mut send = sqs.send_message().queue_url(url(&sqs, queue).await).message_body(raw["Body"].as_str().unwrap());
+    let mut send = sqs.send_message().queue_url(url(sqs, queue).await).message_body(raw["Body"].as_str().unwrap());
     for (k, v) in raw["MessageAttributes"].as_object().unwrap() {
         let value = MessageAttributeValue::builder()
             .data_type(v["DataType"].as_str().unwrap())
@@ -124,7 +130,6 @@ async fn decode(f: Fixture) {
         .set_message_group_id(raw["MessageGroupId"].as_str().map(str::to_string))
         .set_message_deduplication_id(raw["MessageDeduplicationId"].as_str().map(str::to_string));
     send.send().await.expect("SendMessage of the fixture");
-    golden::assert_decoded(&bus, &case, &f, &sub, &mut rx).await;
 }
 
 const CASES: [Case; 8] = [
@@ -176,4 +181,28 @@ async fn golden_dead_letter_ordered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_redrive_copy() {
     golden::run(golden::REDRIVE, record, decode).await;
+}
+
+/// The operator's redrive (the CLI, the dashboard) writes the copy the `Subscription` handle's redrive writes, the
+/// fixture `redrive.json`, trace context kept: the dead letter of `dead_letter.json` is injected into a fresh
+/// dead-letter queue and redriven through `Operator::redrive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_redrive_copy_by_the_operator() {
+    let (dead, want) = (golden::read("dead_letter"), golden::read("redrive"));
+    let prefix = golden::fresh_prefix();
+    let bus = bus(&prefix).await;
+    let sqs = sqs().await;
+    let (sub, _rx) = golden::subscribe(&bus, &golden::DEAD_LETTER, SubscriptionConfig::DEFAULT).await;
+    sub.shutdown(Duration::from_secs(5)).await;
+    inject(&sqs, &golden::reprefix(&dead.raw, &dead.prefix, &prefix)).await;
+    let op = Operator::new(&bus);
+    let moved = op.redrive("orders", golden::SUBSCRIPTION, &|_| true, &Pace::unlimited()).await.expect("redrive");
+    assert_eq!(moved, 1);
+    let raw = raw_message(&sqs, &queues(&prefix, &golden::REDRIVE).0).await;
+    let meta = golden::wire_meta(raw["MessageAttributes"]["tidings"]["StringValue"].as_str().unwrap());
+    assert_eq!((meta.id.as_str(), meta.ts), (dead.decoded.id.as_str(), dead.decoded.publish_time_us));
+    let today = Fixture::new(BACKEND, &golden::REDRIVE, &prefix, &meta.id, meta.ts, raw);
+    golden::assert_same_wire("redrive", &want, &today, &[]);
+    assert!(op.dead_letters("orders", golden::SUBSCRIPTION, 10).await.unwrap().is_empty(), "the dead letter is gone");
+    bus.shutdown(Duration::from_secs(5)).await;
 }
