@@ -1,8 +1,8 @@
 //! The operator SPI on JetStream: topics are the streams under the prefix (a dead-letter stream, whose only subject
 //! is `<name>.dead`, is left out), subscriptions their durable consumers; figures from `CONSUMER.INFO` (backlog =
 //! pending + ack pending, in flight = ack pending, the oldest unacked message found after the ack floor) and the
-//! dead-letter stream's message count. A redrive publishes a copy to the topic addressed to this subscription alone,
-//! then deletes the dead letter (interrupted in between: in both places, never in neither); a purge deletes it.
+//! dead-letter stream's message count. A subscription's dead letters are its dead-letter stream as the one
+//! dead-letter surface ([`crate::dlq`]), which core's operator sweeps to read, redrive and purge them.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,10 +15,10 @@ use serde_json::json;
 use tidings_core::admin::{
     Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
-use tidings_core::backend::SubscriptionSpec;
+use tidings_core::backend::{DeadLetters, SubscriptionSpec};
 use tidings_core::{DeadLetter, Error, ErrorKind, Result};
 
-use crate::dlq::{self, js_err};
+use crate::dlq::{js_err, NatsDeadLetters};
 use crate::names::SubNames;
 use crate::provision::{call, stream_info};
 use crate::Shared;
@@ -32,6 +32,14 @@ pub(crate) struct NatsAdmin {
 /// Whether a stream is a dead-letter stream (its one subject is `<name>.dead`).
 fn is_dead_letter_stream(info: &async_nats::jetstream::stream::Info) -> bool {
     info.config.subjects == [format!("{}.dead", info.config.name)]
+}
+
+/// What the operator's old dead-letter entry points answer: core sweeps [`Admin::dead_letter_queue`] instead.
+fn not_offered(what: &str, spec: &SubscriptionSpec) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("nats: Admin::{what} is not offered ({:?}): sweep its dead_letter_queue", spec.resource),
+    )
 }
 
 /// An account limit as text (`unlimited` when unset or negative).
@@ -65,28 +73,11 @@ impl NatsAdmin {
         }
     }
 
-    /// Reads the dead-letter stream once (each message at most once), acting on each selected one as `pace` allows.
-    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
+    /// The dead-letter stream of an existing subscription.
+    async fn queue(&self, spec: &SubscriptionSpec) -> Result<NatsDeadLetters> {
         let names = SubNames::of(spec)?;
         self.consumer(&names).await?;
-        let stream = dlq::open(&self.s, &names).await?;
-        let mut done = 0;
-        for d in dlq::read(&self.s, &names, usize::MAX).await? {
-            if !select(&d.letter) {
-                continue;
-            }
-            if !pace.wait().await {
-                break;
-            }
-            if redrive {
-                dlq::move_back(&self.s, &names, &stream, &d).await?;
-            } else {
-                dlq::delete(&self.s, &names, &stream, d.seq).await?;
-            }
-            pace.done();
-            done += 1;
-        }
-        Ok(done)
+        Ok(NatsDeadLetters::new(self.s.clone(), names))
     }
 }
 
@@ -137,17 +128,22 @@ impl Admin for NatsAdmin {
     }
 
     async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let names = SubNames::of(spec)?;
-        self.consumer(&names).await?;
-        Ok(dlq::read(&self.s, &names, max).await?.into_iter().map(|d| d.letter).collect())
+        let letters = self.queue(spec).await?.read(None, max).await?.letters;
+        Ok(letters.into_iter().map(|h| h.letter).collect())
     }
 
-    async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, true).await
+    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
+    async fn redrive(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
+        Err(not_offered("redrive", spec))
     }
 
-    async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, false).await
+    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
+    async fn purge(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
+        Err(not_offered("purge", spec))
+    }
+
+    async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
+        Ok(Some(Arc::new(self.queue(spec).await?)))
     }
 
     async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {

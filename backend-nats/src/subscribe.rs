@@ -11,9 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tidings_core::backend::{AckId, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
+use tidings_core::backend::{
+    AckId, DeadLetterRequest, DeadLetters, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
+};
 use tidings_core::{DeadLetter, MessageId, Result};
 
+use crate::dlq::NatsDeadLetters;
 use crate::floor::Floor;
 use crate::meta::{delivery, from_micros, split};
 use crate::names::SubNames;
@@ -167,6 +170,11 @@ impl NatsSubscription {
         Ok(self.accept(got).await)
     }
 
+    /// The dead-letter stream.
+    fn queue(&self) -> NatsDeadLetters {
+        NatsDeadLetters::new(self.s.clone(), self.names.clone())
+    }
+
     /// Messages acked or dead-lettered: forgotten by the attempt floor.
     fn done(&self, ids: &[AckId]) {
         self.floor.settled(ids.iter().filter_map(|id| delivery(reply(id))).map(|d| d.stream_seq));
@@ -236,11 +244,15 @@ impl SubscriptionDriver for NatsSubscription {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(dlq::read(&self.s, &self.names, max).await?.into_iter().map(|d| d.letter).collect())
+        Ok(self.queue().read(None, max).await?.letters.into_iter().map(|h| h.letter).collect())
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        dlq::redrive(&self.s, &self.names, ids.as_deref()).await
+        self.queue().restore_ids(ids.as_deref()).await
+    }
+
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(Arc::new(self.queue()))
     }
 
     async fn close(&self) -> Result<()> {

@@ -248,3 +248,35 @@ async fn a_consumer_that_never_settles_ends_in_the_dlq_through_the_max_deliverie
     assert_eq!(dead[0].attempts, 2);
     assert!(dead[0].reason.contains("MaxDeliver"), "{}", dead[0].reason);
 }
+
+/// Core retries a dead-letter step that failed (an answer lost on the way back, say): a restore or a delete tried
+/// again after it took effect copies nothing twice and does not fail.
+#[tokio::test]
+async fn a_restore_or_delete_tried_again_moves_nothing_twice() {
+    let backend = support::backend(support::config()).await;
+    let name: &'static str = Box::leak(support::unique("again").into_boxed_str());
+    let t = Topic::<Event>::new(name, TopicConfig::at_least_once());
+    let bus = Bus::new(Arc::new(backend.clone()));
+    let driver = backend.subscription(&bus.subscription_spec(&t, "sub", SubscriptionConfig::DEFAULT)).await.unwrap();
+    for text in ["a", "b"] {
+        t.publish(&bus, &Event { text: text.into() }).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && tokio::time::Instant::now() < end {
+        got.extend(driver.receive(2, Duration::from_secs(1)).await.unwrap());
+    }
+    let requests = got.into_iter().map(|m| tidings_core::backend::DeadLetterRequest::new(m, "rejected")).collect();
+    driver.dead_letter(requests).await.unwrap();
+    let q = driver.clone().dead_letter_queue().expect("the dead-letter stream is offered");
+    let mut letters = q.read(None, 10).await.unwrap().letters;
+    letters.sort_by_key(|h| h.letter.decode::<Event>().unwrap().text);
+    let [a, b]: [tidings_core::backend::HeldLetter; 2] = letters.try_into().expect("a and b are dead letters");
+    for attempt in ["the first time", "tried again"] {
+        q.restore(vec![a.clone()]).await.unwrap_or_else(|e| panic!("restore of a, {attempt}: {e}"));
+        q.delete(vec![b.handle.clone()]).await.unwrap_or_else(|e| panic!("delete of b, {attempt}: {e}"));
+    }
+    assert!(q.read(None, 10).await.unwrap().letters.is_empty(), "both left the dead-letter stream");
+    let mut stream = js().await.get_stream(name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 3, "the two published and one redrive copy");
+}
