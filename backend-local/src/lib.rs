@@ -24,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tidings_core::backend::{
-    AckId, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
-    TopicDriver, TopicSpec,
+    AckId, BackendInfo, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionDriver,
+    SubscriptionSpec, TopicDriver, TopicSpec,
 };
 use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
 use tidings_core::{Backend, Capabilities, DeadLetter, Error, ErrorKind, MessageId, Result, Settings, WhenFull};
@@ -135,10 +135,19 @@ impl LocalBackend {
     }
 }
 
+/// The in-memory bus's names: its state lives in one process.
+pub fn info() -> BackendInfo {
+    BackendInfo::new("local").in_process()
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn name(&self) -> &str {
         "local"
+    }
+
+    fn info(&self) -> BackendInfo {
+        info()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -1,14 +1,8 @@
 //! NATS JetStream backend of tidings, on the official `async-nats` crate.
 //!
-//! | tidings | JetStream |
-//! |---|---|
-//! | topic | stream `<prefix><topic>` on subjects `<stream>.>` (`Limits` retention, `MaxAge`, a `Nats-Msg-Id` de-duplication window) |
-//! | subscription | durable pull consumer `<prefix><topic>--<sub>`: `DeliverPolicy::New`, explicit acks, `AckWait` = ack deadline, `MaxDeliver` = attempts + 1 |
-//! | dead-letter queue | stream `<consumer>-dlq`; the delivery is terminated (`+TERM`) once the copy is stored |
-//! | ordering key | subject `<stream>.k.<hash of key>`; one message per key out at a time, client-side |
-//! | exactly-once | `Nats-Msg-Id` = the tidings id, acks confirmed by the server (`AckSync`) |
-//! | attempt | the delivery count |
-//! | ack / nack with delay / lease | `+ACK` / `-NAK {"delay"}` / `+WPI` |
+//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
+//! permissions and how to run it locally are documented once, in README's "NATS JetStream" section (the one source of
+//! those tables).
 //!
 //! tidings' metadata travels in one header (`tidings`); attributes are the other headers. Connection: `nats.url` or
 //! `NATS_URL`, credentials and TLS from the `[nats]` section.
@@ -32,7 +26,7 @@ mod subscribe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::backend::{BackendInfo, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
 use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 
 pub use config::{NatsConfig, Provisioning, Storage};
@@ -131,10 +125,19 @@ impl NatsBackend {
     }
 }
 
+/// The NATS backend's names (no per-call price: the servers you run are the cost).
+pub fn info() -> BackendInfo {
+    BackendInfo::new("nats").with_provisioning(false)
+}
+
 #[async_trait]
 impl Backend for NatsBackend {
     fn name(&self) -> &str {
         "nats"
+    }
+
+    fn info(&self) -> BackendInfo {
+        info()
     }
 
     fn api_calls(&self) -> Option<&RoundTrips> {

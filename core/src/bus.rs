@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, Capabilities, OutgoingMessage, TopicSpec};
+use crate::backend::{Backend, BackendInfo, Capabilities, OutgoingMessage, TopicSpec};
 use crate::calls::{self, Scope};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -42,6 +42,8 @@ pub struct Bus {
 }
 
 struct Inner {
+    /// The backend's names and pricing.
+    info: BackendInfo,
     backend: Arc<dyn Backend>,
     /// What the backend does natively (the runtime completes the rest).
     native: Capabilities,
@@ -116,6 +118,7 @@ impl BusBuilder {
         let native = self.backend.capabilities();
         Bus {
             inner: Arc::new(Inner {
+                info: self.backend.info(),
                 backend: self.backend,
                 caps: native.completed(),
                 native,
@@ -146,7 +149,12 @@ impl Bus {
 
     /// The backend's name (`local`, `aws`, `gcp`, ...).
     pub fn backend_name(&self) -> &str {
-        self.inner.backend.name()
+        &self.inner.info.name
+    }
+
+    /// The backend's names (its OpenTelemetry `messaging.system`) and how its API calls are billed.
+    pub fn backend_info(&self) -> &BackendInfo {
+        &self.inner.info
     }
 
     /// The backend's API calls (or server round trips) so far, by operation, where it makes any.
@@ -223,7 +231,7 @@ impl Bus {
             None => crate::metrics::backlog::Source::None,
         };
         let sampled = spec.clone();
-        let runner = runtime::start(self.backend_name(), key, spec, driver, self.inner.native.clone(), handler);
+        let runner = runtime::start(&self.inner.info, key, spec, driver, self.inner.native.clone(), handler);
         let stop = runner.cancel_token().clone();
         crate::metrics::backlog::start(self.backend_name(), sampled, source, self.inner.backlog_interval, stop);
         {
@@ -449,7 +457,7 @@ impl Bus {
         // The most common publish there is, so it looks the topic up once and builds no batch vector. The message is
         // still checked before the first use of a topic provisions it.
         let (name, config) = (topic.name(), topic.config());
-        let span = trace::send_span(self.backend_name(), name);
+        let span = trace::send_span(&self.inner.info.producer_system, name);
         let trace = trace::capture(&span);
         let cached = self.cached_publisher(name, config);
         let out = match cached {
@@ -489,7 +497,7 @@ impl Bus {
     {
         self.check_open()?;
         validate_name("topic", topic.name())?;
-        let span = trace::send_span(self.backend_name(), topic.name());
+        let span = trace::send_span(&self.inner.info.producer_system, topic.name());
         let trace = trace::capture(&span);
         let mut batch = messages
             .into_iter()

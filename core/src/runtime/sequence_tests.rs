@@ -191,7 +191,8 @@ async fn run(caps: Capabilities) -> (Seen, bool, Arc<Unordered>) {
             }
         }
     };
-    let runner = start("test", ("t".into(), "s".into()), spec, broker.clone(), caps, handler);
+    let runner =
+        start(&crate::backend::BackendInfo::new("test"), ("t".into(), "s".into()), spec, broker.clone(), caps, handler);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !broker.st.lock().unwrap().msgs.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -163,7 +163,18 @@ mod tests {
             std::future::pending::<crate::HandlerResult>()
         };
         let key = ("t".to_string(), name.to_string());
-        (super::super::start("test", key, spec, driver.clone(), Capabilities::default(), handler), driver, started)
+        (
+            super::super::start(
+                &crate::backend::BackendInfo::new("test"),
+                key,
+                spec,
+                driver.clone(),
+                Capabilities::default(),
+                handler,
+            ),
+            driver,
+            started,
+        )
     }
 
     #[tokio::test(start_paused = true)]
