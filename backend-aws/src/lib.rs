@@ -162,6 +162,7 @@ impl Backend for AwsBackend {
         // process; Go CDK allows 100. Ordered topics send one call at a time, to keep order.
         c.publish_in_flight = 64;
         c.max_receive_batch = 10;
+        c.max_settle_batch = subscribe::MAX_BATCH;
         // One ReceiveMessage returns at most 10: with one call in flight, a subscription would take at most 10
         // messages per round trip.
         c.concurrent_receives = 4;

@@ -34,6 +34,10 @@ use crate::Shared;
 /// Longest dead-letter reason kept.
 const MAX_REASON: usize = 1024;
 
+/// Most entries per `DeleteMessageBatch` and `ChangeMessageVisibilityBatch`: the backend's `max_settle_batch`, so
+/// each settle call of the driver is one SQS call (core splits larger settlements).
+pub(crate) const MAX_BATCH: usize = 10;
+
 /// Receives one subscription may have in flight (each holds a permit; `close` takes them all).
 const MAX_RECEIVES: u32 = 1024;
 
@@ -186,64 +190,79 @@ impl AwsSubscription {
         Read { msg, meta }
     }
 
-    pub(crate) async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
-        for chunk in items.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (id, v))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(handle(id))
-                        .visibility_timeout(*v)
-                        .build()
-                        .map_err(|e| Error::invalid(e.to_string()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.s.calls.count("sqs:ChangeMessageVisibilityBatch");
-            let out = self
-                .s
-                .sqs
-                .change_message_visibility_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sdk(op, url, e))?;
-            for f in out.failed() {
-                // A stale receipt handle (the message was redelivered or is gone) is not an error of this call.
-                tracing::debug!(queue = url, code = f.code(), "{op}: entry failed");
-            }
+    /// One `ChangeMessageVisibilityBatch` of at most [`MAX_BATCH`] entries.
+    async fn change_visibility_batch(&self, url: &str, items: &[(AckId, i32)], op: &str) -> Result<()> {
+        let entries = items
+            .iter()
+            .enumerate()
+            .map(|(i, (id, v))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle(id))
+                    .visibility_timeout(*v)
+                    .build()
+                    .map_err(|e| Error::invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.s.calls.count("sqs:ChangeMessageVisibilityBatch");
+        let out = self
+            .s
+            .sqs
+            .change_message_visibility_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk(op, url, e))?;
+        for f in out.failed() {
+            // A stale receipt handle (the message was redelivered or is gone) is not an error of this call.
+            tracing::debug!(queue = url, code = f.code(), "{op}: entry failed");
         }
         Ok(())
     }
 
+    /// One `DeleteMessageBatch` of at most [`MAX_BATCH`] receipt handles.
+    async fn delete_batch(&self, url: &str, handles: &[&str]) -> Result<()> {
+        let entries = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*h)
+                    .build()
+                    .map_err(|e| Error::invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.s.calls.count("sqs:DeleteMessageBatch");
+        let out = self
+            .s
+            .sqs
+            .delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk("DeleteMessageBatch", url, e))?;
+        if let Some(f) = out.failed().iter().find(|f| !f.code().contains("ReceiptHandleIsInvalid")) {
+            return Err(entry("DeleteMessageBatch", url, f.code(), f.message(), f.sender_fault()));
+        }
+        Ok(())
+    }
+
+    /// Visibility changes of any number, in calls of [`MAX_BATCH`]: for the dead-letter queue's surface, whose calls
+    /// core does not split (its settle calls it does).
+    pub(crate) async fn change_visibility(&self, url: &str, items: Vec<(AckId, i32)>, op: &str) -> Result<()> {
+        for chunk in items.chunks(MAX_BATCH) {
+            self.change_visibility_batch(url, chunk, op).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes of any number, in calls of [`MAX_BATCH`]: for the dead-letter queue's surface (see `change_visibility`).
     pub(crate) async fn delete(&self, url: &str, handles: &[&str]) -> Result<()> {
-        for chunk in handles.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*h)
-                        .build()
-                        .map_err(|e| Error::invalid(e.to_string()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.s.calls.count("sqs:DeleteMessageBatch");
-            let out = self
-                .s
-                .sqs
-                .delete_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sdk("DeleteMessageBatch", url, e))?;
-            if let Some(f) = out.failed().iter().find(|f| !f.code().contains("ReceiptHandleIsInvalid")) {
-                return Err(entry("DeleteMessageBatch", url, f.code(), f.message(), f.sender_fault()));
-            }
+        for chunk in handles.chunks(MAX_BATCH) {
+            self.delete_batch(url, chunk).await?;
         }
         Ok(())
     }
@@ -305,17 +324,18 @@ impl SubscriptionDriver for AwsSubscription {
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
         let handles: Vec<&str> = ids.iter().map(handle).collect();
-        self.delete(&self.res.queue_url, &handles).await
+        self.delete_batch(&self.res.queue_url, &handles).await
     }
 
     async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
-        let items = items.into_iter().map(|(id, d)| (id, secs(d))).collect();
-        self.change_visibility(&self.res.queue_url, items, "nack").await
+        let items: Vec<_> = items.into_iter().map(|(id, d)| (id, secs(d))).collect();
+        self.change_visibility_batch(&self.res.queue_url, &items, "nack").await
     }
 
     async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()> {
         let v = secs(by);
-        self.change_visibility(&self.res.queue_url, ids.into_iter().map(|id| (id, v)).collect(), "extend lease").await
+        let items: Vec<_> = ids.into_iter().map(|id| (id, v)).collect();
+        self.change_visibility_batch(&self.res.queue_url, &items, "extend lease").await
     }
 
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
@@ -360,7 +380,7 @@ impl SubscriptionDriver for AwsSubscription {
             self.send_copy(&self.res.dlq_url, &m.payload, &attributes, &meta, &dedup).await?;
             done.push(handle(&m.ack_id));
         }
-        self.delete(&self.res.queue_url, &done).await
+        self.delete_batch(&self.res.queue_url, &done).await
     }
 
     /// One read of the dead-letter queue; core reads through [`dead_letter_queue`](Self::dead_letter_queue).

@@ -92,6 +92,7 @@ impl SqlBackend {
         // A batch of any size is one transaction (its INSERTs take up to MESSAGES_PER_STATEMENT messages each).
         caps.atomic_publish = true;
         caps.max_receive_batch = 256;
+        caps.max_settle_batch = store::SETTLE_PER_STATEMENT;
         caps.max_attributes = 100;
         caps.backlog = true;
         let admin_store = store.clone();

@@ -52,15 +52,14 @@ pub(crate) trait Store: Send + Sync + Debug {
     async fn signal(&self, topic: &str) -> Result<()>;
 }
 
-/// Most (seq, lease) pairs per statement (SQLite allows 32,766 placeholders; PostgreSQL 65,535).
-pub(crate) const PAIRS_PER_STATEMENT: usize = 500;
+/// Most deliveries per settle statement (ack, nack, lease extension, dead-letter: 2 or 3 placeholders each, far below
+/// SQLite's 32,766 and PostgreSQL's 65,535): the backend's `max_settle_batch`, so each settle call of the driver is one
+/// statement (core splits larger settlements).
+pub(crate) const SETTLE_PER_STATEMENT: usize = 500;
 
 /// Most messages per publish statement (5 placeholders each: 2,504 in all, far below SQLite's 32,766 and
 /// PostgreSQL's 65,535); a larger batch takes several statements in its one transaction.
 pub(crate) const MESSAGES_PER_STATEMENT: usize = 500;
-
-/// Most (seq, lease, value) triples per statement (nack, dead-letter).
-pub(crate) const TRIPLES_PER_STATEMENT: usize = 500;
 
 /// Most `seq` values per statement (purging dead letters).
 pub(crate) const SEQS_PER_STATEMENT: usize = 500;
@@ -302,57 +301,63 @@ macro_rules! impl_store {
                     .map_err(|e| $crate::error::db_error("finding the next due delivery", e))
             }
 
+            // Settle calls: one statement each (core sends at most SETTLE_PER_STATEMENT deliveries per call).
+
             async fn ack(&self, ids: &[(i64, i64)], keep_until: Option<i64>) -> tidings_core::Result<()> {
-                for chunk in ids.chunks($crate::store::PAIRS_PER_STATEMENT) {
-                    let sql = match keep_until {
-                        Some(_) => self.sql.ack_keep(chunk.len()),
-                        None => self.sql.ack_delete(chunk.len()),
-                    };
-                    let mut q = sqlx::query(&sql);
-                    if let Some(until) = keep_until {
-                        q = q.bind(Vec::<u8>::new()).bind(until);
-                    }
-                    for (seq, lease) in chunk {
-                        q = q.bind(*seq).bind(*lease);
-                    }
-                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("acking", e))?;
+                if ids.is_empty() {
+                    return Ok(());
                 }
+                let sql = match keep_until {
+                    Some(_) => self.sql.ack_keep(ids.len()),
+                    None => self.sql.ack_delete(ids.len()),
+                };
+                let mut q = sqlx::query(&sql);
+                if let Some(until) = keep_until {
+                    q = q.bind(Vec::<u8>::new()).bind(until);
+                }
+                for (seq, lease) in ids {
+                    q = q.bind(*seq).bind(*lease);
+                }
+                q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("acking", e))?;
                 Ok(())
             }
 
             async fn nack(&self, items: &[(i64, i64, i64)]) -> tidings_core::Result<()> {
-                for chunk in items.chunks($crate::store::TRIPLES_PER_STATEMENT) {
-                    let sql = self.sql.nack(chunk.len());
-                    let mut q = sqlx::query(&sql);
-                    for (seq, lease, at) in chunk {
-                        q = q.bind(*seq).bind(*lease).bind(*at);
-                    }
-                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("nacking", e))?;
+                if items.is_empty() {
+                    return Ok(());
                 }
+                let sql = self.sql.nack(items.len());
+                let mut q = sqlx::query(&sql);
+                for (seq, lease, at) in items {
+                    q = q.bind(*seq).bind(*lease).bind(*at);
+                }
+                q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("nacking", e))?;
                 Ok(())
             }
 
             async fn extend(&self, ids: &[(i64, i64)], until: i64) -> tidings_core::Result<()> {
-                for chunk in ids.chunks($crate::store::PAIRS_PER_STATEMENT) {
-                    let sql = self.sql.extend(chunk.len());
-                    let mut q = sqlx::query(&sql).bind(until);
-                    for (seq, lease) in chunk {
-                        q = q.bind(*seq).bind(*lease);
-                    }
-                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("extending leases", e))?;
+                if ids.is_empty() {
+                    return Ok(());
                 }
+                let sql = self.sql.extend(ids.len());
+                let mut q = sqlx::query(&sql).bind(until);
+                for (seq, lease) in ids {
+                    q = q.bind(*seq).bind(*lease);
+                }
+                q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("extending leases", e))?;
                 Ok(())
             }
 
             async fn dead_letter(&self, items: &[(i64, i64, String)], now: i64) -> tidings_core::Result<()> {
-                for chunk in items.chunks($crate::store::TRIPLES_PER_STATEMENT) {
-                    let sql = self.sql.dead_letter(chunk.len());
-                    let mut q = sqlx::query(&sql).bind(now);
-                    for (seq, lease, reason) in chunk {
-                        q = q.bind(*seq).bind(*lease).bind(reason.as_str());
-                    }
-                    q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("dead-lettering", e))?;
+                if items.is_empty() {
+                    return Ok(());
                 }
+                let sql = self.sql.dead_letter(items.len());
+                let mut q = sqlx::query(&sql).bind(now);
+                for (seq, lease, reason) in items {
+                    q = q.bind(*seq).bind(*lease).bind(reason.as_str());
+                }
+                q.execute(&self.pool).await.map_err(|e| $crate::error::db_error("dead-lettering", e))?;
                 Ok(())
             }
 

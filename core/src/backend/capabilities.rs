@@ -46,6 +46,11 @@ pub struct Capabilities {
     /// only where `receive` is safe to call concurrently and a call's round trip is worth overlapping (SQS hands out
     /// at most 10 messages a call). The runtime adds a call only while the previous one came back full.
     pub concurrent_receives: usize,
+    /// Most ack ids, nack items, lease-extension ids or dead letters per settle call (`SubscriptionDriver::ack`,
+    /// `nack`, `extend_lease`, `dead_letter`): the runtime splits larger settlements into calls of at most this many,
+    /// so a driver makes one broker call per settle call and never chunks (SQS: 10 entries per `DeleteMessageBatch`;
+    /// SQL: one statement). The default sets no limit (the runtime gathers at most 1,000 settlements per call).
+    pub max_settle_batch: usize,
     /// Most attributes per message (tidings reserves none on the local bus).
     pub max_attributes: usize,
     /// [`SubscriptionDriver::backlog`] reports how many messages wait (so `Subscription::backlog` is `Some` and
@@ -87,6 +92,7 @@ impl Default for Capabilities {
             publish_in_flight: 1,
             max_receive_batch: 10,
             concurrent_receives: 1,
+            max_settle_batch: usize::MAX,
             max_attributes: 10,
             backlog: false,
             bounded_backlog: false,

@@ -1,6 +1,7 @@
 //! The one loop over a dead-letter queue: read page by page, select, pace, move (restore or delete), and give back
 //! what was held. Written once for every backend. Each call to the queue that fails retryably is retried with backoff
-//! ([`retry::call`]): a transient error costs a retry of that one step, not the whole sweep.
+//! ([`retry::call`]): a transient error costs a retry of that one step, not the whole sweep (except a restore of
+//! several letters, which may have moved some of them before it failed).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -126,7 +127,10 @@ async fn apply(q: &dyn DeadLetters, how: Move, group: Vec<HeldLetter>, pace: &Pa
     }
     let n = group.len();
     match how {
-        Move::Restore => retry::call("restore dead letters", None, || q.restore(group.clone())).await?,
+        // A restore of one letter is tried again (at worst its copy went and its dead letter stays: in both). A failed
+        // restore of several may have moved some of them already: repeating it would restore those twice.
+        Move::Restore if n == 1 => retry::call("restore a dead letter", None, || q.restore(group.clone())).await?,
+        Move::Restore => q.restore(group).await?,
         Move::Delete => {
             let handles: Vec<AckId> = group.into_iter().map(|h| h.handle).collect();
             retry::call("delete dead letters", None, || q.delete(handles.clone())).await?
@@ -144,3 +148,6 @@ async fn release(q: &dyn DeadLetters, held: Vec<AckId>) -> Result<()> {
     }
     retry::call("release dead letters", None, || q.release(held.clone())).await
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,6 +39,8 @@ pub(crate) struct Runner {
     abort: CancellationToken,
     /// Cancelled once no handler runs any more (they finished, or the shutdown timeout aborted them).
     drained: CancellationToken,
+    /// Most settlements per driver call ([`Capabilities::max_settle_batch`], at least 1).
+    settle_batch: usize,
     stopped: AtomicBool,
     done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     finished: tokio::sync::Notify,
@@ -127,6 +129,7 @@ where
         cancel,
         abort: CancellationToken::new(),
         drained: CancellationToken::new(),
+        settle_batch: caps.max_settle_batch.max(1),
         stopped: AtomicBool::new(false),
         done: Mutex::new(Some(done_rx)),
         finished: tokio::sync::Notify::new(),

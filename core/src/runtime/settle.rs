@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::metrics::Settled;
 use crate::retry;
 
-/// Most settlements applied per driver call.
+/// Most settlements the settle loop gathers per round; its driver calls take at most `max_settle_batch` each.
 const SETTLE_BATCH: usize = 1000;
 
 /// A settlement on its way to the settle loop.
@@ -52,9 +52,17 @@ pub(super) async fn ack_now<T>(ctx: &Ctx<T>, acks: Vec<AckId>) {
     apply(&ctx.runner, acks, Vec::new(), Vec::new()).await;
 }
 
-/// Extends the lease of these deliveries to `by` from now, retried as settle calls are.
+/// Extends the lease of these deliveries to `by` from now, in calls of at most `max_settle_batch`, retried as settle
+/// calls are; returns the last error.
 pub(super) async fn extend(runner: &Runner, ids: Vec<AckId>, by: Duration) -> Result<()> {
-    retry::call("extend_lease", Some(&runner.abort), || runner.driver.extend_lease(ids.clone(), by)).await
+    let mut result = Ok(());
+    for chunk in ids.chunks(runner.settle_batch) {
+        let call = || runner.driver.extend_lease(chunk.to_vec(), by);
+        if let Err(e) = retry::call("extend_lease", Some(&runner.abort), call).await {
+            result = Err(e);
+        }
+    }
+    result
 }
 
 /// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
@@ -137,25 +145,25 @@ pub(super) async fn settle_loop(runner: Arc<Runner>, mut rx: mpsc::UnboundedRece
     }
 }
 
-/// Applies settlements with one driver call per kind, each retried while it fails retryably (until the shutdown's
-/// deadline), and counts them as settled.
+/// Applies settlements in driver calls of at most [`crate::Capabilities::max_settle_batch`] per kind, each retried
+/// while it fails retryably (until the shutdown's deadline), and counts them as settled.
 async fn apply(runner: &Runner, acks: Vec<AckId>, nacks: Vec<(AckId, Duration)>, dead: Vec<DeadLetterRequest>) {
-    let (driver, stop) = (&runner.driver, Some(&runner.abort));
+    let (driver, stop, batch) = (&runner.driver, Some(&runner.abort), runner.settle_batch);
     let n = acks.len() + nacks.len() + dead.len();
     let started = runner.metrics.start();
     // Dead letters first: an ordering key blocked behind one unblocks with it.
-    if !dead.is_empty() {
-        if let Err(e) = retry::call("dead_letter", stop, || driver.dead_letter(dead.clone())).await {
+    for chunk in dead.chunks(batch) {
+        if let Err(e) = retry::call("dead_letter", stop, || driver.dead_letter(chunk.to_vec())).await {
             tracing::error!(error = %e, "dead-lettering failed; the messages will be redelivered");
         }
     }
-    if !acks.is_empty() {
-        if let Err(e) = retry::call("ack", stop, || driver.ack(acks.clone())).await {
+    for chunk in acks.chunks(batch) {
+        if let Err(e) = retry::call("ack", stop, || driver.ack(chunk.to_vec())).await {
             tracing::warn!(error = %e, "ack failed; the messages may be redelivered");
         }
     }
-    if !nacks.is_empty() {
-        if let Err(e) = retry::call("nack", stop, || driver.nack(nacks.clone())).await {
+    for chunk in nacks.chunks(batch) {
+        if let Err(e) = retry::call("nack", stop, || driver.nack(chunk.to_vec())).await {
             tracing::warn!(error = %e, "nack failed; the messages return after their ack deadline");
         }
     }

@@ -19,7 +19,8 @@ use crate::handler::HandlerError;
 use crate::{DeadLetter, Error, HandlerResult, Message, MessageId, Result, SubscriptionConfig, TopicConfig};
 
 /// A driver whose calls fail as planned: per operation, how many of its first calls fail and whether retryably.
-/// Its first receives fail as planned too, then it hands out its messages once, then each receive waits 1 s for none.
+/// Its first receives fail as planned too, then they hand out its messages (at most `max` each), then each receive
+/// waits 1 s for none.
 #[derive(Debug, Default)]
 struct Flaky {
     messages: Mutex<Vec<ReceivedMessage>>,
@@ -31,6 +32,8 @@ struct Flaky {
     failed: Mutex<HashMap<&'static str, usize>>,
     /// Deliveries settled by a successful call, per operation.
     settled: Mutex<HashMap<&'static str, usize>>,
+    /// Size of each call, per operation.
+    sizes: Mutex<HashMap<&'static str, Vec<usize>>>,
 }
 
 impl Flaky {
@@ -48,6 +51,7 @@ impl Flaky {
     /// One call of `op` settling `n` deliveries: fails if the plan says so.
     fn call(&self, op: &'static str, n: usize) -> Result<()> {
         *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        self.sizes.lock().unwrap().entry(op).or_default().push(n);
         if let Some((left, retryable)) = self.plan.lock().unwrap().get_mut(op) {
             if *left > 0 {
                 *left -= 1;
@@ -74,9 +78,13 @@ impl Flaky {
 
 #[async_trait]
 impl SubscriptionDriver for Flaky {
-    async fn receive(&self, _max: usize, _wait: Duration) -> Result<Vec<ReceivedMessage>> {
+    async fn receive(&self, max: usize, _wait: Duration) -> Result<Vec<ReceivedMessage>> {
         self.call("receive", 0)?;
-        let msgs = std::mem::take(&mut *self.messages.lock().unwrap());
+        let msgs: Vec<_> = {
+            let mut left = self.messages.lock().unwrap();
+            let n = max.min(left.len());
+            left.drain(..n).collect()
+        };
         if msgs.is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -108,7 +116,20 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
 {
-    let caps = Capabilities { nack_delay: true, ..Capabilities::default() };
+    run_with(Capabilities { nack_delay: true, ..Capabilities::default() }, driver, config, handler)
+}
+
+/// [`run`] with these capabilities.
+fn run_with<F, Fut>(
+    caps: Capabilities,
+    driver: Arc<Flaky>,
+    config: SubscriptionConfig,
+    handler: F,
+) -> (Arc<super::Runner>, Arc<AtomicUsize>)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+{
     let spec = SubscriptionSpec::new(
         TopicSpec::new("t", "t", TopicConfig::at_least_once()),
         "s",
@@ -213,4 +234,25 @@ async fn failed_receives_are_retried_with_backoff_until_one_succeeds() {
     assert!(driver.calls("receive") >= 5);
     runner.wait(Duration::from_secs(5)).await;
     assert_eq!(runs.load(SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn settlements_go_to_the_driver_in_calls_of_at_most_max_settle_batch() {
+    // 45 messages in one receive: 45 acks (fast path, in groups of 16) or 45 nacks (through the settle loop), with a
+    // limit of 10 per call.
+    let caps =
+        Capabilities { nack_delay: true, max_settle_batch: 10, max_receive_batch: 45, ..Capabilities::default() };
+    let config = SubscriptionConfig::default().with_max_concurrency(45);
+    for (op, outcome) in [("ack", Ok(())), ("nack", Err(()))] {
+        let driver = Flaky::new(45, &[]);
+        let (runner, _) = run_with(caps.clone(), driver.clone(), config, move || async move {
+            outcome.map_err(|()| HandlerError::retry("fails (injected)"))
+        });
+        until(|| driver.settled(op) == 45).await;
+        runner.wait(Duration::from_secs(5)).await;
+        let sizes = driver.sizes.lock().unwrap()[op].clone();
+        assert!(sizes.iter().all(|&n| (1..=10).contains(&n)), "{op} call sizes {sizes:?}");
+        assert!(sizes.contains(&10), "{op}: larger settlements were split into calls of 10: {sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 45);
+    }
 }
