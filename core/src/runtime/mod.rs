@@ -107,7 +107,7 @@ struct Attempt {
 }
 
 pub(crate) fn start<T, H>(
-    backend: &str,
+    info: &crate::backend::BackendInfo,
     key: (String, String),
     spec: SubscriptionSpec,
     driver: Arc<dyn SubscriptionDriver>,
@@ -137,11 +137,11 @@ where
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             last_received: Mutex::new(tokio::time::Instant::now()),
         }),
-        metrics: Arc::new(SubscriptionMetrics::new(backend, &spec_topic, &spec_name)),
+        metrics: Arc::new(SubscriptionMetrics::new(&info.name, &spec_topic, &spec_name)),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let settler = tokio::spawn(settle::settle_loop(runner.clone(), rx));
-    let system = crate::trace::messaging_system(backend, false).to_string();
+    let system = info.consumer_system.to_string();
     let span_name = format!("process {}", runner.spec.name);
     let seq = (runner.spec.topic.config.ordered && !caps.ordering)
         .then(|| Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline)));
@@ -249,7 +249,14 @@ mod tests {
                 Ok(())
             }
         };
-        let runner = start("test", ("t".into(), "s".into()), spec, driver.clone(), caps, handler);
+        let runner = start(
+            &crate::backend::BackendInfo::new("test"),
+            ("t".into(), "s".into()),
+            spec,
+            driver.clone(),
+            caps,
+            handler,
+        );
         while handled.load(SeqCst) < 600 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
