@@ -1,14 +1,8 @@
 //! AWS backend of tidings: SNS + SQS.
 //!
-//! | tidings | AWS |
-//! |---|---|
-//! | topic | SNS topic (`.fifo` when ordered or exactly-once) |
-//! | subscription | SQS queue subscribed with raw message delivery; a queue policy lets only its topic send |
-//! | dead-letter queue | a second SQS queue, target of the subscription queue's `RedrivePolicy` |
-//! | ordering key | FIFO `MessageGroupId` |
-//! | exactly-once | FIFO `MessageDeduplicationId` = the tidings message id (5-minute window) |
-//! | attempt | `ApproximateReceiveCount` |
-//! | ack / nack with delay / lease | `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` |
+//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
+//! permissions and how to run it locally are documented once, in README's "AWS (SNS + SQS)" section (the one source of
+//! those tables).
 //!
 //! Metadata travels in one message attribute, `tidings`, so applications keep 9 of the 10 attributes raw delivery
 //! allows. Region and credentials come from the standard AWS chain; the endpoint from `AWS_ENDPOINT_URL` or
@@ -35,7 +29,9 @@ use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::backend::{
+    BackendInfo, Billed, Priced, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec,
+};
 use tidings_core::{Backend, Capabilities, Result, Settings};
 
 pub use config::{AwsConfig, Provisioning};
@@ -138,10 +134,23 @@ impl AwsBackend {
     }
 }
 
+/// The AWS backend's names and pricing: SNS and SQS bill requests, a request per started 64 KiB.
+pub fn info() -> BackendInfo {
+    const PRICING: &[Priced] = &[
+        Priced::new("sns:", "SNS", Billed::Requests { chunk_bytes: 65_536 }),
+        Priced::new("sqs:", "SQS", Billed::Requests { chunk_bytes: 65_536 }),
+    ];
+    BackendInfo::new("aws").with_messaging_system("aws.sns", "aws_sqs").with_provisioning(false).with_pricing(PRICING)
+}
+
 #[async_trait]
 impl Backend for AwsBackend {
     fn name(&self) -> &str {
         "aws"
+    }
+
+    fn info(&self) -> BackendInfo {
+        info()
     }
 
     fn api_calls(&self) -> Option<&ApiCalls> {
