@@ -188,7 +188,7 @@ pub(super) async fn with_lease<T, F: Future>(
                 tokio::select! {
                     biased;
                     out = &mut fut => return out,
-                    r = super::settle::extend(&ctx.runner, vec![ack_id.clone()], deadline) => if let Err(e) = r {
+                    r = ctx.runner.extend(vec![ack_id.clone()], deadline) => if let Err(e) = r {
                         tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
                     }
                 }

@@ -73,6 +73,19 @@ impl Activity {
 }
 
 impl Runner {
+    /// Extends the lease of these deliveries to `by` from now, in calls of at most `max_settle_batch`, retried as settle
+    /// calls are; returns the last error.
+    pub(super) async fn extend(&self, ids: Vec<crate::backend::AckId>, by: Duration) -> crate::Result<()> {
+        let mut result = Ok(());
+        for chunk in ids.chunks(self.settle_batch) {
+            let call = || self.driver.extend_lease(chunk.to_vec(), by);
+            if let Err(e) = crate::retry::call("extend_lease", Some(&self.abort), call).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
     pub(crate) fn cancel(&self) {
         self.cancel.cancel();
     }

@@ -366,7 +366,7 @@ fn keep_leases<T>(ctx: &Ctx<T>, q: Arc<Sequencer>) -> tokio::task::JoinHandle<()
             let subscription = &runner.key.1;
             tracing::debug!(target: "tidings", %subscription, held = held.len(), tidings.settle = "extend_lease",
                 "extending the leases of messages waiting behind their ordering key");
-            if let Err(e) = super::settle::extend(&runner, held, deadline).await {
+            if let Err(e) = runner.extend(held, deadline).await {
                 tracing::warn!(%subscription, error = %e, "lease extension of messages waiting behind their key failed");
             }
         }

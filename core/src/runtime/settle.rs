@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::deliver::{done, with_lease, Begin, Done, Failure};
 use super::{Attempt, Ctx, Runner};
 use crate::backend::{AckId, DeadLetterRequest, ReceivedMessage};
-use crate::error::Result;
 use crate::metrics::Settled;
 use crate::retry;
 
@@ -50,19 +49,6 @@ pub(super) fn settled_ack<T>(ctx: &Ctx<T>, a: &Attempt) {
 /// Acks a group's fast-path deliveries at once, in one driver call, without the settle loop.
 pub(super) async fn ack_now<T>(ctx: &Ctx<T>, acks: Vec<AckId>) {
     apply(&ctx.runner, acks, Vec::new(), Vec::new()).await;
-}
-
-/// Extends the lease of these deliveries to `by` from now, in calls of at most `max_settle_batch`, retried as settle
-/// calls are; returns the last error.
-pub(super) async fn extend(runner: &Runner, ids: Vec<AckId>, by: Duration) -> Result<()> {
-    let mut result = Ok(());
-    for chunk in ids.chunks(runner.settle_batch) {
-        let call = || runner.driver.extend_lease(chunk.to_vec(), by);
-        if let Err(e) = retry::call("extend_lease", Some(&runner.abort), call).await {
-            result = Err(e);
-        }
-    }
-    result
 }
 
 /// The rest of a delivery: wait for a running handler (extending its lease), then settle: ack, dead-letter, or retry
