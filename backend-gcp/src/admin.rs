@@ -1,6 +1,6 @@
-//! The operator SPI on Pub/Sub: topics and subscriptions from `ListTopics` / `ListSubscriptions`; dead letters read,
-//! redriven and purged through [`crate::dlq`] (unary pulls over REST, released when they stay), the same path a
-//! running subscription's `dead_letters` and `redrive` take.
+//! The operator SPI on Pub/Sub: topics and subscriptions from `ListTopics` / `ListSubscriptions`; a subscription's
+//! dead letters offered as the one dead-letter surface ([`crate::dlq`]: unary pulls over REST, released when they
+//! stay), which core's operator sweeps, as a running subscription's `dead_letters` and `redrive` do.
 //!
 //! Pub/Sub's admin API tells no backlog: it is in Cloud Monitoring (`subscription/num_undelivered_messages`,
 //! `oldest_unacked_message_age`), which the emulator does not have and tidings does not query.
@@ -13,10 +13,10 @@ use google_cloud_pubsub::model::Subscription;
 use tidings_core::admin::{
     Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
 };
-use tidings_core::backend::SubscriptionSpec;
-use tidings_core::{DeadLetter, Result, TopicConfig};
+use tidings_core::backend::{DeadLetters, SubscriptionSpec};
+use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
 
-use crate::dlq::DeadLetterQueue;
+use crate::dlq::GcpDeadLetters;
 use crate::error::gcp;
 use crate::provision::{paths, Paths};
 use crate::Shared;
@@ -29,6 +29,12 @@ pub(crate) struct GcpAdmin {
 
 fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The answer of the operator's old dead-letter entry points: core sweeps [`Admin::dead_letter_queue`] instead.
+fn swept_by_core(what: &str, spec: &SubscriptionSpec) -> Error {
+    let msg = format!("gcp: Admin::{what} of {:?} is not offered: sweep Admin::dead_letter_queue", spec.resource);
+    Error::new(ErrorKind::Unsupported, msg)
 }
 
 /// What Pub/Sub names the topic of a subscription whose topic was deleted.
@@ -72,16 +78,10 @@ impl GcpAdmin {
         Self { s }
     }
 
-    /// The dead-letter queue of `spec`, whose paths are `p`.
-    fn dlq<'a>(&'a self, spec: &'a SubscriptionSpec, p: &'a Paths) -> DeadLetterQueue<'a> {
-        DeadLetterQueue { s: &self.s, paths: p, name: &spec.name, ordered: spec.topic.config.ordered }
-    }
-
-    /// Redrives (or, without `redrive`, purges) the selected dead letters of `spec`.
-    async fn sweep(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
+    /// The dead-letter queue of `spec` (its redrive copies go through a publisher of its own, made at the first).
+    fn queue(&self, spec: &SubscriptionSpec) -> GcpDeadLetters {
         let p = paths(&self.s, spec);
-        let publisher = self.s.base.publisher(p.topic.clone()).build();
-        self.dlq(spec, &p).sweep(&publisher, select, pace, redrive).await
+        GcpDeadLetters::new(self.s.clone(), &p, &spec.name, spec.topic.config.ordered, None, None)
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>> {
@@ -196,22 +196,26 @@ impl Admin for GcpAdmin {
     }
 
     async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
-        let p = paths(&self.s, spec);
-        let dead_letters = self.dlq(spec, &p).count().await?;
+        let dead_letters = self.queue(spec).count().await?;
         Ok(SubscriptionStats { dead_letters: Some(dead_letters), ..Default::default() })
     }
 
     async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let p = paths(&self.s, spec);
-        self.dlq(spec, &p).read(max).await
+        self.queue(spec).peek(max).await
     }
 
-    async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, true).await
+    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
+    async fn redrive(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
+        Err(swept_by_core("redrive", spec))
     }
 
-    async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        self.sweep(spec, select, pace, false).await
+    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
+    async fn purge(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
+        Err(swept_by_core("purge", spec))
+    }
+
+    async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
+        Ok(Some(Arc::new(self.queue(spec))))
     }
 
     async fn delete_subscription(&self, spec: &SubscriptionSpec) -> Result<()> {

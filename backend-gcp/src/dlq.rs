@@ -1,174 +1,333 @@
-//! A subscription's dead-letter queue (the subscription `<sub>-dlq` on the topic `<sub>-dlq`), read and swept by
-//! unary pulls over REST ([`crate::rest`]). This is the backend's one dead-letter path: the operator SPI
-//! ([`crate::admin`], `tidings::admin::Operator`, the CLI and the dashboard) and a running subscription's
-//! `Subscription::dead_letters` / `redrive` ([`crate::subscribe`]) both go through it.
+//! A subscription's dead-letter queue (the subscription `<sub>-dlq` on the topic `<sub>-dlq`) as the one dead-letter
+//! surface, [`DeadLetters`]: the operator (`Admin::dead_letter_queue`: `tidings::admin::Operator`, the CLI, the
+//! dashboard) and a running subscription's `Subscription::dead_letters` / `redrive` both sweep it with core's one
+//! loop (select, pace, move).
 //!
-//! A read leases exactly what its pulls return and releases it (ack deadline 0) before it returns, so the next read,
-//! a redrive or another process sees every dead letter at once. A streaming pull per read did not: on Google's stock
-//! emulator every closed stream stays behind as a ghost consumer that takes later dead letters and keeps them leased
-//! for its ack deadline (and then hands them to the next ghost), so reads came back short and a redrive right after a
-//! read found nothing.
+//! A read is a unary pull over REST ([`crate::rest`]): it leases exactly what it returns, for the dead-letter
+//! subscription's ack deadline, and the queue extends those leases while it holds them, so one pass sees each letter
+//! once; the handle is the ack id. What a pass does not move is released (ack deadline 0) at its end, or when the
+//! queue is dropped, so the next read, a redrive or another process sees every dead letter at once. A streaming pull
+//! per read did not: on Google's stock emulator every closed stream stays behind as a ghost consumer that takes later
+//! dead letters and keeps them leased for its ack deadline (and then hands them to the next ghost), so reads came
+//! back short and a redrive right after a read found nothing.
 //!
-//! A redrive publishes a copy to the topic (addressed to this subscription; the topic's other subscriptions ack and
+//! A queue hands out each message id once: a later copy of an id it handed out (a dead letter redriven and
+//! dead-lettered again during the pass) is held back and released with the rest, for the next pass.
+//!
+//! A restore publishes a copy to the topic (addressed to this subscription; the topic's other subscriptions ack and
 //! skip it) and then acks the dead letter: an interruption leaves each message in the dead-letter subscription, back
 //! in the subscription, or in both, never in neither.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use google_cloud_pubsub::client::Publisher;
-use tidings_core::admin::{Pace, Select};
-use tidings_core::backend::OutgoingMessage;
-use tidings_core::{DeadLetter, Error, Result};
+use tidings_core::backend::{AckId, DeadLetters, HeldLetter, LetterPage, OutgoingMessage};
+use tidings_core::{DeadLetter, Error, MessageId, Result};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::meta::{micros, trace_of, Meta};
 use crate::provision::Paths;
 use crate::publish::to_message;
-use crate::received::{dead_letter_of, id_of, meta_of};
-use crate::rest::Received;
+use crate::received::{dead_letter_of, meta_of};
 use crate::Shared;
 
 /// Empty pull answers in a row before a dead-letter subscription counts as drained (the API may answer empty although
 /// messages exist; the emulator does not).
 const PATIENCE: usize = 2;
-/// Most dead letters one read holds (and so the most a count or a read sees).
-const MAX_PULL: usize = 10_000;
+/// Most dead letters a count (and a read of the driver's own `dead_letters` and `redrive`) sees.
+pub(crate) const MAX_PULL: usize = 10_000;
+/// How often the leases of held dead letters are extended, and to how long: well inside Pub/Sub's shortest ack
+/// deadline (10 s), so a slow pass (a redrive at a low rate) keeps what it read.
+const KEEP_EVERY: Duration = Duration::from_secs(5);
+const LEASE_SECS: u32 = 60;
 
-/// One subscription's dead-letter queue.
-pub(crate) struct DeadLetterQueue<'a> {
-    pub s: &'a Shared,
-    pub paths: &'a Paths,
-    /// The subscription's name in tidings: redrive copies are addressed to it.
-    pub name: &'a str,
-    /// Whether the topic is ordered (redrive copies keep their ordering key).
-    pub ordered: bool,
+/// One pass over a subscription's dead-letter queue: made per read, redrive or purge, it holds what it pulled until
+/// that is acked or released, and releases the rest when it is dropped.
+pub(crate) struct GcpDeadLetters {
+    q: Arc<Queue>,
+    /// The driver's: one pass at a time over a running subscription's dead letters in this process (two would split
+    /// them between their pulls). Taken at the first call, given up once what the pass held is released.
+    one: Option<Arc<tokio::sync::Mutex<()>>>,
+    turn: tokio::sync::Mutex<Option<OwnedMutexGuard<()>>>,
 }
 
-impl DeadLetterQueue<'_> {
-    fn path(&self) -> &str {
-        &self.paths.dlq_subscription
+struct Queue {
+    s: Arc<Shared>,
+    /// The dead-letter subscription.
+    path: String,
+    /// The topic restored copies go to.
+    topic: String,
+    /// The subscription's name in tidings: restored copies are addressed to it.
+    name: String,
+    /// Whether the topic is ordered (restored copies keep their ordering key).
+    ordered: bool,
+    publisher: OnceLock<Publisher>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Ack ids leased by this pass's pulls, neither acked nor released yet.
+    leased: HashSet<String>,
+    /// The message ids handed out.
+    handed: HashSet<MessageId>,
+    /// Ack ids of later copies of a handed-out id, held back until the release.
+    again: Vec<String>,
+    /// Ack ids whose redrive copy was accepted.
+    copied: HashSet<String>,
+    /// Whether the task extending the leases runs.
+    keeping: bool,
+}
+
+impl std::fmt::Debug for GcpDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpDeadLetters").field("subscription", &self.q.path).finish_non_exhaustive()
+    }
+}
+
+fn ack_id(handle: &AckId) -> Option<String> {
+    match handle {
+        AckId::Text(t) => Some(t.to_string()),
+        AckId::Num(_) => None,
+    }
+}
+
+impl GcpDeadLetters {
+    /// The dead-letter queue of the subscription `name` at `paths`; restored copies go through `publisher` (made on
+    /// the first restore when `None`), and with `one` a pass waits for the one before it.
+    pub(crate) fn new(
+        s: Arc<Shared>,
+        paths: &Paths,
+        name: &str,
+        ordered: bool,
+        publisher: Option<Publisher>,
+        one: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Self {
+        let q = Queue {
+            s,
+            path: paths.dlq_subscription.clone(),
+            topic: paths.topic.clone(),
+            name: name.to_string(),
+            ordered,
+            publisher: publisher.map(OnceLock::from).unwrap_or_default(),
+            held: Mutex::default(),
+        };
+        Self { q: Arc::new(q), one, turn: tokio::sync::Mutex::new(None) }
     }
 
-    /// Every message of the dead-letter subscription (up to [`MAX_PULL`]), leased to this call: the caller acks or
-    /// releases each.
-    async fn pull(&self) -> Result<Vec<Received>> {
-        self.s.calls.count("pubsub:Pull");
-        self.s.rest()?.pull(self.path(), MAX_PULL, PATIENCE).await
-    }
-
-    /// Releases what a read leased, so the next read (or the dead-letter subscription's other readers) sees it now.
-    async fn release(&self, leased: &[Received]) -> Result<()> {
-        if leased.is_empty() {
-            return Ok(());
+    async fn take_turn(&self) {
+        let Some(one) = &self.one else { return };
+        let mut turn = self.turn.lock().await;
+        if turn.is_none() {
+            *turn = Some(one.clone().lock_owned().await);
         }
-        self.s.calls.count("pubsub:ModifyAckDeadline");
-        let ids: Vec<String> = leased.iter().map(|r| r.ack_id.clone()).collect();
-        self.s.rest()?.release(self.path(), &ids).await
     }
 
-    async fn ack(&self, r: &Received) -> Result<()> {
-        self.s.calls.count("pubsub:Acknowledge");
-        self.s.rest()?.acknowledge(self.path(), std::slice::from_ref(&r.ack_id)).await
+    /// How many distinct dead letters there are (up to [`MAX_PULL`]); nothing stays held.
+    pub(crate) async fn count(&self) -> Result<u64> {
+        Ok(self.peek(MAX_PULL).await?.len() as u64)
     }
 
-    /// How many distinct dead letters there are (up to [`MAX_PULL`] messages read).
-    pub async fn count(&self) -> Result<u64> {
-        let pulled = self.pull().await?;
-        let mut ids: Vec<String> = pulled.iter().map(|r| id_of(&r.message, meta_of(&r.message).as_ref())).collect();
-        self.release(&pulled).await?;
-        ids.sort();
-        ids.dedup();
-        Ok(ids.len() as u64)
-    }
-
-    /// The `max` earliest dead-lettered messages, each once, without removing any.
-    pub async fn read(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        let pulled = self.pull().await?;
-        let mut out: Vec<DeadLetter> = Vec::new();
-        let mut seen = HashSet::new();
-        for r in &pulled {
-            let d = dead_letter_of(&r.message);
-            if seen.insert(d.id.clone()) {
-                out.push(d);
-            }
-        }
-        self.release(&pulled).await?;
+    /// Up to `max` dead letters from one read, each once, oldest first; nothing stays held.
+    pub(crate) async fn peek(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        let page = self.read(None, max).await?;
+        let handles = page.letters.iter().map(|h| h.handle.clone()).collect();
+        self.release(handles).await?;
+        let mut out: Vec<DeadLetter> = page.letters.into_iter().map(|h| h.letter).collect();
         out.sort_by_key(|d| d.dead_lettered_at);
-        out.truncate(max);
         Ok(out)
     }
 
-    /// Reads the dead-letter subscription once: each selected message is redriven through `publisher` (the topic's;
-    /// copy published first) or, without `redrive`, only acked, one at a time; the rest are released at the end.
-    /// Returns how many distinct dead letters were handled.
-    pub async fn sweep(&self, publisher: &Publisher, select: Select<'_>, pace: &Pace, redrive: bool) -> Result<u64> {
-        let mut done = 0;
-        let mut kept = Vec::new();
-        let mut handled = HashSet::new();
-        let mut result = Ok(());
-        let mut pulled = self.pull().await?.into_iter();
-        for r in pulled.by_ref() {
-            let d = dead_letter_of(&r.message);
-            if handled.contains(&d.id) {
-                // A second copy of a message already moved: it goes too, uncounted.
-                result = self.ack(&r).await;
-                if result.is_err() {
-                    break;
-                }
-                continue;
-            }
-            if !select(&d) {
-                kept.push(r);
-                continue;
-            }
-            if !pace.wait().await {
-                kept.push(r);
-                break;
-            }
-            if redrive {
-                if let Err(e) = self.publish_copy(publisher, &r, &d).await {
-                    kept.push(r);
-                    result = Err(e);
-                    break;
-                }
-            }
-            if let Err(e) = self.ack(&r).await {
-                // Redriven but still a dead letter (in both: at-least-once); it is released below.
-                kept.push(r);
-                result = Err(e);
-                break;
-            }
-            handled.insert(d.id);
-            pace.done();
-            done += 1;
-        }
-        kept.extend(pulled);
-        let released = self.release(&kept).await;
-        result.and(released).map(|()| done)
+    /// Restores the dead letters with these ids (all when `None`) from one read; returns how many.
+    pub(crate) async fn restore_ids(&self, ids: Option<&[MessageId]>) -> Result<usize> {
+        let page = self.read(None, MAX_PULL).await?;
+        let (chosen, rest): (Vec<HeldLetter>, Vec<HeldLetter>) =
+            page.letters.into_iter().partition(|h| ids.is_none_or(|ids| ids.contains(&h.letter.id)));
+        let n = chosen.len();
+        let restored = self.restore(chosen).await;
+        let released = self.release(rest.into_iter().map(|h| h.handle).collect()).await;
+        restored.and(released).map(|()| n)
+    }
+}
+
+impl Queue {
+    fn publisher(&self) -> &Publisher {
+        self.publisher.get_or_init(|| self.s.base.publisher(self.topic.clone()).build())
     }
 
-    /// Publishes the redrive copy of a dead letter to the topic, addressed to this subscription, attempts reset.
-    async fn publish_copy(&self, publisher: &Publisher, r: &Received, d: &DeadLetter) -> Result<()> {
-        let out = OutgoingMessage::new(
-            d.id.clone(),
-            d.payload.clone(),
-            d.attributes.clone(),
-            d.ordering_key.as_deref().map(Into::into),
-            d.publish_time,
-        );
+    /// Extends the leases of what the pass holds every [`KEEP_EVERY`] until the queue is gone.
+    fn keep(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(KEEP_EVERY).await;
+                let Some(q) = weak.upgrade() else { return };
+                let ids: Vec<String> = q.held.lock().unwrap().leased.iter().cloned().collect();
+                if let Err(e) = q.modify(&ids, LEASE_SECS).await {
+                    tracing::debug!(subscription = %q.path, error = %e, "gcp: extending dead-letter leases failed");
+                }
+            }
+        });
+    }
+
+    async fn modify(&self, ids: &[String], seconds: u32) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.s.calls.count("pubsub:ModifyAckDeadline");
+        self.s.rest()?.modify_ack_deadline(&self.path, ids, seconds).await
+    }
+
+    /// Gives these leases back (and the copies held back), so the next pull sees them now.
+    async fn release(&self, mut ids: Vec<String>) -> Result<()> {
+        {
+            let mut held = self.held.lock().unwrap();
+            ids.append(&mut held.again);
+            for id in &ids {
+                held.leased.remove(id);
+            }
+        }
+        self.modify(&ids, 0).await
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.s.calls.count("pubsub:Acknowledge");
+        self.s.rest()?.acknowledge(&self.path, ids).await?;
+        let mut held = self.held.lock().unwrap();
+        for id in ids {
+            held.leased.remove(id);
+        }
+        Ok(())
+    }
+
+    /// The redrive copy of a dead letter: to the topic, addressed to this subscription, attempts reset.
+    fn copy_of(&self, h: &HeldLetter) -> google_cloud_pubsub::model::Message {
+        let d = &h.letter;
+        let key = d.ordering_key.as_deref().map(Into::into);
+        let out = OutgoingMessage::new(d.id.clone(), d.payload.clone(), d.attributes.clone(), key, d.publish_time);
         let meta = Meta {
             id: d.id.to_string(),
             ts: micros(d.publish_time),
-            target: Some(self.name.to_string()),
-            trace: trace_of(&r.message.attributes, meta_of(&r.message).as_ref()),
+            target: Some(self.name.clone()),
+            trace: h.trace.clone(),
             ..Default::default()
         };
-        self.s.calls.count_bytes("pubsub:Publish", d.payload.len());
-        let google_trace = self.s.config.google_trace_attributes;
-        publisher.publish(to_message(&out, meta, self.ordered, google_trace)).await.map(drop).map_err(|e| {
-            Error::backend(
-                format!("gcp: publishing the redrive copy of {} to {} failed: {e}", d.id, self.paths.topic),
-                true,
-            )
-        })
+        to_message(&out, meta, self.ordered, self.s.config.google_trace_attributes)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for GcpDeadLetters {
+    /// Pulls up to `max` dead letters not handed out yet. The cursor is not needed: what a read handed out stays
+    /// leased, so the next pull goes on with the others; the page goes on while its pulls filled it.
+    async fn read(&self, _cursor: Option<&str>, max: usize) -> Result<LetterPage> {
+        self.take_turn().await;
+        let q = &self.q;
+        let mut letters = Vec::new();
+        if max == 0 {
+            return Ok(LetterPage::default());
+        }
+        loop {
+            q.s.calls.count("pubsub:Pull");
+            let pulled = q.s.rest()?.pull(&q.path, max, PATIENCE).await?;
+            let drained = pulled.len() < max;
+            let mut held = q.held.lock().unwrap();
+            if !held.keeping && !pulled.is_empty() {
+                held.keeping = true;
+                q.keep();
+            }
+            for r in pulled {
+                held.leased.insert(r.ack_id.clone());
+                let letter = dead_letter_of(&r.message);
+                if !held.handed.insert(letter.id.clone()) {
+                    held.again.push(r.ack_id);
+                    continue;
+                }
+                let trace = trace_of(&r.message.attributes, meta_of(&r.message).as_ref());
+                letters.push(HeldLetter::new(AckId::Text(r.ack_id.into()), letter).with_trace(trace));
+            }
+            if drained || !letters.is_empty() {
+                let next = (!drained).then(|| "pulling".to_string());
+                return Ok(LetterPage::new(letters, next));
+            }
+        }
+    }
+
+    /// Publishes the copies, then acks the dead letters whose copy was accepted. Retried (core retries a step that
+    /// failed), it copies nothing twice: letters acked already are left out, and those copied before are only acked.
+    async fn restore(&self, letters: Vec<HeldLetter>) -> Result<()> {
+        self.take_turn().await;
+        let q = &self.q;
+        let (mut copied, fresh) = {
+            let held = q.held.lock().unwrap();
+            let open = letters.into_iter().filter_map(|h| ack_id(&h.handle).map(|a| (a, h)));
+            let open: Vec<(String, HeldLetter)> = open.filter(|(a, _)| held.leased.contains(a)).collect();
+            let (before, fresh): (Vec<_>, Vec<_>) = open.into_iter().partition(|(a, _)| held.copied.contains(a));
+            (before.into_iter().map(|(a, _)| a).collect::<Vec<String>>(), fresh)
+        };
+        q.s.calls.count_bytes("pubsub:Publish", fresh.iter().map(|(_, h)| h.letter.payload.len()).sum());
+        let sent: Vec<_> = fresh.iter().map(|(_, h)| q.publisher().publish(q.copy_of(h))).collect();
+        let mut failed = None;
+        for ((a, h), sending) in fresh.into_iter().zip(sent) {
+            match sending.await {
+                Ok(_) => {
+                    q.held.lock().unwrap().copied.insert(a.clone());
+                    copied.push(a);
+                }
+                Err(e) => {
+                    if let (true, Some(k)) = (q.ordered, h.letter.ordering_key.as_deref()) {
+                        q.publisher().resume_publish(k); // the publisher pauses a key after a failure
+                    }
+                    let id = &h.letter.id;
+                    let e = Error::backend(
+                        format!("gcp: publishing the redrive copy of {id} to {} failed: {e}", q.topic),
+                        true,
+                    );
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        // Copied and still a dead letter when the ack fails: in both places (at least once), released at the end.
+        q.ack(&copied).await?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn delete(&self, handles: Vec<AckId>) -> Result<()> {
+        self.take_turn().await;
+        self.q.ack(&handles.iter().filter_map(ack_id).collect::<Vec<_>>()).await
+    }
+
+    async fn release(&self, handles: Vec<AckId>) -> Result<()> {
+        self.q.release(handles.iter().filter_map(ack_id).collect()).await
+    }
+}
+
+impl Drop for GcpDeadLetters {
+    /// Releases what the pass still holds (copies held back, letters of a pass that was cut short), keeping the turn
+    /// until that is done.
+    fn drop(&mut self) {
+        let turn = self.turn.get_mut().take();
+        let left: Vec<String> = {
+            let mut held = self.q.held.lock().unwrap();
+            held.again.clear();
+            held.leased.drain().collect()
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        if left.is_empty() {
+            return;
+        }
+        let q = self.q.clone();
+        rt.spawn(async move {
+            if let Err(e) = q.release(left).await {
+                tracing::debug!(subscription = %q.path, error = %e, "gcp: releasing dead letters failed");
+            }
+            drop(turn);
+        });
     }
 }

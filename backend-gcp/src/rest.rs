@@ -1,5 +1,5 @@
 //! Unary `Pull`, `Acknowledge` and `ModifyAckDeadline` over Pub/Sub's REST API (`https://pubsub.googleapis.com/v1`,
-//! or the emulator, which serves the same API on its port), for the operator's reads of a dead-letter subscription.
+//! or the emulator, which serves the same API on its port), for the reads of a dead-letter subscription ([`crate::dlq`]).
 //!
 //! The client library offers only streaming pull. An operator command is a short-lived process, and a stream per
 //! command left the emulator with ghost consumers that kept the dead letters leased for minutes after the process
@@ -130,10 +130,12 @@ impl Rest {
         Ok(())
     }
 
-    /// Releases `ack_ids` at once (ack deadline 0), so the next pull sees them again.
-    pub async fn release(&self, subscription: &str, ack_ids: &[String]) -> Result<()> {
+    /// Sets the ack deadline of `ack_ids` to `seconds` from now: 0 releases them at once (the next pull sees them
+    /// again), more extends their lease.
+    pub async fn modify_ack_deadline(&self, subscription: &str, ack_ids: &[String], seconds: u32) -> Result<()> {
         for chunk in ack_ids.chunks(ACK_CHUNK) {
-            self.call(subscription, "modifyAckDeadline", json!({ "ackIds": chunk, "ackDeadlineSeconds": 0 })).await?;
+            let body = json!({ "ackIds": chunk, "ackDeadlineSeconds": seconds });
+            self.call(subscription, "modifyAckDeadline", body).await?;
         }
         Ok(())
     }

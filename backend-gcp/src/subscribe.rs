@@ -28,14 +28,15 @@ use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
-use tidings_core::admin::Pace;
-use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver};
+use tidings_core::backend::{
+    AckId, DeadLetterRequest, DeadLetters, OutgoingMessage, ReceivedMessage, SubscriptionDriver,
+};
 use tidings_core::dedup::SeenIds;
 use tidings_core::{DeadLetter, Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::dlq::DeadLetterQueue;
+use crate::dlq::GcpDeadLetters;
 use crate::meta::{micros, trace_of, Meta};
 use crate::provision::Paths;
 use crate::publish::to_message;
@@ -78,7 +79,7 @@ pub struct GcpSubscription {
     /// Wakes the lease reaper: the first lease was taken while none was held (or the driver is going away).
     reaper: Arc<Notify>,
     /// One dead-letter read or redrive at a time (two would split the dead letters between their pulls).
-    dlq: tokio::sync::Mutex<()>,
+    dlq: Arc<tokio::sync::Mutex<()>>,
     topic_publisher: Publisher,
     dlq_publisher: Publisher,
 }
@@ -163,7 +164,7 @@ impl GcpSubscription {
                 settled: SeenIds::new((spec.config.ack_deadline * 2).max(ORDERED_WINDOW)),
             }),
             reaper: Arc::new(Notify::new()),
-            dlq: tokio::sync::Mutex::new(()),
+            dlq: Arc::default(),
             topic_publisher,
             dlq_publisher,
         }
@@ -333,8 +334,11 @@ impl GcpSubscription {
 }
 
 impl GcpSubscription {
-    fn dead_letter_queue(&self) -> DeadLetterQueue<'_> {
-        DeadLetterQueue { s: &self.shared, paths: &self.paths, name: &self.name, ordered: self.ordered }
+    /// The dead-letter queue, for one pass (one at a time per subscription); redrive copies go through the topic's
+    /// publisher.
+    fn dead_letter_queue(&self) -> GcpDeadLetters {
+        let (publisher, one) = (Some(self.topic_publisher.clone()), Some(self.dlq.clone()));
+        GcpDeadLetters::new(self.shared.clone(), &self.paths, &self.name, self.ordered, publisher, one)
     }
 }
 
@@ -431,8 +435,11 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        let _one = self.dlq.lock().await;
-        self.dead_letter_queue().read(max).await
+        self.dead_letter_queue().peek(max).await
+    }
+
+    fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
+        Some(Arc::new(GcpSubscription::dead_letter_queue(&self)))
     }
 
     async fn close(&self) -> Result<()> {
@@ -452,9 +459,6 @@ impl SubscriptionDriver for GcpSubscription {
     }
 
     async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let _one = self.dlq.lock().await;
-        let select = |d: &DeadLetter| ids.as_ref().is_none_or(|ids| ids.contains(&d.id));
-        let moved = self.dead_letter_queue().sweep(&self.topic_publisher, &select, &Pace::unlimited(), true).await?;
-        Ok(moved as usize)
+        self.dead_letter_queue().restore_ids(ids.as_deref()).await
     }
 }

@@ -407,3 +407,38 @@ async fn dead_letter_reads_and_a_redrive_right_after_see_what_was_just_dead_lett
     assert_eq!(left.iter().map(|d| d.decode::<Event>().unwrap().text).collect::<Vec<_>>(), ["two"]);
     bus.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Core retries a dead-letter step that failed (an answer lost on the way back, say): a restore or a delete tried
+/// again after it took effect copies nothing twice and does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_or_delete_tried_again_moves_nothing_twice() {
+    let backend = support::backend(support::config()).await;
+    let bus = Bus::new(Arc::new(backend.clone()));
+    let t = Topic::<Event>::new(unique("again"), TopicConfig::at_least_once());
+    let driver = backend.subscription(&bus.subscription_spec(&t, "sub", SubscriptionConfig::DEFAULT)).await.unwrap();
+    for text in ["a", "b"] {
+        t.publish(&bus, &Event { text: text.into() }).await.unwrap();
+    }
+    let got = vec![receive_one(&*driver).await, receive_one(&*driver).await];
+    let requests = got.into_iter().map(|m| tidings_core::backend::DeadLetterRequest::new(m, "rejected")).collect();
+    driver.dead_letter(requests).await.unwrap();
+    let q = driver.clone().dead_letter_queue().expect("the dead-letter subscription is offered");
+    let letters = q.read(None, 10).await.unwrap().letters;
+    let text = |h: &tidings_core::backend::HeldLetter| h.letter.decode::<Event>().unwrap().text;
+    let a = letters.iter().find(|h| text(h) == "a").expect("a is a dead letter").clone();
+    let b = letters.iter().find(|h| text(h) == "b").expect("b is a dead letter").clone();
+    q.restore(vec![a.clone()]).await.unwrap();
+    q.restore(vec![a]).await.expect("a restore tried again");
+    q.delete(vec![b.handle.clone()]).await.unwrap();
+    q.delete(vec![b.handle]).await.expect("a delete tried again");
+    drop(q);
+    let q = driver.clone().dead_letter_queue().unwrap();
+    assert!(q.read(None, 10).await.unwrap().letters.is_empty(), "both left the dead-letter subscription");
+    drop(q);
+    let copy = receive_one(&*driver).await;
+    assert_eq!(serde_json::from_slice::<Event>(&copy.payload).unwrap().text, "a", "a is back");
+    driver.ack(vec![copy.ack_id]).await.unwrap();
+    // A second copy would have been published with the first.
+    let again = driver.receive(10, Duration::from_secs(3)).await.unwrap();
+    assert!(again.is_empty(), "one redrive copy: {again:?}");
+}
