@@ -57,8 +57,8 @@ pub(crate) struct Shared {
     pub base: BasePublisher,
     /// Requests tidings hands the client library, by operation (see the README's Observability section).
     pub calls: Arc<tidings_core::calls::ApiCalls>,
-    /// The REST client of dead-letter reads ([`dlq`]), or why there is none: made at the first read, not per
-    /// subscribe.
+    /// The REST client of publishes ([`publish`]) and dead-letter reads ([`dlq`]), or why there is none: made at the
+    /// first call, not per topic or subscribe.
     rest: std::sync::OnceLock<std::result::Result<rest::Rest, String>>,
 }
 
@@ -68,7 +68,7 @@ impl Shared {
         self.plain_text
     }
 
-    /// The REST client of the data plane (unary pulls), made at the first call.
+    /// The REST client of the data plane (unary publishes and pulls), made at the first call.
     pub fn rest(&self) -> Result<&rest::Rest> {
         let rest = self
             .rest
@@ -114,6 +114,7 @@ impl GcpBackend {
 
     /// A backend with this configuration.
     pub async fn new(config: GcpConfig) -> Result<Self> {
+        config.check()?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let project = config
             .project_id
@@ -157,20 +158,11 @@ impl GcpBackend {
         provision::subscription(&self.shared, spec).await.map(|_| ())
     }
 
+    /// The client library's publisher of `path`, for the copies a subscription publishes (dead letters, redrives),
+    /// with the library's batching defaults; the topic driver publishes with unary calls instead ([`publish`]).
     async fn publisher(&self, path: &str) -> Publisher {
         let mut p = self.publishers.lock().await;
-        p.entry(path.to_string())
-            .or_insert_with(|| {
-                let c = &self.shared.config;
-                self.shared
-                    .base
-                    .publisher(path)
-                    .set_message_count_threshold(c.publish_batch_messages)
-                    .set_byte_threshold(c.publish_batch_bytes)
-                    .set_delay_threshold(c.publish_batch_delay)
-                    .build()
-            })
-            .clone()
+        p.entry(path.to_string()).or_insert_with(|| self.shared.base.publisher(path).build()).clone()
     }
 }
 
@@ -197,7 +189,14 @@ impl Backend for GcpBackend {
         c.exactly_once = true;
         c.nack_delay = false;
         c.max_message_size = 10_000_000 - METADATA_RESERVE;
-        c.max_publish_batch = 1000;
+        // Core's batcher sizes and paces the Publish calls (one per batch; `gcp.publish_batch_*`, checked in `new`).
+        let config = &self.shared.config;
+        c.max_publish_batch = config.publish_batch_messages as usize;
+        c.max_publish_bytes = config.publish_batch_bytes as usize;
+        c.publish_overhead = METADATA_RESERVE;
+        c.publish_linger = config.publish_batch_delay;
+        // Calls in flight per unordered topic, each on a pooled HTTP connection (ordered topics: one, by core).
+        c.publish_in_flight = 64;
         c.max_receive_batch = 100;
         // 100 per message: one is tidings' own, and the trace attributes of Google's libraries when configured.
         c.max_attributes = if self.shared.config.google_trace_attributes { 97 } else { 99 };
@@ -208,15 +207,7 @@ impl Backend for GcpBackend {
         check_resource_name(&spec.name, &spec.resource)?;
         let path = provision::topic_path(&self.shared, spec);
         provision::topic(&self.shared, &path).await?;
-        let publisher = self.publisher(&path).await;
-        Ok(Arc::new(publish::GcpTopic {
-            publisher,
-            path,
-            ordered: spec.config.ordered,
-            provisioning: self.shared.config.provisioning,
-            calls: self.shared.calls.clone(),
-            google_trace: self.shared.config.google_trace_attributes,
-        }))
+        Ok(Arc::new(publish::GcpTopic::new(self.shared.clone(), path, spec.config.ordered)))
     }
 
     async fn subscription(&self, spec: &SubscriptionSpec) -> Result<Arc<dyn SubscriptionDriver>> {

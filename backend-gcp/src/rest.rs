@@ -1,5 +1,7 @@
 //! Unary `Pull`, `Acknowledge` and `ModifyAckDeadline` over Pub/Sub's REST API (`https://pubsub.googleapis.com/v1`,
-//! or the emulator, which serves the same API on its port), for the reads of a dead-letter subscription ([`crate::dlq`]).
+//! or the emulator, which serves the same API on its port), for the reads of a dead-letter subscription ([`crate::dlq`]),
+//! and unary `Publish` for the topic driver ([`crate::publish`]): the client library publishes only through its own
+//! batching, retrying publisher, while core does both for every backend.
 //!
 //! The client library offers only streaming pull. An operator command is a short-lived process, and a stream per
 //! command left the emulator with ghost consumers that kept the dead letters leased for minutes after the process
@@ -11,7 +13,7 @@ use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use google_cloud_pubsub::model::Message as GMessage;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tidings_core::{Error, ErrorKind, Result};
+use tidings_core::{Error, Result};
 
 /// Ack ids per `Acknowledge` / `ModifyAckDeadline` request (the API takes up to 2,500 within 512 KB).
 const ACK_CHUNK: usize = 1000;
@@ -66,12 +68,17 @@ impl Rest {
 
     /// `POST /v1/{resource}:{verb}` with a JSON body.
     async fn call(&self, resource: &str, verb: &str, body: Value) -> Result<Value> {
+        self.post(resource, verb, body.to_string()).await
+    }
+
+    /// `POST /v1/{resource}:{verb}` with a JSON body, once (no retry).
+    async fn post(&self, resource: &str, verb: &str, body: String) -> Result<Value> {
         let what = format!("{verb} on {resource}");
         let mut request = self
             .http
             .post(format!("{}/v1/{resource}:{verb}", self.base))
             .header("content-type", "application/json")
-            .body(body.to_string());
+            .body(body);
         if let Some(c) = &self.credentials {
             match c.headers(http::Extensions::new()).await {
                 Ok(CacheableResource::New { data, .. }) => request = request.headers(data),
@@ -87,14 +94,30 @@ impl Rest {
         let status = response.status();
         let text = response.text().await.map_err(|e| Error::backend(format!("gcp: {what} failed: {e}"), true))?;
         if !status.is_success() {
-            let kind = if status.as_u16() == 404 { ErrorKind::NotFound } else { ErrorKind::Backend };
-            let retryable = status.is_server_error() || status.as_u16() == 429;
-            return Err(
-                Error::new(kind, format!("gcp: {what} failed: HTTP {status}: {text}")).with_retryable(retryable)
-            );
+            return Err(crate::error::http(&what, status.as_u16(), &text));
         }
         serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text })
             .map_err(|e| Error::backend(format!("gcp: {what}: unreadable answer ({e}): {text}"), false))
+    }
+
+    /// Publishes `messages` to `topic` in one `Publish` request, once: all of them are accepted or the call fails.
+    /// Returns how many ids the service answered with.
+    pub async fn publish(&self, topic: &str, messages: &[GMessage]) -> Result<usize> {
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            messages: &'a [GMessage],
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Answer {
+            #[serde(default)]
+            message_ids: Vec<String>,
+        }
+        let body = serde_json::to_string(&Request { messages })
+            .map_err(|e| Error::invalid(format!("gcp: cannot encode a publish to {topic}: {e}")))?;
+        let answer: Answer = serde_json::from_value(self.post(topic, "publish", body).await?)
+            .map_err(|e| Error::backend(format!("gcp: publish to {topic}: unreadable answer ({e})"), false))?;
+        Ok(answer.message_ids.len())
     }
 
     /// Up to `max` messages of `subscription`, leased until acked, released, or their ack deadline passes. Pulls
