@@ -1,15 +1,8 @@
 //! Google Cloud Pub/Sub backend of tidings, on Google's official `google-cloud-pubsub` crate.
 //!
-//! | tidings | Pub/Sub |
-//! |---|---|
-//! | topic | topic `projects/<p>/topics/<prefix><topic>` |
-//! | subscription | subscription `<prefix><topic>--<sub>` with ack deadline, retention, ordering, exactly-once and a dead-letter policy |
-//! | dead-letter queue | topic `<sub>-dlq` plus subscription `<sub>-dlq` on it (readable, redrivable) |
-//! | max retries | `max_delivery_attempts` where Pub/Sub accepts it (5-100); the runtime dead-letters below 5 |
-//! | ordering key | ordering key, message ordering enabled; per-key head-of-line blocking enforced client-side |
-//! | exactly-once | exactly-once delivery with confirmed acks; republished ids dropped client-side |
-//! | attempt | `delivery_attempt` |
-//! | nack with delay | held by the runtime for the backoff (lease kept alive), then nacked |
+//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
+//! permissions and how to run it locally are documented once, in README's "Google Cloud Pub/Sub" section (the one source of
+//! those tables).
 //!
 //! Connection: Application Default Credentials, or with `PUBSUB_EMULATOR_HOST` set the emulator at
 //! `http://$PUBSUB_EMULATOR_HOST` with anonymous credentials (the crate itself does not read that variable).
@@ -32,7 +25,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use google_cloud_pubsub::client::{BasePublisher, Publisher, SchemaService, Subscriber, SubscriptionAdmin, TopicAdmin};
-use tidings_core::backend::{SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec};
+use tidings_core::backend::{
+    BackendInfo, Billed, Priced, SubscriptionDriver, SubscriptionSpec, TopicDriver, TopicSpec,
+};
 use tidings_core::{Backend, Capabilities, Error, Result, Settings};
 
 pub use config::{GcpConfig, Provisioning};
@@ -175,10 +170,29 @@ pub(crate) fn check_resource_name(spec_name: &str, resource: &str) -> Result<()>
     Ok(())
 }
 
+/// The GCP backend's names and pricing: Pub/Sub bills throughput (publishes at least 1000 bytes a request, and each
+/// subscription's delivery of what its topic published).
+pub fn info() -> BackendInfo {
+    const PRICING: &[Priced] = &[
+        Priced::new("pubsub:Publish", "Pub/Sub", Billed::Published { min_request_bytes: 1000 }),
+        Priced::new("pubsub:Pull", "Pub/Sub", Billed::Pulled),
+        Priced::new("pubsub:StreamingPull", "Pub/Sub", Billed::Pulled),
+        Priced::new("pubsub:", "Pub/Sub", Billed::Free),
+    ];
+    BackendInfo::new("gcp")
+        .with_messaging_system("gcp_pubsub", "gcp_pubsub")
+        .with_provisioning(false)
+        .with_pricing(PRICING)
+}
+
 #[async_trait]
 impl Backend for GcpBackend {
     fn name(&self) -> &str {
         "gcp"
+    }
+
+    fn info(&self) -> BackendInfo {
+        info()
     }
 
     fn capabilities(&self) -> Capabilities {
