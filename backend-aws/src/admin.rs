@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Q;
-use tidings_core::admin::{
-    Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
-};
+use tidings_core::admin::{Admin, Check, Orphan, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
 use tidings_core::backend::{DeadLetters, SubscriptionSpec};
-use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
+use tidings_core::{Error, ErrorKind, Result, TopicConfig};
 
 use crate::error::sdk;
 use crate::names::{fit, MAX_QUEUE_NAME};
@@ -222,23 +220,6 @@ impl Admin for AwsAdmin {
             _ => None,
         };
         Ok(SubscriptionStats { backlog, in_flight, oldest_unacked: None, dead_letters: dead })
-    }
-
-    /// One read of the dead-letter queue; the operator reads through [`Admin::dead_letter_queue`].
-    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let mut out = crate::legacy_dlq::peek(&self.driver(spec).await?.0, max).await?;
-        out.sort_by_key(|d| d.dead_lettered_at);
-        Ok(out)
-    }
-
-    /// Among one read of the dead-letter queue; the operator redrives through [`Admin::dead_letter_queue`].
-    async fn redrive(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        crate::legacy_dlq::sweep(&self.driver(spec).await?.0, select, pace, true).await
-    }
-
-    /// Among one read of the dead-letter queue; the operator purges through [`Admin::dead_letter_queue`].
-    async fn purge(&self, spec: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        crate::legacy_dlq::sweep(&self.driver(spec).await?.0, select, pace, false).await
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {

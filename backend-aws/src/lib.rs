@@ -15,7 +15,6 @@ mod dlq;
 mod error;
 #[cfg(feature = "iam-check")]
 mod iam;
-mod legacy_dlq;
 mod meta;
 mod names;
 mod provision;

@@ -23,7 +23,7 @@ use aws_sdk_sqs::types::{
 };
 use bytes::Bytes;
 use tidings_core::backend::{AckId, DeadLetterRequest, DeadLetters, ReceivedMessage, SubscriptionDriver};
-use tidings_core::{Attributes, DeadLetter, Error, MessageId, Result};
+use tidings_core::{Attributes, Error, MessageId, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{entry, sdk};
@@ -381,16 +381,6 @@ impl SubscriptionDriver for AwsSubscription {
             done.push(handle(&m.ack_id));
         }
         self.delete_batch(&self.res.queue_url, &done).await
-    }
-
-    /// One read of the dead-letter queue; core reads through [`dead_letter_queue`](Self::dead_letter_queue).
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        crate::legacy_dlq::peek(self, max).await
-    }
-
-    /// Among one read of the dead-letter queue; core redrives through [`dead_letter_queue`](Self::dead_letter_queue).
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        crate::legacy_dlq::redrive(self, ids).await
     }
 
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {

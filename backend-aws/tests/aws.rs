@@ -140,12 +140,13 @@ async fn a_consumer_that_never_acks_ends_in_the_dlq_through_sqs_redrive() {
     for _ in 0..20 {
         let got = driver.receive(1, Duration::from_secs(1)).await.unwrap();
         receives += got.len();
-        if driver.dead_letters(10).await.unwrap().len() == 1 {
+        if tidings_core::dead_letter::peek(&*driver.clone().dead_letter_queue().unwrap(), 10).await.unwrap().len() == 1
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    let dead = driver.dead_letters(10).await.unwrap();
+    let dead = tidings_core::dead_letter::peek(&*driver.clone().dead_letter_queue().unwrap(), 10).await.unwrap();
     assert_eq!(dead.len(), 1, "moved to the DLQ after maxReceiveCount receives");
     assert_eq!(receives, 2, "max retries 0 = 1 attempt; SQS moves it on the receive after the backstop's 2nd");
     assert_eq!(dead[0].decode::<Event>().unwrap(), Event { text: "crash".into() });

@@ -10,11 +10,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use google_cloud_pubsub::model::Subscription;
-use tidings_core::admin::{
-    Admin, Check, Orphan, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
-};
+use tidings_core::admin::{Admin, Check, Orphan, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
 use tidings_core::backend::{DeadLetters, SubscriptionSpec};
-use tidings_core::{DeadLetter, Error, ErrorKind, Result, TopicConfig};
+use tidings_core::{Result, TopicConfig};
 
 use crate::dlq::GcpDeadLetters;
 use crate::error::gcp;
@@ -29,12 +27,6 @@ pub(crate) struct GcpAdmin {
 
 fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The answer of the operator's old dead-letter entry points: core sweeps [`Admin::dead_letter_queue`] instead.
-fn swept_by_core(what: &str, spec: &SubscriptionSpec) -> Error {
-    let msg = format!("gcp: Admin::{what} of {:?} is not offered: sweep Admin::dead_letter_queue", spec.resource);
-    Error::new(ErrorKind::Unsupported, msg)
 }
 
 /// What Pub/Sub names the topic of a subscription whose topic was deleted.
@@ -198,20 +190,6 @@ impl Admin for GcpAdmin {
     async fn stats(&self, spec: &SubscriptionSpec) -> Result<SubscriptionStats> {
         let dead_letters = self.queue(spec).count().await?;
         Ok(SubscriptionStats { dead_letters: Some(dead_letters), ..Default::default() })
-    }
-
-    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        self.queue(spec).peek(max).await
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn redrive(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(swept_by_core("redrive", spec))
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn purge(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(swept_by_core("purge", spec))
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {

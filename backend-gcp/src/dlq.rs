@@ -140,17 +140,6 @@ impl GcpDeadLetters {
         out.sort_by_key(|d| d.dead_lettered_at);
         Ok(out)
     }
-
-    /// Restores the dead letters with these ids (all when `None`) from one read; returns how many.
-    pub(crate) async fn restore_ids(&self, ids: Option<&[MessageId]>) -> Result<usize> {
-        let page = self.read(None, MAX_PULL).await?;
-        let (chosen, rest): (Vec<HeldLetter>, Vec<HeldLetter>) =
-            page.letters.into_iter().partition(|h| ids.is_none_or(|ids| ids.contains(&h.letter.id)));
-        let n = chosen.len();
-        let restored = self.restore(chosen).await;
-        let released = self.release(rest.into_iter().map(|h| h.handle).collect()).await;
-        restored.and(released).map(|()| n)
-    }
 }
 
 impl Queue {

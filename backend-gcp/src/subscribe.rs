@@ -32,7 +32,7 @@ use tidings_core::backend::{
     AckId, DeadLetterRequest, DeadLetters, OutgoingMessage, ReceivedMessage, SubscriptionDriver,
 };
 use tidings_core::dedup::SeenIds;
-use tidings_core::{DeadLetter, Error, MessageId, Result};
+use tidings_core::{Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -434,10 +434,6 @@ impl SubscriptionDriver for GcpSubscription {
         Ok(())
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        self.dead_letter_queue().peek(max).await
-    }
-
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         Some(Arc::new(GcpSubscription::dead_letter_queue(&self)))
     }
@@ -456,9 +452,5 @@ impl SubscriptionDriver for GcpSubscription {
         st.held.clear();
         st.ready.clear();
         Ok(())
-    }
-
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        self.dead_letter_queue().restore_ids(ids.as_deref()).await
     }
 }

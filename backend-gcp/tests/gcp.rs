@@ -97,7 +97,7 @@ async fn nack_until_dead_lettered(max_retries: u32) -> (usize, Vec<tidings_core:
         if !nothing {
             continue; // redelivered at once while the service still has it: look in the DLQ once it stops coming
         }
-        let dead = driver.dead_letters(10).await.unwrap();
+        let dead = tidings_core::dead_letter::peek(&*driver.clone().dead_letter_queue().unwrap(), 10).await.unwrap();
         if !dead.is_empty() {
             return (deliveries, dead);
         }

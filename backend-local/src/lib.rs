@@ -28,7 +28,7 @@ use tidings_core::backend::{
     SubscriptionSpec, TopicDriver, TopicSpec,
 };
 use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
-use tidings_core::{Backend, Capabilities, DeadLetter, Error, ErrorKind, MessageId, Result, Settings, WhenFull};
+use tidings_core::{Backend, Capabilities, Error, ErrorKind, Result, Settings, WhenFull};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -390,24 +390,6 @@ impl SubscriptionDriver for LocalSubscription {
         self.notify.notify_waiters();
         self.space.made();
         Ok(())
-    }
-
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue().read_letters(None, max).0.into_iter().map(|h| h.letter).collect())
-    }
-
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let handles: Vec<AckId> = {
-            let q = self.queue();
-            let (all, _) = q.read_letters(None, usize::MAX);
-            all.into_iter()
-                .filter(|h| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id)))
-                .map(|h| h.handle)
-                .collect()
-        };
-        let n = self.queue().restore(&handles, Instant::now());
-        self.notify.notify_waiters();
-        Ok(n)
     }
 
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {

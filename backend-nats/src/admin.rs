@@ -12,11 +12,9 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use serde_json::json;
-use tidings_core::admin::{
-    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
-};
+use tidings_core::admin::{Admin, Check, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
 use tidings_core::backend::{DeadLetters, SubscriptionSpec};
-use tidings_core::{DeadLetter, Error, ErrorKind, Result};
+use tidings_core::{Error, ErrorKind, Result};
 
 use crate::dlq::{js_err, NatsDeadLetters};
 use crate::names::SubNames;
@@ -32,14 +30,6 @@ pub(crate) struct NatsAdmin {
 /// Whether a stream is a dead-letter stream (its one subject is `<name>.dead`).
 fn is_dead_letter_stream(info: &async_nats::jetstream::stream::Info) -> bool {
     info.config.subjects == [format!("{}.dead", info.config.name)]
-}
-
-/// What the operator's old dead-letter entry points answer: core sweeps [`Admin::dead_letter_queue`] instead.
-fn not_offered(what: &str, spec: &SubscriptionSpec) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!("nats: Admin::{what} is not offered ({:?}): sweep its dead_letter_queue", spec.resource),
-    )
 }
 
 /// An account limit as text (`unlimited` when unset or negative).
@@ -125,21 +115,6 @@ impl Admin for NatsAdmin {
         };
         let dead_letters = stream_info(&self.s, &names.dlq_stream).await?.map(|i| i.state.messages);
         Ok(SubscriptionStats { backlog: Some(backlog), in_flight: Some(in_flight), oldest_unacked, dead_letters })
-    }
-
-    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let letters = self.queue(spec).await?.read(None, max).await?.letters;
-        Ok(letters.into_iter().map(|h| h.letter).collect())
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn redrive(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(not_offered("redrive", spec))
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn purge(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(not_offered("purge", spec))
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {

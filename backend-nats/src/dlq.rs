@@ -112,14 +112,6 @@ impl NatsDeadLetters {
         Self { s, names, copied: Mutex::default() }
     }
 
-    /// Restores every dead letter with one of these ids (all when `None`); returns how many.
-    pub(crate) async fn restore_ids(&self, ids: Option<&[MessageId]>) -> Result<usize> {
-        let mut letters = self.read(None, usize::MAX).await?.letters;
-        letters.retain(|h| ids.is_none_or(|ids| ids.contains(&h.letter.id)));
-        let n = letters.len();
-        self.restore(letters).await.map(|()| n)
-    }
-
     /// Deletes one dead letter; one that is gone already counts as deleted.
     async fn delete_seq(&self, stream: &Stream<()>, seq: u64) -> Result<()> {
         self.s.calls.count("STREAM.MSG.DELETE");

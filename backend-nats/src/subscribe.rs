@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, DeadLetters, ReceivedMessage, SubscriptionDriver, SubscriptionSpec,
 };
-use tidings_core::{DeadLetter, MessageId, Result};
+use tidings_core::{MessageId, Result};
 
 use crate::dlq::NatsDeadLetters;
 use crate::floor::Floor;
@@ -241,14 +241,6 @@ impl SubscriptionDriver for NatsSubscription {
         send(&self.s, "terminate", bodies(&stored, b"+TERM")).await?;
         self.done(&stored);
         first_err.map_or(Ok(()), Err)
-    }
-
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue().read(None, max).await?.letters.into_iter().map(|h| h.letter).collect())
-    }
-
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        self.queue().restore_ids(ids.as_deref()).await
     }
 
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {

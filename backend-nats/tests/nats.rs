@@ -240,7 +240,7 @@ async fn a_consumer_that_never_settles_ends_in_the_dlq_through_the_max_deliverie
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while dead.is_empty() && tokio::time::Instant::now() < end {
         receives += driver.receive(1, Duration::from_secs(1)).await.unwrap().len();
-        dead = driver.dead_letters(10).await.unwrap();
+        dead = tidings_core::dead_letter::peek(&*driver.clone().dead_letter_queue().unwrap(), 10).await.unwrap();
     }
     assert_eq!(dead.len(), 1, "moved to the DLQ after MaxDeliver deliveries");
     assert_eq!(receives, 2, "max retries 0 = 1 attempt; MaxDeliver allows one more");

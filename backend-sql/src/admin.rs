@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tidings_core::admin::{
-    Admin, Check, Pace, Select, SubscriptionResource, SubscriptionStats, TopicResource, Unknown,
-};
+use tidings_core::admin::{Admin, Check, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
 use tidings_core::backend::SubscriptionSpec;
 use tidings_core::dead_letter::DeadLetters;
 use tidings_core::time::micros;
-use tidings_core::{DeadLetter, Error, ErrorKind, Result};
+use tidings_core::{Error, ErrorKind, Result};
 
 use crate::dead_letters::SqlDeadLetters;
 use crate::sql::Dialect;
@@ -143,18 +141,6 @@ fn now_us() -> i64 {
     micros(SystemTime::now())
 }
 
-/// The error of the operator methods the one dead-letter surface replaced.
-fn swept_by_core(what: &str, spec: &SubscriptionSpec) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!(
-            "sql: Admin::{what} of subscription {:?} is not offered: sweep Admin::dead_letter_queue instead (the \
-             operator's {what} does)",
-            spec.resource
-        ),
-    )
-}
-
 impl SqlAdmin {
     /// The subscription's id; NotFound when it is not registered (or registered on another topic).
     async fn id(&self, spec: &SubscriptionSpec) -> Result<i64> {
@@ -213,21 +199,6 @@ impl Admin for SqlAdmin {
             ),
             dead_letters: n(c.dead),
         })
-    }
-
-    async fn dead_letters(&self, spec: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>> {
-        let page = self.queue(spec).await?.read(None, max).await?;
-        Ok(page.letters.into_iter().map(|h| h.letter).collect())
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn redrive(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(swept_by_core("redrive", spec))
-    }
-
-    /// Not used: the operator sweeps [`Admin::dead_letter_queue`] (core selects, paces and moves).
-    async fn purge(&self, spec: &SubscriptionSpec, _select: Select<'_>, _pace: &Pace) -> Result<u64> {
-        Err(swept_by_core("purge", spec))
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {

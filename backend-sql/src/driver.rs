@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver,
 };
-use tidings_core::dead_letter::{DeadLetters, HeldLetter};
+use tidings_core::dead_letter::DeadLetters;
 use tidings_core::time::micros;
-use tidings_core::{DeadLetter, MessageId, PublishReport, Result, SubscriptionConfig};
+use tidings_core::{PublishReport, Result, SubscriptionConfig};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -161,18 +161,6 @@ impl SubscriptionDriver for SqlSubscription {
             .collect();
         self.store.dead_letter(&items, now_us()).await?;
         self.changed(self.ordered).await
-    }
-
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.letters().read(None, max).await?.letters.into_iter().map(|h| h.letter).collect())
-    }
-
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let q = self.letters();
-        let chosen: Vec<HeldLetter> = (q.read(None, usize::MAX).await?.letters.into_iter())
-            .filter(|h| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id)))
-            .collect();
-        Ok(q.restore_rows(&chosen).await? as usize)
     }
 
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {

@@ -14,7 +14,7 @@ mod names;
 mod operator;
 
 pub use crate::backend::admin::{Admin, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
-pub use crate::dead_letter::{Pace, Select};
 pub use crate::backend::{Check, Orphan, Status};
+pub use crate::dead_letter::{Pace, Select};
 pub use names::{logical_subscription, logical_topic};
 pub use operator::{Inventory, Operator, SubscriptionEntry, TopicEntry, UnknownField};

@@ -216,17 +216,6 @@ impl SubscriptionDriver for SubscriptionHandle {
         Ok(())
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self.queue(|q| q.dead.iter().take(max).map(|h| h.letter.clone()).collect()))
-    }
-
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        let chosen = |h: &HeldLetter| ids.as_ref().is_none_or(|ids| ids.contains(&h.letter.id));
-        let letters: Vec<HeldLetter> = self.queue(|q| q.dead.iter().filter(|h| chosen(h)).cloned().collect());
-        let n = letters.len();
-        DeadLetters::restore(self, letters).await.map(|()| n)
-    }
-
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         Some(self)
     }

@@ -301,88 +301,50 @@ impl Operator {
 
     /// Figures of one subscription.
     pub async fn stats(&self, topic: &str, sub: &str) -> Result<SubscriptionStats> {
-        match self.target(topic, sub).await? {
-            Target::Admin(a, spec) => retry::call("stats", None, || a.stats(&spec)).await,
-            Target::Local(r) => Ok(SubscriptionStats {
-                backlog: r.driver.backlog().await?,
-                in_flight: None,
-                oldest_unacked: None,
-                dead_letters: Some(match r.driver.clone().dead_letter_queue() {
-                    Some(q) => dead_letter::peek(&*q, usize::MAX).await?.len() as u64,
-                    None => r.driver.dead_letters(usize::MAX).await?.len() as u64,
-                }),
-            }),
-        }
+        let target = self.target(topic, sub).await?;
+        let backlog = match &target {
+            Target::Admin(a, spec) => return retry::call("stats", None, || a.stats(spec)).await,
+            Target::Local(r) => retry::call("backlog", None, || r.driver.backlog()).await?,
+        };
+        let dead = dead_letter::peek(&*self.queue(&target).await?, usize::MAX).await?.len() as u64;
+        Ok(SubscriptionStats { backlog, in_flight: None, oldest_unacked: None, dead_letters: Some(dead) })
     }
 
-    /// The dead-letter queue of a subscription, where its backend offers the one dead-letter surface.
-    async fn queue(&self, target: &Target) -> Result<Option<Arc<dyn DeadLetters>>> {
-        match target {
-            Target::Admin(a, spec) => retry::call("dead_letter_queue", None, || a.dead_letter_queue(spec)).await,
-            Target::Local(r) => Ok(r.driver.clone().dead_letter_queue()),
-        }
+    /// The dead-letter queue of a subscription: its backend's one dead-letter surface.
+    async fn queue(&self, target: &Target) -> Result<Arc<dyn DeadLetters>> {
+        let q = match target {
+            Target::Admin(a, spec) => retry::call("dead_letter_queue", None, || a.dead_letter_queue(spec)).await?,
+            Target::Local(r) => r.driver.clone().dead_letter_queue(),
+        };
+        q.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("the {} backend offers no dead-letter queue for this subscription", self.bus.backend_name()),
+            )
+        })
     }
 
     /// Up to `max` dead letters of a subscription, oldest first, without removing them.
     pub async fn dead_letters(&self, topic: &str, sub: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        let target = self.target(topic, sub).await?;
-        if let Some(q) = self.queue(&target).await? {
-            return dead_letter::peek(&*q, max).await;
-        }
-        match target {
-            Target::Admin(a, spec) => retry::call("dead_letters", None, || a.dead_letters(&spec, max)).await,
-            Target::Local(r) => r.driver.dead_letters(max).await,
-        }
+        let q = self.queue(&self.target(topic, sub).await?).await?;
+        dead_letter::peek(&*q, max).await
     }
 
     /// Moves the selected dead letters back into the subscription (attempt counter reset), one at a time, each
     /// after `pace` allows it; returns how many moved. A copy is sent before its dead letter is removed.
     pub async fn redrive(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        let moved = self.redrive_selected(topic, sub, select, pace).await?;
+        let q = self.queue(&self.target(topic, sub).await?).await?;
+        let moved = dead_letter::sweep(&*q, select, pace, Move::Restore).await?;
         ::metrics::counter!(crate::metrics::REDRIVEN, "backend" => self.bus.backend_name().to_string(),
             "topic" => topic.to_string(), "subscription" => sub.to_string())
         .increment(moved);
         Ok(moved)
     }
 
-    async fn redrive_selected(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        let target = self.target(topic, sub).await?;
-        if let Some(q) = self.queue(&target).await? {
-            return dead_letter::sweep(&*q, select, pace, Move::Restore).await;
-        }
-        match target {
-            Target::Admin(a, spec) => a.redrive(&spec, select, pace).await,
-            Target::Local(r) => {
-                let mut moved = 0;
-                for d in r.driver.dead_letters(usize::MAX).await?.into_iter().filter(|d| select(d)) {
-                    if !pace.wait().await {
-                        break;
-                    }
-                    let n = r.driver.redrive(Some(vec![d.id])).await? as u64;
-                    moved += n;
-                    if n > 0 {
-                        pace.done();
-                    }
-                }
-                Ok(moved)
-            }
-        }
-    }
-
     /// Deletes the selected dead letters for good, each after `pace` allows it; returns how many went.
     pub async fn purge(&self, topic: &str, sub: &str, select: Select<'_>, pace: &Pace) -> Result<u64> {
-        let target = self.target(topic, sub).await?;
-        if let Some(q) = self.queue(&target).await? {
-            return dead_letter::sweep(&*q, select, pace, Move::Delete).await;
-        }
-        match target {
-            Target::Admin(a, spec) => a.purge(&spec, select, pace).await,
-            Target::Local(_) => Err(Error::new(
-                ErrorKind::Unsupported,
-                "this backend's subscription driver offers no dead-letter queue to purge; redrive them or restart \
-                 the process",
-            )),
-        }
+        let q = self.queue(&self.target(topic, sub).await?).await?;
+        dead_letter::sweep(&*q, select, pace, Move::Delete).await
     }
 
     /// Checks a subscription's resources without creating or receiving anything; see [`Admin::provisioned`].

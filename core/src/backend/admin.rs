@@ -8,9 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::DeadLetter;
 use super::{Check, Orphan, SubscriptionSpec};
-use crate::dead_letter::{DeadLetters, Pace, Select};
+use crate::dead_letter::DeadLetters;
 use crate::error::Result;
 use crate::topic::TopicConfig;
 use crate::topology::Topology;
@@ -61,17 +60,9 @@ pub trait Admin: Send + Sync + Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<TopicResource>>;
     /// Figures of one subscription.
     async fn stats(&self, sub: &SubscriptionSpec) -> Result<SubscriptionStats>;
-    /// Reads up to `max` dead letters without removing them (each at most once, oldest first where the backend
-    /// keeps an order).
-    async fn dead_letters(&self, sub: &SubscriptionSpec, max: usize) -> Result<Vec<DeadLetter>>;
-    /// Moves the selected dead letters back into the subscription (attempt counter reset), one at a time, each after
-    /// `pace` allows it; returns how many moved. A copy is sent before its dead letter is removed.
-    async fn redrive(&self, sub: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64>;
-    /// Deletes the selected dead letters for good, each after `pace` allows it; returns how many went.
-    async fn purge(&self, sub: &SubscriptionSpec, select: Select<'_>, pace: &Pace) -> Result<u64>;
-    /// A subscription's dead-letter queue, where the backend offers it through the one dead-letter surface (the
-    /// operator then reads, redrives and purges through it, and `dead_letters`, `redrive` and `purge` above go
-    /// unused).
+    /// A subscription's dead-letter queue: the one dead-letter surface through which the operator reads, redrives
+    /// and purges it (the same one its running subscription's driver hands out). `None` where the backend keeps
+    /// none for it.
     async fn dead_letter_queue(&self, sub: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
         let _ = sub;
         Ok(None)

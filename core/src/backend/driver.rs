@@ -11,9 +11,8 @@ use super::{
     AckId, Capabilities, DeadLetterRequest, OutgoingMessage, PublishReport, ReceivedMessage, SubscriptionSpec,
     TopicSpec,
 };
-use super::{BackendInfo, DeadLetter, DeadLetters};
+use super::{BackendInfo, DeadLetters};
 use crate::error::Result;
-use crate::message::MessageId;
 
 /// Entry point of a backend: provisions (or verifies) resources and hands out drivers.
 #[async_trait]
@@ -76,14 +75,9 @@ pub trait SubscriptionDriver: Send + Sync + Debug {
     async fn extend_lease(&self, ids: Vec<AckId>, by: Duration) -> Result<()>;
     /// Moves deliveries to the subscription's dead-letter queue with their reason.
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()>;
-    /// Reads up to `max` dead letters without removing them.
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>>;
-    /// Moves dead letters (all, or those with the given ids) back into the subscription with the attempt counter
-    /// reset; returns how many moved.
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize>;
-    /// The subscription's dead-letter queue, where the driver offers it through the one dead-letter surface (the
-    /// `Subscription` handle and the operator then read, redrive and purge through it, and `dead_letters` and
-    /// `redrive` above go unused).
+    /// The subscription's dead-letter queue: the one dead-letter surface through which the `Subscription` handle
+    /// and the operator read, redrive and purge it. `None` only for a driver without one (a test double); its
+    /// subscription's dead-letter reads are then `Unsupported`.
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         None
     }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::{scoped, Scope, SCOPE};
 use crate::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver};
 use crate::dead_letter::{DeadLetters, HeldLetter, LetterPage};
-use crate::{DeadLetter, MessageId, PublishReport, Result};
+use crate::{PublishReport, Result};
 
 /// A topic driver whose calls run within a scope.
 #[derive(Debug)]
@@ -52,12 +52,6 @@ impl SubscriptionDriver for ScopedSubscription {
     }
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
         scoped(self.scope.clone(), self.inner.dead_letter(items)).await
-    }
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        scoped(self.scope.clone(), self.inner.dead_letters(max)).await
-    }
-    async fn redrive(&self, ids: Option<Vec<MessageId>>) -> Result<usize> {
-        scoped(self.scope.clone(), self.inner.redrive(ids)).await
     }
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         let inner = self.inner.clone().dead_letter_queue()?;

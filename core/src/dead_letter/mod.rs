@@ -10,7 +10,8 @@ mod sweep;
 
 pub use crate::backend::dead_letters::{DeadLetter, DeadLetters, HeldLetter, LetterPage};
 pub use pace::Pace;
-pub(crate) use sweep::{peek, sweep, Move};
+pub use sweep::peek;
+pub(crate) use sweep::{sweep, Move};
 
 /// Chooses dead letters (by id, by reason, everything).
 pub type Select<'a> = &'a (dyn Fn(&DeadLetter) -> bool + Send + Sync);

@@ -24,8 +24,9 @@ pub(crate) enum Move {
     Delete,
 }
 
-/// Up to `max` dead letters, oldest first, without removing any.
-pub(crate) async fn peek(q: &dyn DeadLetters, max: usize) -> Result<Vec<DeadLetter>> {
+/// Up to `max` dead letters of a queue, oldest first, without removing any (what `Subscription::dead_letters` and the
+/// operator read): pages through it and releases what it held.
+pub async fn peek(q: &dyn DeadLetters, max: usize) -> Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     let mut held = Vec::new();
     let mut seen = HashSet::new();

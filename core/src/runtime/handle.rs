@@ -37,34 +37,29 @@ impl Subscription {
         &self.runner.spec.config
     }
 
-    /// Reads up to `max` messages from the dead-letter queue without removing them, oldest first where the backend
-    /// keeps an order.
+    /// The subscription's dead-letter queue, through its backend's one dead-letter surface.
+    fn queue(&self) -> Result<Arc<dyn crate::dead_letter::DeadLetters>> {
+        self.runner.driver.clone().dead_letter_queue().ok_or_else(|| {
+            Error::new(crate::ErrorKind::Unsupported, "this backend offers no dead-letter queue for the subscription")
+        })
+    }
+
+    /// Reads up to `max` messages from the dead-letter queue without removing them, oldest first.
     pub async fn dead_letters(&self, max: usize) -> Result<Vec<crate::DeadLetter>> {
-        match self.runner.driver.clone().dead_letter_queue() {
-            Some(q) => dead_letter::peek(&*q, max).await,
-            None => crate::retry::call("dead_letters", None, || self.runner.driver.dead_letters(max)).await,
-        }
+        dead_letter::peek(&*self.queue()?, max).await
     }
 
     /// Moves every dead letter back into the subscription, attempt counter reset; returns how many moved.
     pub async fn redrive_all(&self) -> Result<usize> {
-        let n = match self.runner.driver.clone().dead_letter_queue() {
-            Some(q) => dead_letter::sweep(&*q, &|_| true, &Pace::unlimited(), Move::Restore).await? as usize,
-            None => self.runner.driver.redrive(None).await?,
-        };
+        let n = dead_letter::sweep(&*self.queue()?, &|_| true, &Pace::unlimited(), Move::Restore).await? as usize;
         self.runner.metrics.redriven(n);
         Ok(n)
     }
 
     /// Moves the dead letters with these ids back into the subscription; returns how many moved.
     pub async fn redrive(&self, ids: &[crate::MessageId]) -> Result<usize> {
-        let n = match self.runner.driver.clone().dead_letter_queue() {
-            Some(q) => {
-                let select = |d: &crate::DeadLetter| ids.contains(&d.id);
-                dead_letter::sweep(&*q, &select, &Pace::unlimited(), Move::Restore).await? as usize
-            }
-            None => self.runner.driver.redrive(Some(ids.to_vec())).await?,
-        };
+        let select = |d: &crate::DeadLetter| ids.contains(&d.id);
+        let n = dead_letter::sweep(&*self.queue()?, &select, &Pace::unlimited(), Move::Restore).await? as usize;
         self.runner.metrics.redriven(n);
         Ok(n)
     }

@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::backend::{AckId, DeadLetterRequest, ReceivedMessage, TopicSpec};
     use crate::message::Message;
-    use crate::{DeadLetter, MessageId, Result, TopicConfig};
+    use crate::{MessageId, Result, TopicConfig};
 
     /// An endless subscription: each receive takes 20 ms and returns `max` messages, or one when `full` is off.
     #[derive(Debug, Default)]
@@ -233,12 +233,6 @@ mod tests {
         }
         async fn dead_letter(&self, _items: Vec<DeadLetterRequest>) -> Result<()> {
             Ok(())
-        }
-        async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>> {
-            Ok(Vec::new())
-        }
-        async fn redrive(&self, _ids: Option<Vec<MessageId>>) -> Result<usize> {
-            Ok(0)
         }
     }
 

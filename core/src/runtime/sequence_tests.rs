@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::start;
 use crate::backend::TopicSpec;
 use crate::backend::{AckId, Capabilities, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
-use crate::{DeadLetter, HandlerError, Message, MessageId, Result, RetryPolicy, SubscriptionConfig, TopicConfig};
+use crate::{HandlerError, Message, Result, RetryPolicy, SubscriptionConfig, TopicConfig};
 
 const ACK_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -146,12 +146,6 @@ impl SubscriptionDriver for Unordered {
         let ids: Vec<AckId> = items.into_iter().map(|r| r.message.ack_id).collect();
         self.remove(&ids, true);
         Ok(())
-    }
-    async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(Vec::new())
-    }
-    async fn redrive(&self, _ids: Option<Vec<MessageId>>) -> Result<usize> {
-        Ok(0)
     }
 }
 

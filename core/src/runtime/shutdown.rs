@@ -89,7 +89,7 @@ mod tests {
     use crate::backend::{
         AckId, Capabilities, DeadLetterRequest, ReceivedMessage, SubscriptionDriver, SubscriptionSpec, TopicSpec,
     };
-    use crate::{DeadLetter, Message, MessageId, Result, TopicConfig};
+    use crate::{Message, MessageId, Result, TopicConfig};
 
     /// Hands out one message per receive until `messages` ran out, then holds every receive for `poll` (a long poll);
     /// its close waits for `close` (an open poll the broker will not cut).
@@ -133,12 +133,6 @@ mod tests {
         }
         async fn dead_letter(&self, _items: Vec<DeadLetterRequest>) -> Result<()> {
             Ok(())
-        }
-        async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>> {
-            Ok(Vec::new())
-        }
-        async fn redrive(&self, _ids: Option<Vec<MessageId>>) -> Result<usize> {
-            Ok(0)
         }
     }
 

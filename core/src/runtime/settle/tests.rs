@@ -16,7 +16,7 @@ use crate::backend::{
     TopicSpec,
 };
 use crate::handler::HandlerError;
-use crate::{DeadLetter, Error, HandlerResult, Message, MessageId, Result, SubscriptionConfig, TopicConfig};
+use crate::{Error, HandlerResult, Message, MessageId, Result, SubscriptionConfig, TopicConfig};
 
 /// A driver whose calls fail as planned: per operation, how many of its first calls fail and whether retryably.
 /// Its first receives fail as planned too, then they hand out its messages (at most `max` each), then each receive
@@ -101,12 +101,6 @@ impl SubscriptionDriver for Flaky {
     }
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
         self.call("dead_letter", items.len())
-    }
-    async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>> {
-        Ok(Vec::new())
-    }
-    async fn redrive(&self, _ids: Option<Vec<MessageId>>) -> Result<usize> {
-        Ok(0)
     }
 }
 
