@@ -28,8 +28,8 @@ pub use tidings_core::metrics;
 pub use tidings_core::topology;
 pub use tidings_core::trace;
 pub use tidings_core::{
-    admin, backend, cloud, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
-    wire, Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
+    admin, backend, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
+    Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
     HandlerError, HandlerResult, Layer, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings,
     Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig, Topology, WhenFull,
 };

@@ -18,8 +18,8 @@ use crate::subscribe::AwsSubscription;
 use crate::Shared;
 
 /// The SNS and SQS actions the application needs in a provisioning mode (README, AWS section).
-fn actions(mode: tidings_core::cloud::Provisioning) -> (Vec<&'static str>, Vec<&'static str>) {
-    use tidings_core::cloud::Provisioning;
+fn actions(mode: tidings_core::backend::cloud::Provisioning) -> (Vec<&'static str>, Vec<&'static str>) {
+    use tidings_core::backend::cloud::Provisioning;
     let mut sns = vec!["sns:Publish"];
     let mut sqs = vec![
         "sqs:ReceiveMessage",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use tidings_core::cloud::Provisioning;
+pub use tidings_core::backend::cloud::Provisioning;
 
 /// Settings of the AWS backend.
 #[derive(Debug, Clone, Deserialize)]

@@ -36,7 +36,7 @@ use tidings_core::{Backend, Capabilities, Result, Settings};
 pub use config::{AwsConfig, Provisioning};
 use meta::MAX_USER_ATTRIBUTES;
 pub use meta::META_ATTRIBUTE;
-pub use tidings_core::calls::ApiCalls;
+pub use tidings_core::backend::calls::ApiCalls;
 
 /// SNS accepts 262,144 bytes per message including attributes; tidings keeps this much for its own attribute.
 pub(crate) const METADATA_RESERVE: usize = 512;
@@ -75,11 +75,11 @@ impl AwsBackend {
     /// A backend with this configuration; the rest (credentials, region) from the standard AWS chain.
     pub async fn new(config: AwsConfig) -> Result<Self> {
         if let Some(e) = &config.endpoint_url {
-            tidings_core::cloud::require_tls("aws.endpoint_url", e)?;
+            tidings_core::backend::cloud::require_tls("aws.endpoint_url", e)?;
         }
         for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"] {
             if let Ok(e) = std::env::var(var) {
-                tidings_core::cloud::require_tls(var, &e)?;
+                tidings_core::backend::cloud::require_tls(var, &e)?;
             }
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use tidings_core::Attributes;
 
-pub use tidings_core::time::{from_micros, micros};
-pub use tidings_core::wire::{WireMeta as Meta, META_ATTRIBUTE};
+pub use tidings_core::backend::time::{from_micros, micros};
+pub use tidings_core::backend::wire::{WireMeta as Meta, META_ATTRIBUTE};
 
 /// AWS allows 10 message attributes per message with raw delivery; one is tidings'.
 pub const MAX_USER_ATTRIBUTES: usize = 9;

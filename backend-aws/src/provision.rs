@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use aws_sdk_sqs::types::QueueAttributeName as Q;
 use serde_json::json;
+use tidings_core::backend::time::secs_ceil;
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
-use tidings_core::time::secs_ceil;
 use tidings_core::{Error, ErrorKind, Result, TopicConfig};
 
 use crate::config::Provisioning;

@@ -59,7 +59,7 @@ struct InFlight {
     poll: Option<Receiving>,
     sub: AwsSubscription,
     /// The caller's call-count scope (the poll runs within it), for the release.
-    scope: tidings_core::calls::Scope,
+    scope: tidings_core::backend::calls::Scope,
     /// Held until the poll ends, wherever it ends (`close` waits for it).
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -82,7 +82,7 @@ impl Drop for InFlight {
         // Without a runtime the poll cannot go on; it is cut (and its messages return after the ack deadline).
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (sub, permit) = (self.sub.clone(), self.permit.take());
-        rt.spawn(tidings_core::calls::scoped(self.scope.clone(), async move {
+        rt.spawn(tidings_core::backend::calls::scoped(self.scope.clone(), async move {
             if let Ok(orphaned) = poll.await {
                 if !orphaned.is_empty() {
                     sub.release(orphaned).await;
@@ -308,8 +308,8 @@ impl SubscriptionDriver for AwsSubscription {
         let permit = self.receiving.clone().acquire_owned().await.expect("the semaphore is never closed");
         let sub = self.clone();
         // The call-count scope of the caller's task, for the poll wherever it ends (see `InFlight`).
-        let scope = tidings_core::calls::Scope::current();
-        let poll = Box::pin(tidings_core::calls::scoped(scope.clone(), async move {
+        let scope = tidings_core::backend::calls::Scope::current();
+        let poll = Box::pin(tidings_core::backend::calls::scoped(scope.clone(), async move {
             let got = sub.read(&sub.res.queue_url, max, wait, None).await;
             got.map(|v| v.into_iter().map(|r| r.msg).collect::<Vec<_>>())
         }));

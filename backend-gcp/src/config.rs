@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tidings_core::{Error, Result};
 
-pub use tidings_core::cloud::Provisioning;
+pub use tidings_core::backend::cloud::Provisioning;
 
 /// Settings of the GCP backend.
 #[derive(Debug, Clone, Deserialize)]

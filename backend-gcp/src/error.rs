@@ -1,7 +1,7 @@
 //! Mapping Google client errors to tidings errors with a retryable flag.
 
 use google_cloud_pubsub::Error as GError;
-use tidings_core::cloud::Provisioning;
+use tidings_core::backend::cloud::Provisioning;
 use tidings_core::{Error, ErrorKind};
 
 /// gRPC codes worth retrying.

@@ -51,7 +51,7 @@ pub(crate) struct Shared {
     pub endpoint: Option<String>,
     pub base: BasePublisher,
     /// Requests tidings hands the client library, by operation (see the README's Observability section).
-    pub calls: Arc<tidings_core::calls::ApiCalls>,
+    pub calls: Arc<tidings_core::backend::calls::ApiCalls>,
     /// The REST client of publishes ([`publish`]) and dead-letter reads ([`dlq`]), or why there is none: made at the
     /// first call, not per topic or subscribe.
     rest: std::sync::OnceLock<std::result::Result<rest::Rest, String>>,
@@ -126,7 +126,7 @@ impl GcpBackend {
         let endpoint = config.endpoint.clone().or_else(|| emulator.as_ref().map(|h| format!("http://{h}")));
         if let Some(e) = &endpoint {
             let key = if config.endpoint.is_some() { "gcp.endpoint" } else { "PUBSUB_EMULATOR_HOST" };
-            tidings_core::cloud::require_tls(key, e)?;
+            tidings_core::backend::cloud::require_tls(key, e)?;
         }
         // Plain-text endpoints (the emulator) get anonymous credentials; real credentials need TLS anyway.
         let anonymous = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
@@ -140,7 +140,7 @@ impl GcpBackend {
             base: connect!(BasePublisher::builder(), &endpoint, anonymous),
             project,
             config,
-            calls: Arc::new(tidings_core::calls::ApiCalls::new("gcp")),
+            calls: Arc::new(tidings_core::backend::calls::ApiCalls::new("gcp")),
             rest: std::sync::OnceLock::new(),
         };
         Ok(Self { shared: Arc::new(shared), publishers: Arc::default(), subscriptions: Arc::default() })
@@ -247,7 +247,7 @@ impl Backend for GcpBackend {
         Ok(sub)
     }
 
-    fn api_calls(&self) -> Option<&tidings_core::calls::ApiCalls> {
+    fn api_calls(&self) -> Option<&tidings_core::backend::calls::ApiCalls> {
         Some(&self.shared.calls)
     }
 

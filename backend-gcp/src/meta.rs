@@ -1,7 +1,7 @@
 //! tidings metadata on Pub/Sub messages: one attribute (`tidings`).
 
-pub use tidings_core::time::{from_micros, micros};
-pub use tidings_core::wire::{WireMeta as Meta, META_ATTRIBUTE};
+pub use tidings_core::backend::time::{from_micros, micros};
+pub use tidings_core::backend::wire::{WireMeta as Meta, META_ATTRIBUTE};
 
 use tidings_core::trace::TraceContext;
 

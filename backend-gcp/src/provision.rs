@@ -6,8 +6,8 @@
 
 use google_cloud_pubsub::model::{DeadLetterPolicy, Subscription, Topic as GTopic};
 use google_cloud_wkt as wkt;
+use tidings_core::backend::time::secs_ceil;
 use tidings_core::backend::{SubscriptionSpec, TopicSpec};
-use tidings_core::time::secs_ceil;
 use tidings_core::{Error, ErrorKind, Result};
 
 use crate::config::Provisioning;

@@ -28,10 +28,10 @@ use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as GMessage;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{ShutdownBehavior, ShutdownToken};
+use tidings_core::backend::dedup::SeenIds;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, DeadLetters, OutgoingMessage, ReceivedMessage, SubscriptionDriver,
 };
-use tidings_core::dedup::SeenIds;
 use tidings_core::{Error, MessageId, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;

@@ -81,8 +81,8 @@ async fn raw_message(subscription: &str, topic: &str, wanted: impl Fn(&GMessage)
     .await
 }
 
-fn meta(m: &GMessage) -> Option<tidings_core::wire::WireMeta> {
-    m.attributes.get("tidings").and_then(|v| tidings_core::wire::WireMeta::decode(v))
+fn meta(m: &GMessage) -> Option<tidings_core::backend::wire::WireMeta> {
+    m.attributes.get("tidings").and_then(|v| tidings_core::backend::wire::WireMeta::decode(v))
 }
 
 /// Publishes the case with today's tidings and reads what Pub/Sub carries: on the topic, on the subscription's

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use tidings_core::backend::dedup::SeenIds;
+use tidings_core::backend::time::{from_micros, micros};
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage};
 use tidings_core::dead_letter::HeldLetter;
-use tidings_core::dedup::SeenIds;
-use tidings_core::time::{from_micros, micros};
 use tidings_core::trace::TraceContext;
 use tidings_core::{Attributes, DeadLetter, MessageId, SubscriptionConfig};
 use tokio::time::Instant;

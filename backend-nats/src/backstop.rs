@@ -22,7 +22,7 @@ struct Advisory {
 
 /// Listens until the returned task is aborted.
 pub fn start(s: Arc<Shared>, names: SubNames) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(tidings_core::calls::scoped(tidings_core::calls::Scope::current(), async move {
+    tokio::spawn(tidings_core::backend::calls::scoped(tidings_core::backend::calls::Scope::current(), async move {
         let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", names.topic.stream, names.consumer);
         let mut sub = match s.client.subscribe(subject.clone()).await {
             Ok(sub) => sub,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use tidings_core::cloud::Provisioning;
+pub use tidings_core::backend::cloud::Provisioning;
 
 /// Where JetStream keeps a stream's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

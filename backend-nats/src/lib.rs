@@ -36,7 +36,7 @@ pub use provision::{EXACTLY_ONCE_WINDOW, STREAM_RETENTION};
 /// Server round trips by operation (`PULL`, `PUBLISH.ACKS`, `FLUSH`, `STREAM.INFO`, ...): what the backend waits for.
 /// Messages written without waiting (publishes before their acks, acks before the flush) are not round trips of their
 /// own.
-pub use tidings_core::calls::ApiCalls as RoundTrips;
+pub use tidings_core::backend::calls::ApiCalls as RoundTrips;
 
 /// Bytes of the server's `max_payload` kept for headers: tidings' metadata, `Nats-Msg-Id`, and the header framing of
 /// each attribute (a dead-letter copy adds the reason, up to 1 KiB).

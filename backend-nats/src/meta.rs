@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use tidings_core::{Attributes, Error, Result};
 
-pub use tidings_core::time::{from_micros, micros};
-pub use tidings_core::wire::{WireMeta as Meta, META_ATTRIBUTE};
+pub use tidings_core::backend::time::{from_micros, micros};
+pub use tidings_core::backend::wire::{WireMeta as Meta, META_ATTRIBUTE};
 
 /// Headers a message may carry for the application (NATS has no count limit; they share `max_payload`).
 pub const MAX_USER_ATTRIBUTES: usize = 32;

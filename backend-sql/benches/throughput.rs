@@ -214,7 +214,7 @@ mod floor_pg {
 }
 
 fn micros() -> i64 {
-    tidings_core::time::micros(SystemTime::now())
+    tidings_core::backend::time::micros(SystemTime::now())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tidings_core::admin::{Admin, Check, SubscriptionResource, SubscriptionStats, TopicResource, Unknown};
+use tidings_core::backend::time::micros;
 use tidings_core::backend::SubscriptionSpec;
 use tidings_core::dead_letter::DeadLetters;
-use tidings_core::time::micros;
 use tidings_core::{Error, ErrorKind, Result};
 
 use crate::dead_letters::SqlDeadLetters;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use tidings_core::cloud::Provisioning;
+pub use tidings_core::backend::cloud::Provisioning;
 
 /// Default largest message, payload plus attributes: 10 MiB, as on the local bus.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use tidings_core::backend::time::micros;
 use tidings_core::backend::AckId;
 use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
-use tidings_core::time::micros;
 use tidings_core::{Error, Result};
 
 use crate::store::Store;

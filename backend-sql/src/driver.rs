@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tidings_core::backend::time::micros;
 use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver,
 };
 use tidings_core::dead_letter::DeadLetters;
-use tidings_core::time::micros;
 use tidings_core::{PublishReport, Result, SubscriptionConfig};
 use tokio::sync::Notify;
 use tokio::time::Instant;

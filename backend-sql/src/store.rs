@@ -124,8 +124,8 @@ impl DeadRow {
     pub fn into_held(self) -> Result<HeldLetter> {
         let (attributes, trace): (Attributes, _) = decode_attributes(&self.attributes)?;
         let attempts = self.attempts.clamp(0, i64::from(u32::MAX)) as u32;
-        let published = tidings_core::time::from_micros(self.publish_time);
-        let at = tidings_core::time::from_micros(self.dead_at.unwrap_or(0));
+        let published = tidings_core::backend::time::from_micros(self.publish_time);
+        let at = tidings_core::backend::time::from_micros(self.dead_at.unwrap_or(0));
         let letter = DeadLetter::new(
             self.id.into(),
             self.payload.into(),
@@ -153,7 +153,7 @@ macro_rules! impl_store {
             dedup: bool,
             batch: &[tidings_core::backend::OutgoingMessage],
         ) -> tidings_core::Result<()> {
-            let now = tidings_core::time::micros(std::time::SystemTime::now());
+            let now = tidings_core::backend::time::micros(std::time::SystemTime::now());
             // One statement per chunk: a statement per message was most of a publish's cost (a round trip each).
             for chunk in batch.chunks($crate::store::MESSAGES_PER_STATEMENT) {
                 let statement = sql.publish(chunk.len());
@@ -167,7 +167,7 @@ macro_rules! impl_store {
                         .bind(&m.payload[..])
                         .bind($crate::store::encode_attributes(&m.attributes, m.trace.as_ref())?)
                         .bind(m.ordering_key.as_deref())
-                        .bind(tidings_core::time::micros(m.publish_time));
+                        .bind(tidings_core::backend::time::micros(m.publish_time));
                 }
                 q.execute(&mut *conn).await.map_err(|e| $crate::error::db_error("publishing", e))?;
             }
@@ -184,7 +184,7 @@ macro_rules! impl_store {
                 use sqlx::Row;
                 use $crate::error::db_error;
                 if create {
-                    let now = tidings_core::time::micros(std::time::SystemTime::now());
+                    let now = tidings_core::backend::time::micros(std::time::SystemTime::now());
                     return sqlx::query_scalar(&self.sql.register)
                         .bind(topic)
                         .bind(name)
@@ -277,7 +277,7 @@ macro_rules! impl_store {
                             $crate::error::ack_id(seq, lease),
                             tidings_core::MessageId::from(id),
                             bytes::Bytes::from(payload),
-                            tidings_core::time::from_micros(published),
+                            tidings_core::backend::time::from_micros(published),
                             attempt,
                         )
                         .with_attributes(attributes)

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
+use crate::backend::calls::{self, Scope};
 use crate::backend::{Backend, BackendInfo, Capabilities, OutgoingMessage, TopicSpec};
-use crate::calls::{self, Scope};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Handler;
@@ -158,7 +158,7 @@ impl Bus {
     }
 
     /// The backend's API calls (or server round trips) so far, by operation, where it makes any.
-    pub fn api_calls(&self) -> Option<&crate::calls::ApiCalls> {
+    pub fn api_calls(&self) -> Option<&crate::backend::calls::ApiCalls> {
         self.inner.backend.api_calls()
     }
 

@@ -9,11 +9,8 @@
 pub mod admin;
 pub mod backend;
 mod bus;
-pub mod calls;
-pub mod cloud;
 pub mod config;
 pub mod dead_letter;
-pub mod dedup;
 mod error;
 pub mod handler;
 pub mod layer;
@@ -24,11 +21,9 @@ mod publish;
 pub mod retry;
 mod runtime;
 pub mod subscription;
-pub mod time;
 pub mod topic;
 pub mod topology;
 pub mod trace;
-pub mod wire;
 
 pub use backend::{Backend, Capabilities, PublishReport, SubscriptionDriver, TopicDriver};
 pub use bus::{Bus, BusBuilder};

@@ -11,11 +11,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::backend::time::jittered;
 use crate::backend::{Capabilities, OutgoingMessage, TopicDriver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::RESERVED_ATTRIBUTE_PREFIX;
 use crate::metrics::{PublishMetrics, Started};
-use crate::time::jittered;
 use crate::topic::TopicConfig;
 
 /// Attempts per message whose publish fails retryably (one budget per message, whichever batch carries it).

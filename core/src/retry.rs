@@ -1,13 +1,13 @@
 //! Retry policy: exponential backoff between attempts and the point where a message is dead-lettered; and the
-//! portable layer's retry of a backend call that failed transiently ([`call`]).
+//! portable layer's retry of a backend call that failed transiently (`call`).
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::time::jittered;
 use crate::error::{Error, Result};
-use crate::time::jittered;
 
 /// Attempts of one backend call that keeps failing retryably (see [`call`]).
 pub(crate) const CALL_ATTEMPTS: u32 = 4;

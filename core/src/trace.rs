@@ -8,7 +8,7 @@
 //!   current while the handler runs, so the handler's own events carry the message id, attempt and subscription.
 //!   Settle outcomes are events inside it (`tidings.settle` = `ack`, `nack`, `dead_letter`, `extend_lease`).
 //!
-//! Trace context travels inside tidings' own metadata ([`crate::wire::WireMeta::trace`] on the cloud backends, the
+//! Trace context travels inside tidings' own metadata ([`crate::backend::wire::WireMeta::trace`] on the cloud backends, the
 //! stored message in-process), never in an application attribute. Core has no OpenTelemetry dependency: a
 //! [`Propagator`] installed with [`set_propagator`] writes the context at publish and connects the consumer span to
 //! it; the facade's `opentelemetry` feature provides one backed by the global OpenTelemetry propagator. With no

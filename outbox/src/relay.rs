@@ -126,7 +126,7 @@ impl Relay {
                 match store.pending().await {
                     Ok((n, first)) => {
                         pending.set(n as f64);
-                        let now = tidings_core::time::micros(std::time::SystemTime::now());
+                        let now = tidings_core::backend::time::micros(std::time::SystemTime::now());
                         oldest.set(first.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6));
                     }
                     Err(e) => tracing::debug!(error = %e, "outbox relay: counting pending rows failed"),

@@ -1,8 +1,8 @@
 //! The outbox row: what is stored per message, and its conversion back to a prepared message.
 
 use bytes::Bytes;
+use tidings_core::backend::time::{from_micros, micros};
 use tidings_core::backend::OutgoingMessage;
-use tidings_core::time::{from_micros, micros};
 use tidings_core::{Attributes, Error, MessageId, Result, TopicConfig};
 
 /// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes

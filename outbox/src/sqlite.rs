@@ -125,7 +125,7 @@ impl Store for SqliteStore {
         if self.lease_until.lock().unwrap().is_some_and(|until| until > now + LEASE / 2) {
             return Ok(true);
         }
-        let now_us = tidings_core::time::micros(std::time::SystemTime::now());
+        let now_us = tidings_core::backend::time::micros(std::time::SystemTime::now());
         let done = sqlx::query(&self.lease)
             .bind(&self.owner)
             .bind(now_us + LEASE.as_micros() as i64)

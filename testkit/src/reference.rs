@@ -1,53 +1,40 @@
 //! The reference backend: a whole tidings backend in one file, in memory, written to be read before you write your
-//! own. (`tidings-local` is the in-memory bus tuned for speed; this one is tuned for reading.)
+//! own (`tidings-local` is the in-memory bus tuned for speed; this one is tuned for reading).
 //!
-//! # The model
+//! **The model.** A topic copies each message into each of its subscriptions; in a subscription's queue a message is
+//! *ready* (in publish order, by a sequence number given on arrival), *leased* (handed out under an ack token until a
+//! deadline, then ready again: a redelivery, one attempt more; a nack with a delay leases it to nobody until then) or
+//! *dead* (in the dead-letter queue with its reason). All state sits behind one `Mutex`; one [`Notify`], the *bell*,
+//! rings after each change that can make a message ready, and a waiting `receive` also wakes when a lease runs out.
 //!
-//! A topic copies each message into each of its subscriptions, and a subscription is a queue in which a message is
-//! - **ready**: waiting to be received, in publish order (each message gets a sequence number on arrival);
-//! - **leased**: handed out under an ack token until a deadline, after which it is ready again (a redelivery: each
-//!   delivery counts one attempt more). A message nacked with a delay is leased to nobody until the delay is over;
-//! - **dead**: in the subscription's dead-letter queue, with the reason, until redriven.
+//! **The contract, method by method.** A driver does one thing per call and never retries: core owns encoding,
+//! retries, backoff, concurrency, the dead-letter decision and lease extension, and calls these to carry them out.
+//! - [`Backend::capabilities`]: what the backend does natively, trusted by core: `ordering` and `exactly_once` here
+//!   (core would complete ordering otherwise), `nack_delay` (backoff handed to `nack`), `backlog`, the `max_*`
+//!   limits core checks and splits by, `atomic_publish` (one `publish` call is all or nothing: here, one lock).
+//! - [`Backend::topic`], [`Backend::subscription`]: create the resource, or return it with its messages.
+//! - `publish`: copies the batch into every subscription that exists now; exactly-once topics drop an id seen within
+//!   the retention.
+//! - `receive`: leases up to `max` ready messages, waiting up to `wait` for one. Ordered topics skip a message whose
+//!   key is held by a leased one, so a key has one message out and a redelivery (back in its place) goes first.
+//! - `ack` removes deliveries; a token whose lease ran out is ignored, so a late ack never removes a newer delivery.
+//!   `nack` returns them, at once or after a delay; `extend_lease` moves their deadline to `now + by`.
+//! - `dead_letter` moves deliveries to the dead-letter queue with their reason and attempt count;
+//!   `dead_letter_queue` hands that queue out as [`DeadLetters`]: `read` pages through it (a cursor is the last
+//!   letter's number), `restore` moves letters back (attempts from zero, trace context kept), `delete` drops them.
+//!   Core's one sweep drives it for `Subscription::redrive` and the operator.
+//! - `backlog`: messages not yet acked or dead-lettered.
 //!
-//! All state sits behind one `Mutex`, and one [`Notify`], the *bell*, rings after each change that can make a message
-//! ready, waking a waiting `receive` to look again. Nothing polls: a waiting receive also wakes when a lease runs out.
-//!
-//! # The contract, method by method
-//!
-//! A driver does one thing per call and never retries: the runtime in `tidings-core` owns encoding, retries,
-//! backoff, concurrency, the dead-letter decision and lease extension, and calls these methods to carry them out.
-//!
-//! - [`Backend::capabilities`]: what the backend does natively; the runtime trusts it. `ordering` and `exactly_once`
-//!   allow topics declared so; `nack_delay` hands backoff to `nack`; `backlog` enables `Subscription::backlog`; the
-//!   `max_*` limits check and split publishes; `atomic_publish` (one `publish` call is all or nothing: here, one lock)
-//!   sends a `publish_batch` in one call. No `bounded_backlog` (publishes that wait while a subscription is full).
-//! - [`Backend::topic`], [`Backend::subscription`]: create the resource, or return it with its messages (an
-//!   application subscribing again after a restart finds what was published meanwhile).
-//! - `TopicDriver::publish`: copies the batch into every subscription that exists now. On exactly-once topics, an
-//!   id the subscription accepted within its retention is dropped.
-//! - `SubscriptionDriver::receive`: leases up to `max` ready messages for the ack deadline, waiting up to `wait` for
-//!   one. On ordered topics it skips messages whose ordering key is held by a leased message: one message per key is
-//!   out at a time, and a redelivery (back in its place by sequence number) comes before later ones.
-//! - `ack`: removes deliveries. A token whose lease ran out is ignored (the message was handed out again), so a late
-//!   ack never removes a newer delivery, and an acked message is never delivered again.
-//! - `nack`: returns deliveries, at once or after a delay. `extend_lease`: moves their deadline to `now + by`.
-//! - `dead_letter`: moves deliveries to the dead-letter queue with their reason and attempt count.
-//!   `dead_letter_queue` hands out that queue as [`DeadLetters`]: `read` pages through it without removing anything
-//!   (a cursor is the last letter's number), `restore` moves letters back (attempts count from zero again, the
-//!   trace context kept), `delete` drops them. Core's one sweep drives it for `Subscription::redrive` and the operator.
-//! - `backlog`: messages not yet acked or dead-lettered (ready or leased).
-//!
-//! Left out: persistence (state lives as long as the [`Reference`] and its clones), retention expiry, the
-//! operator's [`Backend::admin`] and API call counting.
+//! Left out: persistence, retention expiry, the operator's [`Backend::admin`], API call counting.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tidings_core::backend::dedup::SeenIds;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionSpec, TopicSpec};
 use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
-use tidings_core::dedup::SeenIds;
 use tidings_core::{Backend, Capabilities, DeadLetter, Error, MessageId, PublishReport, Result, SubscriptionConfig};
 use tidings_core::{SubscriptionDriver, TopicDriver};
 use tokio::sync::Notify;
@@ -229,15 +216,12 @@ impl SubscriptionDriver for SubscriptionHandle {
 #[async_trait]
 impl DeadLetters for SubscriptionHandle {
     async fn read(&self, cursor: Option<&str>, max: usize) -> Result<LetterPage> {
-        let after: u64 =
-            cursor.map_or(Ok(0), |c| c.parse().map_err(|_| Error::invalid(format!("bad cursor {c:?}"))))?;
+        let after: u64 = cursor.map_or(Ok(0), |c| c.parse().map_err(|_| Error::invalid(format!("cursor {c:?}"))))?;
         let number = |h: &HeldLetter| if let AckId::Num(n) = h.handle { n } else { 0 };
-        let (letters, more) = self.queue(|q| {
-            let after: Vec<HeldLetter> = q.dead.iter().filter(|h| number(h) > after).cloned().collect();
-            (after.iter().take(max).cloned().collect::<Vec<_>>(), after.len() > max)
-        });
-        let next = letters.last().filter(|_| more).map(|h| number(h).to_string());
-        Ok(LetterPage::new(letters, next))
+        let mut later: Vec<HeldLetter> = self.queue(|q| q.dead.iter().filter(|h| number(h) > after).cloned().collect());
+        let next = (max > 0 && later.len() > max).then(|| number(&later[max - 1]).to_string());
+        later.truncate(max);
+        Ok(LetterPage::new(later, next))
     }
 
     async fn restore(&self, letters: Vec<HeldLetter>) -> Result<()> {

@@ -401,7 +401,7 @@ pub async fn delivery(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>, 
 pub fn assert_delivered(f: &Fixture, d: &Delivered) {
     let got = Decoded {
         id: d.meta.id.to_string(),
-        publish_time_us: tidings_core::time::micros(d.meta.publish_time),
+        publish_time_us: tidings_core::backend::time::micros(d.meta.publish_time),
         attributes: d.meta.attributes.clone(),
         ordering_key: d.meta.ordering_key.clone(),
         trace: d.trace.clone(),
@@ -422,7 +422,7 @@ pub fn assert_dead_letter(f: &Fixture, letters: &[DeadLetter]) {
         .unwrap_or_else(|| panic!("golden case {:?}: no dead letter {} among {letters:?}", f.case, f.decoded.id));
     let got = json!({
         "id": d.id.as_str(),
-        "publish_time_us": tidings_core::time::micros(d.publish_time),
+        "publish_time_us": tidings_core::backend::time::micros(d.publish_time),
         "attributes": d.attributes,
         "ordering_key": d.ordering_key,
         "payload": serde_json::from_slice::<Value>(&d.payload).unwrap(),
@@ -455,10 +455,10 @@ where
 
 /// Microseconds since the Unix epoch of `t`.
 pub fn micros(t: SystemTime) -> i64 {
-    tidings_core::time::micros(t)
+    tidings_core::backend::time::micros(t)
 }
 
 /// tidings' metadata in a raw attribute value (`id`, `ts`, ...).
-pub fn wire_meta(s: &str) -> tidings_core::wire::WireMeta {
-    tidings_core::wire::WireMeta::decode(s).unwrap_or_else(|| panic!("not tidings metadata: {s:?}"))
+pub fn wire_meta(s: &str) -> tidings_core::backend::wire::WireMeta {
+    tidings_core::backend::wire::WireMeta::decode(s).unwrap_or_else(|| panic!("not tidings metadata: {s:?}"))
 }

@@ -53,8 +53,8 @@ pub struct Capabilities {
     pub max_settle_batch: usize,
     /// Most attributes per message (tidings reserves none on the local bus).
     pub max_attributes: usize,
-    /// [`SubscriptionDriver::backlog`] reports how many messages wait (so `Subscription::backlog` is `Some` and
-    /// `Subscription::wait_idle` works); Pub/Sub cannot tell.
+    /// [`SubscriptionDriver::backlog`](super::SubscriptionDriver::backlog) reports how many messages wait (so
+    /// `Subscription::backlog` is `Some` and `Subscription::wait_idle` works); Pub/Sub cannot tell.
     pub backlog: bool,
     /// A subscription's backlog can be bounded ([`crate::SubscriptionConfig::max_backlog`]): publishes wait or fail
     /// at the limit. The in-memory bus; brokers keep backlogs on disk under their own limits.

@@ -35,7 +35,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
         None
     }
     /// The API calls (or server round trips) this backend counts, where it makes any.
-    fn api_calls(&self) -> Option<&crate::calls::ApiCalls> {
+    fn api_calls(&self) -> Option<&crate::backend::calls::ApiCalls> {
         None
     }
 }

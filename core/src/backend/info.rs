@@ -23,7 +23,7 @@ pub struct BackendInfo {
     /// Opening it provisions (the SQL backends create their tables), so `tidings doctor` always opens it with
     /// `provisioning = "verify"`.
     pub provisions_on_open: bool,
-    /// How the API operations it counts ([`crate::calls::ApiCalls`]) are billed, for the cost estimate; the first
+    /// How the API operations it counts ([`crate::backend::calls::ApiCalls`]) are billed, for the cost estimate; the first
     /// entry that matches an operation applies. Empty where calls have no price (the servers you run are the cost).
     pub pricing: &'static [Priced],
 }

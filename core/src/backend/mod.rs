@@ -14,19 +14,28 @@
 //! | `info.rs` | [`BackendInfo`]: its name, OpenTelemetry `messaging.system` and how its API calls are billed |
 //! | `admin.rs` | [`Admin`]: the operator's contract (CLI, dashboard) |
 //! | `check.rs`, `orphan.rs` | what `tidings doctor` and the inventory report |
+//! | `calls/` | [`calls::ApiCalls`]: counting a backend's API calls by operation, topic and subscription |
+//! | `cloud.rs` | [`cloud::Provisioning`]: create, verify or trust a cloud backend's resources |
+//! | `wire.rs`, `time.rs` | tidings' metadata on the wire, and the time conversions it uses |
+//! | `dedup.rs` | [`dedup::SeenIds`]: a time-windowed id set, for exactly-once where the broker lacks it |
 //!
 //! The test kit (`tidings-testkit`) holds a small reference backend written to be read, and the conformance suite
 //! every backend passes.
 
 pub mod admin;
+pub mod calls;
 mod capabilities;
 mod check;
+pub mod cloud;
 pub mod dead_letters;
+pub mod dedup;
 mod delivery;
 mod driver;
 mod info;
 mod orphan;
 mod spec;
+pub mod time;
+pub mod wire;
 
 pub use admin::Admin;
 pub use capabilities::Capabilities;

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BACKLOG, DEAD_LETTERS, OLDEST_UNACKED_AGE};
 use crate::admin::Admin;
+use crate::backend::calls::{scoped, Scope};
 use crate::backend::{SubscriptionDriver, SubscriptionSpec};
-use crate::calls::{scoped, Scope};
 
 /// How often the backlog gauges are sampled unless [`crate::BusBuilder::backlog_sample_interval`] says otherwise.
 pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(15);

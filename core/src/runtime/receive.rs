@@ -119,7 +119,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
                 wanted = 1;
                 if receiving.is_empty() {
                     tokio::select! {
-                        _ = tokio::time::sleep(crate::time::jittered(error_backoff)) => {},
+                        _ = tokio::time::sleep(crate::backend::time::jittered(error_backoff)) => {},
                         _ = cancel.cancelled() => break,
                     }
                     error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
