@@ -35,6 +35,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn wait(&self, timeout: Duration);
     /// Rows not yet relayed, and the insert time (microseconds since the Unix epoch) of the oldest.
     async fn pending(&self) -> Result<(u64, Option<i64>)>;
+    /// Gives up what `acquire` holds, at a graceful stop, so a standby relay takes over at once (SQLite: the lease).
+    async fn release(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The outbox relay lag histogram of `table`.
@@ -172,6 +176,9 @@ impl Relay {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if let Err(e) = self.store.release().await {
+            tracing::warn!(error = %e, "outbox relay: could not hand over its lease at shutdown; a standby waits for it to expire");
         }
     }
 }

@@ -95,6 +95,7 @@ impl Outbox<Sqlite> {
             delete: format!("DELETE FROM {t} WHERE topic = ? AND seq <= ?"),
             pending: format!("SELECT count(*) AS n, min(created_at) AS oldest FROM {t}"),
             lag: crate::relay::lag_histogram(t),
+            release: format!("UPDATE {t}_relay SET expires_at = 0 WHERE id = 1 AND owner = ?1"),
             lease: format!(
                 "INSERT INTO {t}_relay (id, owner, expires_at) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET \
                  owner = excluded.owner, expires_at = excluded.expires_at \
@@ -114,6 +115,8 @@ struct SqliteStore {
     claim: String,
     delete: String,
     lease: String,
+    /// Hands the lease over (a graceful stop).
+    release: String,
     pending: String,
     lag: metrics::Histogram,
 }
@@ -136,6 +139,16 @@ impl Store for SqliteStore {
         let held = done.rows_affected() == 1;
         *self.lease_until.lock().unwrap() = held.then_some(now + LEASE);
         Ok(held)
+    }
+
+    async fn release(&self) -> Result<()> {
+        *self.lease_until.lock().unwrap() = None;
+        sqlx::query(&self.release)
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("handing over the relay lease", e))?;
+        Ok(())
     }
 
     async fn relay_batch(

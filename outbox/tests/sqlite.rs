@@ -55,3 +55,30 @@ async fn one_active_relay_per_database_file() {
     let total = a.shutdown().await + b.shutdown().await;
     assert_eq!(total, 50, "shutdown returns each relay's final count");
 }
+
+/// A relay that shuts down hands its lease over, so a standby relays at once instead of after the lease expires
+/// (10 s): the lease row's expiry is in the past right after the shutdown, and the next relay takes the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_shut_down_hands_its_lease_over() {
+    let (outbox, faults, _users) = setup().await;
+    let t = support::topic::<support::Event>("handover", tidings_core::TopicConfig::at_least_once());
+    let a = outbox.relay().spawn();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    outbox.publish(&mut tx, &t, &support::Event { n: 1 }).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(support::eventually(10, || a.relayed() == 1).await, "the first relay took the lease and relayed");
+    a.shutdown().await;
+    let expires: i64 = sqlx::query_scalar(&format!("SELECT expires_at FROM {}_relay", outbox.table()))
+        .fetch_one(outbox.pool())
+        .await
+        .unwrap();
+    let now = tidings_core::backend::time::micros(std::time::SystemTime::now());
+    assert!(expires < now, "the lease was handed over at shutdown: it expires at {expires}, now is {now}");
+    let b = outbox.relay().spawn();
+    let mut tx = outbox.pool().begin().await.unwrap();
+    outbox.publish(&mut tx, &t, &support::Event { n: 2 }).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(support::eventually(10, || b.relayed() == 1).await, "the next relay took over");
+    assert_eq!(b.shutdown().await, 1);
+    assert_eq!(faults.total(), 2);
+}
