@@ -145,3 +145,7 @@ pub fn local() -> Bus {
 
 #[cfg(feature = "local")]
 pub mod testing;
+
+// The book's pages as doc tests (src/book.rs), with the features the test command builds.
+#[cfg(all(doctest, feature = "aws", feature = "gcp", feature = "nats", feature = "sqlite", feature = "postgres"))]
+mod book;
