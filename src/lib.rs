@@ -5,6 +5,8 @@
 //! (the in-memory bus, the default) and in the cloud.
 //!
 //! ```
+//! use std::time::Duration;
+//!
 //! use serde::{Deserialize, Serialize};
 //! use tidings::{Message, SubscriptionConfig, Topic, TopicConfig};
 //!
@@ -13,22 +15,31 @@
 //!
 //! pub static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
 //!
-//! # async fn demo() -> tidings::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tidings::Result<()> {
+//! // The backend the configuration names (tidings.toml, TIDINGS_* variables); with none, the in-memory bus.
 //! let bus = tidings::from_env().await?;
-//! bus.subscribe(&SIGNUPS, "email", SubscriptionConfig::default(), |m: Message<SignupEvent>| async move {
+//! let email = bus.subscribe(&SIGNUPS, "email", SubscriptionConfig::default(), |m: Message<SignupEvent>| async move {
 //!     println!("welcome, user {}", m.user_id);
-//!     Ok(())
+//!     Ok(()) // acks; an Err is retried with backoff, then moved to the subscription's dead-letter queue
 //! }).await?;
 //! SIGNUPS.publish(&bus, &SignupEvent { user_id: 42 }).await?;
+//! # assert!(email.wait_idle(Duration::from_secs(5)).await?, "the handler acked the signup");
+//! bus.shutdown(Duration::from_secs(5)).await; // handlers still running get up to 5 s to finish
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
+//!
+//! The book (`docs/book` in the repository) is the manual: concepts and the semantics table, configuration, one page
+//! per backend, the outbox, observability, the CLI, the dashboard and testing. Start with [`from_env`], [`Topic`],
+//! [`Bus::subscribe`], and `tidings::testing` (feature `local`, on by default) for a bus in an application's unit
+//! tests.
+#![deny(missing_docs)]
 
 pub use tidings_core::metrics;
 pub use tidings_core::topology;
 pub use tidings_core::trace;
 pub use tidings_core::{
-    admin, backend, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
+    admin, backend, book, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
     Attributes, Backend, Bus, BusBuilder, Capabilities, DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler,
     HandlerError, HandlerResult, Layer, Message, MessageId, Metadata, PublishOptions, Result, RetryPolicy, Settings,
     Subscription, SubscriptionConfig, SubscriptionOverride, Topic, TopicConfig, Topology, WhenFull,
@@ -146,6 +157,6 @@ pub fn local() -> Bus {
 #[cfg(feature = "local")]
 pub mod testing;
 
-// The book's pages as doc tests (src/book.rs), with the features the test command builds.
+// The book's pages as doc tests (src/book_pages.rs), with the features the test command builds.
 #[cfg(all(doctest, feature = "aws", feature = "gcp", feature = "nats", feature = "sqlite", feature = "postgres"))]
-mod book;
+mod book_pages;
