@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 /// Operate tidings topics, subscriptions and dead letters on the backend the configuration names (tidings.toml,
 /// TIDINGS_* and the cloud's own environment, exactly as the application reads them).
 #[derive(Debug, Parser)]
-#[command(name = "tidings", version, after_help = crate::exit::HELP)]
+#[command(name = "tidings", version, after_help = crate::exit::help())]
 pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

@@ -44,7 +44,15 @@ pub async fn run(cli: &Cli, a: &Doctor, json: bool) -> Outcome {
     report(&checks, json);
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if failed > 0 {
-        return Err(Failure::new(DOCTOR, format!("{failed} of {} check(s) failed", checks.len())));
+        let page = tidings::book::backend_page(&base.backend).unwrap_or(tidings::book::PRODUCTION);
+        return Err(Failure::new(
+            DOCTOR,
+            format!(
+                "{failed} of {} check(s) failed (permissions and provisioning: {})",
+                checks.len(),
+                tidings::book::url(page)
+            ),
+        ));
     }
     Ok(())
 }

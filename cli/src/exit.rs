@@ -24,6 +24,11 @@ pub const HELP: &str = "Exit codes: 0 done; 1 backend error; 2 bad arguments or 
 in-memory bus, which a separate process cannot reach); 4 not found; 5 not confirmed; 6 a doctor check failed; 130 interrupted (what was done \
 is printed).";
 
+/// `tidings --help`'s closing lines: the exit codes and where the manual is.
+pub fn help() -> String {
+    format!("{HELP}\n\nManual: {} (every command, with examples)", tidings::book::url(tidings::book::CLI))
+}
+
 /// A backend error's text as printed: without `verbose`, cut before the cloud SDK's debug dump that follows its
 /// sentence (` (DispatchFailure(…))`, ` (ServiceError(ServiceError { … }))`), with a pointer to --verbose.
 pub fn detail(text: &str, verbose: bool) -> String {

@@ -270,6 +270,10 @@ fn doctor(env: &Env, permissions: &[(&str, &str)], drift: Option<&str>) {
     std::fs::write(&path, topology.to_string()).unwrap();
     let out = env.run(&["--json", "doctor", "--topology", &file]);
     assert_eq!(out.status.code(), Some(6), "a failed check exits 6");
+    // The failure points to the backend's page in the manual (tidings' tests/book.rs checks the page exists).
+    let page = tidings::book::url(tidings::book::backend_page(env.backend()).unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&page), "doctor's failure names {page}: {stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let checks = v["checks"].as_array().unwrap();
     let find = |name: &str| checks.iter().find(|c| c["name"].as_str().unwrap().starts_with(name)).unwrap().clone();
@@ -539,4 +543,13 @@ fn the_in_memory_bus_is_refused_with_the_reason_and_what_to_use_instead() {
     let out = env.run(&["--backend", "nats-typo", "ls"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nats-typo"));
+}
+
+#[test]
+fn help_names_the_exit_codes_and_the_manual() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Exit codes: 0 done"), "{text}");
+    assert!(text.contains(&tidings::book::url(tidings::book::CLI)), "--help names the manual's CLI page: {text}");
 }

@@ -58,7 +58,18 @@ function showError(e) {
 async function loadOverview() {
   const o = await api("/api/overview");
   state.actions = o.actions;
-  document.getElementById("backend").textContent = `backend ${o.backend}, prefix "${o.name_prefix}"`;
+  const backend = document.getElementById("backend");
+  backend.replaceChildren("backend ");
+  if (o.manual.backend) {
+    const a = document.createElement("a");
+    a.href = o.manual.backend; a.target = "_blank"; a.rel = "noopener"; a.textContent = o.backend;
+    a.title = "this backend's page in the manual";
+    backend.append(a);
+  } else {
+    backend.append(o.backend);
+  }
+  backend.append(`, prefix "${o.name_prefix}"`);
+  document.getElementById("manual").href = o.manual.dashboard;
   document.getElementById("mode").textContent = o.actions ? "actions on" : "read-only";
   const body = document.querySelector("#topology tbody");
   body.replaceChildren();

@@ -83,13 +83,29 @@ struct Overview {
     #[serde(flatten)]
     inventory: tidings_core::admin::Inventory,
     figures: Figures,
+    /// The book's pages this page links to: the dashboard's and the backend's.
+    manual: Manual,
+}
+
+#[derive(Serialize)]
+struct Manual {
+    dashboard: String,
+    backend: Option<String>,
+}
+
+impl Manual {
+    fn for_backend(name: &str) -> Self {
+        use tidings_core::book;
+        Self { dashboard: book::url(book::DASHBOARD), backend: book::backend_page(name).map(book::url) }
+    }
 }
 
 async fn overview(axum::extract::State(s): axum::extract::State<Shared>) -> Response {
     match s.operator.inventory().await {
         Ok(inventory) => {
             let figures = s.sampler.figures(&inventory, s.metrics.as_ref(), s.operator.backend_info()).await;
-            Json(Overview { actions: s.actions, inventory, figures }).into_response()
+            let manual = Manual::for_backend(&inventory.backend);
+            Json(Overview { actions: s.actions, inventory, figures, manual }).into_response()
         }
         Err(e) => failure(e),
     }

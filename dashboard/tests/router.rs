@@ -83,6 +83,10 @@ async fn serves_the_embedded_page_and_the_in_memory_bus_read_only_by_default() {
     let v: serde_json::Value = serde_json::from_str(&overview).unwrap();
     assert_eq!(v["backend"], "local");
     assert_eq!(v["actions"], false);
+    // The page links to the manual: its own page and the backend's (tidings' tests/book.rs checks both exist).
+    assert_eq!(v["manual"]["dashboard"], tidings_core::book::url(tidings_core::book::DASHBOARD));
+    assert_eq!(v["manual"]["backend"], tidings_core::book::url("backends/in-memory.html"));
+    assert!(page.contains(r#"id="manual""#) && js.contains("o.manual.backend"));
     let sub = &v["topics"][0]["subscriptions"][0];
     assert_eq!((sub["name"].as_str(), sub["stats"]["dead_letters"].as_u64()), (Some("worker"), Some(4)));
     let (_, groups) = call(&app, get("/api/dlq/jobs/worker")).await;

@@ -101,6 +101,11 @@ pub fn nats() -> Env {
 }
 
 impl Env {
+    /// The backend this environment names (`TIDINGS_BACKEND`).
+    pub fn backend(&self) -> &str {
+        self.vars.iter().find(|(k, _)| k == "TIDINGS_BACKEND").map(|(_, v)| v.as_str()).expect("TIDINGS_BACKEND set")
+    }
+
     pub fn prefix(&self) -> &str {
         &self.vars.iter().find(|(k, _)| k == "TIDINGS_NAME_PREFIX").unwrap().1
     }
