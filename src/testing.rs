@@ -18,7 +18,7 @@
 //! # }
 //! ```
 //!
-//! Recording is a [`Layer`](crate::Layer) ([`Recording`]), so it wraps any backend:
+//! Recording is a [`Layer`] ([`Recording`]), so it wraps any backend:
 //! `Bus::builder(backend).layer(recording.clone())`.
 
 use std::collections::HashMap;

@@ -185,7 +185,7 @@ pub struct DashboardArgs {
     /// Also answers requests naming this host (repeatable): a name it is reached under, such as dash.example.com,
     /// dash.example.com:8443, .example.com (the domain and its subdomains) or * (any host: behind a proxy that
     /// checks Host). Otherwise only the listen address's names are answered (on loopback: localhost, 127.0.0.1 and
-    /// [::1] with the port), a guard against DNS rebinding.
+    /// the IPv6 loopback ::1, each with the port), a guard against DNS rebinding.
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<tidings::dashboard::AllowedHost>,
     /// Allows redrive and purge from the page.

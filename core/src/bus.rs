@@ -113,7 +113,8 @@ impl BusBuilder {
         self
     }
 
-    /// The bus.
+    /// The bus on the backend as the layers wrapped it, with these settings. Nothing is created on the backend yet:
+    /// a topic is provisioned when it is first published to or subscribed.
     pub fn build(self) -> Bus {
         let native = self.backend.capabilities();
         Bus {

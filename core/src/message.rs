@@ -231,12 +231,16 @@ impl PublishOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Adds an attribute.
+    /// Adds the attribute `key` = `value`: a string header a handler reads with [`Message::attribute`] and a plain
+    /// client sees as the broker's own attribute (SNS/SQS message attribute, Pub/Sub attribute, NATS header). Names
+    /// starting with `tidings` are refused at publish, as is more than the backend's
+    /// [`max_attributes`](crate::Capabilities::max_attributes).
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.insert(key.into(), value.into());
         self
     }
-    /// Sets the ordering key.
+    /// Sets the ordering key: on an ordered topic ([`TopicConfig::ordered`](crate::TopicConfig::ordered)), messages
+    /// sharing it are handled one at a time in publish order. A key on an unordered topic is refused at publish.
     pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
         self
@@ -282,17 +286,17 @@ impl Metadata {
     pub fn new(id: MessageId, publish_time: SystemTime, attempt: u32) -> Self {
         Self { id, publish_time, attempt, attributes: Attributes::new(), ordering_key: None }
     }
-    /// With these attributes.
+    /// The same metadata with `attributes` in place of any set before, as if the publisher had set them.
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
         self.attributes = attributes;
         self
     }
-    /// With one more attribute.
+    /// The same metadata with the attribute `key` = `value` added (replacing one of the same name).
     pub fn with_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.insert(key.into(), value.into());
         self
     }
-    /// With this ordering key.
+    /// The same metadata as if published with the ordering key `key` on an ordered topic.
     pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
         self
@@ -352,7 +356,7 @@ impl<T> Message<T> {
     pub fn ordering_key(&self) -> Option<&str> {
         self.meta.ordering_key.as_deref()
     }
-    /// One attribute.
+    /// The attribute `key` as the publisher set it ([`PublishOptions::attribute`]); `None` when it was not set.
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.meta.attributes.get(key).map(String::as_str)
     }

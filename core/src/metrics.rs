@@ -1,4 +1,4 @@
-//! tidings' metrics, through the [`metrics`](::metrics) facade: whichever recorder the application installs
+//! tidings' metrics, through the [`metrics`] facade: whichever recorder the application installs
 //! (Prometheus, OpenTelemetry, ...) receives them; with none installed they cost next to nothing. Names, units and
 //! labels are listed in the README's Observability section; the constants below are the names.
 //!

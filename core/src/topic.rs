@@ -25,11 +25,15 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    /// At-least-once, unordered.
+    /// At-least-once, unordered: every subscription gets each message at least once (a redelivery after a crash or
+    /// an expired lease can repeat it), with no order between messages. The default choice; handlers must be
+    /// idempotent.
     pub const fn at_least_once() -> Self {
         Self { delivery: DeliveryGuarantee::AtLeastOnce, ordered: false }
     }
-    /// Exactly-once, unordered.
+    /// Exactly-once, unordered: a message published twice under the same id (an outbox relay's retry) is delivered
+    /// once per subscription within the backend's de-duplication window (SNS/SQS: 5 minutes, on FIFO topics and
+    /// queues), and a handler's ack is final; see [`DeliveryGuarantee::ExactlyOnce`].
     pub const fn exactly_once() -> Self {
         Self { delivery: DeliveryGuarantee::ExactlyOnce, ordered: false }
     }
@@ -76,11 +80,12 @@ impl<T> Topic<T> {
     pub const fn new(name: &'static str, config: TopicConfig) -> Self {
         Self { name, config, _message: PhantomData }
     }
-    /// The logical name.
+    /// The name used in code and configuration; the backend's resource name is derived from it (name prefix and
+    /// `[names]` override applied).
     pub const fn name(&self) -> &'static str {
         self.name
     }
-    /// The settings.
+    /// The delivery guarantee and ordering it was declared with.
     pub const fn config(&self) -> TopicConfig {
         self.config
     }

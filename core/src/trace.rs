@@ -36,7 +36,8 @@ impl TraceContext {
         self.0.get(key).map(String::as_str)
     }
 
-    /// Every field.
+    /// Every field the propagator wrote at publish (W3C: `traceparent`, and `tracestate` when set): what a consumer
+    /// hands back to its propagator to continue the trace.
     pub fn fields(&self) -> &BTreeMap<String, String> {
         &self.0
     }

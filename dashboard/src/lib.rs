@@ -4,11 +4,33 @@
 //! Embed it in an application, where it also serves the in-memory bus (it reads the subscriptions running on the
 //! bus):
 //!
-//! ```no_run
-//! # async fn demo(bus: tidings_core::Bus) {
+//! ```
+//! # use std::sync::Arc;
+//! # use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! # let bus = Bus::new(Arc::new(tidings_local::LocalBackend::new()));
+//! # let orders: Topic<u32> = Topic::new("orders", TopicConfig::at_least_once());
+//! # let handler = |_: Message<u32>| async { Ok(()) };
+//! # let _billing = bus.subscribe(&orders, "billing", SubscriptionConfig::default(), handler).await.unwrap();
 //! let app = tidings_dashboard::Dashboard::new(bus).allow_actions(true).router();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7878").await.unwrap();
-//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap();
+//! // The application's own routes can sit beside it: `axum::Router::new().route(...).merge(app)`.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?; // port 0: any free port
+//! println!("dashboard on http://{}/", listener.local_addr()?);
+//! # let addr = listener.local_addr()?;
+//! # let shutdown = async move {
+//! #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! #     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+//! #     c.write_all(b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+//! #     let mut answer = String::new();
+//! #     c.read_to_string(&mut answer).await.unwrap();
+//! #     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("billing"), "{answer}");
+//! # };
+//! // `shutdown`: a future that completes when the application stops (a signal, say).
+//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//!     .with_graceful_shutdown(shutdown)
+//!     .await?;
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -5,23 +5,42 @@
 //! row is written and reused on every relay retry, so exactly-once topics de-duplicate a republish after a relay
 //! crash.
 //!
-//! ```no_run
+//! ```
+//! # use std::time::Duration;
 //! # use serde::{Deserialize, Serialize};
-//! # use tidings::{Topic, TopicConfig};
+//! # use tidings::{Message, SubscriptionConfig, Topic, TopicConfig};
 //! # #[derive(Serialize, Deserialize)] struct SignupEvent { user_id: i64 }
 //! # static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
-//! # async fn demo(bus: tidings::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let file = std::env::temp_dir().join(format!("tidings-outbox-doc-{}.db", std::process::id()));
+//! # let url = format!("sqlite://{}?mode=rwc", file.display());
 //! use tidings_outbox::Outbox;
-//! let pool = sqlx::SqlitePool::connect("sqlite://app.db?mode=rwc").await?;
+//!
+//! let bus = tidings::local(); // an application: tidings::from_env().await?
+//! # let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! # bus.subscribe(&SIGNUPS, "email", SubscriptionConfig::default(), move |m: Message<SignupEvent>| {
+//! #     let seen = seen.clone();
+//! #     async move { seen.send(m.user_id).map_err(tidings::HandlerError::retry) }
+//! # }).await?;
+//! let pool = sqlx::SqlitePool::connect(&url).await?; // such as "sqlite://app.db?mode=rwc"
+//! # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY)").execute(&pool).await?;
 //! let outbox = Outbox::new(pool.clone(), bus);
 //! outbox.migrate().await?;
-//! let relay = outbox.relay().spawn();          // or run it in a separate process
+//! let relay = outbox.relay().spawn(); // or run it in a separate process
 //!
 //! let mut tx = pool.begin().await?;
 //! sqlx::query("INSERT INTO users (id) VALUES (1)").execute(&mut *tx).await?;
 //! outbox.publish(&mut tx, &SIGNUPS, &SignupEvent { user_id: 1 }).await?;
-//! tx.commit().await?;                           // the event is relayed once this commits
-//! # let relayed: u64 = relay.shutdown().await; Ok(()) }
+//! tx.commit().await?; // the event is relayed once this commits
+//! # assert_eq!(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?, Some(1));
+//!
+//! let relayed: u64 = relay.shutdown().await; // finishes the batch in flight
+//! # assert_eq!(relayed, 1);
+//! # pool.close().await;
+//! # for end in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{end}", file.display())); }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! PostgreSQL: several relays share the work (`FOR UPDATE SKIP LOCKED` on each topic's oldest row, so one relay owns a

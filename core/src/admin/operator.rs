@@ -28,11 +28,13 @@ pub struct Operator {
 /// Every topic and subscription the operator can see, with figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
-    /// Backend name.
+    /// The backend's name (`local`, `aws`, `gcp`, `nats`, `sqlite`, `postgres`).
     pub backend: String,
-    /// Name prefix in force.
+    /// The [`name_prefix`](crate::Settings::name_prefix) the listing was made under: only resources whose names
+    /// start with it are listed, so one account can hold several environments (`dev-`, `prod-`) apart.
     pub name_prefix: String,
-    /// Topics by name.
+    /// The topics the backend lists under the prefix, plus those declared on this bus but not provisioned yet (all of
+    /// them, on the in-memory bus), sorted by name.
     pub topics: Vec<TopicEntry>,
     /// Figures the backend cannot tell, with the reason.
     pub unknown: Vec<UnknownField>,
@@ -45,7 +47,8 @@ pub struct Inventory {
 pub struct UnknownField {
     /// Field of [`SubscriptionStats`] (or `rates`).
     pub field: &'static str,
-    /// Why.
+    /// Why the backend cannot tell it, such as "the in-memory bus keeps no publish-time index"; shown where the
+    /// figure would be.
     pub reason: &'static str,
 }
 
@@ -54,22 +57,25 @@ pub struct UnknownField {
 pub struct TopicEntry {
     /// Logical name (the resource name when it does not follow the naming scheme).
     pub name: String,
-    /// Cloud resource name.
+    /// The backend's name for it (the name prefix and any `[names]` override applied): what its console, its own
+    /// client or `tidings ls` shows.
     pub resource: String,
-    /// `at-least-once` / `exactly-once`, where known.
+    /// `at-least-once` / `exactly-once`: as declared on this bus, else as its resource shows; `None` when neither
+    /// tells (a backend that keeps no such setting on the resource).
     pub delivery: Option<crate::topology::Delivery>,
-    /// Ordered, where known.
+    /// Whether ordering keys are honoured, known the same way as [`TopicEntry::delivery`].
     pub ordered: Option<bool>,
-    /// Subscriptions.
+    /// Its subscriptions, sorted by name, each with its figures.
     pub subscriptions: Vec<SubscriptionEntry>,
 }
 
 /// A subscription in an [`Inventory`].
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriptionEntry {
-    /// Logical name.
+    /// The name used in code (`bus.subscribe(&TOPIC, "billing", ...)`), recovered from the resource name by the
+    /// naming scheme; the resource name itself when it does not follow the scheme.
     pub name: String,
-    /// Cloud resource name.
+    /// The backend's name for it (prefix and overrides applied), such as `dev-orders--billing` for an SQS queue.
     pub resource: String,
     /// Its dead-letter queue's resource name.
     pub dead_letter_resource: Option<String>,
@@ -99,7 +105,7 @@ impl Operator {
         Self { bus: bus.clone(), admin: bus.backend().admin() }
     }
 
-    /// The bus.
+    /// The bus this operator reads and acts through (its settings name the resources).
     pub fn bus(&self) -> &Bus {
         &self.bus
     }

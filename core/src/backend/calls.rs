@@ -108,7 +108,7 @@ impl ApiCalls {
         self.counts.lock().unwrap().clone()
     }
 
-    /// All calls so far.
+    /// Calls so far, all operations together (the sum of [`ApiCalls::snapshot`]).
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

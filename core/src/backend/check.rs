@@ -19,7 +19,7 @@ pub enum Status {
 pub struct Check {
     /// What was checked, such as `permissions: dead-letter topic dev-orders--billing-dlq`.
     pub name: String,
-    /// The outcome.
+    /// Whether it passed, failed or was skipped; `tidings doctor` exits non-zero when any check failed.
     pub status: Status,
     /// Why: what was found, or why it was not checked.
     pub detail: String,

@@ -21,19 +21,20 @@ use crate::trace::TraceContext;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadLetter {
-    /// Message id.
+    /// The id it was published with; a redrive publishes it again under the same id, into this subscription only.
     pub id: MessageId,
     /// Encoded payload, as published.
     pub payload: Bytes,
     /// Attributes, as published.
     pub attributes: Attributes,
-    /// Ordering key.
+    /// The ordering key it was published with, on an ordered topic.
     pub ordering_key: Option<String>,
-    /// When it was published.
+    /// When it was first published (not when it was dead-lettered).
     pub publish_time: SystemTime,
     /// Deliveries made before it was dead-lettered.
     pub attempts: u32,
-    /// The last error.
+    /// Why it was dead-lettered: the last failure's text, such as the handler's error, `handler panicked: ...`, or
+    /// `poison message: payload cannot be decoded as ...`. The dashboard and `tidings dlq` group letters by it.
     pub reason: String,
     /// When it was dead-lettered.
     pub dead_lettered_at: SystemTime,
@@ -60,12 +61,12 @@ impl DeadLetter {
             dead_lettered_at,
         }
     }
-    /// With these attributes.
+    /// The same letter with the attributes it was published with.
     pub fn with_attributes(mut self, attributes: Attributes) -> Self {
         self.attributes = attributes;
         self
     }
-    /// With this ordering key.
+    /// The same letter with the ordering key it was published with (`None`: unordered).
     pub fn with_ordering_key(mut self, key: Option<String>) -> Self {
         self.ordering_key = key;
         self
@@ -83,7 +84,7 @@ impl DeadLetter {
 pub struct HeldLetter {
     /// The backend's handle of this copy (a receipt handle, an ack id, a sequence or row number).
     pub handle: AckId,
-    /// The dead letter.
+    /// The letter as the operator sees it (id, payload, reason, attempts, times).
     pub letter: DeadLetter,
     /// The trace context the message carried, for its restored copy.
     pub trace: Option<TraceContext>,

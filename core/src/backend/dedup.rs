@@ -48,7 +48,7 @@ impl<K: Hash + Eq + Clone> SeenIds<K> {
         }
     }
 
-    /// Ids remembered.
+    /// How many ids are remembered (seen within the window, as of the last [`expire`](Self::expire)).
     pub fn len(&self) -> usize {
         self.seen.len()
     }

@@ -15,13 +15,16 @@ use crate::trace::TraceContext;
 pub struct OutgoingMessage {
     /// Assigned by tidings; reused when the same message is published again.
     pub id: MessageId,
-    /// Encoded payload.
+    /// The payload as encoded at publish: the backend stores these bytes and hands them back unchanged.
     pub payload: Bytes,
-    /// Attributes.
+    /// The application's attributes, already checked against the backend's
+    /// [`max_attributes`](super::Capabilities::max_attributes) and the reserved `tidings` prefix; every delivery must
+    /// return them as they are.
     pub attributes: Attributes,
-    /// Ordering key.
+    /// The ordering key on an ordered topic (`None` on others): a backend with native ordering delivers a key's
+    /// messages one at a time in publish order; otherwise core's sequencer does.
     pub ordering_key: Option<Arc<str>>,
-    /// Publish time.
+    /// When it was published (for an outbox row, when the row was written); every delivery reports it unchanged.
     pub publish_time: SystemTime,
     /// Trace context captured at publish (or when an outbox row was written), to carry in tidings' own metadata.
     pub trace: Option<TraceContext>,
@@ -94,15 +97,15 @@ pub enum AckId {
 pub struct ReceivedMessage {
     /// Token for settling this delivery.
     pub ack_id: AckId,
-    /// Message id.
+    /// The id given at publish (read back from tidings' metadata; a foreign producer's message gets the broker's id).
     pub id: MessageId,
     /// Encoded payload, as published.
     pub payload: Bytes,
     /// Attributes, as published.
     pub attributes: Attributes,
-    /// Ordering key.
+    /// The ordering key given at publish, on an ordered topic.
     pub ordering_key: Option<Arc<str>>,
-    /// Publish time.
+    /// When it was published: the time tidings recorded at publish, or the broker's for a foreign producer's message.
     pub publish_time: SystemTime,
     /// Delivery attempt, 1 for the first delivery.
     pub attempt: u32,

@@ -96,7 +96,7 @@ pub struct Priced {
     pub operation: &'static str,
     /// The billed service, as the price list names it (`SNS`, `SQS`, `Pub/Sub`).
     pub service: &'static str,
-    /// What is billed.
+    /// The unit the price applies to (per request, per byte, free, ...), so a cost estimate can multiply counters.
     pub billed: Billed,
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 pub struct Orphan {
     /// What it is, such as `dead-letter topic`, `dead-letter subscription`, `dead-letter queue`.
     pub kind: String,
-    /// Its resource name.
+    /// Its resource name, as the backend's console shows it; `tidings doctor` lists it with [`Orphan::describe`].
     pub resource: String,
     /// The resource name of the subscription it belonged to (gone).
     pub subscription: String,

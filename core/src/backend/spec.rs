@@ -16,7 +16,7 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// A topic spec.
+    /// The spec of the topic `name` (as in code), stored by the backend as `resource`, declared with `config`.
     pub fn new(name: impl Into<String>, resource: impl Into<String>, config: TopicConfig) -> Self {
         Self { name: name.into(), resource: resource.into(), config }
     }
@@ -26,7 +26,7 @@ impl TopicSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionSpec {
-    /// The topic it belongs to.
+    /// The topic it receives from: a backend creates or finds the subscription's resources on that topic's.
     pub topic: TopicSpec,
     /// Logical name used in code.
     pub name: String,
@@ -37,7 +37,7 @@ pub struct SubscriptionSpec {
 }
 
 impl SubscriptionSpec {
-    /// A subscription spec.
+    /// The spec of the subscription `name` on `topic`, stored by the backend as `resource`, with `config` in force.
     pub fn new(
         topic: TopicSpec,
         name: impl Into<String>,

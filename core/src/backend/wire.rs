@@ -10,7 +10,7 @@ pub const META_ATTRIBUTE: &str = "tidings";
 /// tidings' metadata on the wire, JSON in the `tidings` attribute. Messages from foreign producers have none.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireMeta {
-    /// tidings message id.
+    /// The tidings message id, which survives redelivery, redrive and relay (exactly-once topics de-duplicate by it).
     pub id: String,
     /// Publish time, microseconds since the Unix epoch.
     pub ts: i64,
@@ -36,7 +36,8 @@ pub struct WireMeta {
 }
 
 impl WireMeta {
-    /// The attribute value.
+    /// The value of the [`META_ATTRIBUTE`] attribute: this metadata as compact JSON, such as
+    /// `{"id":"01...","ts":1717000000000000}` (absent fields left out).
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("metadata serializes")
     }
