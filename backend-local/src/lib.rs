@@ -103,6 +103,10 @@ impl LocalBackend {
         caps.max_attributes = 100;
         caps.backlog = true;
         caps.bounded_backlog = true;
+        // Delayed messages wait in each subscription's delay heap (the one its nack delays use).
+        caps.delay = true;
+        caps.max_native_delay = Duration::MAX;
+        caps.max_delay = Duration::MAX;
         Self { caps, max_backlog: config.max_backlog.max(1), topics: Arc::default() }
     }
 
@@ -308,6 +312,18 @@ impl TopicDriver for LocalTopic {
             last.notify.notify_waiters();
         }
         Some(Ok(()))
+    }
+
+    async fn cancel(&self, id: &tidings_core::MessageId) -> Result<bool> {
+        let subs = self.subs.read().unwrap().clone();
+        let mut removed = false;
+        for s in subs {
+            if s.queue().cancel(id) {
+                removed = true;
+                s.space.made();
+            }
+        }
+        Ok(removed)
     }
 }
 

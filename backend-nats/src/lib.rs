@@ -162,6 +162,9 @@ impl Backend for NatsBackend {
         c.concurrent_receives = 1;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
+        // Delayed delivery is held by core (message schedules need server 2.12): a `Nak` with the time left (any
+        // length; capped at a day so a hold is checked again daily), then a copy addressed to the consumer when due.
+        c.max_nack_delay = std::time::Duration::from_secs(24 * 3600);
         c
     }
 

@@ -243,6 +243,49 @@ impl SubscriptionDriver for NatsSubscription {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Delayed delivery at its due time: each copy is published to the topic's stream addressed to this
+    /// subscription's consumer (the others ack and skip it) under a fresh `Nats-Msg-Id`, as a dead-letter restore
+    /// publishes its copies; then the deliveries whose copies were stored are acked.
+    async fn requeue(&self, messages: Vec<ReceivedMessage>) -> Result<()> {
+        let names = &self.names;
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let key = m.ordering_key.as_deref().map(str::to_string);
+            let meta = crate::meta::Meta {
+                id: m.id.to_string(),
+                ts: crate::meta::micros(m.publish_time),
+                key: key.clone(),
+                target: Some(names.consumer.clone()),
+                trace: m.trace.clone(),
+                ..Default::default()
+            };
+            let dedup = format!("{}-due-{}", m.id, uuid::Uuid::now_v7().simple());
+            let subject = names.topic.subject(key.as_deref());
+            let headers = crate::meta::headers(&dedup, &meta, &m.attributes);
+            acks.push(self.s.js.publish_with_headers(subject, headers, m.payload.clone()).await);
+        }
+        self.s.calls.count("PUBLISH.ACKS");
+        let mut stored = Vec::with_capacity(messages.len());
+        let mut first_err = None;
+        for (m, ack) in messages.iter().zip(acks) {
+            let fail = |e| dlq::js_err("due-time copy publish", &names.topic.stream, e);
+            match ack.map_err(fail) {
+                Ok(pending) => match pending.await.map_err(fail) {
+                    Ok(_) => stored.push(m.ack_id.clone()),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                },
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if self.exactly_once {
+            ack_sync(&self.s, &stored).await?;
+        } else {
+            send(&self.s, "ack", bodies(&stored, b"+ACK")).await?;
+        }
+        self.done(&stored);
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         Some(Arc::new(self.queue()))
     }

@@ -432,7 +432,7 @@ impl Bus {
         if let Some(id) = &options.id {
             crate::message::validate_custom_id(id)?;
         }
-        let out = OutgoingMessage::new(
+        let mut out = OutgoingMessage::new(
             options.id.unwrap_or_else(|| MessageId::generate_at(now)),
             encode(message)?,
             options.attributes,
@@ -441,7 +441,73 @@ impl Bus {
         )
         .with_trace(trace);
         self.validate(topic.name(), topic.config(), &out)?;
+        if let Some(at) = options.deliver_at {
+            self.schedule(topic.name(), at, now, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// Makes `out` due at `at`: nothing when `at` is not in the future (it delivers at once); a delay beyond the
+    /// topic's retention limit is refused naming both; on a backend without native delay the due time goes into the
+    /// [`DELIVER_AT_ATTRIBUTE`](crate::backend::wire::DELIVER_AT_ATTRIBUTE) attribute (which must fit the attribute
+    /// limit beside the application's).
+    fn schedule(&self, name: &str, at: SystemTime, now: SystemTime, out: &mut OutgoingMessage) -> Result<()> {
+        use crate::backend::wire::{format_deliver_at, DELIVER_AT_ATTRIBUTE};
+        let Ok(delay) = at.duration_since(now) else { return Ok(()) };
+        if delay.is_zero() {
+            return Ok(());
+        }
+        let (limit, what) = self.delay_limit(name);
+        if delay > limit {
+            return Err(Error::invalid(format!(
+                "deliver_at {} on topic {name:?} is {} from now, beyond {}: {what}; a delayed message must be \
+                 delivered within it",
+                format_deliver_at(at),
+                humantime::format_duration(Duration::from_secs(crate::backend::time::secs_ceil(delay))),
+                humantime::format_duration(limit),
+            )));
+        }
+        out.deliver_at = Some(at);
+        if self.inner.native.delay {
+            return Ok(());
+        }
+        if out.attributes.len() + 1 > self.inner.caps.max_attributes {
+            return Err(Error::invalid(format!(
+                "delayed message on topic {name:?} has {} attributes; with the due time's {DELIVER_AT_ATTRIBUTE:?} \
+                 attribute the {} backend allows at most {} of the application's",
+                out.attributes.len(),
+                self.backend_name(),
+                self.inner.caps.max_attributes.saturating_sub(1)
+            )));
+        }
+        out.attributes.insert(DELIVER_AT_ATTRIBUTE.to_string(), format_deliver_at(at));
+        Ok(())
+    }
+
+    /// The longest delay a publish to topic `name` may ask for, and what sets it: the backend's retention ceiling
+    /// ([`Capabilities::max_delay`]) or the shortest message retention of this bus's subscriptions to the topic.
+    fn delay_limit(&self, name: &str) -> (Duration, String) {
+        let mut limit = (
+            self.inner.native.max_delay,
+            format!("the longest the {} backend keeps a message (Capabilities::max_delay)", self.backend_name()),
+        );
+        for r in self.runners().iter().filter(|r| r.spec.topic.name == name) {
+            if r.spec.config.message_retention < limit.0 {
+                limit = (
+                    r.spec.config.message_retention,
+                    format!("the message_retention of subscription {:?}", r.spec.name),
+                );
+            }
+        }
+        limit
+    }
+
+    /// Cancels the scheduled message `id` of `topic` (published with a due time not reached yet) in every
+    /// subscription: `Ok(true)` when it was removed, `Ok(false)` when none waits. `ErrorKind::Unsupported` on backends
+    /// that cannot (those without native delay).
+    pub(crate) async fn cancel<T>(&self, topic: &Topic<T>, id: &MessageId) -> Result<bool> {
+        self.check_open()?;
+        self.publisher(topic.name(), topic.config()).await?.cancel(id).await
     }
 
     fn validate(&self, name: &str, config: TopicConfig, m: &OutgoingMessage) -> Result<()> {
@@ -560,5 +626,13 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Topic<T> {
         T: 'a,
     {
         bus.publish_batch(self, messages).await
+    }
+
+    /// Cancels a scheduled message (published with [`PublishOptions::deliver_at`] or
+    /// [`PublishOptions::deliver_after`], not yet due) in every subscription: `Ok(true)` when it was removed,
+    /// `Ok(false)` when none waits (unknown id, already due or delivered). Where the backend keeps delayed messages
+    /// itself (in-memory, SQL); elsewhere an error of kind [`ErrorKind::Unsupported`].
+    pub async fn cancel(&self, bus: &Bus, id: &MessageId) -> Result<bool> {
+        bus.cancel(self, id).await
     }
 }

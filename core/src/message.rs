@@ -209,6 +209,9 @@ pub struct PublishOptions {
     /// `MessageDeduplicationId` allows no more). Exactly-once topics drop a second message with the same id within
     /// the backend's de-duplication window.
     pub id: Option<MessageId>,
+    /// Deliver to no subscription before this time ([`PublishOptions::deliver_at`], [`PublishOptions::deliver_after`]);
+    /// `None`, or a time already past at publish, delivers at once.
+    pub deliver_at: Option<SystemTime>,
 }
 
 /// Longest custom message id.
@@ -249,6 +252,24 @@ impl PublishOptions {
     pub fn id(mut self, id: MessageId) -> Self {
         self.id = Some(id);
         self
+    }
+    /// Delivers the message to no subscription before `at`: the publish returns (with the id) as soon as the backend
+    /// has accepted it, and each subscription's handler gets it at `at` or shortly after. A time in the past delivers
+    /// at once; one beyond the backend's or the subscriptions' message retention is refused, naming both.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tidings::PublishOptions;
+    /// let at = SystemTime::now() + Duration::from_secs(3600);
+    /// assert_eq!(PublishOptions::new().deliver_at(at).deliver_at, Some(at));
+    /// ```
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver_at = Some(at);
+        self
+    }
+    /// Delivers the message `delay` from now ([`PublishOptions::deliver_at`] of now plus `delay`).
+    pub fn deliver_after(self, delay: std::time::Duration) -> Self {
+        self.deliver_at(SystemTime::now() + delay)
     }
 }
 

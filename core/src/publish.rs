@@ -89,6 +89,11 @@ impl Publisher {
         outcome
     }
 
+    /// Cancels a scheduled message through the driver ([`TopicDriver::cancel`]).
+    pub(crate) async fn cancel(&self, id: &crate::MessageId) -> Result<bool> {
+        self.parts.driver.cancel(id).await
+    }
+
     /// Publishes a batch in chunks the backend takes (the whole batch in one call where the backend takes any batch
     /// all or nothing, [`Capabilities::atomic_publish`]); `Ok` once every message was accepted, otherwise the first
     /// message's error (the others may or may not have been accepted, unless the batch was one atomic call).

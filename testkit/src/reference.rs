@@ -23,6 +23,9 @@
 //!   `dead_letter_queue` hands that queue out as [`DeadLetters`]: `read` pages through it (a cursor is the last
 //!   letter's number), `restore` moves letters back (attempts from zero, trace context kept), `delete` drops them.
 //!   Core's one sweep drives it for `Subscription::redrive` and the operator.
+//! - Delayed delivery (`delay`, native here): a message published with a due time waits in the queue's *scheduled*
+//!   list and is enqueued (given its sequence number, so it takes its place in its key's order) when due; `cancel`
+//!   removes it from there. Backends that cannot keep it themselves leave `delay` off and core holds it instead.
 //! - `backlog`: messages not yet acked or dead-lettered.
 //!
 //! Left out: persistence, retention expiry, the operator's [`Backend::admin`], API call counting.
@@ -72,6 +75,7 @@ impl Backend for Reference {
             (true, true, true, true, true);
         caps.max_message_size = 1024 * 1024;
         (caps.max_publish_batch, caps.max_receive_batch, caps.max_attributes) = (1000, 100, 100);
+        (caps.delay, caps.max_native_delay, caps.max_delay) = (true, Duration::MAX, Duration::MAX);
         caps
     }
 
@@ -111,6 +115,17 @@ impl TopicDriver for TopicHandle {
         drop(topics);
         self.broker.bell.notify_waiters();
         Ok(PublishReport::accepted())
+    }
+
+    async fn cancel(&self, id: &MessageId) -> Result<bool> {
+        let mut topics = self.broker.topics.lock().unwrap();
+        let mut removed = false;
+        for queue in topics.get_mut(&self.topic).expect("created by Backend::topic").values_mut() {
+            let before = queue.scheduled.len();
+            queue.scheduled.retain(|(_, m)| m.id != *id);
+            removed |= queue.scheduled.len() != before;
+        }
+        Ok(removed)
     }
 }
 
@@ -208,7 +223,7 @@ impl SubscriptionDriver for SubscriptionHandle {
     }
 
     async fn backlog(&self) -> Result<Option<u64>> {
-        Ok(Some(self.queue(|q| q.ready.len() + q.leased.len()) as u64))
+        Ok(Some(self.queue(|q| q.ready.len() + q.leased.len() + q.scheduled.len()) as u64))
     }
 }
 
@@ -265,14 +280,20 @@ struct Queue {
     ready: VecDeque<Entry>,
     /// Ack token -> (lease deadline, message).
     leased: HashMap<AckId, (Instant, Entry)>,
+    /// Messages published with a due time, not yet due: enqueued then.
+    scheduled: Vec<(Instant, OutgoingMessage)>,
     dead: VecDeque<HeldLetter>,
 }
 
 impl Queue {
     /// A published message: enqueued, unless exactly-once and its id was seen.
     fn accept(&mut self, msg: OutgoingMessage, now: Instant) {
-        if self.seen.as_mut().is_none_or(|seen| seen.insert(msg.id.clone(), now)) {
-            self.enqueue(msg);
+        if !self.seen.as_mut().is_none_or(|seen| seen.insert(msg.id.clone(), now)) {
+            return;
+        }
+        match msg.deliver_at.and_then(|at| at.duration_since(SystemTime::now()).ok()) {
+            Some(left) if !left.is_zero() => self.scheduled.push((now + left, msg)),
+            _ => self.enqueue(msg),
         }
     }
 
@@ -299,8 +320,12 @@ impl Queue {
         AckId::Num(self.next_token)
     }
 
-    /// Makes the messages whose lease ran out ready again.
+    /// Makes the messages whose lease ran out ready again, and enqueues those whose due time came.
     fn return_expired(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.scheduled).into_iter().partition(|(at, _)| *at <= now);
+        self.scheduled = later;
+        due.into_iter().for_each(|(_, msg)| self.enqueue(msg));
         let expired: Vec<AckId> =
             self.leased.iter().filter(|(_, (until, _))| *until <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
@@ -309,9 +334,9 @@ impl Queue {
         }
     }
 
-    /// When the next lease runs out.
+    /// When the next lease runs out or the next scheduled message is due.
     fn next_due(&self) -> Option<Instant> {
-        self.leased.values().map(|(until, _)| *until).min()
+        self.leased.values().map(|(until, _)| *until).chain(self.scheduled.iter().map(|(at, _)| *at)).min()
     }
 
     /// Leases up to `max` ready messages for the ack deadline.

@@ -56,6 +56,21 @@ pub struct Capabilities {
     /// [`SubscriptionDriver::backlog`](super::SubscriptionDriver::backlog) reports how many messages wait (so
     /// `Subscription::backlog` is `Some` and `Subscription::wait_idle` works); Pub/Sub cannot tell.
     pub backlog: bool,
+    /// Delayed delivery is native: the backend keeps a message published with a due time
+    /// ([`OutgoingMessage::deliver_at`](super::OutgoingMessage::deliver_at)) from every subscription until then, up to
+    /// [`Capabilities::max_native_delay`] (local: a delay heap; SQL: `visible_at`). Otherwise core completes it: the
+    /// due time travels in the [`DELIVER_AT_ATTRIBUTE`](super::wire::DELIVER_AT_ATTRIBUTE) attribute, and the runtime
+    /// holds an early delivery without running the handler (a nack of at most [`Capabilities::max_nack_delay`], or in
+    /// process), then requeues a fresh copy at its due time, so attempts count from the first real one.
+    pub delay: bool,
+    /// Longest delay the backend keeps natively (zero where [`Capabilities::delay`] is false).
+    pub max_native_delay: Duration,
+    /// Longest delay one `nack` may ask for (SQS: 12 h of visibility); zero where holding by nack is not possible (the
+    /// runtime then holds a delayed message in process, lease kept alive).
+    pub max_nack_delay: Duration,
+    /// Longest delay a publish may ask for: how long the backend keeps an undelivered message at most (its retention
+    /// ceiling). The bus also refuses a delay beyond the retention of its own subscriptions to the topic.
+    pub max_delay: Duration,
     /// A subscription's backlog can be bounded ([`crate::SubscriptionConfig::max_backlog`]): publishes wait or fail
     /// at the limit. The in-memory bus; brokers keep backlogs on disk under their own limits.
     pub bounded_backlog: bool,
@@ -69,11 +84,12 @@ impl Capabilities {
     /// |---|---|
     /// | `ordering` | the runtime's sequencer: one message per key out, later ones parked (leases kept alive) |
     /// | `nack_delay` | the runtime holding a failed message for its backoff (lease kept alive), then a plain `nack` |
+    /// | `delay` | the due time in an attribute; early deliveries held (nack with delay, or in process) and requeued at due |
     ///
     /// Every other capability is the backend's own: core checks against it and splits work by it, but does not
     /// emulate it.
     pub fn completed(&self) -> Self {
-        Self { ordering: true, nack_delay: true, ..self.clone() }
+        Self { ordering: true, nack_delay: true, delay: true, ..self.clone() }
     }
 }
 
@@ -96,6 +112,10 @@ impl Default for Capabilities {
             max_attributes: 10,
             backlog: false,
             bounded_backlog: false,
+            delay: false,
+            max_native_delay: Duration::ZERO,
+            max_nack_delay: Duration::ZERO,
+            max_delay: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct OutgoingMessage {
     pub publish_time: SystemTime,
     /// Trace context captured at publish (or when an outbox row was written), to carry in tidings' own metadata.
     pub trace: Option<TraceContext>,
+    /// Deliver to no subscription before this time ([`crate::PublishOptions::deliver_at`]); `None` delivers at once.
+    /// Backends with native delay ([`super::Capabilities::delay`]) honour it; for the others core has already put it
+    /// in the [`DELIVER_AT_ATTRIBUTE`](super::wire::DELIVER_AT_ATTRIBUTE) attribute and they ignore it.
+    pub deliver_at: Option<SystemTime>,
 }
 
 impl OutgoingMessage {
@@ -40,7 +44,14 @@ impl OutgoingMessage {
         ordering_key: Option<Arc<str>>,
         publish_time: SystemTime,
     ) -> Self {
-        Self { id, payload, attributes, ordering_key, publish_time, trace: None }
+        Self { id, payload, attributes, ordering_key, publish_time, trace: None, deliver_at: None }
+    }
+
+    /// The same message due at `at` (`None`: at once).
+    #[inline]
+    pub fn with_deliver_at(mut self, at: Option<SystemTime>) -> Self {
+        self.deliver_at = at;
+        self
     }
 
     /// The same message carrying `trace`.

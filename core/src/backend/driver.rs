@@ -60,6 +60,16 @@ pub trait TopicDriver: Send + Sync + Debug {
         let _ = batch;
         None
     }
+
+    /// Cancels the scheduled message `id` (published with a due time not yet reached) in every subscription of the
+    /// topic: `Ok(true)` when one was removed, `Ok(false)` when none waits (unknown, already due, or delivered).
+    /// `Unsupported` where the backend cannot (the default: held backends carry the message in the broker already).
+    async fn cancel(&self, id: &crate::MessageId) -> Result<bool> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("cancelling scheduled message {id} is not supported by this backend"),
+        ))
+    }
 }
 
 /// Receives from and settles deliveries of one subscription. Every method is one batch call and does not retry.
@@ -80,6 +90,16 @@ pub trait SubscriptionDriver: Send + Sync + Debug {
     /// subscription's dead-letter reads are then `Unsupported`.
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         None
+    }
+    /// Delayed delivery completed by core: publishes a fresh copy of each of these deliveries into this subscription
+    /// only (other subscriptions of the topic must not see it), with the same id, payload, ordering key, publish time
+    /// and trace context, its attributes as given (the runtime has removed the due-time attribute), and a delivery
+    /// count starting again at 1 (a broker-side de-duplication id of its own, so exactly-once topics do not drop it);
+    /// then removes the deliveries. Each backend's dead-letter restore does the same from its dead-letter queue. The
+    /// default: `Unsupported`, and the runtime hands a due delivery to its handler as it is.
+    async fn requeue(&self, messages: Vec<ReceivedMessage>) -> Result<()> {
+        let _ = messages;
+        Err(crate::Error::new(crate::ErrorKind::Unsupported, "requeue is not supported by this backend"))
     }
     /// Called when a subscription's runner has stopped and its settlements were applied: flush anything the driver
     /// still buffers (acks batched by a client library, say). The driver may be used again afterwards.

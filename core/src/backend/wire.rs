@@ -7,6 +7,27 @@ use serde::{Deserialize, Serialize};
 /// Name of the attribute holding tidings' own metadata.
 pub const META_ATTRIBUTE: &str = "tidings";
 
+/// Name of the plain attribute holding a message's due time on backends that hold delayed messages client-side
+/// ([`crate::Capabilities::delay`] false): RFC 3339 in UTC, such as `2025-06-01T09:00:00.000Z` (written with
+/// milliseconds; any RFC 3339 time in UTC, and plain Unix milliseconds, are read). A foreign producer sets it by hand
+/// to have tidings subscribers hold its message until then.
+pub const DELIVER_AT_ATTRIBUTE: &str = "tidings-deliver-at";
+
+/// The [`DELIVER_AT_ATTRIBUTE`] value of `at`.
+pub fn format_deliver_at(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Reads a [`DELIVER_AT_ATTRIBUTE`] value; `None` when it is neither RFC 3339 in UTC nor Unix milliseconds.
+pub fn parse_deliver_at(value: &str) -> Option<std::time::SystemTime> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = v.parse().ok()?;
+        return std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms));
+    }
+    humantime::parse_rfc3339_weak(v.strip_suffix('Z').or_else(|| v.strip_suffix("+00:00")).unwrap_or(v)).ok()
+}
+
 /// tidings' metadata on the wire, JSON in the `tidings` attribute. Messages from foreign producers have none.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireMeta {
@@ -62,5 +83,17 @@ mod tests {
         let m = WireMeta { id: "a".into(), ts: 5, trace, ..Default::default() };
         assert_eq!(m.encode(), r#"{"id":"a","ts":5,"trace":{"traceparent":"00-1-2-01"}}"#);
         assert_eq!(WireMeta::decode(&m.encode()), Some(m));
+    }
+
+    #[test]
+    fn due_times_format_as_rfc3339_and_parse_back() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_748_768_400_250);
+        assert_eq!(format_deliver_at(at), "2025-06-01T09:00:00.250Z");
+        assert_eq!(parse_deliver_at(&format_deliver_at(at)), Some(at));
+        assert_eq!(parse_deliver_at("2025-06-01T09:00:00Z"), Some(at - std::time::Duration::from_millis(250)));
+        assert_eq!(parse_deliver_at("2025-06-01T09:00:00+00:00"), parse_deliver_at("2025-06-01T09:00:00Z"));
+        assert_eq!(parse_deliver_at("1748768400250"), Some(at));
+        assert_eq!(parse_deliver_at("soon"), None);
+        assert_eq!(parse_deliver_at(""), None);
     }
 }

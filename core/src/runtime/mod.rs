@@ -16,6 +16,7 @@ use crate::handler::Handler;
 use crate::metrics::{Started, SubscriptionMetrics};
 use tracing::Span;
 
+mod delay;
 mod deliver;
 mod handle;
 mod receive;
@@ -111,6 +112,10 @@ struct Ctx<T> {
     system: String,
     /// `otel.name` of the process spans: `process <subscription>`.
     span_name: String,
+    /// Handler slots (`max_concurrency`): a receive takes one per message it asks for.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Deliveries held in process until their due time.
+    delays: delay::Delays,
 }
 
 /// One delivery attempt: its span, and when its handler started (for the metrics).
@@ -159,7 +164,10 @@ where
     let seq = (runner.spec.topic.config.ordered && !caps.ordering)
         .then(|| Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline)));
     let handler = Box::new(handler);
-    let ctx = Arc::new(Ctx { runner: runner.clone(), caps, handler, settle: tx, seq, system, span_name });
+    let slots = Arc::new(tokio::sync::Semaphore::new(runner.spec.config.max_concurrency));
+    let delays = delay::Delays::default();
+    let ctx =
+        Arc::new(Ctx { runner: runner.clone(), caps, handler, settle: tx, seq, system, span_name, slots, delays });
     tokio::spawn(async move {
         receive::receive_loop(ctx.clone()).await;
         let runner = ctx.runner.clone();

@@ -26,8 +26,7 @@ const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 const CHAINS_PER_TASK: usize = 16;
 
 pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>) {
-    let cfg = ctx.runner.spec.config;
-    let sem = Arc::new(Semaphore::new(cfg.max_concurrency));
+    let sem = ctx.slots.clone();
     let max_batch = ctx.caps.max_receive_batch.max(1);
     let cancel = ctx.runner.cancel.clone();
     let mut tasks = JoinSet::new();
@@ -40,6 +39,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
     // Receives wanted in flight: one more after each full batch (up to the capability), back to one after a partial.
     let mut wanted = 1;
     let keeper = ctx.seq.as_ref().map(|q| keep_leases(&ctx, q.clone()));
+    let holder = super::delay::spawn_holder(&ctx);
     'run: loop {
         while receiving.len() < wanted {
             let mut slots = if receiving.is_empty() {
@@ -86,7 +86,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
                             ctx.runner.activity.received(batch.len());
                         }
                         wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
-                        (sort(&ctx, batch, now), now)
+                        (sort(&ctx, super::delay::screen(&ctx, batch), now), now)
                     }
                 };
                 error_backoff = Duration::from_millis(100);
@@ -138,6 +138,13 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
             _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
         }
     }
+    // What is held until its due time goes back at once (to be held again by whoever receives it).
+    holder.abort();
+    let held = ctx.delays.drain();
+    ctx.runner.activity.received(held.len());
+    for m in held {
+        nack(&ctx, m.ack_id, Duration::ZERO);
+    }
     // What the sequencer still holds goes back at once, rather than waiting out its lease.
     if let (Some(keeper), Some(q)) = (keeper, &ctx.seq) {
         keeper.abort();
@@ -163,6 +170,20 @@ fn release<T>(ctx: &Ctx<T>, chain: Chain) {
     };
     for m in msgs {
         nack(ctx, m.ack_id, Duration::ZERO);
+    }
+}
+
+/// Runs deliveries that come from neither a receive nor the sequencer (held in process until their due time, now due,
+/// where they are not requeued: a native backend's foreign due-time attribute, a driver without `requeue`): through
+/// the sequencer where the subscription has one, each on a free handler slot, or else on none. A receive in flight
+/// holds the free slots for up to its wait, and the held delivery's lease would run out meanwhile; so these few may
+/// run above `max_concurrency`, by at most the number of deliveries held in process.
+pub(super) fn run_now<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Arc<Ctx<T>>, msgs: Vec<ReceivedMessage>) {
+    let now = Instant::now();
+    ctx.runner.activity.received(msgs.len());
+    for m in sort(ctx, msgs, now) {
+        let slot = ctx.slots.clone().try_acquire_owned().unwrap_or_else(|_| empty_permit(&ctx.slots));
+        tokio::spawn(run_group(ctx.clone(), vec![Chain::One(m)], slot, now));
     }
 }
 

@@ -36,6 +36,7 @@
 
 mod backlog;
 pub mod capture;
+mod delay;
 mod delivery;
 mod faults;
 pub mod foreign;
@@ -55,6 +56,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use backlog::*;
+pub use delay::*;
 pub use delivery::*;
 pub use faults::{network_faults, FaultReport};
 pub use leases::*;
@@ -166,9 +168,15 @@ macro_rules! conformance_tests {
                     invalid_batch_sends_nothing,
                     foreign_bad_input_goes_to_dlq,
                     trace_context_links_each_attempt_to_the_publish,
+                    delayed_delivery_is_never_early,
+                    delayed_message_takes_its_place_in_its_key_at_due_time,
+                    delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once,
+                    delay_beyond_retention_is_refused_and_cancel_is_honest,
+                    foreign_due_time_attribute_is_held,
                 );
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key);
-                $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup);
+                $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup,
+                    exactly_once_republish_with_another_time_is_a_duplicate);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; bounded_backlog;
                     bounded_backlog_fails_or_waits_at_the_limit);
             })+

@@ -46,6 +46,8 @@ pub(crate) struct Delivery {
     pub event: Event,
     pub meta: Metadata,
     pub at: Instant,
+    /// The wall clock when the handler ran (delayed delivery compares it with due times).
+    pub wall: std::time::SystemTime,
 }
 
 /// Thread-safe log of deliveries.
@@ -58,6 +60,7 @@ impl Log {
             event: msg.payload.clone(),
             meta: msg.meta.clone(),
             at: Instant::now(),
+            wall: std::time::SystemTime::now(),
         });
     }
     pub fn all(&self) -> Vec<Delivery> {

@@ -27,6 +27,9 @@ impl TopicDriver for ScopedTopic {
     fn publish_now(&self, batch: &mut [OutgoingMessage]) -> Option<Result<()>> {
         SCOPE.sync_scope(self.scope.clone(), || self.inner.publish_now(batch))
     }
+    async fn cancel(&self, id: &crate::MessageId) -> Result<bool> {
+        scoped(self.scope.clone(), self.inner.cancel(id)).await
+    }
 }
 
 /// A subscription driver whose calls run within a scope.
@@ -56,6 +59,9 @@ impl SubscriptionDriver for ScopedSubscription {
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         let inner = self.inner.clone().dead_letter_queue()?;
         Some(Arc::new(ScopedDeadLetters { scope: self.scope.clone(), inner }))
+    }
+    async fn requeue(&self, messages: Vec<ReceivedMessage>) -> Result<()> {
+        scoped(self.scope.clone(), self.inner.requeue(messages)).await
     }
     async fn close(&self) -> Result<()> {
         scoped(self.scope.clone(), self.inner.close()).await

@@ -1,0 +1,211 @@
+//! Delayed delivery completed by core, for backends without native delay (and for a foreign producer's due-time
+//! attribute on any backend). A delivery whose [`DELIVER_AT_ATTRIBUTE`] lies in the future never reaches the handler
+//! and counts no attempt: it is held, in the broker (a nack with a delay of the time left, capped by
+//! [`crate::Capabilities::max_nack_delay`]) while more than [`IN_PROCESS`] is left and the backend can, otherwise here
+//! (one delay heap per subscription, served by one task that also keeps the held leases alive). Once due, a delivery
+//! is converted: the driver requeues a fresh copy without the attribute into this subscription
+//! ([`crate::SubscriptionDriver::requeue`]) and removes the original, so the copy's delivery count, which the
+//! runtime reads as the attempt, starts from the first real attempt however often the original was held. A backend
+//! that keeps delays natively never holds by nack, so its due deliveries run as they are; so do those of a driver that
+//! cannot requeue.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::settle::nack;
+use super::Ctx;
+use crate::backend::wire::{parse_deliver_at, DELIVER_AT_ATTRIBUTE};
+use crate::backend::{AckId, ReceivedMessage};
+use crate::error::ErrorKind;
+
+/// Below this much time left a held delivery waits in process rather than in the broker: a nack's delay is whole
+/// seconds on some brokers, and a short wait here costs no broker call.
+pub(super) const IN_PROCESS: Duration = Duration::from_secs(1);
+
+/// Deliveries held in process until their due time.
+#[derive(Default)]
+pub(super) struct Delays {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Due time and entry number, earliest first.
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    held: HashMap<u64, ReceivedMessage>,
+    next: u64,
+}
+
+impl Delays {
+    fn hold(&self, m: ReceivedMessage, due: Instant) {
+        let mut st = self.state.lock().unwrap();
+        let n = st.next;
+        st.next += 1;
+        st.heap.push(Reverse((due, n)));
+        st.held.insert(n, m);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.state.lock().unwrap().heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn take_due(&self, now: Instant) -> Vec<ReceivedMessage> {
+        let mut st = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        while let Some(Reverse((at, n))) = st.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            st.heap.pop();
+            out.extend(st.held.remove(&n));
+        }
+        out
+    }
+
+    fn leases(&self) -> Vec<AckId> {
+        self.state.lock().unwrap().held.values().map(|m| m.ack_id.clone()).collect()
+    }
+
+    /// Everything held, taken (at shutdown).
+    pub(super) fn drain(&self) -> Vec<ReceivedMessage> {
+        let mut st = self.state.lock().unwrap();
+        st.heap.clear();
+        st.held.drain().map(|(_, m)| m).collect()
+    }
+}
+
+/// A delivery's due time, from its [`DELIVER_AT_ATTRIBUTE`].
+fn due_of(m: &ReceivedMessage) -> Option<SystemTime> {
+    if m.attributes.is_empty() {
+        return None;
+    }
+    m.attributes.get(DELIVER_AT_ATTRIBUTE).and_then(|v| parse_deliver_at(v))
+}
+
+fn strip(mut m: ReceivedMessage) -> ReceivedMessage {
+    m.attributes.remove(DELIVER_AT_ATTRIBUTE);
+    m
+}
+
+/// Screens a freshly received batch: deliveries not yet due are held, due ones carrying the attribute are converted
+/// (held backends) or run without it (native ones); returns what runs now.
+pub(super) fn screen<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: &Arc<Ctx<T>>,
+    batch: Vec<ReceivedMessage>,
+) -> Vec<ReceivedMessage> {
+    if batch.iter().all(|m| m.attributes.is_empty()) {
+        return batch;
+    }
+    let now = SystemTime::now();
+    let (mut out, mut due) = (Vec::with_capacity(batch.len()), Vec::new());
+    for m in batch {
+        let Some(at) = due_of(&m) else {
+            out.push(m);
+            continue;
+        };
+        match at.duration_since(now) {
+            Ok(left) if !left.is_zero() => hold(ctx, m, left),
+            _ => due.push(m),
+        }
+    }
+    if !due.is_empty() {
+        if ctx.caps.delay {
+            out.extend(due.into_iter().map(strip));
+        } else {
+            ctx.runner.activity.settled(due.len());
+            tokio::spawn(convert(ctx.clone(), due));
+        }
+    }
+    out
+}
+
+/// Holds a delivery `left` before its due time: in the broker by a nack with delay where the backend holds none
+/// natively and can delay a nack, else in process. Either way it no longer counts as in flight.
+fn hold<T>(ctx: &Ctx<T>, m: ReceivedMessage, left: Duration) {
+    let c = &ctx.caps;
+    tracing::debug!(target: "tidings", subscription = %ctx.runner.key.1, id = %m.id, left = ?left,
+        "holding a delivery until its due time");
+    if !c.delay && c.nack_delay && !c.max_nack_delay.is_zero() && left > IN_PROCESS {
+        nack(ctx, m.ack_id, left.min(c.max_nack_delay)); // the settle loop counts it as settled
+    } else {
+        ctx.runner.activity.settled(1);
+        ctx.delays.hold(m, Instant::now() + left);
+    }
+}
+
+/// Converts due deliveries: a fresh copy of each without the due attribute goes into the subscription and the
+/// original is removed; a driver that cannot requeue has them run as they are.
+async fn convert<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, due: Vec<ReceivedMessage>) {
+    let copies: Vec<ReceivedMessage> = due.into_iter().map(strip).collect();
+    let driver = ctx.runner.driver.clone();
+    let requeued = crate::retry::call("requeue", Some(&ctx.runner.abort), || driver.requeue(copies.clone())).await;
+    match requeued {
+        Ok(()) => {
+            tracing::debug!(target: "tidings", subscription = %ctx.runner.key.1, n = copies.len(),
+                "due deliveries requeued as fresh copies");
+        }
+        Err(e) if e.kind() == ErrorKind::Unsupported => super::receive::run_now(&ctx, copies),
+        Err(e) => {
+            tracing::warn!(subscription = %ctx.runner.key.1, error = %e,
+                "requeueing due deliveries failed; they come back at once and are tried again");
+            ctx.runner.activity.received(copies.len());
+            for m in copies {
+                nack(&ctx, m.ack_id, Duration::ZERO);
+            }
+        }
+    }
+}
+
+/// The task that serves the in-process holds: wakes at the earliest due time (converting or running what is due)
+/// and every third of the ack deadline (extending the held leases), until aborted.
+pub(super) fn spawn_holder<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: &Arc<Ctx<T>>,
+) -> tokio::task::JoinHandle<()> {
+    let ctx = ctx.clone();
+    let deadline = ctx.runner.spec.config.ack_deadline;
+    let period = (deadline / 3).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut next_extend = Instant::now() + period;
+        loop {
+            let wake_at = ctx.delays.next_due().map_or(next_extend, |d| d.min(next_extend));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = ctx.delays.wake.notified() => continue,
+            }
+            let now = Instant::now();
+            let due = ctx.delays.take_due(now);
+            if !due.is_empty() {
+                if ctx.caps.delay {
+                    let ids = due.iter().map(|m| m.ack_id.clone()).collect();
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        // Its lease began at the last extension: renew it for the handler.
+                        let _ = ctx.runner.extend(ids, deadline).await;
+                        super::receive::run_now(&ctx, due.into_iter().map(strip).collect());
+                    });
+                } else {
+                    tokio::spawn(convert(ctx.clone(), due));
+                }
+            }
+            if now >= next_extend {
+                next_extend = now + period;
+                let ids = ctx.delays.leases();
+                if !ids.is_empty() {
+                    if let Err(e) = ctx.runner.extend(ids, deadline).await {
+                        tracing::warn!(subscription = %ctx.runner.key.1, error = %e,
+                            "lease extension of deliveries held until their due time failed");
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,282 @@
+//! Delayed delivery (`PublishOptions::deliver_at` / `deliver_after`): one semantics on every backend, native or held
+//! by the runtime. Delays are 1-3 s so the suite stays fast. Each case prints the lateness it measured (handler start
+//! minus due time) on stderr as `delay lateness <backend> <case>: ...`; the assertions on lateness are deliberately
+//! generous (the harness's patience), never tighter than the stated tolerance.
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::support::{self, logging, sub_config, topic, wait_dead_letters, Event, Log};
+use super::Harness;
+use tidings_core::backend::wire::{format_deliver_at, DELIVER_AT_ATTRIBUTE};
+use tidings_core::{Bus, ErrorKind, HandlerError, Message, MessageId, PublishOptions, SubscriptionConfig, TopicConfig};
+
+/// How late after its due time a delivery may start on an idle subscription before a case fails: far above what
+/// any backend shows here (the cases print the measured figure), so a loaded machine does not break it.
+fn tolerance(t: &super::Timing) -> Duration {
+    t.patience / 2
+}
+
+fn report(bus: &Bus, case: &str, lateness: &[Duration]) {
+    let ms: Vec<u128> = lateness.iter().map(Duration::as_millis).collect();
+    eprintln!("delay lateness {} {case}: {ms:?} ms", bus.backend_name());
+}
+
+/// Checks a delivery against its due time: never earlier, and within the tolerance after it; returns the lateness.
+fn on_time(t: &super::Timing, what: &str, handled: SystemTime, due: SystemTime) -> Duration {
+    let late = handled.duration_since(due).unwrap_or_else(|e| {
+        panic!("{what}: handled {:?} before its due time", e.duration());
+    });
+    assert!(late <= tolerance(t), "{what}: handled {late:?} after its due time (tolerance {:?})", tolerance(t));
+    late
+}
+
+/// Delayed messages (one publish, one `deliver_at`, two batch entries) reach the handler no earlier than due and soon
+/// after it, once each, as attempt 1 and without the due-time attribute; an undelayed one published after them, and
+/// one due in the past, are handled at once, before them.
+pub async fn delayed_delivery_is_never_early<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed", TopicConfig::at_least_once());
+    let log = Log::default();
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
+    let start = SystemTime::now();
+    let d1 = start + Duration::from_secs(2);
+    topic
+        .publish_with(&bus, &Event::new(1), PublishOptions::new().deliver_after(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    topic.publish_with(&bus, &Event::new(2), PublishOptions::new().deliver_at(d1)).await.unwrap();
+    let (d3, d4) = (start + Duration::from_secs(1), start + Duration::from_secs(3));
+    let batch = [
+        (&Event::new(3), PublishOptions::new().deliver_at(d3)),
+        (&Event::new(4), PublishOptions::new().deliver_at(d4)),
+    ];
+    topic.publish_batch(&bus, batch.iter().map(|(e, o)| (*e, o.clone()))).await.unwrap();
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    topic.publish_with(&bus, &Event::new(5), PublishOptions::new().deliver_at(past)).await.unwrap();
+    topic.publish(&bus, &Event::new(6)).await.unwrap();
+    log.wait_for(6, Duration::from_secs(3) + t.patience).await;
+    // Late copies (none expected) would show up within another second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = log.all();
+    let mut ns: Vec<u64> = got.iter().map(|d| d.event.n).collect();
+    ns.sort();
+    assert_eq!(ns, vec![1, 2, 3, 4, 5, 6], "each message handled once");
+    let first: Vec<u64> = got.iter().take(2).map(|d| d.event.n).collect();
+    assert!(first.contains(&5) && first.contains(&6), "the undelayed and past-due messages go first: {first:?}");
+    let mut lateness = Vec::new();
+    for d in &got {
+        assert_eq!(d.meta.attempt, 1, "message {} is on its first attempt", d.event.n);
+        assert!(!d.meta.attributes.contains_key(DELIVER_AT_ATTRIBUTE), "the due-time attribute is not the handler's");
+        let due = match d.event.n {
+            1 | 2 => d1,
+            3 => d3,
+            4 => d4,
+            _ => {
+                let late = d.wall.duration_since(start).unwrap_or_default();
+                assert!(late < Duration::from_secs(1) + tolerance(&t), "message {} was delayed {late:?}", d.event.n);
+                continue;
+            }
+        };
+        lateness.push(on_time(&t, &format!("message {}", d.event.n), d.wall, due));
+    }
+    report(&bus, "idle", &lateness);
+    bus.shutdown(t.patience).await;
+}
+
+/// Ordered topics: a delayed message takes its place in its key's order at its due time, as if published then; the
+/// key's later messages do not wait for it.
+pub async fn delayed_message_takes_its_place_in_its_key_at_due_time<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-ordered", TopicConfig::at_least_once().ordered());
+    let log = Log::default();
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
+    let key = |o: PublishOptions| o.ordering_key("k");
+    let due = SystemTime::now() + Duration::from_secs(2);
+    topic.publish_with(&bus, &Event::new(1), key(PublishOptions::new().deliver_at(due))).await.unwrap();
+    topic.publish_with(&bus, &Event::new(2), key(PublishOptions::new())).await.unwrap();
+    topic.publish_with(&bus, &Event::new(3), key(PublishOptions::new())).await.unwrap();
+    assert_eq!(log.wait_for(2, t.patience).await.len(), 2);
+    let early: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
+    assert_eq!(early, vec![2, 3], "the key's later messages do not wait for the delayed one");
+    assert!(log.all().iter().all(|d| d.wall < due), "handled before the delayed message was due");
+    topic
+        .publish_with(&bus, &Event::new(4), key(PublishOptions::new().deliver_at(due + Duration::from_secs(1))))
+        .await
+        .unwrap();
+    let got = log.wait_for(4, Duration::from_secs(3) + t.patience).await;
+    let ns: Vec<u64> = got.iter().map(|d| d.event.n).collect();
+    assert_eq!(ns, vec![2, 3, 1, 4], "delayed messages take their places at their due times");
+    let late = on_time(&t, "delayed ordered message", got[2].wall, due);
+    report(&bus, "ordered", &[late]);
+    bus.shutdown(t.patience).await;
+}
+
+/// Exactly-once topics: the same id published again with another due time (or none) is still a duplicate.
+pub async fn exactly_once_republish_with_another_time_is_a_duplicate<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    support::require(
+        &bus,
+        bus.capabilities().exactly_once,
+        "exactly_once_republish_with_another_time_is_a_duplicate",
+        "exactly_once",
+    );
+    let topic = topic::<Event>("delayed-once", TopicConfig::exactly_once());
+    let log = Log::default();
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), logging(&log)).await.unwrap();
+    let id = MessageId::generate();
+    let due = SystemTime::now() + Duration::from_secs(1);
+    let with = |o: PublishOptions| o.id(id.clone());
+    topic.publish_with(&bus, &Event::new(1), with(PublishOptions::new().deliver_at(due))).await.unwrap();
+    let later = due + Duration::from_secs(2);
+    topic.publish_with(&bus, &Event::new(2), with(PublishOptions::new().deliver_at(later))).await.unwrap();
+    topic.publish_with(&bus, &Event::new(3), with(PublishOptions::new())).await.unwrap();
+    let got = log.wait_for(1, Duration::from_secs(1) + t.patience).await;
+    // Past the second publish's due time, and then some: a duplicate would have come by now.
+    let wait = later.duration_since(SystemTime::now()).unwrap_or_default() + t.ack_deadline + Duration::from_secs(1);
+    tokio::time::sleep(wait).await;
+    let all = log.all();
+    assert_eq!(all.len(), 1, "one delivery of the id: {:?}", all.iter().map(|d| d.event.n).collect::<Vec<_>>());
+    assert_eq!(got[0].event.n, 1, "the first publish wins");
+    on_time(&t, "the first publish", got[0].wall, due);
+    bus.shutdown(t.patience).await;
+}
+
+/// A delayed message that exhausts its retries is dead-lettered after two real attempts (`max_retries(1)`), numbered
+/// 1 and 2 however it was held; redriven, it is delivered at once, as attempt 1.
+pub async fn delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-retries", TopicConfig::at_least_once());
+    let log = Log::default();
+    let fail = Arc::new(AtomicU32::new(1));
+    let (l, f) = (log.clone(), fail.clone());
+    let sub = bus
+        .subscribe(&topic, "sub", sub_config(&t, 1), move |m: Message<Event>| {
+            l.record(&m);
+            let fail = f.load(SeqCst) == 1;
+            async move {
+                match fail {
+                    true => Err(HandlerError::retry("not yet")),
+                    false => Ok(()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    // 3 s: long enough that backends holding by nack do so at least once before it is due.
+    let due = SystemTime::now() + Duration::from_secs(3);
+    let id = topic.publish_with(&bus, &Event::new(1), PublishOptions::new().deliver_at(due)).await.unwrap();
+    let dead = wait_dead_letters(&sub, 1, Duration::from_secs(3) + t.patience).await;
+    assert_eq!(dead.len(), 1, "dead-lettered after its retries");
+    tokio::time::sleep(t.max_backoff + t.ack_deadline).await;
+    let attempts: Vec<u32> = log.all().iter().map(|d| d.meta.attempt).collect();
+    assert_eq!(attempts, vec![1, 2], "two real attempts, counted from the first");
+    assert_eq!(dead[0].attempts, 2, "the dead letter records two attempts");
+    let first = log.all()[0].wall;
+    let late = on_time(&t, "first attempt", first, due);
+    fail.store(0, SeqCst);
+    let redriven = SystemTime::now();
+    assert_eq!(sub.redrive(std::slice::from_ref(&id)).await.unwrap(), 1);
+    let got = log.wait_for(3, t.patience).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!((got[2].meta.id.clone(), got[2].meta.attempt), (id, 1), "the redriven copy, as attempt 1");
+    let after = got[2].wall.duration_since(redriven).unwrap_or_default();
+    assert!(after < tolerance(&t), "the redriven copy is delivered at once, not held: {after:?}");
+    report(&bus, "retried", &[late]);
+    bus.shutdown(t.patience).await;
+}
+
+/// A delay beyond the retention of the topic's subscriptions is refused before anything is sent, naming both; a
+/// cancel is done where the backend keeps delays itself and `Unsupported` elsewhere.
+pub async fn delay_beyond_retention_is_refused_and_cancel_is_honest<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-limits", TopicConfig::at_least_once());
+    let log = Log::default();
+    let cfg: SubscriptionConfig = sub_config(&t, 5).with_message_retention(Duration::from_secs(3600));
+    bus.subscribe(&topic, "sub", cfg, logging(&log)).await.unwrap();
+    let e = topic
+        .publish_with(&bus, &Event::new(1), PublishOptions::new().deliver_after(Duration::from_secs(7200)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("2h") && msg.contains("1h") && msg.contains("message_retention"), "{msg}");
+    let batch = [
+        (&Event::new(2), PublishOptions::new()),
+        (&Event::new(3), PublishOptions::new().deliver_after(Duration::from_secs(7200))),
+    ];
+    assert!(topic.publish_batch(&bus, batch.iter().map(|(e, o)| (*e, o.clone()))).await.is_err());
+    // Cancel: a message due in 2 s.
+    let id = topic
+        .publish_with(&bus, &Event::new(4), PublishOptions::new().deliver_after(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let cancelled = topic.cancel(&bus, &id).await;
+    topic.publish(&bus, &Event::new(5)).await.unwrap();
+    let removed = match cancelled {
+        Ok(removed) => {
+            assert!(bus.native_capabilities().delay, "only a backend keeping delays itself can cancel");
+            assert!(removed, "the scheduled message was found");
+            assert!(!topic.cancel(&bus, &id).await.unwrap(), "a second cancel finds nothing");
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(!["local", "reference"].contains(&bus.backend_name()), "the in-memory backends cancel: {e}");
+            false
+        }
+    };
+    log.wait_for(1, t.patience).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut ns: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
+    ns.sort();
+    let expected = if removed { vec![5] } else { vec![4, 5] };
+    assert_eq!(ns, expected, "nothing of the refused publishes was sent; a cancelled message is not delivered");
+    bus.shutdown(t.patience).await;
+}
+
+/// A foreign producer's message (published through the backend's own driver, with no tidings option) carrying the
+/// due-time attribute is held until then too.
+pub async fn foreign_due_time_attribute_is_held<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-foreign", TopicConfig::at_least_once());
+    let log = Log::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (l, s) = (log.clone(), seen.clone());
+    bus.subscribe(&topic, "sub", sub_config(&t, 5), move |m: Message<Event>| {
+        l.record(&m);
+        s.lock().unwrap().push(m.meta.attributes.clone());
+        std::future::ready(Ok(()))
+    })
+    .await
+    .unwrap();
+    let spec = bus.subscription_spec(&topic, "sub", sub_config(&t, 5)).topic;
+    let driver = bus.backend().topic(&spec).await.unwrap();
+    let due = SystemTime::now() + Duration::from_secs(2);
+    let mut attributes = tidings_core::Attributes::new();
+    attributes.insert("producer".into(), "foreign".into());
+    attributes.insert(DELIVER_AT_ATTRIBUTE.into(), format_deliver_at(due));
+    let payload = serde_json::to_vec(&Event::new(1)).unwrap();
+    let m = tidings_core::backend::OutgoingMessage::new(
+        MessageId::generate(),
+        bytes::Bytes::from(payload),
+        attributes,
+        None,
+        SystemTime::now(),
+    );
+    let published = driver.publish(&[m]).await.unwrap();
+    assert!(published.failures().is_empty(), "{:?}", published.failures());
+    let got = log.wait_for(1, Duration::from_secs(2) + t.patience).await;
+    // A second delivery (none expected) would show up within another second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all: Vec<_> =
+        log.all().iter().map(|d| (d.meta.attempt, d.wall.duration_since(due).map_err(|e| e.duration()))).collect();
+    assert_eq!(log.len(), 1, "handled once: (attempt, after due) {all:?}");
+    let late = on_time(&t, "foreign message", got[0].wall, due);
+    assert_eq!(got[0].meta.attempt, 1);
+    assert_eq!(seen.lock().unwrap()[0].get("producer").map(String::as_str), Some("foreign"), "attributes kept");
+    report(&bus, "foreign", &[late]);
+    bus.shutdown(t.patience).await;
+}
