@@ -150,4 +150,8 @@ impl TopicDriver for RecordedTopic {
         }
         Some(outcome)
     }
+
+    async fn cancel(&self, id: &tidings_core::MessageId) -> Result<bool> {
+        self.inner.cancel(id).await
+    }
 }

@@ -1,12 +1,24 @@
-//! AWS backend of tidings: SNS + SQS.
+//! AWS backend of tidings: a topic is an SNS topic, each subscription an SQS queue subscribed to it with raw
+//! delivery, plus a dead-letter queue; FIFO for ordered and exactly-once topics. Region and credentials come from the
+//! standard AWS chain, the endpoint from `AWS_ENDPOINT_URL` or `aws.endpoint_url` (LocalStack, SNS/SQS-compatible
+//! providers).
 //!
 //! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
 //! permissions and how to run it locally are documented once, in README's "AWS (SNS + SQS)" section (the one source of
 //! those tables).
 //!
-//! Metadata travels in one message attribute, `tidings`, so applications keep 9 of the 10 attributes raw delivery
-//! allows. Region and credentials come from the standard AWS chain; the endpoint from `AWS_ENDPOINT_URL` or
-//! `aws.endpoint_url` (LocalStack, SNS/SQS-compatible providers).
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use tidings_aws::{AwsBackend, AwsConfig, Provisioning};
+//!
+//! # async fn demo() -> tidings_core::Result<()> {
+//! let mut config = AwsConfig::default(); // or AwsBackend::from_settings(&settings): the [aws] section
+//! config.region = Some("eu-west-1".into());
+//! config.provisioning = Provisioning::Verify;
+//! let bus = tidings_core::Bus::new(Arc::new(AwsBackend::new(config).await?));
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod admin;
@@ -176,6 +188,11 @@ impl Backend for AwsBackend {
         c.concurrent_receives = 4;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
+        // Delayed delivery is held by core: SNS has no delay, and SQS's DelaySeconds is per message only on a
+        // SendMessage to a standard queue (tidings publishes through SNS). A held message is made invisible for the
+        // time left (12 h at most per change) and requeued into its queue when due.
+        c.max_nack_delay = Duration::from_secs(12 * 3600);
+        c.max_delay = Duration::from_secs(14 * 24 * 3600);
         c
     }
 

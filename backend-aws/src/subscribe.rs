@@ -383,6 +383,34 @@ impl SubscriptionDriver for AwsSubscription {
         self.delete_batch(&self.res.queue_url, &done).await
     }
 
+    /// Delayed delivery at its due time: each copy is sent straight to this subscription's queue (not through SNS,
+    /// so no other subscription gets it) with a fresh FIFO deduplication id, as a dead-letter restore sends its copies;
+    /// the deliveries whose copies went are then deleted.
+    async fn requeue(&self, messages: Vec<ReceivedMessage>) -> Result<()> {
+        let mut sent = Vec::with_capacity(messages.len());
+        let mut failed = None;
+        for m in &messages {
+            let meta = Meta {
+                id: m.id.to_string(),
+                ts: micros(m.publish_time),
+                key: m.ordering_key.as_deref().map(str::to_string),
+                trace: m.trace.clone(),
+                ..Default::default()
+            };
+            let dedup = format!("{}-due-{}", m.id, uuid::Uuid::now_v7().simple());
+            if let Err(e) = self.send_copy(&self.res.queue_url, &m.payload, &m.attributes, &meta, &dedup).await {
+                failed = Some(e);
+                break;
+            }
+            sent.push(handle(&m.ack_id));
+        }
+        let deleted = self.delete_batch(&self.res.queue_url, &sent).await;
+        match failed {
+            Some(e) => Err(e),
+            None => deleted,
+        }
+    }
+
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         Some(self)
     }

@@ -434,6 +434,31 @@ impl SubscriptionDriver for GcpSubscription {
         Ok(())
     }
 
+    /// Delayed delivery at its due time: each copy is published to the topic addressed to this subscription (the
+    /// others ack and drop it), as a dead-letter restore publishes its copies; then the delivery is settled as a dead
+    /// letter is, without remembering its id as acked, so the exactly-once memory does not drop the copy.
+    async fn requeue(&self, messages: Vec<ReceivedMessage>) -> Result<()> {
+        for m in &messages {
+            let meta = Meta {
+                id: m.id.to_string(),
+                ts: micros(m.publish_time),
+                key: m.ordering_key.as_deref().map(str::to_string),
+                target: Some(self.name.clone()),
+                trace: m.trace.clone(),
+                ..Default::default()
+            };
+            // Out of the held set first: on exactly-once topics a copy arriving while its original is held would be
+            // taken for a republish and dropped.
+            let Some(h) = self.release(&m.ack_id) else { continue };
+            if let Err(e) = self.publish_copy(&self.topic_publisher, m, meta).await {
+                h.handler.nack(); // back at once, to be requeued again
+                return Err(e);
+            }
+            self.settle_done(h, false).await?;
+        }
+        Ok(())
+    }
+
     fn dead_letter_queue(self: Arc<Self>) -> Option<Arc<dyn DeadLetters>> {
         Some(Arc::new(GcpSubscription::dead_letter_queue(&self)))
     }
