@@ -235,8 +235,13 @@ pub async fn delay_beyond_retention_is_refused_and_cancel_is_honest<H: Harness>(
             false
         }
     };
-    log.wait_for(1, t.patience).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    if removed {
+        log.wait_for(1, t.patience).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    } else {
+        log.wait_for(2, Duration::from_secs(2) + t.patience).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut ns: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
     ns.sort();
     let expected = if removed { vec![5] } else { vec![4, 5] };
