@@ -3,9 +3,9 @@
 //! standard AWS chain, the endpoint from `AWS_ENDPOINT_URL` or `aws.endpoint_url` (LocalStack, SNS/SQS-compatible
 //! providers).
 //!
-//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
-//! permissions and how to run it locally are documented once, in README's "AWS (SNS + SQS)" section (the one source of
-//! those tables).
+//! Configuration keys, the exact resource names, limits, IAM permissions per provisioning mode, cost, running it on
+//! LocalStack, and what other producers and consumers see: the book's
+//! [AWS page](https://example.invalid/tidings/book/backends/aws.html), the one place those tables live.
 //!
 //! ```no_run
 //! use std::sync::Arc;

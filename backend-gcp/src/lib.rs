@@ -1,11 +1,24 @@
-//! Google Cloud Pub/Sub backend of tidings, on Google's official `google-cloud-pubsub` crate.
-//!
-//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
-//! permissions and how to run it locally are documented once, in README's "Google Cloud Pub/Sub" section (the one source of
-//! those tables).
-//!
+//! Google Cloud Pub/Sub backend of tidings, on Google's official `google-cloud-pubsub` crate: a topic is a Pub/Sub
+//! topic, each subscription a Pub/Sub subscription with a dead-letter policy and a dead-letter topic of its own.
 //! Connection: Application Default Credentials, or with `PUBSUB_EMULATOR_HOST` set the emulator at
 //! `http://$PUBSUB_EMULATOR_HOST` with anonymous credentials (the crate itself does not read that variable).
+//!
+//! Configuration keys, the exact resource names, limits, IAM roles per provisioning mode, cost, running it on the
+//! emulator, and what other producers and consumers see: the book's
+//! [Google Cloud Pub/Sub page](https://example.invalid/tidings/book/backends/gcp.html), the one place those tables
+//! live.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use tidings_gcp::{GcpBackend, GcpConfig};
+//!
+//! # async fn demo() -> tidings_core::Result<()> {
+//! let mut config = GcpConfig::default(); // or GcpBackend::from_settings(&settings): the [gcp] section
+//! config.project_id = Some("my-project".into()); // default: GOOGLE_CLOUD_PROJECT
+//! let bus = tidings_core::Bus::new(Arc::new(GcpBackend::new(config).await?));
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod admin;
@@ -50,7 +63,7 @@ pub(crate) struct Shared {
     /// The configured endpoint or the emulator's (`None`: Google's).
     pub endpoint: Option<String>,
     pub base: BasePublisher,
-    /// Requests tidings hands the client library, by operation (see the README's Observability section).
+    /// Requests tidings hands the client library, by operation (the book's Observability page lists them).
     pub calls: Arc<tidings_core::backend::calls::ApiCalls>,
     /// The REST client of publishes ([`publish`]) and dead-letter reads ([`dlq`]), or why there is none: made at the
     /// first call, not per topic or subscribe.

@@ -1,14 +1,40 @@
-//! The in-memory backend of tidings: in-process, zero set-up, the default when nothing is configured.
+//! The in-memory backend of tidings: in-process, zero set-up, the default when nothing is configured. Each
+//! subscription has its own queue with leases, attempt counting, delayed redelivery, a dead-letter queue, ordering
+//! keys and de-duplication, so code tested on it behaves as on a broker. State lives as long as the [`LocalBackend`]
+//! (clones share it).
 //!
-//! Real semantics, not a bare channel: each subscription has its own queue with leases (ack deadline), attempt
-//! counting, delayed redelivery, a dead-letter queue, ordering keys with head-of-line blocking, de-duplication for
-//! exactly-once topics and retention expiry. Publishing encodes each payload once and shares it between
-//! subscriptions. State lives as long as the [`LocalBackend`] (clones share it).
+//! Configuration, how tidings maps onto it, its limits and how to operate it: the book's
+//! [in-memory page](https://example.invalid/tidings/book/backends/in-memory.html).
 //!
 //! ```
-//! # async fn demo() -> tidings::Result<()> {
 //! use std::sync::Arc;
-//! let bus = tidings::Bus::new(Arc::new(tidings_local::LocalBackend::new())); // what `tidings::local()` does
+//! use std::time::Duration;
+//!
+//! use serde::{Deserialize, Serialize};
+//! use tidings_core::{Bus, Message, SubscriptionConfig, Topic, TopicConfig};
+//! use tidings_local::{LocalBackend, LocalConfig};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SignupEvent {
+//!     user_id: u64,
+//! }
+//!
+//! static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tidings_core::Result<()> {
+//! let mut config = LocalConfig::default();
+//! config.max_backlog = 1_000; // `[local]` in tidings.toml; the default is 100,000
+//! let bus = Bus::new(Arc::new(LocalBackend::with_config(config))); // what `tidings::local()` builds, with defaults
+//! let email = bus
+//!     .subscribe(&SIGNUPS, "email", SubscriptionConfig::default(), |m: Message<SignupEvent>| async move {
+//!         println!("welcome, user {}", m.user_id);
+//!         Ok(())
+//!     })
+//!     .await?;
+//! SIGNUPS.publish(&bus, &SignupEvent { user_id: 42 }).await?;
+//! assert!(email.wait_idle(Duration::from_secs(5)).await?);
+//! # bus.shutdown(Duration::from_secs(1)).await;
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]

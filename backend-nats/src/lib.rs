@@ -1,11 +1,24 @@
-//! NATS JetStream backend of tidings, on the official `async-nats` crate.
+//! NATS JetStream backend of tidings, on the official `async-nats` crate: a topic is a stream, each subscription a
+//! durable pull consumer with a dead-letter stream of its own. tidings' metadata travels in one header (`tidings`);
+//! attributes are the other headers. Connection: `nats.url` or `NATS_URL`, credentials and TLS from the `[nats]`
+//! section.
 //!
-//! How tidings maps onto the service (resources and names, attempts, acks, limits), its configuration keys,
-//! permissions and how to run it locally are documented once, in README's "NATS JetStream" section (the one source of
-//! those tables).
+//! Configuration keys, the exact stream, consumer and subject names, limits, the subject permissions per provisioning
+//! mode, running it locally, and what other producers and consumers see: the book's
+//! [NATS JetStream page](https://example.invalid/tidings/book/backends/nats.html), the one place those tables live.
 //!
-//! tidings' metadata travels in one header (`tidings`); attributes are the other headers. Connection: `nats.url` or
-//! `NATS_URL`, credentials and TLS from the `[nats]` section.
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use tidings_nats::{NatsBackend, NatsConfig};
+//!
+//! # async fn demo() -> tidings_core::Result<()> {
+//! let mut config = NatsConfig::default(); // or NatsBackend::from_settings(&settings): the [nats] section
+//! config.url = Some("tls://nats.internal:4222".into()); // default: NATS_URL, else nats://127.0.0.1:4222
+//! config.creds_file = Some("/etc/nats/app.creds".into());
+//! let bus = tidings_core::Bus::new(Arc::new(NatsBackend::new(config).await?));
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 mod admin;

@@ -1,23 +1,46 @@
 //! Durable SQL backends of tidings on sqlx: **SQLite** (feature `sqlite`; one file that several processes on one
 //! host share, for local development with no daemon) and **PostgreSQL** (feature `postgres`; production without a
-//! broker). Everything lives in the database, nothing only in one process's memory:
+//! broker). Everything lives in the database: a publish writes one delivery row per subscription in one transaction,
+//! claims lease rows, and [`publish_in`] publishes inside the application's own transaction.
 //!
-//! - a publish writes one delivery row per subscription registered at that moment (fan-out at publish), in one
-//!   transaction, whatever the size of the batch (a killed publisher leaves no half batch); [`publish_in`] does it
-//!   inside the application's own transaction;
-//! - a claim leases rows (`visible_at` is the lease end; a crashed consumer's lease expires and the row comes back),
-//!   with `UPDATE ... RETURNING` (SQLite: one writer at a time) or `FOR UPDATE SKIP LOCKED` (PostgreSQL), so processes
-//!   subscribed under the same name compete for one subscription's messages and a message runs in one at a time;
-//! - nack with delay moves `visible_at`; attempts count claims; the DLQ is a state with its reason, redrivable;
-//! - ordering keys: only the oldest pending row of a key can be claimed, so head-of-line blocking holds across
-//!   processes;
-//! - exactly-once: a unique index on (subscription, message id) for exactly-once topics; acked rows are kept without
-//!   their payload for the subscription's message retention (the de-duplication window);
-//! - retention: pending rows older than the subscription's retention are deleted; backlog and DLQ depth are counts.
+//! Configuration keys, the tables, how each guarantee is kept, limits, the grants PostgreSQL needs, and running it
+//! locally: the book's [SQLite and PostgreSQL page](https://example.invalid/tidings/book/backends/sql.html), the one
+//! place those tables live.
 //!
-//! Wake-ups: PostgreSQL `LISTEN/NOTIFY` (the publish notifies in its own transaction), polling as the fallback;
-//! SQLite: a watcher polls `PRAGMA data_version` (2 ms after a change, backing off to `sqlite.poll_interval`), and a
-//! publish in the same process wakes its receivers at once.
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use serde::{Deserialize, Serialize};
+//! use tidings_core::{Bus, Topic, TopicConfig};
+//! use tidings_sql::{SqlBackend, SqliteConfig};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SignupEvent {
+//!     user_id: i64,
+//! }
+//!
+//! static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
+//!
+//! # let dir = std::env::temp_dir().join(format!("tidings-sql-doc-{}", std::process::id()));
+//! let path = dir.join("bus.db"); // created with its directory; WAL mode
+//! let bus = Bus::new(Arc::new(SqlBackend::sqlite(SqliteConfig::at(path.clone())).await?));
+//!
+//! // The application's row and its event commit together, on the application's own connection:
+//! let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?;
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY)").execute(&mut *tx).await?;
+//! sqlx::query("INSERT INTO users (id) VALUES (1)").execute(&mut *tx).await?;
+//! tidings_sql::publish_in(&bus, &mut *tx, &SIGNUPS, &SignupEvent { user_id: 1 }).await?;
+//! tx.commit().await?;
+//! # bus.shutdown(std::time::Duration::from_secs(1)).await;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
 #![warn(missing_docs)]
 
 mod admin;
