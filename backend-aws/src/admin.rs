@@ -17,7 +17,7 @@ use crate::provision::{queue_attributes, queue_names, topic_name, SubRes};
 use crate::subscribe::AwsSubscription;
 use crate::Shared;
 
-/// The SNS and SQS actions the application needs in a provisioning mode (README, AWS section).
+/// The SNS and SQS actions the application needs in a provisioning mode (the book's AWS page, Permissions).
 fn actions(mode: tidings_core::backend::cloud::Provisioning) -> (Vec<&'static str>, Vec<&'static str>) {
     use tidings_core::backend::cloud::Provisioning;
     let mut sns = vec!["sns:Publish"];

@@ -101,7 +101,8 @@ pub(crate) fn check_version(found: i64, where_: &str) -> Result<()> {
 /// The error for `provisioning = "verify"` or `"off"` when the tables are missing.
 pub(crate) fn not_provisioned(where_: &str, e: impl std::fmt::Display) -> Error {
     Error::config(format!(
-        "{where_} has no tidings tables ({e}); run once with provisioning = \"auto\" to create them, or create them \
-         from the DDL in the tidings-sql README"
+        "{where_} has no tidings tables ({e}); run once with provisioning = \"auto\" (as a role that may create \
+         them) to create them: {}",
+        tidings_core::book::url(tidings_core::book::SQL_PERMISSIONS)
     ))
 }

@@ -202,7 +202,10 @@ async fn postgres_incompatible_schema_version_is_a_clear_error() {
     let mut verify = config;
     verify.provisioning = Provisioning::Verify;
     let e = SqlBackend::postgres(verify).await.unwrap_err().to_string();
-    assert!(e.contains("no tidings tables") && e.contains("auto"), "{e}");
+    assert!(
+        e.contains("no tidings tables") && e.contains("auto") && e.contains("/backends/sql.html#permissions"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,4 +239,47 @@ async fn the_facade_settings_pick_the_dialect() {
     assert!(e.contains("\"local\"") && e.contains("sqlite, postgres"), "{e}");
     let b = SqlBackend::from_settings(&support::settings("sqlite")).await.unwrap();
     assert_eq!(tidings_core::Backend::name(&b), "sqlite");
+}
+
+/// `publish_in_with` carries a due time (delayed delivery is native here): the committed row stays invisible until
+/// then, and is delivered soon after.
+async fn publish_in_carries_the_due_time(backend: &str) {
+    let bus = support::bus(backend).await;
+    let t = topic("txn-delay");
+    let (_sub, seen) = collect(&bus, &t, "s", quick()).await;
+    let due = std::time::SystemTime::now() + Duration::from_secs(2);
+    let opts = || tidings_core::PublishOptions::new().deliver_at(due);
+    match backend {
+        "postgres" => {
+            let pool = sqlx::PgPool::connect(&support::pg_url()).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            tidings_sql::publish_in_with(&bus, &mut *tx, &t, &Job { n: 1 }, opts()).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        _ => {
+            let pool =
+                sqlx::SqlitePool::connect(&format!("sqlite://{}", support::sqlite_path().display())).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            tidings_sql::publish_in_with(&bus, &mut *tx, &t, &Job { n: 1 }, opts()).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let early =
+        due.duration_since(std::time::SystemTime::now()).unwrap_or_default().saturating_sub(Duration::from_millis(100));
+    tokio::time::sleep(early).await;
+    assert!(seen.lock().unwrap().is_empty(), "nothing before the due time");
+    assert!(eventually(10, || !seen.lock().unwrap().is_empty()).await, "delivered after the due time");
+    assert!(std::time::SystemTime::now() >= due);
+    assert_eq!(*seen.lock().unwrap(), vec![1]);
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_publish_in_carries_the_due_time() {
+    publish_in_carries_the_due_time("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_publish_in_carries_the_due_time() {
+    publish_in_carries_the_due_time("postgres").await;
 }

@@ -1,4 +1,4 @@
-//! Exit codes (documented in README.md and `tidings --help`) and the mapping from errors to them.
+//! Exit codes (documented on the book's CLI page and in `tidings --help`) and the mapping from errors to them.
 
 use tidings::{Error, ErrorKind};
 

@@ -21,10 +21,12 @@ pub const DASHBOARD: &str = "dashboard.html";
 pub const OBSERVABILITY: &str = "observability.html";
 /// Operating in production: permissions, provisioning, scaling, upgrades.
 pub const PRODUCTION: &str = "production.html";
+/// The SQL backends' permissions: what a role needs to provision, and to run on tables that exist.
+pub const SQL_PERMISSIONS: &str = "backends/sql.html#permissions";
 
 /// The pages named above, for the check that each exists.
 pub const PAGES: &[&str] =
-    &[CONCEPTS, DEAD_LETTERS, CONFIGURATION, BACKENDS, CLI, DASHBOARD, OBSERVABILITY, PRODUCTION];
+    &[CONCEPTS, DEAD_LETTERS, CONFIGURATION, BACKENDS, CLI, DASHBOARD, OBSERVABILITY, PRODUCTION, SQL_PERMISSIONS];
 
 /// The page of a backend, by its name (`aws`, `gcp`, `nats`, `sqlite`, `postgres`, `local`); `None` for a name the
 /// book has no page for.

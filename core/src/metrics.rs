@@ -1,6 +1,6 @@
 //! tidings' metrics, through the [`metrics`] facade: whichever recorder the application installs
 //! (Prometheus, OpenTelemetry, ...) receives them; with none installed they cost next to nothing. Names, units and
-//! labels are listed in the README's Observability section; the constants below are the names.
+//! labels are listed on the book's Observability page; the constants below are the names.
 //!
 //! Handles are resolved once per topic or subscription, when its publisher or runner starts, so a recorder must be
 //! installed before the bus is used. Timings (durations, latency) are taken only while a recorder is installed.
