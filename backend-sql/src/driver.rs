@@ -46,6 +46,12 @@ impl TopicDriver for SqlTopic {
         self.wake.notify(&self.topic);
         Ok(PublishReport::accepted())
     }
+
+    /// Deletes the message's rows that are still scheduled (due later, never claimed), in every subscription.
+    async fn cancel(&self, id: &tidings_core::MessageId) -> Result<bool> {
+        let now = tidings_core::backend::time::micros(std::time::SystemTime::now());
+        Ok(self.store.cancel(&self.topic, id.as_str(), now).await? > 0)
+    }
 }
 
 /// One subscription's deliveries, shared with every process subscribed under the same name.

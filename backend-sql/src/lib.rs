@@ -118,6 +118,10 @@ impl SqlBackend {
         caps.max_settle_batch = store::SETTLE_PER_STATEMENT;
         caps.max_attributes = 100;
         caps.backlog = true;
+        // Delayed delivery is native: a row published with a due time is invisible (`visible_at`) until then.
+        caps.delay = true;
+        caps.max_native_delay = std::time::Duration::MAX;
+        caps.max_delay = std::time::Duration::MAX;
         let admin_store = store.clone();
         let inner = Inner { name, store, admin_store, wake, caps, provisioning, tasks: Mutex::default() };
         SqlBackend { inner: Arc::new(inner) }

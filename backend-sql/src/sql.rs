@@ -33,11 +33,30 @@ pub(crate) struct Sql {
     pub sweep: String,
 }
 
-/// Only the oldest pending delivery of an ordering key may be claimed (head-of-line blocking across processes).
+/// A row published with a due time and never claimed: `visible_at` past its `enqueued_at` while no attempt was made.
+fn scheduled(t: &str) -> String {
+    format!("({t}.attempts = 0 AND {t}.visible_at > {t}.enqueued_at)")
+}
+
+/// Only the oldest pending delivery of an ordering key may be claimed (head-of-line blocking across processes). A
+/// scheduled row not yet due (`$2` is now) holds no place in its key: it takes one when due.
 fn head(d: &str) -> String {
     format!(
         " AND (d.ordering_key IS NULL OR d.seq = (SELECT min(h.seq) FROM {d} h WHERE h.sub = d.sub AND h.state = \
-         {PENDING} AND h.ordering_key IS NOT NULL AND h.ordering_key = d.ordering_key))"
+         {PENDING} AND h.ordering_key IS NOT NULL AND h.ordering_key = d.ordering_key AND NOT ({} AND h.visible_at > \
+         $2)))",
+        scheduled("h")
+    )
+}
+
+/// [`head`] for the next-due query (no `$2`): the key heads among rows that are not scheduled, and every scheduled
+/// row (at its due time).
+fn head_or_scheduled(d: &str) -> String {
+    format!(
+        " AND (d.ordering_key IS NULL OR {} OR d.seq = (SELECT min(h.seq) FROM {d} h WHERE h.sub = d.sub AND h.state = \
+         {PENDING} AND h.ordering_key IS NOT NULL AND h.ordering_key = d.ordering_key AND NOT {}))",
+        scheduled("d"),
+        scheduled("h")
     )
 }
 
@@ -76,7 +95,7 @@ impl Sql {
             claim: claim(""),
             claim_ordered: claim(&head(d)),
             next_due: next_due(""),
-            next_due_ordered: next_due(&head(d)),
+            next_due_ordered: next_due(&head_or_scheduled(d)),
             dead_page: format!(
                 "SELECT seq, message_id, payload, attributes, ordering_key, publish_time, attempts, reason, dead_at \
                  FROM {d} WHERE sub = $1 AND state = {DEAD} AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
@@ -99,25 +118,25 @@ impl Sql {
 
     /// Writes `n` messages, one delivery per subscription of the topic each, in one statement: $1 topic, $2 now,
     /// $3 dedup (PostgreSQL: $4 NOTIFY channel), then per message (id, payload, attributes, ordering key, publish
-    /// time) from [`Sql::publish_first`]. Deliveries are numbered in the batch's order.
+    /// time, visible at: now, or its due time) from [`Sql::publish_first`]. Deliveries are numbered in the batch's order.
     pub fn publish(&self, n: usize) -> String {
         let (s, d) = (&self.tables.subs, &self.tables.deliveries);
         let first = self.publish_first();
         let v: Vec<String> = (0..n)
             .map(|i| {
-                let k = first + 5 * i;
-                format!("({i}, ${k}, ${}, ${}, ${}, ${})", k + 1, k + 2, k + 3, k + 4)
+                let k = first + 6 * i;
+                format!("({i}, ${k}, ${}, ${}, ${}, ${}, ${})", k + 1, k + 2, k + 3, k + 4, k + 5)
             })
             .collect();
         let values = format!(
-            "WITH v (n, message_id, payload, attributes, ordering_key, publish_time) AS (VALUES {})",
+            "WITH v (n, message_id, payload, attributes, ordering_key, publish_time, visible_at) AS (VALUES {})",
             v.join(", ")
         );
         // The WHERE keeps SQLite from reading ON CONFLICT as a join constraint.
         let insert = format!(
             "INSERT INTO {d} (sub, message_id, payload, attributes, ordering_key, publish_time, enqueued_at, \
              visible_at, dedup) SELECT s.id, v.message_id, v.payload, v.attributes, v.ordering_key, v.publish_time, \
-             $2, $2, $3 FROM {s} s, v WHERE s.topic = $1 ORDER BY v.n, s.id ON CONFLICT (sub, message_id) WHERE \
+             $2, v.visible_at, $3 FROM {s} s, v WHERE s.topic = $1 ORDER BY v.n, s.id ON CONFLICT (sub, message_id) WHERE \
              dedup DO NOTHING"
         );
         match self.dialect {
