@@ -40,12 +40,80 @@ pub(crate) trait AdminStore: Send + Sync + Debug {
     async fn counts(&self, sub: i64, now: i64) -> Result<Counts>;
     /// Deletes a subscription and all its rows, in one transaction.
     async fn delete_subscription(&self, sub: i64) -> Result<()>;
-    /// PostgreSQL: (table, privilege, held by the current user) for what tidings does on its tables.
-    async fn privileges(&self) -> Result<Vec<(String, &'static str, bool)>>;
+    /// PostgreSQL: the current user (quoted as an identifier) and, for every privilege in [`NEEDED`], whether it
+    /// holds it.
+    async fn privileges(&self) -> Result<(String, Vec<Privilege>)>;
 }
 
-/// What tidings does on its tables (PostgreSQL privileges).
-pub(crate) const PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+/// What tidings does on the subscriptions and deliveries tables.
+const READ_WRITE: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE"];
+
+/// The kinds of object a PostgreSQL privilege is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Object {
+    Schema,
+    /// A table of the schema (`subscriptions`, `deliveries`, `schema_version`).
+    Table(&'static str),
+    /// The sequence numbering a column of a table (`BIGSERIAL`): (table, column).
+    Sequence(&'static str, &'static str),
+}
+
+/// The PostgreSQL privileges tidings needs once the schema exists (creating it is `provisioning = "auto"`'s first
+/// start, as a role that may; see the book's sql.md, "Permissions"): USAGE on the schema, SELECT on `schema_version`
+/// (read once at start), SELECT, INSERT, UPDATE and DELETE on `subscriptions` and `deliveries`, and USAGE on the two
+/// sequences their inserts (and the renumbering of a redrive) draw from.
+pub(crate) const NEEDED: &[(Object, &[&str])] = &[
+    (Object::Schema, &["USAGE"]),
+    (Object::Table("subscriptions"), READ_WRITE),
+    (Object::Table("deliveries"), READ_WRITE),
+    (Object::Table("schema_version"), &["SELECT"]),
+    (Object::Sequence("subscriptions", "id"), &["USAGE"]),
+    (Object::Sequence("deliveries", "seq"), &["USAGE"]),
+];
+
+/// One privilege of [`NEEDED`] as found.
+#[derive(Debug, Clone)]
+pub(crate) struct Privilege {
+    /// `SCHEMA`, `TABLE` or `SEQUENCE`, as GRANT names it.
+    pub kind: &'static str,
+    /// The object's qualified name (a sequence not found: a description of it).
+    pub object: String,
+    pub privilege: &'static str,
+    /// Whether the current user holds it; `None` when the object does not exist.
+    pub held: Option<bool>,
+}
+
+/// The doctor's checks from [`AdminStore::privileges`]: one per object, failing with the privileges the role lacks
+/// and the GRANT that gives them.
+fn privilege_checks(role: &str, found: &[Privilege]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut rest = found;
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|p| p.kind == first.kind && p.object == first.object).count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let (kind, object) = (first.kind, &first.object);
+        let name = format!("permissions: {} {object}", kind.to_lowercase());
+        if group.iter().any(|p| p.held.is_none()) {
+            out.push(Check::fail(name, format!("{} {object} does not exist", kind.to_lowercase())));
+            continue;
+        }
+        let names = |held: bool| -> Vec<&str> {
+            group.iter().filter(|p| p.held == Some(held)).map(|p| p.privilege).collect::<Vec<_>>()
+        };
+        let (held, lacking) = (names(true), names(false));
+        if lacking.is_empty() {
+            out.push(Check::pass(name, format!("{role} holds {} on it", held.join(", "))));
+        } else {
+            let lacking = lacking.join(", ");
+            out.push(Check::fail(
+                name,
+                format!("{role} lacks {lacking} on {object}: GRANT {lacking} ON {kind} {object} TO {role}"),
+            ));
+        }
+    }
+    out
+}
 
 /// Implements [`AdminStore`] for `SqlStore<$db>`.
 macro_rules! impl_admin_store {
@@ -104,21 +172,67 @@ macro_rules! impl_admin_store {
                 tx.commit().await.map_err(|e| db_error("committing the deletion of a subscription", e))
             }
 
-            async fn privileges(&self) -> tidings_core::Result<Vec<(String, &'static str, bool)>> {
-                let t = &self.sql.tables;
+            async fn privileges(
+                &self,
+            ) -> tidings_core::Result<(String, Vec<$crate::admin::Privilege>)> {
+                use $crate::admin::{Object, Privilege, NEEDED};
+                // By oid from the catalogs (readable by every role), so that a missing USAGE on the schema does not
+                // keep the tables' and sequences' privileges from being read.
+                const SCHEMA: &str = "SELECT has_schema_privilege(oid, $2) FROM pg_namespace WHERE nspname = $1";
+                const TABLE: &str = "SELECT has_table_privilege(c.oid, $3) FROM pg_class c JOIN pg_namespace n ON \
+                                     n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2";
+                // The sequence a serial or identity column owns (what pg_get_serial_sequence finds).
+                const SEQUENCE: &str = "SELECT s.relname::text, has_sequence_privilege(s.oid, $4) FROM pg_class t \
+                     JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_attribute a ON a.attrelid = t.oid AND \
+                     a.attname = $3 JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid \
+                     AND d.refobjsubid = a.attnum AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+                     JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' WHERE n.nspname = $1 AND t.relname = $2";
+                let err = |e| $crate::error::db_error("reading privileges", e);
+                let schema = self.sql.tables.subs.split_once('.').map_or("", |(s, _)| s).to_string();
+                let role: String =
+                    sqlx::query_scalar("SELECT quote_ident(current_user)").fetch_one(&self.pool).await.map_err(err)?;
                 let mut out = Vec::new();
-                for table in [&t.subs, &t.deliveries, &t.version] {
-                    for p in $crate::admin::PRIVILEGES {
-                        let held: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2)")
-                            .bind(table.as_str())
-                            .bind(p)
-                            .fetch_one(&self.pool)
-                            .await
-                            .map_err(|e| $crate::error::db_error("reading table privileges", e))?;
-                        out.push((table.clone(), p, held));
+                for (object, privileges) in NEEDED {
+                    for &privilege in *privileges {
+                        let (kind, name, held) = match *object {
+                            Object::Schema => {
+                                let held: Option<bool> = sqlx::query_scalar(SCHEMA)
+                                    .bind(&schema)
+                                    .bind(privilege)
+                                    .fetch_optional(&self.pool)
+                                    .await
+                                    .map_err(err)?;
+                                ("SCHEMA", schema.clone(), held)
+                            }
+                            Object::Table(table) => {
+                                let held: Option<bool> = sqlx::query_scalar(TABLE)
+                                    .bind(&schema)
+                                    .bind(table)
+                                    .bind(privilege)
+                                    .fetch_optional(&self.pool)
+                                    .await
+                                    .map_err(err)?;
+                                ("TABLE", format!("{schema}.{table}"), held)
+                            }
+                            Object::Sequence(table, column) => {
+                                let found: Option<(String, bool)> = sqlx::query_as(SEQUENCE)
+                                    .bind(&schema)
+                                    .bind(table)
+                                    .bind(column)
+                                    .bind(privilege)
+                                    .fetch_optional(&self.pool)
+                                    .await
+                                    .map_err(err)?;
+                                match found {
+                                    Some((seq, held)) => ("SEQUENCE", format!("{schema}.{seq}"), Some(held)),
+                                    None => ("SEQUENCE", format!("of {schema}.{table}.{column}"), None),
+                                }
+                            }
+                        };
+                        out.push(Privilege { kind, object: name, privilege, held });
                     }
                 }
-                Ok(out)
+                Ok((role, out))
             }
         }
     };
@@ -223,18 +337,8 @@ impl Admin for SqlAdmin {
             )];
         }
         match self.admin_store.privileges().await {
-            Err(e) => vec![Check::fail("permissions", format!("cannot read table privileges: {e}"))],
-            Ok(rows) => {
-                let missing: Vec<String> =
-                    rows.iter().filter(|(_, _, held)| !held).map(|(t, p, _)| format!("{p} on {t}")).collect();
-                let tables = self.store.sql().tables.clone();
-                let name = format!("permissions: {}, {}, {}", tables.subs, tables.deliveries, tables.version);
-                if missing.is_empty() {
-                    vec![Check::pass(name, "the current user holds SELECT, INSERT, UPDATE and DELETE on every table")]
-                } else {
-                    vec![Check::fail(name, format!("the current user lacks {} (GRANT them)", missing.join(", ")))]
-                }
-            }
+            Err(e) => vec![Check::fail("permissions", format!("cannot read the privileges: {e}"))],
+            Ok((role, found)) => privilege_checks(&role, &found),
         }
     }
 
