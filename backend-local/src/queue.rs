@@ -254,12 +254,6 @@ impl Queue {
         before != self.delayed.len()
     }
 
-    /// Messages published with a due time and not yet due.
-    #[allow(dead_code)] // step 5: backlog shows scheduled messages apart
-    pub fn scheduled(&self) -> u64 {
-        self.delayed.iter().filter(|Reverse(d)| d.p.attempts == 0 && d.p.msg.deliver_at().is_some()).count() as u64
-    }
-
     /// Moves due delayed messages and expired leases back to ready.
     fn promote(&mut self, now: Instant) {
         while let Some(Reverse(d)) = self.delayed.peek() {

@@ -28,11 +28,64 @@ use crate::error::ErrorKind;
 /// seconds on some brokers, and a short wait here costs no broker call.
 pub(super) const IN_PROCESS: Duration = Duration::from_secs(1);
 
-/// Deliveries held in process until their due time.
+/// Deliveries held in process until their due time, and the conversions under way or done.
 #[derive(Default)]
 pub(super) struct Delays {
     state: Mutex<State>,
     wake: Notify,
+    conversions: Mutex<Conversions>,
+}
+
+/// How long a converted id is remembered: a delivery of a message already requeued (its original's ack was late or
+/// lost, so the broker handed it out again) is removed rather than copied a second time.
+const CONVERTED_WINDOW: Duration = Duration::from_secs(600);
+
+/// Ids being converted (their requeue under way) and converted lately, so a redelivery of a message whose copy is
+/// already (or about to be) in the subscription makes no second copy.
+struct Conversions {
+    running: std::collections::HashSet<crate::MessageId>,
+    done: crate::backend::dedup::SeenIds<crate::MessageId>,
+}
+
+impl Default for Conversions {
+    fn default() -> Self {
+        Self { running: Default::default(), done: crate::backend::dedup::SeenIds::new(CONVERTED_WINDOW) }
+    }
+}
+
+/// What is known of a due delivery's conversion.
+enum Conversion {
+    /// Its copy is in the subscription: the delivery only needs removing.
+    Done,
+    /// A requeue of it is under way: it comes back shortly, when that has ended.
+    Running,
+    /// It is to be converted (now marked as running).
+    Start,
+}
+
+impl Delays {
+    fn conversion(&self, id: &crate::MessageId) -> Conversion {
+        let mut c = self.conversions.lock().unwrap();
+        c.done.expire(Instant::now());
+        if c.done.contains(id) {
+            Conversion::Done
+        } else if !c.running.insert(id.clone()) {
+            Conversion::Running
+        } else {
+            Conversion::Start
+        }
+    }
+
+    fn converted(&self, ids: &[crate::MessageId], ok: bool) {
+        let mut c = self.conversions.lock().unwrap();
+        let now = Instant::now();
+        for id in ids {
+            c.running.remove(id);
+            if ok {
+                c.done.insert(id.clone(), now);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -121,11 +174,40 @@ pub(super) fn screen<T: DeserializeOwned + Send + Sync + 'static>(
         if ctx.caps.delay {
             out.extend(due.into_iter().map(strip));
         } else {
-            ctx.runner.activity.settled(due.len());
-            tokio::spawn(convert(ctx.clone(), due));
+            convert_due(ctx, due, true);
         }
     }
     out
+}
+
+/// Converts due deliveries, once per message: one whose copy was made lately is only removed, one being converted
+/// comes back a second later. `in_flight`: they count as in flight (fresh from a receive), not held.
+fn convert_due<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: &Arc<Ctx<T>>,
+    due: Vec<ReceivedMessage>,
+    in_flight: bool,
+) {
+    let mut fresh = Vec::with_capacity(due.len());
+    for m in due {
+        let conversion = ctx.delays.conversion(&m.id);
+        if !matches!(conversion, Conversion::Start) && !in_flight {
+            ctx.runner.activity.received(1); // settled below, through the settle loop
+        }
+        match conversion {
+            Conversion::Done => {
+                let _ = ctx.settle.send(super::settle::Settle::Ack(m.ack_id));
+            }
+            Conversion::Running => nack(ctx, m.ack_id, IN_PROCESS),
+            Conversion::Start => fresh.push(m),
+        }
+    }
+    if fresh.is_empty() {
+        return;
+    }
+    if in_flight {
+        ctx.runner.activity.settled(fresh.len());
+    }
+    tokio::spawn(convert(ctx.clone(), fresh));
 }
 
 /// Holds a delivery `left` before its due time: in the broker by a nack with delay where the backend holds none
@@ -146,8 +228,14 @@ fn hold<T>(ctx: &Ctx<T>, m: ReceivedMessage, left: Duration) {
 /// original is removed; a driver that cannot requeue has them run as they are.
 async fn convert<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, due: Vec<ReceivedMessage>) {
     let copies: Vec<ReceivedMessage> = due.into_iter().map(strip).collect();
+    let ids: Vec<crate::MessageId> = copies.iter().map(|m| m.id.clone()).collect();
+    // The lease is renewed first, so it does not run out (and the broker hand the message out again) while the copy
+    // is being made.
+    let leases = copies.iter().map(|m| m.ack_id.clone()).collect();
+    let _ = ctx.runner.extend(leases, ctx.runner.spec.config.ack_deadline).await;
     let driver = ctx.runner.driver.clone();
     let requeued = crate::retry::call("requeue", Some(&ctx.runner.abort), || driver.requeue(copies.clone())).await;
+    ctx.delays.converted(&ids, requeued.is_ok());
     match requeued {
         Ok(()) => {
             tracing::debug!(target: "tidings", subscription = %ctx.runner.key.1, n = copies.len(),
@@ -193,7 +281,7 @@ pub(super) fn spawn_holder<T: DeserializeOwned + Send + Sync + 'static>(
                         super::receive::run_now(&ctx, due.into_iter().map(strip).collect());
                     });
                 } else {
-                    tokio::spawn(convert(ctx.clone(), due));
+                    convert_due(&ctx, due, false);
                 }
             }
             if now >= next_extend {
