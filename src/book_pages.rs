@@ -25,6 +25,7 @@ pages! {
     concepts_leases => "docs/book/src/concepts/leases.md",
     concepts_shutdown => "docs/book/src/concepts/shutdown.md",
     concepts_backlog => "docs/book/src/concepts/backlog.md",
+    concepts_delayed_delivery => "docs/book/src/concepts/delayed-delivery.md",
     configuration => "docs/book/src/configuration.md",
     outbox => "docs/book/src/outbox.md",
     testing => "docs/book/src/testing.md",
