@@ -159,6 +159,12 @@ pub struct Publish {
     /// Message id (default: a new one); exactly-once topics drop a republished id.
     #[arg(long)]
     pub id: Option<String>,
+    /// Delivers it this long from now, such as 10m or 1h30m (delayed delivery).
+    #[arg(long, value_name = "DURATION", conflicts_with = "at")]
+    pub delay: Option<String>,
+    /// Delivers it at this time, RFC 3339 in UTC, such as 2025-06-01T09:00:00Z (delayed delivery).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `tidings publish <topic> --data JSON|@file [--attr k=v] [--key K] [--id ID]`.
+//! `tidings publish <topic> --data JSON|@file [--attr k=v] [--key K] [--id ID] [--delay 10m | --at RFC3339]`.
 
 use std::io::Read;
 
@@ -44,6 +44,21 @@ pub async fn run(bus: &Bus, op: &Operator, a: Publish, json: bool) -> Outcome {
     }
     if let Some(id) = &a.id {
         options = options.id(MessageId::from(id.as_str()));
+    }
+    if let Some(d) = &a.delay {
+        let delay = humantime::parse_duration(d.trim()).map_err(|e| {
+            Failure::new(USAGE, format!("--delay {d:?} is not a duration (write it as 10m, 1h30m or 45s): {e}"))
+        })?;
+        options = options.deliver_after(delay);
+    }
+    if let Some(t) = &a.at {
+        let at = humantime::parse_rfc3339_weak(t.trim().trim_end_matches('Z')).map_err(|e| {
+            Failure::new(
+                USAGE,
+                format!("--at {t:?} is not a time (write it in RFC 3339, UTC: 2025-06-01T09:00:00Z): {e}"),
+            )
+        })?;
+        options = options.deliver_at(at);
     }
     let config = op.topic_config(&a.topic).await?;
     let topic = declare(&a.topic, config);

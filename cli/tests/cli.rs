@@ -151,6 +151,14 @@ fn publish_and_tail(env: &Env) {
     env.ok(&["publish", "orders", "--data", &format!("@{}", file.display())]);
     let bad = env.run(&["publish", "orders", "--data", "{not json"]);
     assert_eq!(bad.status.code(), Some(2));
+    // Delayed delivery: a delay or time that does not parse is refused before anything is sent, naming the value.
+    for (flag, value) in [("--delay", "soon"), ("--delay", "-5m"), ("--at", "tomorrow at nine")] {
+        let arg = format!("{flag}={value}");
+        let bad = env.run(&["publish", "orders", "--data", r#"{"n": 9, "kind": "ok"}"#, &arg]);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(&format!("{flag} {value:?}")), "{err}");
+    }
 
     let out = tail.wait_with_output().unwrap();
     let mut rest = String::new();
