@@ -219,7 +219,8 @@ impl Admin for AwsAdmin {
             (Some(a), b) => Some(a + b.unwrap_or(0)),
             _ => None,
         };
-        Ok(SubscriptionStats { backlog, in_flight, oldest_unacked: None, dead_letters: dead })
+        // Delayed messages are held by the subscribing processes (invisible until due): SQS counts them not visible.
+        Ok(SubscriptionStats { backlog, scheduled: None, in_flight, oldest_unacked: None, dead_letters: dead })
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
@@ -284,6 +285,11 @@ impl Admin for AwsAdmin {
                 "rates",
                 "SNS and SQS keep message rates in CloudWatch only; the dashboard derives backlog and DLQ changes from \
                  successive samples, and acked and published rates from the application's metrics",
+            ),
+            (
+                "scheduled",
+                "delayed messages are held by the subscribing processes (invisible in their queue until due), so SQS \
+                 counts them not visible, in flight with the delivered ones",
             ),
         ]
     }

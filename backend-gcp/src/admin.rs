@@ -220,6 +220,11 @@ impl Admin for GcpAdmin {
             ("in_flight", monitoring),
             ("oldest_unacked", monitoring),
             (
+                "scheduled",
+                "delayed messages are held by the subscribing processes (lease kept alive until due), and Pub/Sub \
+                 counts nothing per subscription",
+            ),
+            (
                 "rates",
                 "Pub/Sub keeps message rates in Cloud Monitoring only; the dashboard derives acked and published rates \
                  from the application's metrics",

@@ -441,6 +441,12 @@ impl SubscriptionDriver for LocalSubscription {
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(Some(self.queue().backlog()))
     }
+
+    async fn backlog_detail(&self) -> Result<tidings_core::BacklogDetail> {
+        let q = self.queue();
+        let detail = tidings_core::BacklogDetail::new(Some(q.backlog()));
+        Ok(detail.with_scheduled(Some(q.scheduled(Instant::now()))))
+    }
 }
 
 /// The dead-letter queue: numbered letters in the order they came; a cursor is the last number read.

@@ -226,6 +226,14 @@ impl Queue {
         (self.ready.len() + self.delayed.len() + self.leased.len() + self.parked_len) as u64
     }
 
+    /// Of the backlog, the messages scheduled at `now`: published with a due time not reached yet, never delivered
+    /// (the delay heap also holds failed deliveries waiting out their backoff, which have had an attempt). One pass
+    /// over the delay heap.
+    pub fn scheduled(&self, now: Instant) -> u64 {
+        let scheduled = |d: &Delayed| d.at > now && d.p.attempts == 0 && d.p.msg.deliver_at().is_some();
+        self.delayed.iter().filter(|Reverse(d)| scheduled(d)).count() as u64
+    }
+
     /// Adds published messages; exactly-once subscriptions drop ids they already accepted. (Waking receivers is the
     /// inbox's part: messages reach the queue only when a receiver or another caller already holds it.)
     pub fn push(&mut self, msgs: impl IntoIterator<Item = Stored>, now: Instant) {

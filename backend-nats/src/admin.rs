@@ -114,7 +114,14 @@ impl Admin for NatsAdmin {
             self.oldest_unacked(&names, c.ack_floor.stream_sequence).await?
         };
         let dead_letters = stream_info(&self.s, &names.dlq_stream).await?.map(|i| i.state.messages);
-        Ok(SubscriptionStats { backlog: Some(backlog), in_flight: Some(in_flight), oldest_unacked, dead_letters })
+        Ok(SubscriptionStats {
+            backlog: Some(backlog),
+            // Held by the subscribing processes: JetStream counts a held delayed message as ack pending.
+            scheduled: None,
+            in_flight: Some(in_flight),
+            oldest_unacked,
+            dead_letters,
+        })
     }
 
     async fn dead_letter_queue(&self, spec: &SubscriptionSpec) -> Result<Option<Arc<dyn DeadLetters>>> {
@@ -170,6 +177,11 @@ impl Admin for NatsAdmin {
         vec![
             ("delivery", "a JetStream stream does not record the topic's delivery guarantee or ordering"),
             ("rates", "JetStream reports no message rates (only counts and sequences)"),
+            (
+                "scheduled",
+                "delayed messages are held by the subscribing processes (a Nak with the time left), so JetStream counts \
+                 them as ack pending, in flight with the delivered ones",
+            ),
         ]
     }
 }

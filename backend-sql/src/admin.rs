@@ -22,6 +22,8 @@ use crate::wake::Wake;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counts {
     pub pending: i64,
+    /// Pending rows still scheduled (published with a due time not reached, never claimed).
+    pub scheduled: i64,
     pub in_flight: i64,
     /// `enqueued_at` (µs) of the oldest pending row.
     pub oldest: Option<i64>,
@@ -139,18 +141,21 @@ macro_rules! impl_admin_store {
             async fn counts(&self, sub: i64, now: i64) -> tidings_core::Result<$crate::admin::Counts> {
                 use $crate::schema::{DEAD, PENDING};
                 let sql = format!(
-                    "SELECT count(*) FILTER (WHERE state = {PENDING}), count(*) FILTER (WHERE state = {PENDING} AND \
-                     lease IS NOT NULL AND visible_at > $2), min(enqueued_at) FILTER (WHERE state = {PENDING}), \
-                     count(*) FILTER (WHERE state = {DEAD}) FROM {} WHERE sub = $1 AND state IN ({PENDING}, {DEAD})",
+                    "SELECT count(*) FILTER (WHERE d.state = {PENDING}), count(*) FILTER (WHERE d.state = {PENDING} \
+                     AND {} AND d.visible_at > $2), count(*) FILTER (WHERE d.state = {PENDING} AND d.lease IS NOT NULL \
+                     AND d.visible_at > $2), min(d.enqueued_at) FILTER (WHERE d.state = {PENDING}), count(*) FILTER \
+                     (WHERE d.state = {DEAD}) FROM {} d WHERE d.sub = $1 AND d.state IN ({PENDING}, {DEAD})",
+                    $crate::sql::scheduled("d"),
                     self.sql.tables.deliveries
                 );
-                let (pending, in_flight, oldest, dead): (i64, i64, Option<i64>, i64) = sqlx::query_as(&sql)
+                let (pending, scheduled, in_flight, oldest, dead): (i64, i64, i64, Option<i64>, i64) =
+                    sqlx::query_as(&sql)
                     .bind(sub)
                     .bind(now)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(|e| $crate::error::db_error("counting deliveries", e))?;
-                Ok($crate::admin::Counts { pending, in_flight, oldest, dead })
+                Ok($crate::admin::Counts { pending, scheduled, in_flight, oldest, dead })
             }
 
             async fn delete_subscription(&self, sub: i64) -> tidings_core::Result<()> {
@@ -306,6 +311,7 @@ impl Admin for SqlAdmin {
         let n = |v: i64| Some(v.max(0) as u64);
         Ok(SubscriptionStats {
             backlog: n(c.pending),
+            scheduled: n(c.scheduled),
             in_flight: n(c.in_flight),
             // Nothing pending: known, and no age.
             oldest_unacked: Some(

@@ -9,7 +9,7 @@ use tidings_core::backend::{
     AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionDriver, TopicDriver,
 };
 use tidings_core::dead_letter::DeadLetters;
-use tidings_core::{PublishReport, Result, SubscriptionConfig};
+use tidings_core::{BacklogDetail, PublishReport, Result, SubscriptionConfig};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -176,5 +176,10 @@ impl SubscriptionDriver for SqlSubscription {
     async fn backlog(&self) -> Result<Option<u64>> {
         let sql = &self.store.sql().backlog;
         Ok(Some(self.store.count(sql, self.sub).await?))
+    }
+
+    async fn backlog_detail(&self) -> Result<BacklogDetail> {
+        let (total, scheduled) = self.store.backlog_detail(self.sub, now_us()).await?;
+        Ok(BacklogDetail::new(Some(total)).with_scheduled(Some(scheduled)))
     }
 }

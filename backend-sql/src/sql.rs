@@ -29,12 +29,16 @@ pub(crate) struct Sql {
     pub dead_page: String,
     pub renumber: String,
     pub backlog: String,
+    /// The backlog and, of it, the rows still scheduled at `$2` (now): [`scheduled`] and not yet due.
+    pub backlog_detail: String,
     pub dead_depth: String,
     pub sweep: String,
 }
 
 /// A row published with a due time and never claimed: `visible_at` past its `enqueued_at` while no attempt was made.
-fn scheduled(t: &str) -> String {
+/// (A row waiting out a retry backoff, or leased, has had an attempt; a redriven row is visible from its
+/// `enqueued_at`.)
+pub(crate) fn scheduled(t: &str) -> String {
     format!("({t}.attempts = 0 AND {t}.visible_at > {t}.enqueued_at)")
 }
 
@@ -107,6 +111,11 @@ impl Sql {
                  lease = NULL, reason = NULL, dead_at = NULL WHERE seq = $1 AND sub = $3 AND state = {DEAD}"
             ),
             backlog: format!("SELECT count(*) FROM {d} WHERE sub = $1 AND state = {PENDING}"),
+            backlog_detail: format!(
+                "SELECT count(*), count(*) FILTER (WHERE {} AND d.visible_at > $2) FROM {d} d WHERE d.sub = $1 AND \
+                 d.state = {PENDING}",
+                scheduled("d")
+            ),
             dead_depth: format!("SELECT count(*) FROM {d} WHERE sub = $1 AND state = {DEAD}"),
             sweep: format!(
                 "DELETE FROM {d} WHERE sub = $1 AND ((state = {PENDING} AND visible_at <= $2 AND enqueued_at < $3) OR \

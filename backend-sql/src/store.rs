@@ -49,6 +49,8 @@ pub(crate) trait Store: Send + Sync + Debug {
     async fn cancel(&self, topic: &str, id: &str, now: i64) -> Result<u64>;
     /// Runs one of the `count(*)` statements for a subscription.
     async fn count(&self, statement: &str, sub: i64) -> Result<u64>;
+    /// A subscription's pending rows and, of them, those still scheduled at `now` (µs), in one statement.
+    async fn backlog_detail(&self, sub: i64, now: i64) -> Result<(u64, u64)>;
     /// Drops pending deliveries enqueued before `cutoff` (retention) and expired de-duplication rows.
     async fn sweep(&self, sub: i64, now: i64, cutoff: i64) -> Result<u64>;
     /// Tells other processes that `topic` changed (PostgreSQL NOTIFY; SQLite's watchers see every commit).
@@ -470,6 +472,16 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| $crate::error::db_error("counting deliveries", e))?;
                 Ok(n.max(0) as u64)
+            }
+
+            async fn backlog_detail(&self, sub: i64, now: i64) -> tidings_core::Result<(u64, u64)> {
+                let (total, scheduled): (i64, i64) = sqlx::query_as(&self.sql.backlog_detail)
+                    .bind(sub)
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| $crate::error::db_error("counting deliveries", e))?;
+                Ok((total.max(0) as u64, scheduled.max(0) as u64))
             }
 
             async fn sweep(&self, sub: i64, now: i64, cutoff: i64) -> tidings_core::Result<u64> {

@@ -65,7 +65,7 @@ pub mod topic;
 pub mod topology;
 pub mod trace;
 
-pub use backend::{Backend, Capabilities, PublishReport, SubscriptionDriver, TopicDriver};
+pub use backend::{Backend, BacklogDetail, Capabilities, PublishReport, SubscriptionDriver, TopicDriver};
 pub use bus::{Bus, BusBuilder};
 pub use config::Settings;
 pub use dead_letter::DeadLetter;

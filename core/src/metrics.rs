@@ -38,6 +38,9 @@ pub const API_CALLS: &str = "tidings.api.calls";
 pub const API_BYTES: &str = "tidings.api.bytes";
 /// Messages not yet acked or dead-lettered, sampled.
 pub const BACKLOG: &str = "tidings.subscription.backlog";
+/// Of the backlog, messages scheduled (published with a due time not reached yet, never delivered), sampled where the
+/// backend can tell (the in-memory bus, SQL); never reported elsewhere.
+pub const SCHEDULED: &str = "tidings.subscription.scheduled";
 /// Age of the oldest message not yet acked, in seconds, sampled.
 pub const OLDEST_UNACKED_AGE: &str = "tidings.subscription.oldest_unacked.age";
 /// Messages in the dead-letter queue, sampled.
@@ -99,6 +102,7 @@ pub fn describe() {
     describe_counter!(API_CALLS, Unit::Count, "Backend API calls or server round trips, by operation");
     describe_counter!(API_BYTES, Unit::Bytes, "Payload bytes carried by backend API calls, by operation");
     describe_gauge!(BACKLOG, Unit::Count, "Messages not yet acked or dead-lettered (sampled)");
+    describe_gauge!(SCHEDULED, Unit::Count, "Messages of the backlog waiting for their delivery time (sampled)");
     describe_gauge!(OLDEST_UNACKED_AGE, Unit::Seconds, "Age of the oldest message not yet acked (sampled)");
     describe_gauge!(DEAD_LETTERS, Unit::Count, "Messages in the dead-letter queue (sampled)");
     describe_gauge!(OUTBOX_PENDING, Unit::Count, "Outbox rows not yet relayed (sampled)");

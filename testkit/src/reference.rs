@@ -26,7 +26,8 @@
 //! - Delayed delivery (`delay`, native here): a message published with a due time waits in the queue's *scheduled*
 //!   list and is enqueued (given its sequence number, so it takes its place in its key's order) when due; `cancel`
 //!   removes it from there. Backends that cannot keep it themselves leave `delay` off and core holds it instead.
-//! - `backlog`: messages not yet acked or dead-lettered.
+//! - `backlog`: messages not yet acked or dead-lettered; `backlog_detail` adds how many of them are scheduled (in the
+//!   scheduled list and not yet due), which only a backend keeping delays itself can tell.
 //!
 //! Left out: persistence, retention expiry, the operator's [`Backend::admin`], API call counting.
 
@@ -38,7 +39,9 @@ use async_trait::async_trait;
 use tidings_core::backend::dedup::SeenIds;
 use tidings_core::backend::{AckId, DeadLetterRequest, OutgoingMessage, ReceivedMessage, SubscriptionSpec, TopicSpec};
 use tidings_core::dead_letter::{DeadLetters, HeldLetter, LetterPage};
-use tidings_core::{Backend, Capabilities, DeadLetter, Error, MessageId, PublishReport, Result, SubscriptionConfig};
+use tidings_core::{
+    Backend, BacklogDetail, Capabilities, DeadLetter, Error, MessageId, PublishReport, Result, SubscriptionConfig,
+};
 use tidings_core::{SubscriptionDriver, TopicDriver};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -224,6 +227,17 @@ impl SubscriptionDriver for SubscriptionHandle {
 
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(Some(self.queue(|q| q.ready.len() + q.leased.len() + q.scheduled.len()) as u64))
+    }
+
+    async fn backlog_detail(&self) -> Result<BacklogDetail> {
+        // One look under the lock: the backlog and, of it, the scheduled messages not yet due (a nacked message
+        // waiting out its backoff is leased to nobody, so it never counts as scheduled).
+        let now = Instant::now();
+        let (total, scheduled) = self.queue(|q| {
+            let due_later = q.scheduled.iter().filter(|(at, _)| *at > now).count();
+            (q.ready.len() + q.leased.len() + q.scheduled.len(), due_later)
+        });
+        Ok(BacklogDetail::new(Some(total as u64)).with_scheduled(Some(scheduled as u64)))
     }
 }
 

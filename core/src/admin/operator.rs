@@ -310,10 +310,16 @@ impl Operator {
         let target = self.target(topic, sub).await?;
         let backlog = match &target {
             Target::Admin(a, spec) => return retry::call("stats", None, || a.stats(spec)).await,
-            Target::Local(r) => retry::call("backlog", None, || r.driver.backlog()).await?,
+            Target::Local(r) => retry::call("backlog", None, || r.driver.backlog_detail()).await?,
         };
         let dead = dead_letter::peek(&*self.queue(&target).await?, usize::MAX).await?.len() as u64;
-        Ok(SubscriptionStats { backlog, in_flight: None, oldest_unacked: None, dead_letters: Some(dead) })
+        Ok(SubscriptionStats {
+            backlog: backlog.total,
+            scheduled: backlog.scheduled,
+            in_flight: None,
+            oldest_unacked: None,
+            dead_letters: Some(dead),
+        })
     }
 
     /// The dead-letter queue of a subscription: its backend's one dead-letter surface.

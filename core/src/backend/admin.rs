@@ -41,6 +41,10 @@ pub struct SubscriptionResource {
 pub struct SubscriptionStats {
     /// Messages not yet acked or dead-lettered (ready, delayed or leased).
     pub backlog: Option<u64>,
+    /// Of those, scheduled: published with a due time not reached yet and never delivered (see
+    /// [`crate::BacklogDetail::scheduled`]). Known where the backend keeps delays itself (the in-memory bus, SQL);
+    /// `None` where the runtime holds delayed messages (AWS, Pub/Sub, NATS: the broker counts them in flight).
+    pub scheduled: Option<u64>,
     /// Of those, leased to a consumer right now.
     pub in_flight: Option<u64>,
     /// Age of the oldest message not yet acked.

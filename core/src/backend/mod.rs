@@ -13,6 +13,7 @@
 //! | `dead_letters.rs` | [`DeadLetters`]: a subscription's dead-letter queue (read with a cursor, restore, delete), the one surface for the `Subscription` handle and the operator |
 //! | `info.rs` | [`BackendInfo`]: its name, OpenTelemetry `messaging.system` and how its API calls are billed |
 //! | `admin.rs` | [`Admin`]: the operator's contract (CLI, dashboard) |
+//! | `backlog.rs` | [`BacklogDetail`]: a subscription's backlog with its scheduled messages apart |
 //! | `check.rs`, `orphan.rs` | what `tidings doctor` and the inventory report |
 //! | `calls/` | [`calls::ApiCalls`]: counting a backend's API calls by operation, topic and subscription |
 //! | `cloud.rs` | [`cloud::Provisioning`]: create, verify or trust a cloud backend's resources |
@@ -23,6 +24,7 @@
 //! every backend passes.
 
 pub mod admin;
+mod backlog;
 pub mod calls;
 mod capabilities;
 mod check;
@@ -38,6 +40,7 @@ pub mod time;
 pub mod wire;
 
 pub use admin::Admin;
+pub use backlog::BacklogDetail;
 pub use capabilities::Capabilities;
 pub use check::{Check, Status};
 pub use dead_letters::{DeadLetter, DeadLetters, HeldLetter, LetterPage};

@@ -1,15 +1,17 @@
-//! The backlog gauges: a task per running subscription samples, on an interval, how many messages wait, the age of
-//! the oldest one not yet acked and the dead-letter queue's depth, where the backend can tell (its operator
-//! statistics, [`crate::admin::Admin::stats`], or else [`crate::SubscriptionDriver::backlog`]). It runs only while a
-//! recorder is installed, so an application without metrics makes no extra API calls.
+//! The backlog gauges: a task per running subscription samples, on an interval, how many messages wait (and how many
+//! of them are scheduled for later), the age of the oldest one not yet acked and the dead-letter queue's depth, where
+//! the backend can tell (its operator statistics, [`crate::admin::Admin::stats`], or else
+//! [`crate::SubscriptionDriver::backlog_detail`]). It runs only while a recorder is installed, so an application
+//! without metrics makes no extra API calls. A gauge the backend never reports is never registered, so a recorder
+//! shows no made-up zero for it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::gauge;
+use ::metrics::{gauge, Gauge};
 use tokio_util::sync::CancellationToken;
 
-use super::{BACKLOG, DEAD_LETTERS, OLDEST_UNACKED_AGE};
+use super::{BACKLOG, DEAD_LETTERS, OLDEST_UNACKED_AGE, SCHEDULED};
 use crate::admin::Admin;
 use crate::backend::calls::{scoped, Scope};
 use crate::backend::{SubscriptionDriver, SubscriptionSpec};
@@ -40,16 +42,23 @@ pub(crate) fn start(
     let labels = [("backend", backend), ("topic", &spec.topic.name), ("subscription", &spec.name)]
         .map(|(k, v)| ::metrics::Label::new(k, v.to_string()))
         .to_vec();
-    let (backlog, oldest, dead) =
-        (gauge!(BACKLOG, labels.clone()), gauge!(OLDEST_UNACKED_AGE, labels.clone()), gauge!(DEAD_LETTERS, labels));
+    let (backlog, oldest, dead) = (
+        gauge!(BACKLOG, labels.clone()),
+        gauge!(OLDEST_UNACKED_AGE, labels.clone()),
+        gauge!(DEAD_LETTERS, labels.clone()),
+    );
+    // Registered at its first known value: on a backend that cannot tell, the series does not exist.
+    let mut scheduled: Option<Gauge> = None;
     let scope = Scope::subscription(&spec.topic.name, &spec.name);
     tokio::spawn(async move {
         loop {
             let sample = scoped(scope.clone(), async {
                 match &source {
-                    Source::Admin(a) => a.stats(&spec).await.map(|s| (s.backlog, s.oldest_unacked, s.dead_letters)),
-                    Source::Driver(d) => d.backlog().await.map(|b| (b, None, None)),
-                    Source::None => Ok((None, None, None)),
+                    Source::Admin(a) => {
+                        a.stats(&spec).await.map(|s| (s.backlog, s.scheduled, s.oldest_unacked, s.dead_letters))
+                    }
+                    Source::Driver(d) => d.backlog_detail().await.map(|b| (b.total, b.scheduled, None, None)),
+                    Source::None => Ok((None, None, None, None)),
                 }
             });
             // A sample in flight ends with the subscription, so no call is counted after it stopped.
@@ -58,9 +67,12 @@ pub(crate) fn start(
                 _ = stop.cancelled() => return,
             };
             match sampled {
-                Ok((b, o, d)) => {
+                Ok((b, s, o, d)) => {
                     if let Some(b) = b {
                         backlog.set(b as f64);
+                    }
+                    if let Some(s) = s {
+                        scheduled.get_or_insert_with(|| gauge!(SCHEDULED, labels.clone())).set(s as f64);
                     }
                     if let Some(o) = o {
                         oldest.set(o.as_secs_f64());

@@ -69,6 +69,12 @@ impl Subscription {
         crate::retry::call("backlog", None, || self.runner.driver.backlog()).await
     }
 
+    /// The backlog with its scheduled messages (published with a due time not reached yet) apart, where the backend
+    /// can tell: see [`crate::BacklogDetail`].
+    pub async fn backlog_detail(&self) -> Result<crate::BacklogDetail> {
+        crate::retry::call("backlog", None, || self.runner.driver.backlog_detail()).await
+    }
+
     /// Waits until the backlog is empty (everything acked or dead-lettered), polling every few milliseconds, for at
     /// most `timeout`. Returns whether it emptied. Needs a backend that reports its backlog
     /// ([`crate::Capabilities::backlog`]; Pub/Sub does not): elsewhere it is an `Unsupported` error, and

@@ -302,3 +302,76 @@ pub async fn foreign_due_time_attribute_is_held<H: Harness>(h: &H) {
     report(&bus, "foreign", &[late]);
     bus.shutdown(t.patience).await;
 }
+
+/// `Subscription::backlog_detail` and the operator's figures (`tidings ls`, the dashboard) show scheduled messages
+/// apart where the backend keeps delays itself, exactly: three delayed messages are scheduled; a message waiting out a
+/// retry backoff, one leased to its handler and one acked are not, and a cancelled one leaves the count. Where the
+/// runtime holds delayed messages (the broker counts them in flight), `scheduled` is `None`, never a wrong number.
+pub async fn backlog_shows_scheduled_messages_apart<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-backlog", TopicConfig::at_least_once());
+    // A failed attempt waits an hour for its retry: in the broker's terms it is delayed too, but not scheduled.
+    let retry =
+        tidings_core::RetryPolicy::new(Duration::from_secs(3600), Duration::from_secs(3600)).with_max_retries(5);
+    let config = sub_config(&t, 5).with_retry(retry);
+    let (log, gate) = (Log::default(), Arc::new(tokio::sync::Semaphore::new(0)));
+    let (l, g) = (log.clone(), gate.clone());
+    let sub = bus
+        .subscribe(&topic, "sub", config, move |m: Message<Event>| {
+            l.record(&m);
+            let g = g.clone();
+            async move {
+                match m.n {
+                    1 => Err(HandlerError::retry("fails; retried in an hour")),
+                    2 => {
+                        g.acquire().await.expect("gate open").forget(); // leased until the end
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let hour = PublishOptions::new().deliver_after(Duration::from_secs(3600));
+    let mut delayed = Vec::new();
+    for n in [10, 11, 12] {
+        delayed.push(topic.publish_with(&bus, &Event::new(n), hour.clone()).await.unwrap());
+    }
+    for n in [1, 2, 3] {
+        topic.publish(&bus, &Event::new(n)).await.unwrap();
+    }
+    let ops = tidings_core::admin::Operator::new(&bus);
+    let native = bus.native_capabilities().delay && bus.native_capabilities().backlog;
+    let end = tokio::time::Instant::now() + t.patience;
+    // Every look, from the first: the scheduled count is exact where the backend keeps delays, unknown elsewhere.
+    let detail = loop {
+        let detail = sub.backlog_detail().await.expect("backlog_detail");
+        let stats = ops.stats(topic.name(), "sub").await.expect("the operator's figures");
+        let want = native.then_some(3);
+        assert_eq!(detail.scheduled, want, "Subscription::backlog_detail (native delay: {native}): {detail:?}");
+        assert_eq!(stats.scheduled, want, "the operator's figures, as tidings ls shows them: {stats:?}");
+        assert_eq!(detail.total.is_some(), bus.capabilities().backlog, "a total where the backend counts: {detail:?}");
+        let handled: Vec<u64> = log.all().iter().map(|d| d.event.n).collect();
+        // Settled: 1 failed once (its nack applied), 2 is running, 3 was acked: of the six published, five wait.
+        if [1, 2, 3].iter().all(|n| handled.contains(n)) && detail.total.is_none_or(|n| n == 5) {
+            break detail;
+        }
+        assert!(tokio::time::Instant::now() < end, "never settled: handled {handled:?}, backlog {detail:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sub.backlog().await.unwrap(), detail.total, "backlog and backlog_detail agree");
+    if native {
+        assert_eq!(detail.due(), Some(2), "the failed and the leased message are not scheduled: {detail:?}");
+        assert!(topic.cancel(&bus, &delayed[0]).await.unwrap(), "a scheduled message is cancelled");
+        let detail = sub.backlog_detail().await.unwrap();
+        assert_eq!((detail.total, detail.scheduled), (Some(4), Some(2)), "a cancelled message leaves both counts");
+        assert_eq!(ops.stats(topic.name(), "sub").await.unwrap().scheduled, Some(2));
+    } else {
+        assert_eq!(detail.due(), None, "nothing is derived from an unknown figure");
+    }
+    let attempts: Vec<(u64, u32)> = log.all().iter().map(|d| (d.event.n, d.meta.attempt)).collect();
+    assert!(attempts.iter().all(|(n, _)| *n < 10), "no delayed message was handled early: {attempts:?}");
+    gate.add_permits(1);
+    bus.shutdown(t.patience).await;
+}

@@ -173,6 +173,7 @@ macro_rules! conformance_tests {
                     delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once,
                     delay_beyond_retention_is_refused_and_cancel_is_honest,
                     foreign_due_time_attribute_is_held,
+                    backlog_shows_scheduled_messages_apart,
                 );
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup,

@@ -69,6 +69,9 @@ impl SubscriptionDriver for ScopedSubscription {
     async fn backlog(&self) -> Result<Option<u64>> {
         scoped(self.scope.clone(), self.inner.backlog()).await
     }
+    async fn backlog_detail(&self) -> Result<crate::backend::BacklogDetail> {
+        scoped(self.scope.clone(), self.inner.backlog_detail()).await
+    }
 }
 
 /// A dead-letter queue whose calls run within its subscription's scope.
