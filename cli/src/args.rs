@@ -28,9 +28,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Topics and subscriptions under the name prefix, with backlog, in-flight, oldest unacked age and DLQ depth; a
-    /// subscription whose resource is gone is marked MISSING (exit code 0: the listing is complete), and resources
-    /// left behind by a deleted subscription are listed as orphaned.
+    /// Topics and subscriptions under the name prefix, with backlog (and, of it, the messages scheduled for later),
+    /// in-flight, oldest unacked age and DLQ depth; a subscription whose resource is gone is marked MISSING (exit code
+    /// 0: the listing is complete), and resources left behind by a deleted subscription are listed as orphaned.
     Ls,
     /// Dead-letter queues: list, show, redrive, purge.
     #[command(subcommand)]

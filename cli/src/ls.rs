@@ -1,5 +1,5 @@
-//! `tidings ls`: topics and subscriptions under the prefix, with figures; `–` and a footnote where the backend
-//! cannot tell; `MISSING` and a footnote naming the resource where a subscription's resource is gone, and the
+//! `tidings ls`: topics and subscriptions under the prefix, with figures (the backlog with its scheduled messages
+//! apart: published with a due time not reached yet); `–` and a footnote where the backend cannot tell; `MISSING` and a footnote naming the resource where a subscription's resource is gone, and the
 //! resources deleted subscriptions left behind. It exits 0 whenever it could list (`tidings doctor` fails on those).
 
 use tidings::admin::Operator;
@@ -34,11 +34,12 @@ pub async fn run(op: &Operator, json: bool) -> Outcome {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
             ]);
         }
         for s in &t.subscriptions {
             if s.missing.is_some() {
-                let cells = [MISSING, "", "", ""].map(String::from);
+                let cells = [MISSING, "", "", "", ""].map(String::from);
                 rows.push([vec![t.name.clone(), kind.into(), s.name.clone()], cells.to_vec()].concat());
                 continue;
             }
@@ -47,6 +48,7 @@ pub async fn run(op: &Operator, json: bool) -> Outcome {
                 kind.into(),
                 s.name.clone(),
                 count(s.stats.backlog),
+                count(s.stats.scheduled),
                 count(s.stats.in_flight),
                 s.stats.oldest_unacked.map_or_else(|| UNKNOWN.to_string(), table::age),
                 count(s.stats.dead_letters),
@@ -57,7 +59,8 @@ pub async fn run(op: &Operator, json: bool) -> Outcome {
     if rows.is_empty() {
         println!("no topics under this prefix");
     } else {
-        table::print(&["TOPIC", "DELIVERY", "SUBSCRIPTION", "BACKLOG", "IN FLIGHT", "OLDEST UNACKED", "DLQ"], &rows);
+        let head = ["TOPIC", "DELIVERY", "SUBSCRIPTION", "BACKLOG", "SCHEDULED", "IN FLIGHT", "OLDEST UNACKED", "DLQ"];
+        table::print(&head, &rows);
     }
     for u in &inv.unknown {
         println!("{UNKNOWN} {}: {}", u.field.replace('_', " "), u.reason);

@@ -525,6 +525,60 @@ fn nats_interrupted_redrive_loses_nothing() {
     interrupted_redrive_loses_nothing(&support::nats());
 }
 
+/// `ls` shows the messages published with a delay apart (SCHEDULED; `--json`: `stats.scheduled`) where the backend
+/// keeps delays itself (SQL), and `–` with a footnote naming the reason where the subscribing processes hold them
+/// (NATS): never a number that could be wrong. No consumer runs, so everything published waits in the backlog.
+fn ls_shows_scheduled_messages_apart(env: &Env, native: bool) {
+    assert!(env.app("declare:billing").contains("declared billing"));
+    for delay in [Some("1h"), Some("90m"), None] {
+        let mut args = vec!["publish", "orders", "--data", r#"{"n": 20, "kind": "ok"}"#];
+        args.extend(delay.iter().flat_map(|d| ["--delay", d]));
+        env.json(&args);
+    }
+    let ls = env.json(&["ls"]);
+    let orders = ls["topics"].as_array().unwrap().iter().find(|t| t["name"] == "orders").expect("orders listed");
+    let billing = orders["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "billing").unwrap();
+    let stats = &billing["stats"];
+    assert_eq!(stats["backlog"], 3, "{ls}");
+    let footnote = ls["unknown"].as_array().unwrap().iter().find(|u| u["field"] == "scheduled").cloned();
+    if native {
+        assert_eq!(stats["scheduled"], 2, "{ls}");
+        assert!(footnote.is_none(), "{ls}");
+    } else {
+        assert!(stats["scheduled"].is_null(), "unknown, not 0: {ls}");
+        assert!(footnote.unwrap()["reason"].as_str().unwrap().contains("held by the subscribing processes"), "{ls}");
+    }
+    let text = env.ok(&["ls"]);
+    let mut lines = text.lines().skip(1);
+    let head: Vec<&str> = lines.next().unwrap().split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        head,
+        ["TOPIC", "DELIVERY", "SUBSCRIPTION", "BACKLOG", "SCHEDULED", "IN FLIGHT", "OLDEST UNACKED", "DLQ"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..5], ["orders", "–", "billing", "3", if native { "2" } else { "–" }], "{text}");
+    assert_eq!(
+        text.contains("\n– scheduled: delayed messages are held by the subscribing processes"),
+        !native,
+        "{text}"
+    );
+}
+
+#[test]
+fn sqlite_ls_shows_scheduled_messages_apart() {
+    ls_shows_scheduled_messages_apart(&support::sqlite(), true);
+}
+
+#[test]
+fn postgres_ls_shows_scheduled_messages_apart() {
+    ls_shows_scheduled_messages_apart(&support::postgres(), true);
+}
+
+#[test]
+fn nats_ls_shows_scheduled_messages_apart() {
+    ls_shows_scheduled_messages_apart(&support::nats(), false);
+}
+
 /// Completion scripts for bash, zsh and fish name the commands; they need no backend.
 #[test]
 fn completions_for_bash_zsh_and_fish() {

@@ -80,6 +80,7 @@ async function loadOverview() {
       const row = el("tr", { "data-sub": s ? `${t.name}/${s.name}` : "" },
         el("td", {}, t.name), el("td", {}, delivery), el("td", {}, s ? s.name : "(none)"),
         el("td", { class: "num backlog" }, s ? fmt(s.stats.backlog) : ""),
+        el("td", { class: "num scheduled" }, s ? fmt(s.stats.scheduled) : ""),
         el("td", { class: "num" }, s ? fmt(s.stats.in_flight) : ""),
         el("td", { class: "num" }, s ? age(s.stats.oldest_unacked) : ""),
         // Only a non-zero DLQ is alarming (bold red); 0 and unknown read as plain figures.

@@ -33,6 +33,10 @@ try {
   const row = page.locator(`#topology tr[data-sub="${subscription}"]`);
   await row.locator(".dlq-count", { hasText: new RegExp(`^${count}$`) }).waitFor({ timeout: 60000 });
   step(`topology shows ${subscription} with ${count} dead letters`);
+  // AWS holds delayed messages in the subscribing processes: the Scheduled column is unknown, with the reason.
+  await row.locator(".scheduled", { hasText: /^–$/ }).waitFor({ timeout: 10000 });
+  await page.locator("#unknown li", { hasText: "scheduled: delayed messages are held" }).waitFor({ timeout: 10000 });
+  step("scheduled is unknown here, with the reason");
   const alarm = await look(row.locator(".dlq-count"));
   if (!(alarm.weight >= 600 && alarm.red)) throw new Error(`a DLQ of ${count} should be bold red: ${JSON.stringify(alarm)}`);
   step(`the DLQ of ${count} is bold red (${alarm.weight}, ${alarm.color})`);

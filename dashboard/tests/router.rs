@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
-use tidings_core::{Bus, HandlerError, Message, SubscriptionConfig, Topic, TopicConfig};
+use tidings_core::{Bus, HandlerError, Message, PublishOptions, SubscriptionConfig, Topic, TopicConfig};
 use tidings_dashboard::Dashboard;
 use tower::ServiceExt;
 
@@ -159,4 +159,33 @@ async fn a_token_is_required_on_every_api_call_and_appears_on_no_page() {
     let (status, page) = call(&app, get("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!page.contains("s3cret"));
+}
+
+/// The overview shows a subscription's scheduled messages (published with a due time not reached yet) apart from its
+/// backlog, and the page has the column: two jobs due in an hour wait while an undelayed one is handled.
+#[tokio::test]
+async fn the_overview_shows_scheduled_messages_apart_from_the_backlog() {
+    let bus = Bus::new(Arc::new(tidings_local::LocalBackend::new()));
+    let handler = |_m: Message<Job>| async { Ok(()) };
+    let sub = bus.subscribe(&JOBS, "later", SubscriptionConfig::default(), handler).await.unwrap();
+    let in_an_hour = PublishOptions::new().deliver_after(Duration::from_secs(3600));
+    for n in 0..2 {
+        JOBS.publish_with(&bus, &Job { n }, in_an_hour.clone()).await.unwrap();
+    }
+    JOBS.publish(&bus, &Job { n: 2 }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sub.backlog().await.unwrap() != Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "the undelayed job was not handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let app = tidings_dashboard::router(bus.clone());
+    let (status, overview) = call(&app, get("/api/overview")).await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    let v: serde_json::Value = serde_json::from_str(&overview).unwrap();
+    let stats = &v["topics"][0]["subscriptions"][0]["stats"];
+    assert_eq!((stats["backlog"].as_u64(), stats["scheduled"].as_u64()), (Some(2), Some(2)), "{overview}");
+    let (_, page) = call(&app, get("/")).await;
+    let (_, js) = call(&app, get("/assets/app.js")).await;
+    assert!(page.contains(">Scheduled</th>") && js.contains("fmt(s.stats.scheduled)"), "the page has the column");
+    bus.shutdown(Duration::from_secs(5)).await;
 }
