@@ -186,6 +186,9 @@ impl Backend for AwsBackend {
         // One ReceiveMessage returns at most 10: with one call in flight, a subscription would take at most 10
         // messages per round trip.
         c.concurrent_receives = 4;
+        // A batch of n takes n/10 ReceiveMessage calls to gather and n/10 ChangeMessageVisibilityBatch calls per lease
+        // extension: at 1,000, 100 of each.
+        c.max_batch_messages = 1000;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
         // Delayed delivery is held by core: SNS has no delay, and SQS's DelaySeconds is per message only on a

@@ -133,7 +133,8 @@ fn pump(
 }
 
 fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
-    (spec.config.max_concurrency as i64 * 2).clamp(10, 10_000)
+    // What the handlers hold at once (a batch handler's batches count by their messages), twice.
+    (spec.max_in_flight() as i64).saturating_mul(2).clamp(10, 10_000)
 }
 
 impl GcpSubscription {

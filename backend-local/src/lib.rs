@@ -126,6 +126,8 @@ impl LocalBackend {
         // `publish_now` takes a batch of any size under every subscription's inbox lock, all or nothing.
         caps.atomic_publish = true;
         caps.max_receive_batch = 256;
+        // A batch handler's batch is a vector in memory, settled under the queue's lock in one call.
+        caps.max_batch_messages = 10_000;
         caps.max_attributes = 100;
         caps.backlog = true;
         caps.bounded_backlog = true;

@@ -173,6 +173,8 @@ impl Backend for NatsBackend {
         c.max_receive_batch = 256;
         // One pull at a time per subscription (they share its inbox); a pull takes up to every free handler slot.
         c.concurrent_receives = 1;
+        // `MaxAckPending` grows with a batch subscription's batches (`provision::max_ack_pending`).
+        c.max_batch_messages = 10_000;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;
         // Delayed delivery is held by core (message schedules need server 2.12): a `Nak` with the time left (any

@@ -35,9 +35,10 @@ pub(crate) fn max_deliver(spec: &SubscriptionSpec) -> i64 {
     spec.config.retry.max_attempts().map_or(-1, |a| i64::from(a) + 1)
 }
 
-/// `MaxAckPending` of a subscription.
+/// `MaxAckPending` of a subscription: ten times what its handlers hold at once (a batch handler's batches count by
+/// their messages: [`SubscriptionSpec::max_in_flight`]).
 pub(crate) fn max_ack_pending(spec: &SubscriptionSpec) -> i64 {
-    (spec.config.max_concurrency as i64 * 10).max(MIN_ACK_PENDING)
+    (spec.max_in_flight() as i64).saturating_mul(10).max(MIN_ACK_PENDING)
 }
 
 fn window(spec: &TopicSpec) -> Duration {

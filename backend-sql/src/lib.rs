@@ -116,6 +116,8 @@ impl SqlBackend {
         caps.atomic_publish = true;
         caps.max_receive_batch = 256;
         caps.max_settle_batch = store::SETTLE_PER_STATEMENT;
+        // A batch handler's batch is claimed in receives of 256 rows and settled in statements of the above.
+        caps.max_batch_messages = 10_000;
         caps.max_attributes = 100;
         caps.backlog = true;
         // Delayed delivery is native: a row published with a due time is invisible (`visible_at`) until then.

@@ -16,7 +16,7 @@ use crate::backend::calls::{self, Scope};
 use crate::backend::{Backend, BackendInfo, Capabilities, OutgoingMessage, TopicSpec};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::handler::Handler;
+use crate::handler::{BatchHandler, Handler};
 use crate::layer::Layer;
 use crate::message::{MessageId, PublishOptions};
 use crate::name::validate_name;
@@ -195,12 +195,74 @@ impl Bus {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
         H: Handler<T>,
     {
+        let spec = self.subscription_spec(topic, name, config);
+        self.start_subscription(topic, spec, |info, key, spec, driver, caps| {
+            runtime::start(info, key, spec, driver, caps, handler)
+        })
+        .await
+    }
+
+    /// Starts a subscription whose handler takes batches: like [`Bus::subscribe`], but `handler` gets up to
+    /// `config.max_messages` messages in one call, once that many arrived or `config.max_wait` after the first one
+    /// ([`SubscriptionConfig::max_messages`], [`SubscriptionConfig::max_wait`]), and `max_concurrency` counts batches.
+    ///
+    /// The handler returns `Ok(BatchOutcome::AckAll)`, one result per message (`Ok(BatchOutcome::Each(results))`, in
+    /// the batch's order), or `Err(e)` for every message. Each message is then settled on its own, exactly as a
+    /// single handler's: acked, retried after its own backoff with its own attempt count, or dead-lettered. A panic
+    /// fails every message of the batch; so does a wrong number of results (retried, never acked). Every lease of a
+    /// running batch is extended, and a shutdown tells the batch through [`crate::Message::shutdown_requested`].
+    ///
+    /// A `max_messages` above the backend's [`Capabilities::max_batch_messages`] is refused with
+    /// [`ErrorKind::InvalidInput`], naming both; so are a `max_messages` of 0 and a zero `max_wait`.
+    pub async fn subscribe_batch<T, H>(
+        &self,
+        topic: &Topic<T>,
+        name: &str,
+        config: SubscriptionConfig,
+        handler: H,
+    ) -> Result<Subscription>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        H: BatchHandler<T>,
+    {
+        let spec = self.subscription_spec(topic, name, config).with_batch(true);
+        self.start_subscription(topic, spec, |info, key, spec, driver, caps| {
+            runtime::start_batch(info, key, spec, driver, caps, handler)
+        })
+        .await
+    }
+
+    /// The part of `subscribe` and `subscribe_batch` that is the same: checks, provisioning, then `start` runs it.
+    async fn start_subscription<T>(
+        &self,
+        topic: &Topic<T>,
+        spec: crate::backend::SubscriptionSpec,
+        start: impl FnOnce(
+            &BackendInfo,
+            (String, String),
+            crate::backend::SubscriptionSpec,
+            Arc<dyn crate::SubscriptionDriver>,
+            Capabilities,
+        ) -> Arc<Runner>,
+    ) -> Result<Subscription>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let name = spec.name.as_str();
         self.check_open()?;
         validate_name("subscription", name)?;
-        let spec = self.subscription_spec(topic, name, config);
         spec.config
             .validate()
             .map_err(|e| Error::invalid(format!("subscription {name:?} on topic {:?}: {e}", topic.name())))?;
+        let (n, bound) = (spec.config.max_messages, self.inner.caps.max_batch_messages);
+        if spec.batch && n > bound {
+            return Err(Error::invalid(format!(
+                "subscription {name:?} on topic {:?}: max_messages {n} is above the {} backend's limit of {bound} \
+                 messages per batch (Capabilities::max_batch_messages); a batch holds 1 to {bound} messages",
+                topic.name(),
+                self.backend_name()
+            )));
+        }
         if let (Some(limit), false) = (spec.config.max_backlog, self.inner.caps.bounded_backlog) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -232,7 +294,7 @@ impl Bus {
             None => crate::metrics::backlog::Source::None,
         };
         let sampled = spec.clone();
-        let runner = runtime::start(&self.inner.info, key, spec, driver, self.inner.native.clone(), handler);
+        let runner = start(&self.inner.info, key, spec, driver, self.inner.native.clone());
         let stop = runner.cancel_token().clone();
         crate::metrics::backlog::start(self.backend_name(), sampled, source, self.inner.backlog_interval, stop);
         {
@@ -452,7 +514,7 @@ impl Bus {
     /// [`DELIVER_AT_ATTRIBUTE`](crate::backend::wire::DELIVER_AT_ATTRIBUTE) attribute (which must fit the attribute
     /// limit beside the application's).
     fn schedule(&self, name: &str, at: SystemTime, now: SystemTime, out: &mut OutgoingMessage) -> Result<()> {
-        use crate::backend::wire::{format_deliver_at, DELIVER_AT_ATTRIBUTE};
+        use crate::backend::wire::format_deliver_at;
         let Ok(delay) = at.duration_since(now) else { return Ok(()) };
         if delay.is_zero() {
             return Ok(());
@@ -468,6 +530,14 @@ impl Bus {
             )));
         }
         out.deliver_at = Some(at);
+        self.carry_due_time(name, at, out)
+    }
+
+    /// On a backend without native delay, puts the due time `at` of `out` into the
+    /// [`DELIVER_AT_ATTRIBUTE`](crate::backend::wire::DELIVER_AT_ATTRIBUTE) attribute, which must fit the attribute
+    /// limit beside the application's; nothing on a backend that keeps delays itself.
+    pub(crate) fn carry_due_time(&self, name: &str, at: SystemTime, out: &mut OutgoingMessage) -> Result<()> {
+        use crate::backend::wire::{format_deliver_at, DELIVER_AT_ATTRIBUTE};
         if self.inner.native.delay {
             return Ok(());
         }

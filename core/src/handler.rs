@@ -74,3 +74,55 @@ where
         Box::pin(self(message))
     }
 }
+
+/// What a batch handler decided for its batch: every message acked, or one result per message.
+///
+/// A batch handler returns `Result<BatchOutcome, HandlerError>`: `Err(e)` (what `?` gives) fails every message of the
+/// batch with `e` (retried, or dead-lettered at once when [`HandlerError::unrecoverable`]). Each message is then
+/// settled on its own, exactly as a single handler's message is.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    /// Every message of the batch is acked.
+    AckAll,
+    /// One result per message, in the order of the batch: `Ok(())` acks it, [`HandlerError::retry`] retries it after
+    /// its backoff, [`HandlerError::unrecoverable`] dead-letters it at once. Fewer or more results than messages is a
+    /// failure of the whole batch: every message is retried (none is acked).
+    Each(Vec<HandlerResult>),
+}
+
+impl From<Vec<HandlerResult>> for BatchOutcome {
+    fn from(results: Vec<HandlerResult>) -> Self {
+        Self::Each(results)
+    }
+}
+
+impl FromIterator<HandlerResult> for BatchOutcome {
+    /// One result per message, in the order of the batch ([`BatchOutcome::Each`]).
+    fn from_iter<I: IntoIterator<Item = HandlerResult>>(results: I) -> Self {
+        Self::Each(results.into_iter().collect())
+    }
+}
+
+/// What a batch handler returns: see [`BatchOutcome`].
+pub type BatchResult = Result<BatchOutcome, HandlerError>;
+
+/// Boxed batch handler future.
+pub type BatchFuture = Pin<Box<dyn Future<Output = BatchResult> + Send + 'static>>;
+
+/// An async handler of a batch of messages ([`crate::Bus::subscribe_batch`]). Implemented for every
+/// `Fn(Vec<Message<T>>) -> impl Future<Output = BatchResult>`.
+pub trait BatchHandler<T>: Send + Sync + 'static {
+    /// Handles one batch: at least one message, at most the subscription's `max_messages`, in the order they were
+    /// received (on an ordered topic, a key's messages in publish order).
+    fn call(&self, batch: Vec<Message<T>>) -> BatchFuture;
+}
+
+impl<T, F, Fut> BatchHandler<T> for F
+where
+    F: Fn(Vec<Message<T>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = BatchResult> + Send + 'static,
+{
+    fn call(&self, batch: Vec<Message<T>>) -> BatchFuture {
+        Box::pin(self(batch))
+    }
+}

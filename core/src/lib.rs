@@ -70,7 +70,7 @@ pub use bus::{Bus, BusBuilder};
 pub use config::Settings;
 pub use dead_letter::DeadLetter;
 pub use error::{Error, ErrorKind, Result};
-pub use handler::{Handler, HandlerError, HandlerResult};
+pub use handler::{BatchHandler, BatchOutcome, BatchResult, Handler, HandlerError, HandlerResult};
 pub use layer::Layer;
 pub use message::{Attributes, Message, MessageId, Metadata, PublishOptions, MAX_ID_LEN};
 pub use name::{validate_name, MAX_NAME_LEN};

@@ -8,11 +8,12 @@ use crate::error::{Error, Result};
 use crate::retry::{positive, RetryPolicy};
 
 /// Settings of one subscription. Defaults: max concurrency 100, ack deadline 30 s, retention 7 days,
-/// [`RetryPolicy::DEFAULT`].
+/// [`RetryPolicy::DEFAULT`]; for batch handlers, batches of at most 100 messages gathered for at most 1 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionConfig {
-    /// Handlers of this subscription running at once in this process.
+    /// Handlers of this subscription running at once in this process: handler calls, so for a batch handler
+    /// ([`crate::Bus::subscribe_batch`]) batches.
     pub max_concurrency: usize,
     /// How long a delivered message stays leased to this consumer before it is redelivered, unless the runtime
     /// extends the lease (it does while the handler runs).
@@ -28,6 +29,13 @@ pub struct SubscriptionConfig {
     pub max_backlog: Option<u64>,
     /// What a publish does while the backlog is at its limit.
     pub when_full: WhenFull,
+    /// Batch handlers ([`crate::Bus::subscribe_batch`]): most messages in one batch, from 1 to the backend's
+    /// [`crate::Capabilities::max_batch_messages`]. A batch is handed to the handler once it holds this many, or
+    /// [`SubscriptionConfig::max_wait`] after its first message arrived. Single handlers ignore it.
+    pub max_messages: usize,
+    /// Batch handlers: longest a batch waits, from its first message's arrival, for more messages before it is handed
+    /// to the handler (positive). Single handlers ignore it.
+    pub max_wait: Duration,
 }
 
 /// What a publish does while a subscription's backlog is at its limit (`when_full` in configuration).
@@ -56,6 +64,8 @@ impl SubscriptionConfig {
         retry: RetryPolicy::DEFAULT,
         max_backlog: None,
         when_full: WhenFull::Wait,
+        max_messages: 100,
+        max_wait: Duration::from_secs(1),
     };
 
     /// Same config with another concurrency limit.
@@ -88,6 +98,16 @@ impl SubscriptionConfig {
         self.when_full = w;
         self
     }
+    /// Same config with another batch size limit (see [`SubscriptionConfig::max_messages`]).
+    pub const fn with_max_messages(mut self, n: usize) -> Self {
+        self.max_messages = n;
+        self
+    }
+    /// Same config with another batch wait (see [`SubscriptionConfig::max_wait`]).
+    pub const fn with_max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
     /// Same config with another retry count (see [`RetryPolicy::NO_RETRIES`], [`RetryPolicy::INFINITE_RETRIES`]).
     pub const fn with_max_retries(mut self, n: u32) -> Self {
         self.retry.max_retries = n;
@@ -102,8 +122,12 @@ impl SubscriptionConfig {
         if self.max_backlog == Some(0) {
             return Err(Error::invalid("max_backlog 0 is invalid: it must be at least 1"));
         }
+        if self.max_messages == 0 {
+            return Err(Error::invalid("max_messages 0 is invalid: a batch holds at least 1 message"));
+        }
         positive("ack_deadline", self.ack_deadline)?;
         positive("message_retention", self.message_retention)?;
+        positive("max_wait", self.max_wait)?;
         self.retry.validate()
     }
 
@@ -132,6 +156,12 @@ impl SubscriptionConfig {
         }
         if let Some(v) = o.when_full {
             self.when_full = v;
+        }
+        if let Some(v) = o.max_messages {
+            self.max_messages = v;
+        }
+        if let Some(v) = o.max_wait {
+            self.max_wait = v;
         }
         self
     }
@@ -165,6 +195,12 @@ pub struct SubscriptionOverride {
     /// See [`SubscriptionConfig::when_full`]: `"wait"` or `"fail"`.
     #[serde(default)]
     pub when_full: Option<WhenFull>,
+    /// See [`SubscriptionConfig::max_messages`] (batch handlers).
+    #[serde(default, deserialize_with = "count")]
+    pub max_messages: Option<usize>,
+    /// See [`SubscriptionConfig::max_wait`] (batch handlers); a duration such as `"500ms"`.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_wait: Option<Duration>,
 }
 
 impl<'de> Deserialize<'de> for WhenFull {
@@ -245,6 +281,7 @@ mod tests {
         assert_eq!(c.retry.max_backoff, Duration::from_secs(600));
         assert_eq!(c.retry.max_retries, 100);
         assert_eq!((c.max_backlog, c.when_full), (None, WhenFull::Wait));
+        assert_eq!((c.max_messages, c.max_wait), (100, Duration::from_secs(1)));
         c.validate().unwrap();
     }
 
@@ -258,5 +295,27 @@ mod tests {
         assert!(e.to_string().contains("max_concurrency 0"), "{e}");
         let e = SubscriptionConfig::DEFAULT.with_max_backlog(0).validate().unwrap_err();
         assert!(e.to_string().contains("max_backlog 0 is invalid: it must be at least 1"), "{e}");
+        let e = SubscriptionConfig::DEFAULT.with_max_messages(0).validate().unwrap_err();
+        assert!(e.to_string().contains("max_messages 0 is invalid: a batch holds at least 1 message"), "{e}");
+        let e = SubscriptionConfig::DEFAULT.with_max_wait(Duration::ZERO).validate().unwrap_err();
+        assert!(e.to_string().contains("max_wait 0ns is invalid: it must be a positive duration"), "{e}");
+    }
+
+    #[test]
+    fn batch_settings_are_overridden_from_configuration() {
+        let s =
+            crate::Settings::from_toml("[subscriptions.orders.warehouse]\nmax_messages = 500\nmax_wait = \"250ms\"\n")
+                .unwrap();
+        let o = s.subscription_override("orders", "warehouse").unwrap();
+        assert_eq!((o.max_messages, o.max_wait), (Some(500), Some(Duration::from_millis(250))));
+        let c = SubscriptionConfig::DEFAULT.apply(o);
+        assert_eq!((c.max_messages, c.max_wait), (500, Duration::from_millis(250)));
+        let vars = [("TIDINGS_SUBSCRIPTIONS__ORDERS__WAREHOUSE__MAX_MESSAGES".to_string(), "20".to_string())];
+        let s = crate::Settings::load(vars.into_iter().collect()).unwrap();
+        assert_eq!(s.subscription_override("orders", "warehouse").unwrap().max_messages, Some(20));
+        let e = crate::Settings::from_toml("[subscriptions.orders.warehouse]\nmax_wait = 5\n").unwrap_err();
+        assert!(e.to_string().contains("5 has no unit"), "{e}");
+        let e = crate::Settings::from_toml("[subscriptions.orders.warehouse]\nmax_messages = -1\n").unwrap_err();
+        assert!(e.to_string().contains("-1 is negative"), "{e}");
     }
 }

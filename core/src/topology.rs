@@ -136,6 +136,7 @@ impl TopologySubscription {
             },
             max_backlog: self.max_backlog,
             when_full: self.when_full,
+            ..SubscriptionConfig::DEFAULT
         }
     }
 }

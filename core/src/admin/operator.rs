@@ -297,6 +297,7 @@ impl Operator {
                         name: sub.to_string(),
                         resource: s.resource.clone(),
                         config: SubscriptionConfig::default(),
+                        batch: false,
                     };
                     return Ok(Target::Admin(admin.clone(), Box::new(spec)));
                 }

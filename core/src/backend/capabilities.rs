@@ -51,6 +51,12 @@ pub struct Capabilities {
     /// so a driver makes one broker call per settle call and never chunks (SQS: 10 entries per `DeleteMessageBatch`;
     /// SQL: one statement). The default sets no limit (the runtime gathers at most 1,000 settlements per call).
     pub max_settle_batch: usize,
+    /// Most messages one batch handler call may take ([`crate::SubscriptionConfig::max_messages`] above it is refused
+    /// at [`crate::Bus::subscribe_batch`]). The runtime gathers a batch from as many receives as it takes (each of at
+    /// most [`Capabilities::max_receive_batch`]), so this is not a receive limit: it bounds what one handler call
+    /// holds leased, whose leases are extended and which are settled together, in calls of at most
+    /// [`Capabilities::max_settle_batch`]. Default 1,000.
+    pub max_batch_messages: usize,
     /// Most attributes per message (tidings reserves none on the local bus).
     pub max_attributes: usize,
     /// [`SubscriptionDriver::backlog`](super::SubscriptionDriver::backlog) reports how many messages wait (so
@@ -109,6 +115,7 @@ impl Default for Capabilities {
             max_receive_batch: 10,
             concurrent_receives: 1,
             max_settle_batch: usize::MAX,
+            max_batch_messages: 1000,
             max_attributes: 10,
             backlog: false,
             bounded_backlog: false,

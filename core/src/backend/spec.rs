@@ -34,6 +34,9 @@ pub struct SubscriptionSpec {
     pub resource: String,
     /// Effective settings (code, then config overrides).
     pub config: SubscriptionConfig,
+    /// Its handler takes batches ([`crate::Bus::subscribe_batch`]): each of the `max_concurrency` handler calls holds
+    /// up to `config.max_messages` messages. See [`SubscriptionSpec::max_in_flight`].
+    pub batch: bool,
 }
 
 impl SubscriptionSpec {
@@ -44,6 +47,22 @@ impl SubscriptionSpec {
         resource: impl Into<String>,
         config: SubscriptionConfig,
     ) -> Self {
-        Self { topic, name: name.into(), resource: resource.into(), config }
+        Self { topic, name: name.into(), resource: resource.into(), config, batch: false }
+    }
+
+    /// The same spec for a batch handler ([`SubscriptionSpec::batch`]).
+    pub fn with_batch(mut self, batch: bool) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Most messages this process holds handed out to its handlers at once (what a backend's prefetch or flow control
+    /// should allow): `max_concurrency` for a single handler; for a batch handler, `max_messages` for each of the
+    /// `max_concurrency` running batches and for the one being gathered.
+    pub fn max_in_flight(&self) -> usize {
+        match self.batch {
+            false => self.config.max_concurrency,
+            true => self.config.max_concurrency.saturating_add(1).saturating_mul(self.config.max_messages),
+        }
     }
 }

@@ -17,27 +17,40 @@ use crate::backend::{AckId, ReceivedMessage};
 use crate::message::{Message, Metadata};
 use crate::metrics::DeadReason;
 
-impl<T> Ctx<T> {
-    /// The consumer span of one delivery attempt, connected to the context the message carried.
-    fn process_span(&self, msg: &ReceivedMessage) -> Span {
-        let spec = &self.runner.spec;
-        let span = tracing::info_span!(
+/// A consumer span of the subscription `$ctx` (`process <subscription>`) with these fields besides the common ones.
+macro_rules! process_span {
+    ($ctx:expr, $($fields:tt)*) => {{
+        let spec = &$ctx.runner.spec;
+        tracing::info_span!(
             target: "tidings",
             "process",
-            otel.name = %self.span_name,
+            otel.name = %$ctx.span_name,
             otel.kind = "consumer",
-            messaging.system = %self.system,
+            messaging.system = %$ctx.system,
             messaging.destination.name = %spec.topic.name,
             messaging.destination.subscription.name = %spec.name,
             messaging.consumer.group.name = %spec.name,
             messaging.operation.type = "process",
             messaging.operation.name = "process",
-            messaging.message.id = %msg.id,
-            tidings.delivery.attempt = i64::from(msg.attempt),
+            $($fields)*
             error.type = tracing::field::Empty,
-        );
+        )
+    }};
+}
+
+impl<T> Ctx<T> {
+    /// The consumer span of one delivery attempt, connected to the context the message carried.
+    pub(super) fn process_span(&self, msg: &ReceivedMessage) -> Span {
+        let span =
+            process_span!(self, messaging.message.id = %msg.id, tidings.delivery.attempt = i64::from(msg.attempt),);
         crate::trace::connect(msg.trace.as_ref(), &span);
         span
+    }
+
+    /// The consumer span of one batch handler call, current while the handler runs; each message's own `process`
+    /// span (its attempt, connected to the context it carried) is a child of it.
+    pub(super) fn batch_span(&self, n: usize) -> Span {
+        process_span!(self, messaging.batch.message_count = n as i64,)
     }
 }
 
@@ -49,6 +62,7 @@ pub(super) enum Done {
 
 /// Why a delivery failed, classified where it failed. Its text ([`fmt::Display`]) is the dead-letter reason stored
 /// on the wire.
+#[derive(Clone)]
 pub(super) enum Failure {
     /// The handler returned an error: retried until the retry policy is exhausted.
     Handler(String),
@@ -90,24 +104,24 @@ impl fmt::Display for Failure {
     }
 }
 
-pub(super) type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<InSpan>>;
+pub(super) type Running = futures_util::future::CatchUnwind<AssertUnwindSafe<InSpan<crate::handler::HandlerFuture>>>;
 
-/// A handler's future, polled inside its delivery's span (when that span is enabled). A plain wrapper: tracing's
-/// `Instrumented` (which also enters the span to drop the future) slowed deliveries whose handler panicked.
-pub(super) struct InSpan {
-    span: Span,
-    fut: crate::handler::HandlerFuture,
+/// A handler's future, polled inside its delivery's (or batch's) span when that span is enabled. A plain wrapper:
+/// tracing's `Instrumented` (which also enters the span to drop the future) slowed deliveries whose handler panicked.
+pub(super) struct InSpan<F> {
+    pub(super) span: Span,
+    pub(super) fut: F,
 }
 
-impl Future for InSpan {
-    type Output = crate::handler::HandlerResult;
+impl<F: Future + Unpin> Future for InSpan<F> {
+    type Output = F::Output;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if this.span.is_disabled() {
-            return this.fut.as_mut().poll(cx);
+            return std::pin::Pin::new(&mut this.fut).poll(cx);
         }
         let _entered = this.span.enter();
-        this.fut.as_mut().poll(cx)
+        std::pin::Pin::new(&mut this.fut).poll(cx)
     }
 }
 
@@ -132,23 +146,12 @@ pub(super) async fn begin<T: DeserializeOwned + Send + Sync + 'static>(
 ) -> (Begin, Attempt) {
     let span = ctx.process_span(msg);
     let started = ctx.runner.metrics.handler_started(msg.publish_time);
-    let payload = match serde_json::from_slice::<T>(&msg.payload) {
-        Ok(p) => p,
-        Err(e) => {
-            span.record("error.type", "poison");
-            let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
-            return (Begin::Done(Done::Failed(Failure::Poison(reason))), Attempt { span, started });
-        }
+    let message = match decode(ctx, msg, &span) {
+        Ok(m) => m,
+        Err(poison) => return (Begin::Done(Done::Failed(poison)), Attempt { span, started }),
     };
-    let meta = Metadata {
-        id: msg.id.clone(),
-        publish_time: msg.publish_time,
-        attempt: msg.attempt,
-        attributes: msg.attributes.clone(),
-        ordering_key: msg.ordering_key.as_deref().map(str::to_string),
-    };
-    let message = Message::with_shutdown(payload, meta, ctx.runner.shutdown_signal.clone());
-    let called = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| ctx.handler.call(message))));
+    let handler = ctx.handler.one();
+    let called = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(message))));
     let mut fut = match called {
         Ok(fut) => AssertUnwindSafe(InSpan { span: span.clone(), fut }).catch_unwind(),
         Err(panic) => return (Begin::Done(done(Err(panic))), Attempt { span, started }),
@@ -161,12 +164,37 @@ pub(super) async fn begin<T: DeserializeOwned + Send + Sync + 'static>(
     (begun, Attempt { span, started })
 }
 
-/// Runs `fut` while extending the delivery's lease every third of the ack deadline, counted from `leased_at` (when
-/// the lease began): a lease whose first third passed before the handler started is extended at once, so a delivery
+/// The message a handler gets, or the poison failure (recorded on the delivery's span) when its payload cannot be
+/// decoded as `T`.
+pub(super) fn decode<T: DeserializeOwned>(
+    ctx: &Ctx<T>,
+    msg: &ReceivedMessage,
+    span: &Span,
+) -> Result<Message<T>, Failure> {
+    let payload = match serde_json::from_slice::<T>(&msg.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            span.record("error.type", "poison");
+            let reason = format!("poison message: payload cannot be decoded as {}: {e}", type_name::<T>());
+            return Err(Failure::Poison(reason));
+        }
+    };
+    let meta = Metadata {
+        id: msg.id.clone(),
+        publish_time: msg.publish_time,
+        attempt: msg.attempt,
+        attributes: msg.attributes.clone(),
+        ordering_key: msg.ordering_key.as_deref().map(str::to_string),
+    };
+    Ok(Message::with_shutdown(payload, meta, ctx.runner.shutdown_signal.clone()))
+}
+
+/// Runs `fut` while extending the leases of these deliveries (one, or a batch's) every third of the ack deadline,
+/// counted from `leased_at` (when the earliest lease began): a lease whose first third passed before the handler started is extended at once, so a delivery
 /// that waited for its turn on a busy machine does not expire under a running handler.
 pub(super) async fn with_lease<T, F: Future>(
     ctx: &Ctx<T>,
-    ack_id: &AckId,
+    ack_ids: &[AckId],
     span: &Span,
     leased_at: tokio::time::Instant,
     fut: F,
@@ -188,7 +216,7 @@ pub(super) async fn with_lease<T, F: Future>(
                 tokio::select! {
                     biased;
                     out = &mut fut => return out,
-                    r = ctx.runner.extend(vec![ack_id.clone()], deadline) => if let Err(e) = r {
+                    r = ctx.runner.extend(ack_ids.to_vec(), deadline) => if let Err(e) = r {
                         tracing::warn!(subscription = %ctx.runner.key.1, error = %e, "lease extension failed");
                     }
                 }

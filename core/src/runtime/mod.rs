@@ -1,7 +1,8 @@
 //! The runtime that runs one subscription's handlers, written once for every backend: receive sized to free
 //! handler slots ([`receive`]), decode and dispatch with panic isolation and lease extension ([`deliver`]), backoff,
-//! attempt counting, dead-letter decisions and batched settlement ([`settle`]), graceful shutdown ([`shutdown`]), and
-//! per-key head-of-line blocking on ordered topics whose backend lacks native ordering ([`sequence`]).
+//! attempt counting, dead-letter decisions and batched settlement ([`settle`]), graceful shutdown ([`shutdown`]),
+//! per-key head-of-line blocking on ordered topics whose backend lacks native ordering ([`sequence`]), and batch
+//! handlers: batches gathered from receives and run with every message settled on its own ([`batch`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Capabilities, SubscriptionDriver, SubscriptionSpec};
-use crate::handler::Handler;
+use crate::backend::{Capabilities, ReceivedMessage, SubscriptionDriver, SubscriptionSpec};
+use crate::handler::{BatchHandler, Handler};
 use crate::metrics::{Started, SubscriptionMetrics};
 use tracing::Span;
 
+mod batch;
 mod delay;
 mod deliver;
 mod handle;
@@ -101,10 +103,31 @@ impl Runner {
     }
 }
 
+/// What a subscription's handler takes: one message a call, or a batch.
+pub(crate) enum Handling<T> {
+    One(Box<dyn Handler<T>>),
+    Batch {
+        handler: Box<dyn BatchHandler<T>>,
+        /// Deliveries for the batch being gathered that come from neither a receive nor the sequencer's ready list:
+        /// a key's next message once its batch is done, a held delivery now due. With when their lease last began.
+        gather: mpsc::UnboundedSender<(ReceivedMessage, tokio::time::Instant)>,
+    },
+}
+
+impl<T> Handling<T> {
+    /// The single handler (deliveries of a batch subscription never reach the single-message path).
+    fn one(&self) -> &dyn Handler<T> {
+        match self {
+            Handling::One(h) => &**h,
+            Handling::Batch { .. } => unreachable!("a batch subscription's deliveries run as batches"),
+        }
+    }
+}
+
 struct Ctx<T> {
     runner: Arc<Runner>,
     caps: Capabilities,
-    handler: Box<dyn Handler<T>>,
+    handler: Handling<T>,
     settle: mpsc::UnboundedSender<settle::Settle>,
     /// One message per ordering key out at a time: on ordered topics whose backend lacks native ordering.
     seq: Option<Arc<sequence::Sequencer>>,
@@ -112,7 +135,7 @@ struct Ctx<T> {
     system: String,
     /// `otel.name` of the process spans: `process <subscription>`.
     span_name: String,
-    /// Handler slots (`max_concurrency`): a receive takes one per message it asks for.
+    /// Handler slots (`max_concurrency`): a receive takes one per message it asks for; a batch takes one.
     slots: Arc<tokio::sync::Semaphore>,
     /// Deliveries held in process until their due time.
     delays: delay::Delays,
@@ -124,6 +147,7 @@ struct Attempt {
     started: Started,
 }
 
+/// Starts a subscription whose handler takes one message a call.
 pub(crate) fn start<T, H>(
     info: &crate::backend::BackendInfo,
     key: (String, String),
@@ -135,6 +159,39 @@ pub(crate) fn start<T, H>(
 where
     T: DeserializeOwned + Send + Sync + 'static,
     H: Handler<T>,
+{
+    launch(info, key, spec, driver, caps, Handling::One(Box::new(handler)), None)
+}
+
+/// Starts a subscription whose handler takes batches (`spec.config.max_messages`, `max_wait`).
+pub(crate) fn start_batch<T, H>(
+    info: &crate::backend::BackendInfo,
+    key: (String, String),
+    spec: SubscriptionSpec,
+    driver: Arc<dyn SubscriptionDriver>,
+    caps: Capabilities,
+    handler: H,
+) -> Arc<Runner>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: BatchHandler<T>,
+{
+    let (gather, gathered) = mpsc::unbounded_channel();
+    let handling = Handling::Batch { handler: Box::new(handler), gather };
+    launch(info, key, spec, driver, caps, handling, Some(gathered))
+}
+
+fn launch<T>(
+    info: &crate::backend::BackendInfo,
+    key: (String, String),
+    spec: SubscriptionSpec,
+    driver: Arc<dyn SubscriptionDriver>,
+    caps: Capabilities,
+    handler: Handling<T>,
+    gathered: Option<batch::Gathered>,
+) -> Arc<Runner>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let cancel = CancellationToken::new();
@@ -163,13 +220,12 @@ where
     let span_name = format!("process {}", runner.spec.name);
     let seq = (runner.spec.topic.config.ordered && !caps.ordering)
         .then(|| Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline)));
-    let handler = Box::new(handler);
     let slots = Arc::new(tokio::sync::Semaphore::new(runner.spec.config.max_concurrency));
     let delays = delay::Delays::default();
     let ctx =
         Arc::new(Ctx { runner: runner.clone(), caps, handler, settle: tx, seq, system, span_name, slots, delays });
     tokio::spawn(async move {
-        receive::receive_loop(ctx.clone()).await;
+        receive::receive_loop(ctx.clone(), gathered).await;
         let runner = ctx.runner.clone();
         runner.drained.cancel();
         drop(ctx);

@@ -16,20 +16,64 @@ use tokio::time::Instant;
 
 use super::deliver::{begin, Begin, Done};
 use super::sequence::{Arrival, Sequencer};
-use super::settle::{ack_now, conclude, nack, settled_ack, Outcome, Settle};
+use super::settle::{ack_now, conclude, nack, settle_like, settled_ack, Outcome};
 use super::{Attempt, Ctx};
 use crate::backend::ReceivedMessage;
 
 /// Longest single receive call; shutdown interrupts it.
-const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+pub(super) const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 /// Chains (messages, on unordered topics) handled by one spawned task.
 const CHAINS_PER_TASK: usize = 16;
 
-pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>) {
+/// Receives and runs deliveries (one by one, or in batches: [`super::batch`]) until the subscription stops; then
+/// lets the handlers running finish (or the shutdown timeout abort them) and gives back what is held.
+pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(
+    ctx: Arc<Ctx<T>>,
+    gathered: Option<super::batch::Gathered>,
+) {
+    let mut tasks = JoinSet::new();
+    let keeper = ctx.seq.as_ref().map(|q| keep_leases(&ctx, q.clone()));
+    let holder = super::delay::spawn_holder(&ctx);
+    let mut gathered = gathered;
+    match &mut gathered {
+        None => receive_singles(&ctx, &mut tasks).await,
+        Some(gathered) => super::batch::gather(&ctx, gathered, &mut tasks).await,
+    }
+    // Graceful shutdown: let in-flight handlers finish unless the shutdown timeout aborts them.
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r { Some(r) => log_task_end(r), None => break },
+            _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
+        }
+    }
+    // What is held until its due time goes back at once (to be held again by whoever receives it).
+    holder.abort();
+    let held = ctx.delays.drain();
+    ctx.runner.activity.received(held.len());
+    for m in held {
+        nack(&ctx, m.ack_id, Duration::ZERO);
+    }
+    // What the sequencer still holds goes back at once, rather than waiting out its lease.
+    if let (Some(keeper), Some(q)) = (keeper, &ctx.seq) {
+        keeper.abort();
+        for m in q.drain() {
+            nack(&ctx, m.ack_id, Duration::ZERO);
+        }
+    }
+    // What was on its way to the next batch too (later arrivals find the way closed and go back on their own).
+    if let Some(gathered) = &mut gathered {
+        gathered.close();
+        while let Ok((m, _)) = gathered.try_recv() {
+            nack(&ctx, m.ack_id, Duration::ZERO);
+        }
+    }
+}
+
+/// The receive loop of a single handler: receives sized to the free handler slots, each delivery run on its own.
+async fn receive_singles<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Arc<Ctx<T>>, tasks: &mut JoinSet<()>) {
     let sem = ctx.slots.clone();
     let max_batch = ctx.caps.max_receive_batch.max(1);
     let cancel = ctx.runner.cancel.clone();
-    let mut tasks = JoinSet::new();
     let mut error_backoff = Duration::from_millis(100);
     let ordered = ctx.runner.spec.topic.config.ordered;
     // Ordered topics keep one receive at a time: the broker's hand-out order is the delivery order.
@@ -38,8 +82,6 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
     let mut receiving = FuturesUnordered::new();
     // Receives wanted in flight: one more after each full batch (up to the capability), back to one after a partial.
     let mut wanted = 1;
-    let keeper = ctx.seq.as_ref().map(|q| keep_leases(&ctx, q.clone()));
-    let holder = super::delay::spawn_holder(&ctx);
     'run: loop {
         while receiving.len() < wanted {
             let mut slots = if receiving.is_empty() {
@@ -86,7 +128,7 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
                             ctx.runner.activity.received(batch.len());
                         }
                         wanted = if batch.len() == slots.num_permits() { (wanted + 1).min(max_receives) } else { 1 };
-                        (sort(&ctx, super::delay::screen(&ctx, batch), now), now)
+                        (sort(ctx, super::delay::screen(ctx, batch), now), now)
                     }
                 };
                 error_backoff = Duration::from_millis(100);
@@ -130,31 +172,9 @@ pub(super) async fn receive_loop<T: DeserializeOwned + Send + Sync + 'static>(ct
             log_task_end(r);
         }
     }
-    drop(receiving);
-    // Graceful shutdown: let in-flight handlers finish unless the shutdown timeout aborts them.
-    loop {
-        tokio::select! {
-            r = tasks.join_next() => match r { Some(r) => log_task_end(r), None => break },
-            _ = ctx.runner.abort.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
-        }
-    }
-    // What is held until its due time goes back at once (to be held again by whoever receives it).
-    holder.abort();
-    let held = ctx.delays.drain();
-    ctx.runner.activity.received(held.len());
-    for m in held {
-        nack(&ctx, m.ack_id, Duration::ZERO);
-    }
-    // What the sequencer still holds goes back at once, rather than waiting out its lease.
-    if let (Some(keeper), Some(q)) = (keeper, &ctx.seq) {
-        keeper.abort();
-        for m in q.drain() {
-            nack(&ctx, m.ack_id, Duration::ZERO);
-        }
-    }
 }
 
-fn log_task_end(r: Result<(), tokio::task::JoinError>) {
+pub(super) fn log_task_end(r: Result<(), tokio::task::JoinError>) {
     if let Err(e) = r {
         if e.is_panic() {
             tracing::error!(error = %e, "tidings handler task panicked outside the handler");
@@ -175,12 +195,20 @@ fn release<T>(ctx: &Ctx<T>, chain: Chain) {
 
 /// Runs deliveries that come from neither a receive nor the sequencer (held in process until their due time, now due,
 /// where they are not requeued: a native backend's foreign due-time attribute, a driver without `requeue`): through
-/// the sequencer where the subscription has one, each on a free handler slot, or else on none. A receive in flight
+/// the sequencer where the subscription has one, each on a free handler slot, or else on none (a batch subscription's
+/// go into the batch being gathered). A receive in flight
 /// holds the free slots for up to its wait, and the held delivery's lease would run out meanwhile; so these few may
 /// run above `max_concurrency`, by at most the number of deliveries held in process.
 pub(super) fn run_now<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Arc<Ctx<T>>, msgs: Vec<ReceivedMessage>) {
     let now = Instant::now();
     ctx.runner.activity.received(msgs.len());
+    if let super::Handling::Batch { .. } = ctx.handler {
+        // A batch subscription: into the batch being gathered (within `max_concurrency`, as every batch).
+        for m in sort(ctx, msgs, now) {
+            super::batch::to_next_batch(ctx, m, now);
+        }
+        return;
+    }
     for m in sort(ctx, msgs, now) {
         let slot = ctx.slots.clone().try_acquire_owned().unwrap_or_else(|_| empty_permit(&ctx.slots));
         tokio::spawn(run_group(ctx.clone(), vec![Chain::One(m)], slot, now));
@@ -205,32 +233,36 @@ impl Chain {
 
 /// The chains of an ordered topic's batch: one per ordering key, in batch order, and one per message without a key.
 fn chains(batch: Vec<ReceivedMessage>) -> Vec<Chain> {
-    let mut chains: Vec<Chain> = Vec::with_capacity(batch.len());
-    let mut by_key: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
-    for m in batch {
-        let Some(key) = m.ordering_key.clone() else {
-            chains.push(Chain::One(m));
+    let by_key = by_key(batch, |m| m.ordering_key.as_ref());
+    by_key
+        .into_iter()
+        .map(|mut c| if c.len() == 1 { Chain::One(c.pop().expect("one")) } else { Chain::Many(c) })
+        .collect()
+}
+
+/// Items grouped by ordering key, each key's in their order (keys in order of first appearance); an item without a key
+/// is a group of its own.
+pub(super) fn by_key<I>(items: Vec<I>, key: impl Fn(&I) -> Option<&Arc<str>>) -> Vec<Vec<I>> {
+    let mut groups: Vec<Vec<I>> = Vec::with_capacity(items.len());
+    let mut index: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
+    for item in items {
+        let Some(k) = key(&item).cloned() else {
+            groups.push(vec![item]);
             continue;
         };
-        match by_key.get(&key) {
-            Some(&i) => match &mut chains[i] {
-                Chain::Many(v) => v.push(m),
-                one @ Chain::One(_) => {
-                    let Chain::One(first) = std::mem::replace(one, Chain::Many(Vec::new())) else { unreachable!() };
-                    *one = Chain::Many(vec![first, m]);
-                }
-            },
+        match index.get(&k) {
+            Some(&i) => groups[i].push(item),
             None => {
-                by_key.insert(key, chains.len());
-                chains.push(Chain::One(m));
+                index.insert(k, groups.len());
+                groups.push(vec![item]);
             }
         }
     }
-    chains
+    groups
 }
 
 /// A permit holding no slot, to split the others from.
-fn empty_permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+pub(super) fn empty_permit(sem: &Arc<Semaphore>) -> OwnedSemaphorePermit {
     sem.clone().try_acquire_many_owned(0).expect("zero permits are always available")
 }
 
@@ -314,7 +346,7 @@ async fn process_chain<T: DeserializeOwned + Send + Sync + 'static>(
 }
 
 /// Sorts a fresh batch through the sequencer, where the subscription has one: what may run now.
-fn sort<T>(ctx: &Ctx<T>, batch: Vec<ReceivedMessage>, now: Instant) -> Vec<ReceivedMessage> {
+pub(super) fn sort<T>(ctx: &Ctx<T>, batch: Vec<ReceivedMessage>, now: Instant) -> Vec<ReceivedMessage> {
     let Some(q) = &ctx.seq else { return batch };
     let mut out = Vec::with_capacity(batch.len());
     for m in batch {
@@ -351,12 +383,7 @@ async fn run_key<T: DeserializeOwned + Send + Sync + 'static>(
         let outcome = conclude(ctx.clone(), msg, none, b, a, leased_at).await;
         let finished = seq.finished(&key, &id, outcome, Instant::now());
         if let Some(again) = finished.again {
-            match outcome {
-                Outcome::Retried(delay) => nack(&ctx, again.ack_id, delay),
-                Outcome::Acked | Outcome::DeadLettered => {
-                    let _ = ctx.settle.send(Settle::Ack(again.ack_id));
-                }
-            }
+            settle_like(&ctx, again, outcome);
         }
         let Some((next, since)) = finished.next else { return };
         if ctx.runner.cancel.is_cancelled() {

@@ -66,7 +66,7 @@ pub(super) async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     let policy = ctx.runner.spec.config.retry;
     let finished = match begun {
         Begin::Done(d) => d,
-        Begin::Running(fut) => done(with_lease(&ctx, &msg.ack_id, span, received_at, fut).await),
+        Begin::Running(fut) => done(with_lease(&ctx, std::slice::from_ref(&msg.ack_id), span, received_at, fut).await),
     };
     let failure = match finished {
         Done::Ok => {
@@ -100,12 +100,33 @@ pub(super) async fn conclude<T: DeserializeOwned + Send + Sync + 'static>(
     // The backend cannot delay a nack: hold the message (lease kept alive) for the backoff, without a handler slot.
     drop(permit);
     let cancel = ctx.runner.cancel.clone();
-    let _ = with_lease(&ctx, &msg.ack_id, span, received_at, async {
+    let _ = with_lease(&ctx, std::slice::from_ref(&msg.ack_id), span, received_at, async {
         tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => {} }
     })
     .await;
     nack(&ctx, msg.ack_id, Duration::ZERO);
     Outcome::Retried(Duration::ZERO)
+}
+
+/// Settles a second delivery of a message as the first one's ended: acked with it (acked or dead-lettered), or nacked
+/// with its retry's delay.
+pub(super) fn settle_like<T>(ctx: &Ctx<T>, again: ReceivedMessage, outcome: Outcome) {
+    match outcome {
+        Outcome::Retried(delay) => nack(ctx, again.ack_id, delay),
+        Outcome::Acked | Outcome::DeadLettered => {
+            let _ = ctx.settle.send(Settle::Ack(again.ack_id));
+        }
+    }
+}
+
+/// A message of an ordered topic that a batch held behind an earlier message of its key, which is retried: it goes
+/// back with the same delay whatever its own outcome, so it is handled again after that one.
+pub(super) fn retry_behind<T>(ctx: &Ctx<T>, a: &Attempt, msg: ReceivedMessage, delay: Duration) {
+    ctx.runner.metrics.settled(Settled::Retry, a.started);
+    tracing::debug!(target: "tidings", parent: &a.span, subscription = %ctx.runner.key.1, id = %msg.id,
+        attempt = msg.attempt, tidings.settle = "nack", tidings.retry_in = ?delay,
+        "an earlier message of its ordering key is retried; this one is retried after it");
+    nack(ctx, msg.ack_id, delay);
 }
 
 fn dead_letter<T>(ctx: &Ctx<T>, a: &Attempt, message: ReceivedMessage, failure: Failure) {

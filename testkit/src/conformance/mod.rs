@@ -35,6 +35,7 @@
 //! The suite uses only the public API of `tidings-core`, as a backend's own tests do.
 
 mod backlog;
+mod batch;
 pub mod capture;
 mod delay;
 mod delivery;
@@ -56,6 +57,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use backlog::*;
+pub use batch::*;
 pub use delay::*;
 pub use delivery::*;
 pub use faults::{network_faults, FaultReport};
@@ -173,9 +175,18 @@ macro_rules! conformance_tests {
                     delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once,
                     delay_beyond_retention_is_refused_and_cancel_is_honest,
                     foreign_due_time_attribute_is_held,
+                    batches_fill_to_max_messages_or_leave_after_max_wait,
+                    batch_outcomes_and_attempts_are_per_message,
+                    batch_leases_are_extended_while_it_runs,
+                    batch_is_told_of_shutdown_and_left_unacked,
+                    batch_panic_fails_every_message,
+                    batch_with_a_wrong_outcome_count_is_retried_whole,
+                    invalid_batch_configs_are_refused,
+                    batch_never_holds_a_message_before_it_is_due,
                     backlog_shows_scheduled_messages_apart,
                 );
-                $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key);
+                $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key,
+                    batch_order_per_key_holds_across_batches);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup,
                     exactly_once_republish_with_another_time_is_a_duplicate);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; bounded_backlog;
