@@ -153,6 +153,22 @@ fn prepare<T: Serialize>(
     Ok((row::NewRow::new(topic.name(), topic.config(), out)?, id))
 }
 
+/// [`db_error`], except that a table without the `deliver_at` column (created by tidings-outbox 0.1) gets an error
+/// naming its fix, [`Outbox::migrate`].
+fn table_error(table: &str, what: &str, e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(d) = &e {
+        if d.message().contains("deliver_at") {
+            return Error::config(format!(
+                "outbox: {what} failed: the outbox table {table} has no deliver_at column (the due time of delayed \
+                 messages, added in tidings-outbox 0.2): call Outbox::migrate() once to add it ({})",
+                d.message()
+            ))
+            .with_source(e);
+        }
+    }
+    db_error(what, e)
+}
+
 fn db_error(what: &str, e: sqlx::Error) -> Error {
     let retryable = matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed);
     Error::backend(format!("outbox: {what} failed: {e}"), retryable).with_source(e)

@@ -16,17 +16,20 @@ use crate::row::{self, Claimed, COLUMNS};
 use crate::{db_error, Outbox};
 
 impl Outbox<Postgres> {
-    /// Creates the outbox table and its index if they do not exist. When both exist it only looks (DDL such as
-    /// `CREATE INDEX IF NOT EXISTS` takes a lock on the table even when there is nothing to create, waiting behind
-    /// the relay's transactions).
+    /// Creates the outbox table and its index if they do not exist, and adds the `deliver_at` column to a table
+    /// created by tidings-outbox 0.1. When all of it exists it only looks (DDL such as `CREATE INDEX IF NOT EXISTS`
+    /// takes a lock on the table even when there is nothing to create, waiting behind the relay's transactions).
     pub async fn migrate(&self) -> Result<()> {
         let t = &self.table;
-        let present: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL")
-            .bind(t.to_string())
-            .bind(format!("{t}_topic_seq"))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error("migrate", e))?;
+        let present: bool = sqlx::query_scalar(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = 'deliver_at' AND NOT attisdropped)",
+        )
+        .bind(t.to_string())
+        .bind(format!("{t}_topic_seq"))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("migrate", e))?;
         if present {
             return Ok(());
         }
@@ -34,9 +37,12 @@ impl Outbox<Postgres> {
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (seq BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, \
                  exactly_once BOOLEAN NOT NULL, ordered BOOLEAN NOT NULL, message_id TEXT NOT NULL, \
-                 payload BYTEA NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at BIGINT NOT NULL)"
+                 payload BYTEA NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at BIGINT NOT NULL, \
+                 deliver_at BIGINT)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {t}_topic_seq ON {t} (topic, seq)"),
+            // A table from 0.1 lacks the due-time column; adding a nullable column rewrites nothing.
+            format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS deliver_at BIGINT"),
         ];
         for sql in ddl {
             sqlx::query(&sql).execute(&self.pool).await.map_err(|e| db_error("migrate", e))?;
@@ -55,7 +61,9 @@ impl Outbox<Postgres> {
         self.publish_with(tx, topic, message, PublishOptions::default()).await
     }
 
-    /// [`Outbox::publish`] with attributes and/or an ordering key.
+    /// [`Outbox::publish`] with [`PublishOptions`]: attributes, an ordering key, an id, a due time
+    /// ([`PublishOptions::deliver_at`] / [`PublishOptions::deliver_after`]: the row keeps it and the relay publishes at
+    /// once with it, so no subscription gets the message before then).
     pub async fn publish_with<T: Serialize>(
         &self,
         tx: &mut PgConnection,
@@ -68,7 +76,7 @@ impl Outbox<Postgres> {
         // One round trip: insert, and NOTIFY (delivered by PostgreSQL only when the transaction commits).
         let sql = format!(
             "WITH ins AS (INSERT INTO {t} (topic, exactly_once, ordered, message_id, payload, attributes, \
-             ordering_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq) \
+             ordering_key, created_at, deliver_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq) \
              SELECT pg_notify('{t}', '') FROM ins"
         );
         sqlx::query(&sql)
@@ -80,9 +88,10 @@ impl Outbox<Postgres> {
             .bind(r.attributes)
             .bind(r.ordering_key)
             .bind(r.created_at)
+            .bind(r.deliver_at)
             .execute(&mut *tx)
             .await
-            .map_err(|e| db_error("writing to the outbox", e))?;
+            .map_err(|e| crate::table_error(t, "writing to the outbox", e))?;
         Ok(id)
     }
 
@@ -90,6 +99,7 @@ impl Outbox<Postgres> {
     pub fn relay(&self) -> Relay {
         let store = PgStore {
             pool: self.pool.clone(),
+            table: self.table.to_string(),
             channel: self.table.to_string(),
             head: format!(
                 "SELECT seq, topic FROM {t} WHERE seq IN (SELECT min(seq) FROM {t} WHERE NOT (topic = ANY($1)) \
@@ -111,6 +121,7 @@ impl Outbox<Postgres> {
 
 struct PgStore {
     pool: sqlx::PgPool,
+    table: String,
     channel: String,
     head: String,
     claim: String,
@@ -143,7 +154,7 @@ impl PgStore {
             .bind(max as i64)
             .fetch_all(&mut *tx)
             .await
-            .map_err(|e| err("claiming rows", e))?;
+            .map_err(|e| (String::new(), crate::table_error(&self.table, "claiming rows", e)))?;
         let claimed = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>>>().map_err(|e| (topic.clone(), e))?;
         let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
         row::publish(bus, &topic, claimed, &self.lag).await.map_err(|e| (topic.clone(), e))?;

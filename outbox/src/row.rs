@@ -7,9 +7,10 @@ use tidings_core::{Attributes, Error, MessageId, Result, TopicConfig};
 
 /// Columns shared by both databases: seq (auto), topic, exactly_once, ordered, message_id, payload, attributes
 /// (JSON text; the trace context captured when the row was written sits beside the application's attributes under
-/// reserved `tidings.trace.*` keys), ordering_key, created_at (microseconds since the Unix epoch).
+/// reserved `tidings.trace.*` keys), ordering_key, created_at and deliver_at (microseconds since the Unix epoch;
+/// deliver_at is the due time of a delayed message, NULL for one delivered at once; added in 0.2 by `migrate`).
 pub(crate) const COLUMNS: &str =
-    "seq, topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at";
+    "seq, topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at, deliver_at";
 
 /// A row about to be inserted.
 pub(crate) struct NewRow {
@@ -21,10 +22,14 @@ pub(crate) struct NewRow {
     pub attributes: String,
     pub ordering_key: Option<String>,
     pub created_at: i64,
+    pub deliver_at: Option<i64>,
 }
 
 impl NewRow {
-    pub fn new(topic: &str, config: TopicConfig, m: OutgoingMessage) -> Result<Self> {
+    pub fn new(topic: &str, config: TopicConfig, mut m: OutgoingMessage) -> Result<Self> {
+        // The due time is the deliver_at column; the relay's bus carries it as that bus needs (Bus::publish_prepared),
+        // so the attribute Bus::prepare adds on a bus without native delay is not stored.
+        m.attributes.remove(tidings_core::backend::wire::DELIVER_AT_ATTRIBUTE);
         Ok(NewRow {
             topic: topic.to_string(),
             exactly_once: config.is_exactly_once(),
@@ -37,6 +42,7 @@ impl NewRow {
             ))?,
             ordering_key: m.ordering_key.as_deref().map(str::to_string),
             created_at: micros(m.publish_time),
+            deliver_at: m.deliver_at.map(micros),
         })
     }
 }
@@ -57,6 +63,7 @@ impl Claimed {
         String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     {
         let get = |e: sqlx::Error| crate::db_error("reading an outbox row", e);
         let exactly_once: bool = r.try_get("exactly_once").map_err(get)?;
@@ -70,6 +77,7 @@ impl Claimed {
         let id: String = r.try_get("message_id").map_err(get)?;
         let key: Option<String> = r.try_get("ordering_key").map_err(get)?;
         let payload: Vec<u8> = r.try_get("payload").map_err(get)?;
+        let deliver_at: Option<i64> = r.try_get("deliver_at").map_err(get)?;
         Ok(Claimed {
             seq: r.try_get("seq").map_err(get)?,
             config,
@@ -80,7 +88,8 @@ impl Claimed {
                 key.map(Into::into),
                 from_micros(created_at),
             )
-            .with_trace(trace),
+            .with_trace(trace)
+            .with_deliver_at(deliver_at.map(from_micros)),
         })
     }
 }

@@ -20,14 +20,16 @@ use crate::{db_error, Outbox};
 const LEASE: Duration = Duration::from_secs(10);
 
 impl Outbox<Sqlite> {
-    /// Creates the outbox table, its index and the relay lease table if they do not exist.
+    /// Creates the outbox table, its index and the relay lease table if they do not exist, and adds the `deliver_at`
+    /// column to a table created by tidings-outbox 0.1.
     pub async fn migrate(&self) -> Result<()> {
         let t = &self.table;
         let ddl = [
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, \
                  exactly_once BOOLEAN NOT NULL, ordered BOOLEAN NOT NULL, message_id TEXT NOT NULL, \
-                 payload BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at INTEGER NOT NULL)"
+                 payload BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at INTEGER NOT NULL, \
+                 deliver_at INTEGER)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {t}_topic_seq ON {t} (topic, seq)"),
             format!(
@@ -37,6 +39,19 @@ impl Outbox<Sqlite> {
         ];
         for sql in ddl {
             sqlx::query(&sql).execute(&self.pool).await.map_err(|e| db_error("migrate", e))?;
+        }
+        // A table from 0.1 lacks the due-time column. Adding a nullable column rewrites nothing; when two processes
+        // migrate at once, the second ALTER fails on the column the first added, which is what was wanted.
+        let look = "SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'deliver_at'";
+        let has = || async { sqlx::query_scalar::<_, i64>(look).bind(t.to_string()).fetch_one(&self.pool).await };
+        if has().await.map_err(|e| db_error("migrate", e))? == 0 {
+            let added =
+                sqlx::query(&format!("ALTER TABLE {t} ADD COLUMN deliver_at INTEGER")).execute(&self.pool).await;
+            if let Err(e) = added {
+                if has().await.map_err(|e| db_error("migrate", e))? == 0 {
+                    return Err(db_error("migrate (adding the deliver_at column)", e));
+                }
+            }
         }
         Ok(())
     }
@@ -52,7 +67,9 @@ impl Outbox<Sqlite> {
         self.publish_with(tx, topic, message, PublishOptions::default()).await
     }
 
-    /// [`Outbox::publish`] with attributes and/or an ordering key.
+    /// [`Outbox::publish`] with [`PublishOptions`]: attributes, an ordering key, an id, a due time
+    /// ([`PublishOptions::deliver_at`] / [`PublishOptions::deliver_after`]: the row keeps it and the relay publishes at
+    /// once with it, so no subscription gets the message before then).
     pub async fn publish_with<T: Serialize>(
         &self,
         tx: &mut SqliteConnection,
@@ -62,8 +79,8 @@ impl Outbox<Sqlite> {
     ) -> Result<MessageId> {
         let (r, id) = crate::prepare(&self.bus, topic, message, options)?;
         let sql = format!(
-            "INSERT INTO {} (topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO {} (topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, created_at, \
+             deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.table
         );
         sqlx::query(&sql)
@@ -75,9 +92,10 @@ impl Outbox<Sqlite> {
             .bind(r.attributes)
             .bind(r.ordering_key)
             .bind(r.created_at)
+            .bind(r.deliver_at)
             .execute(&mut *tx)
             .await
-            .map_err(|e| db_error("writing to the outbox", e))?;
+            .map_err(|e| crate::table_error(&self.table, "writing to the outbox", e))?;
         self.wake.notify_one();
         Ok(id)
     }
@@ -87,6 +105,7 @@ impl Outbox<Sqlite> {
         let t = &self.table;
         let store = SqliteStore {
             pool: self.pool.clone(),
+            table: self.table.to_string(),
             wake: self.wake.clone(),
             owner: uuid::Uuid::now_v7().to_string(),
             lease_until: std::sync::Mutex::new(None),
@@ -108,6 +127,7 @@ impl Outbox<Sqlite> {
 
 struct SqliteStore {
     pool: sqlx::SqlitePool,
+    table: String,
     wake: Arc<Notify>,
     owner: String,
     lease_until: std::sync::Mutex<Option<Instant>>,
@@ -166,7 +186,7 @@ impl Store for SqliteStore {
             .bind(max as i64)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| err("reading rows", e))?;
+            .map_err(|e| (String::new(), crate::table_error(&self.table, "reading rows", e)))?;
         let claimed = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>>>().map_err(|e| (topic.clone(), e))?;
         let (n, last) = (claimed.len(), claimed.last().map_or(0, |c| c.seq));
         row::publish(bus, &topic, claimed, &self.lag).await.map_err(|e| (topic.clone(), e))?;

@@ -31,6 +31,30 @@ async fn rows(outbox: &Outbox<sqlx::Sqlite>) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {}", outbox.table())).fetch_one(outbox.pool()).await.unwrap()
 }
 
+/// The first bind parameter in this database's SQL.
+const PARAM: &str = "?";
+
+/// A copy of `outbox`'s table under a new name, empty, as tidings-outbox 0.1 created it (no `deliver_at`).
+async fn v0_1_table(outbox: &Outbox<sqlx::Sqlite>) -> Outbox<sqlx::Sqlite> {
+    let old = outbox.clone().with_table(&format!("old_{}", support::unique())).unwrap();
+    let t = old.table();
+    for sql in [
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t} (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, \
+             exactly_once BOOLEAN NOT NULL, ordered BOOLEAN NOT NULL, message_id TEXT NOT NULL, \
+             payload BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, created_at INTEGER NOT NULL)"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {t}_topic_seq ON {t} (topic, seq)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t}_relay (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, \
+             expires_at INTEGER NOT NULL)"
+        ),
+    ] {
+        sqlx::query(&sql).execute(old.pool()).await.unwrap();
+    }
+    old
+}
+
 fn relay_count() -> usize {
     1
 }

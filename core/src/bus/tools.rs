@@ -50,16 +50,30 @@ impl Bus {
 
     /// Publishes messages made by [`Bus::prepare`] (possibly by another process, as an outbox relay does) to the
     /// topic `name` with `config`; they are validated again against this backend's limits first. The ids are kept,
-    /// so exactly-once topics de-duplicate a republish.
+    /// so exactly-once topics de-duplicate a republish. A message's due time
+    /// ([`OutgoingMessage::deliver_at`](crate::backend::OutgoingMessage::deliver_at), or the
+    /// [`DELIVER_AT_ATTRIBUTE`](crate::backend::wire::DELIVER_AT_ATTRIBUTE) attribute [`Bus::prepare`] adds on a
+    /// backend without native delay) is published as this bus carries it: kept by a backend with native delay, in
+    /// the attribute otherwise.
     pub async fn publish_prepared(
         &self,
         name: &str,
         config: TopicConfig,
         mut batch: Vec<OutgoingMessage>,
     ) -> Result<()> {
+        use crate::backend::wire::{parse_deliver_at, DELIVER_AT_ATTRIBUTE};
         self.check_open()?;
-        for m in &batch {
+        let now = std::time::SystemTime::now();
+        for m in &mut batch {
+            // The attribute is core's own (the reserved-name rule is for the application's), so it is set aside
+            // while the message is checked, then put back where this bus needs it.
+            let carried = m.attributes.remove(DELIVER_AT_ATTRIBUTE);
             self.validate(name, config, m)?;
+            let at = m.deliver_at.or_else(|| carried.as_deref().and_then(parse_deliver_at));
+            if let Some(at) = at.filter(|at| *at > now) {
+                m.deliver_at = Some(at);
+                self.carry_due_time(name, at, m)?;
+            }
         }
         let span = trace::send_span(&self.backend_info().producer_system, name);
         span.record("messaging.batch.message_count", batch.len() as i64);

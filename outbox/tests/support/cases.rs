@@ -257,6 +257,174 @@ macro_rules! outbox_cases {
                 relay.shutdown().await;
             }
 
+            /// A delayed publish keeps its due time in the row; the relay publishes it at once with that time, so the
+            /// bus holds it (the in-memory bus natively: a message due in an hour is relayed, waits there and can be
+            /// cancelled) and no handler gets it before it is due.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_delayed_publish_keeps_its_due_time_and_is_delivered_no_earlier() {
+                use std::time::SystemTime;
+                let (outbox, faults, users) = super::setup().await;
+                let t = topic::<Event>("delayed", TopicConfig::at_least_once());
+                let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let s = seen.clone();
+                outbox
+                    .bus()
+                    .subscribe(&t, "sub", SubscriptionConfig::default(), move |m: Message<Event>| {
+                        s.lock().unwrap().push((m.n, m.attempt(), SystemTime::now()));
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let due = SystemTime::now() + Duration::from_secs(2);
+                let mut tx = outbox.pool().begin().await.unwrap();
+                sqlx::query(&format!("INSERT INTO {users} (id) VALUES (1)")).execute(&mut *tx).await.unwrap();
+                let soon = outbox
+                    .publish_with(&mut tx, &t, &Event { n: 1 }, PublishOptions::new().deliver_at(due))
+                    .await
+                    .unwrap();
+                let later = outbox
+                    .publish_with(
+                        &mut tx,
+                        &t,
+                        &Event { n: 2 },
+                        PublishOptions::new().deliver_after(Duration::from_secs(3600)),
+                    )
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                let stored: Vec<Option<i64>> =
+                    sqlx::query_scalar(&format!("SELECT deliver_at FROM {} ORDER BY seq", outbox.table()))
+                        .fetch_all(outbox.pool())
+                        .await
+                        .unwrap();
+                assert_eq!(stored.len(), 2);
+                assert_eq!(stored[0], Some(tidings_core::backend::time::micros(due)), "the row keeps the due time");
+                assert!(stored[1] > stored[0], "{stored:?}");
+                let relay = outbox.relay().spawn();
+                assert!(
+                    eventually(10, || faults.accepted(t.name()) == vec![soon.to_string(), later.to_string()]).await,
+                    "the relay publishes both at once, the one due in an hour too: {:?}",
+                    faults.accepted(t.name())
+                );
+                assert!(eventually(30, || !seen.lock().unwrap().is_empty()).await, "delivered once due");
+                let (n, attempt, handled) = seen.lock().unwrap()[0];
+                assert_eq!((n, attempt), (1, 1));
+                assert!(
+                    handled >= due,
+                    "handled {:?} before its due time",
+                    due.duration_since(handled).unwrap_or_default()
+                );
+                assert!(eventually(10, || relay.relayed() == 2).await);
+                assert_eq!(rows(&outbox).await, 0, "relayed rows are deleted, scheduled ones too");
+                assert!(t.cancel(outbox.bus(), &later).await.unwrap(), "the bus keeps the one due in an hour");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(seen.lock().unwrap().len(), 1, "the hour-long one was not delivered");
+                relay.shutdown().await;
+            }
+
+            /// Bad due times are handled as a direct publish handles them: a time in the past delivers at once (the
+            /// row has no due time), a delay beyond a subscription's retention is refused when written, naming the
+            /// value and the limit, and writes nothing.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_past_due_time_delivers_at_once_and_one_beyond_retention_is_refused() {
+                use std::time::SystemTime;
+                let (outbox, _faults, _users) = super::setup().await;
+                let t = topic::<Event>("due", TopicConfig::at_least_once());
+                let seen = Arc::new(AtomicUsize::new(0));
+                let s = seen.clone();
+                let config = SubscriptionConfig::default().with_message_retention(Duration::from_secs(3600));
+                outbox
+                    .bus()
+                    .subscribe(&t, "kept-an-hour", config, move |_m: Message<Event>| {
+                        s.fetch_add(1, SeqCst);
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let mut tx = outbox.pool().begin().await.unwrap();
+                let past = PublishOptions::new().deliver_at(SystemTime::now() - Duration::from_secs(3600));
+                outbox.publish_with(&mut tx, &t, &Event { n: 1 }, past).await.unwrap();
+                tx.commit().await.unwrap();
+                let stored: Option<i64> = sqlx::query_scalar(&format!("SELECT deliver_at FROM {}", outbox.table()))
+                    .fetch_one(outbox.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(stored, None, "a time in the past is no due time");
+                assert_eq!(outbox.relay().drain().await.unwrap(), 1);
+                assert!(eventually(10, || seen.load(SeqCst) == 1).await, "delivered at once");
+
+                let mut tx = outbox.pool().begin().await.unwrap();
+                let far = PublishOptions::new().deliver_after(Duration::from_secs(2 * 3600));
+                let e = outbox.publish_with(&mut tx, &t, &Event { n: 2 }, far).await.unwrap_err();
+                tx.commit().await.unwrap();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+                let text = e.to_string();
+                assert!(
+                    text.contains("2h from now") && text.contains("beyond 1h") && text.contains("\"kept-an-hour\""),
+                    "{text}"
+                );
+                assert_eq!(rows(&outbox).await, 0, "nothing written");
+            }
+
+            /// A table created by tidings-outbox 0.1 (no `deliver_at` column): writing and relaying are refused with
+            /// an error naming `Outbox::migrate()`; `migrate` adds the column (twice is a no-op), the 0.1 row is then
+            /// relayed as it was written and a delayed message goes through the upgraded table.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_0_1_table_is_upgraded_by_migrate() {
+                use std::time::SystemTime;
+                let (outbox, _faults, _users) = super::setup().await;
+                let t = topic::<Event>("upgrade", TopicConfig::at_least_once());
+                let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let s = seen.clone();
+                outbox
+                    .bus()
+                    .subscribe(&t, "sub", SubscriptionConfig::default(), move |m: Message<Event>| {
+                        s.lock().unwrap().push((m.n, m.id().clone(), SystemTime::now()));
+                        async { Ok(()) }
+                    })
+                    .await
+                    .unwrap();
+                let old_id = tidings_core::MessageId::generate();
+                let old = super::v0_1_table(&outbox).await;
+                // A row as 0.1 wrote it: the message's columns, no due time.
+                let now = tidings_core::backend::time::micros(SystemTime::now());
+                sqlx::query(&format!(
+                    "INSERT INTO {} (topic, exactly_once, ordered, message_id, payload, attributes, ordering_key, \
+                     created_at) VALUES ('{}', false, false, '{old_id}', {}, '{{}}', NULL, {now})",
+                    old.table(),
+                    t.name(),
+                    super::PARAM
+                ))
+                .bind(br#"{"n":1}"#.as_slice())
+                .execute(old.pool())
+                .await
+                .unwrap();
+                let refused = |e: tidings_core::Error| {
+                    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+                    let text = e.to_string();
+                    assert!(text.contains("Outbox::migrate()") && text.contains(old.table()), "{text}");
+                };
+                let mut tx = old.pool().begin().await.unwrap();
+                refused(old.publish(&mut tx, &t, &Event { n: 9 }).await.unwrap_err());
+                tx.rollback().await.unwrap();
+                let relay = old.relay(); // one relay throughout: on SQLite it holds the lease
+                refused(relay.drain().await.unwrap_err());
+                assert_eq!(rows(&old).await, 1, "the 0.1 row waits");
+
+                old.migrate().await.unwrap();
+                old.migrate().await.expect("a second migrate finds the column and does nothing");
+                let due = SystemTime::now() + Duration::from_secs(1);
+                let mut tx = old.pool().begin().await.unwrap();
+                old.publish_with(&mut tx, &t, &Event { n: 3 }, PublishOptions::new().deliver_at(due)).await.unwrap();
+                tx.commit().await.unwrap();
+                assert_eq!(relay.drain().await.unwrap(), 2);
+                assert!(eventually(30, || seen.lock().unwrap().len() == 2).await, "{:?}", seen.lock().unwrap());
+                let seen = seen.lock().unwrap().clone();
+                assert_eq!((seen[0].0, &seen[0].1), (1, &old_id), "the 0.1 row, with the id it was written with");
+                assert_eq!(seen[1].0, 3);
+                assert!(seen[1].2 >= due, "the delayed one was delivered before its due time");
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn invalid_messages_are_rejected_when_written() {
                 let (outbox, _faults, _users) = super::setup().await;

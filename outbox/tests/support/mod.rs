@@ -89,6 +89,10 @@ impl TopicDriver for FaultyTopic {
         }
         Ok(report)
     }
+
+    async fn cancel(&self, id: &tidings_core::MessageId) -> Result<bool> {
+        self.inner.cancel(id).await
+    }
 }
 
 /// A bus over a fresh local backend behind the fault wrapper.
