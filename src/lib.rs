@@ -40,10 +40,10 @@ pub use tidings_core::topology;
 pub use tidings_core::trace;
 pub use tidings_core::{
     admin, backend, book, config, dead_letter, handler, layer, message, retry, subscription, topic, validate_name,
-    Attributes, Backend, BatchHandler, BatchOutcome, BatchResult, Bus, BusBuilder, Capabilities, DeadLetter,
-    DeliveryGuarantee, Error, ErrorKind, Handler, HandlerError, HandlerResult, Layer, Message, MessageId, Metadata,
-    PublishOptions, Result, RetryPolicy, Settings, Subscription, SubscriptionConfig, SubscriptionOverride, Topic,
-    TopicConfig, Topology, WhenFull,
+    Attributes, Backend, BacklogDetail, BatchHandler, BatchOutcome, BatchResult, Bus, BusBuilder, Capabilities,
+    DeadLetter, DeliveryGuarantee, Error, ErrorKind, Handler, HandlerError, HandlerResult, Layer, Message, MessageId,
+    Metadata, PublishOptions, Result, RetryPolicy, Settings, Subscription, SubscriptionConfig, SubscriptionOverride,
+    Topic, TopicConfig, Topology, WhenFull,
 };
 
 #[cfg(feature = "opentelemetry")]
