@@ -1,12 +1,14 @@
 //! `tidings-bench <name> [--quick] [--messages N]`: runs one benchmark and prints one JSON object per line.
-//! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, local_scaling, aws_calls, gcp_calls (and
-//! the helpers local_scaling_point, one point of local_scaling in a child process, and local_publish_only, for the
-//! callgrind step of `scripts/bench`).
+//! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, local_scaling, aws_calls, gcp_calls,
+//! delay_lateness and delay_hold_calls (one line per backend each; see `delay.rs`), and the helpers
+//! local_scaling_point, one point of local_scaling in a child process, and local_publish_only, for the callgrind step
+//! of `scripts/bench`.
 //! `scripts/bench` runs them all, one process each (peak RSS is per process). With `TIDINGS_BENCH_OBSERVE=1` a real
 //! observability pipeline is installed first (Prometheus recorder, OpenTelemetry batch span exporter into a sink) and
 //! the line gains `"observe"` (the Prometheus page's tidings lines).
 
 mod cloud;
+mod delay;
 mod local;
 mod observe;
 mod scaling;
@@ -29,8 +31,10 @@ async fn main() {
         "local_publish_only" => local::publish_only(n.unwrap_or(100_000)).await,
         "aws_calls" => cloud::aws(n.unwrap_or(if quick { 2_000 } else { 10_000 })).await,
         "gcp_calls" => cloud::gcp(n.unwrap_or(if quick { 2_000 } else { 10_000 })).await,
+        "delay_lateness" => delay::lateness(&args[2..], quick).await,
+        "delay_hold_calls" => delay::hold_calls(&args[2..], quick).await,
         other => {
-            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls");
+            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls delay_lateness delay_hold_calls");
             std::process::exit(2);
         }
     };
@@ -59,5 +63,15 @@ mod smoke {
         assert!(d["tidings_msgs_per_s"].as_f64().unwrap() > 0.0 && d["omniqueue_msgs_per_s"].as_f64().unwrap() > 0.0);
         let d = parse(&crate::local::backlog(10_000).await);
         assert!(d["independence_ratio"].as_f64().unwrap() > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delay_lateness_runs_on_the_in_memory_bus() {
+        let args: Vec<String> =
+            ["--backends", "local", "--messages", "10", "--phases", "idle"].map(String::from).to_vec();
+        let d = parse(&crate::delay::lateness(&args, false).await);
+        assert_eq!(d["bench"], "delay_lateness_local");
+        assert_eq!((d["idle_missing"].as_u64(), d["idle_duplicates"].as_u64()), (Some(0), Some(0)), "{d}");
+        assert_eq!(d["idle_early"], 0, "never before the due time: {d}");
     }
 }
