@@ -28,6 +28,7 @@ pages! {
     concepts_delayed_delivery => "docs/book/src/concepts/delayed-delivery.md",
     configuration => "docs/book/src/configuration.md",
     outbox => "docs/book/src/outbox.md",
+    inbox => "docs/book/src/inbox.md",
     testing => "docs/book/src/testing.md",
     backends => "docs/book/src/backends/index.md",
     backends_in_memory => "docs/book/src/backends/in-memory.md",

@@ -65,6 +65,10 @@ pub use tidings_nats as nats;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use tidings_sql as sql;
 
+/// The transactional inbox (features `sqlite`, `postgres`): a handler's database effects happen once per message.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use tidings_inbox as inbox;
+
 #[cfg(feature = "dashboard")]
 pub use tidings_dashboard as dashboard;
 

@@ -66,6 +66,8 @@ pub(crate) struct SqlSubscription {
     pub dedup: bool,
     pub config: SubscriptionConfig,
     pub last_sweep: Mutex<Option<Instant>>,
+    /// The rows this driver leased and has not settled, by message id, for acks inside an application's transaction.
+    pub held: Arc<crate::settle_in::Held>,
 }
 
 impl SqlSubscription {
@@ -118,6 +120,7 @@ impl SubscriptionDriver for SqlSubscription {
             let until = now + us(self.config.ack_deadline);
             let lease = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
             let got = self.store.claim(self.sub, self.ordered, max, now, until, lease).await?;
+            self.held.claimed(&got);
             if !got.is_empty() || Instant::now() >= give_up {
                 return Ok(got);
             }
@@ -138,6 +141,7 @@ impl SubscriptionDriver for SqlSubscription {
     }
 
     async fn ack(&self, ids: Vec<AckId>) -> Result<()> {
+        self.held.settled(&ids);
         let keep_until = self.dedup.then(|| now_us() + us(self.config.message_retention));
         self.store.ack(&pairs(&ids), keep_until).await?;
         if self.ordered {
@@ -147,6 +151,7 @@ impl SubscriptionDriver for SqlSubscription {
     }
 
     async fn nack(&self, items: Vec<(AckId, Duration)>) -> Result<()> {
+        self.held.settled(items.iter().map(|(id, _)| id));
         let now = now_us();
         let items: Vec<(i64, i64, i64)> = items
             .iter()
@@ -161,6 +166,7 @@ impl SubscriptionDriver for SqlSubscription {
     }
 
     async fn dead_letter(&self, items: Vec<DeadLetterRequest>) -> Result<()> {
+        self.held.settled(items.iter().map(|r| &r.message.ack_id));
         let items: Vec<(i64, i64, String)> = items
             .into_iter()
             .filter_map(|r| parse_ack_id(&r.message.ack_id).map(|(seq, lease)| (seq, lease, r.reason)))

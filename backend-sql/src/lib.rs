@@ -53,6 +53,7 @@ mod own_lock;
 mod postgres;
 mod publish_in;
 pub mod schema;
+mod settle_in;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -67,6 +68,7 @@ use tidings_core::{Backend, Capabilities, Result};
 
 pub use config::{PostgresConfig, Provisioning, SqliteConfig};
 pub use publish_in::{publish_in, publish_in_with, InTransaction};
+pub use settle_in::{ack_in, holds_bus_tables};
 
 use admin::AdminStore;
 use store::Store;
@@ -220,6 +222,11 @@ impl Backend for SqlBackend {
             dedup: spec.topic.config.is_exactly_once(),
             config: spec.config,
             last_sweep: Mutex::default(),
+            held: settle_in::Held::register(
+                &spec.resource,
+                spec.topic.config.is_exactly_once(),
+                spec.config.message_retention,
+            ),
         }))
     }
 }

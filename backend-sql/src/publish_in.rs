@@ -19,6 +19,23 @@ pub trait InTransaction: Send {
     fn backend_name(&self) -> &'static str;
     #[doc(hidden)]
     async fn write_deliveries(&mut self, bus: &Bus, topic: &str, dedup: bool, batch: &[OutgoingMessage]) -> Result<()>;
+    /// Settles held delivery rows on this connection ([`crate::ack_in`]).
+    #[doc(hidden)]
+    async fn settle_rows(
+        &mut self,
+        _bus: &Bus,
+        _subscription: &str,
+        _id: &str,
+        _seqs: &[i64],
+        _keep_until: Option<i64>,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+    /// Whether this connection's database holds the bus's tables with the grants [`crate::ack_in`] needs.
+    #[doc(hidden)]
+    async fn has_bus_tables(&mut self, _bus: &Bus) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -38,6 +55,29 @@ impl InTransaction for sqlx::SqliteConnection {
         let sql = Sql::new(Dialect::Sqlite, Tables::sqlite());
         crate::sqlite::publish_on(self, &sql, None, topic, dedup, batch).await
     }
+
+    async fn settle_rows(
+        &mut self,
+        _bus: &Bus,
+        subscription: &str,
+        id: &str,
+        seqs: &[i64],
+        keep_until: Option<i64>,
+    ) -> Result<u64> {
+        let sql = Sql::new(Dialect::Sqlite, Tables::sqlite());
+        crate::settle_in::settle_on!(&mut *self, &sql, subscription, id, seqs, keep_until)
+    }
+
+    async fn has_bus_tables(&mut self, _bus: &Bus) -> Result<bool> {
+        let t = Tables::sqlite();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ($1, $2)")
+            .bind(&t.deliveries)
+            .bind(&t.subs)
+            .fetch_one(&mut *self)
+            .await
+            .map_err(|e| crate::error::db_error("looking for the bus's tables", e))?;
+        Ok(n == 2)
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -48,12 +88,46 @@ impl InTransaction for sqlx::PgConnection {
     }
 
     async fn write_deliveries(&mut self, bus: &Bus, topic: &str, dedup: bool, batch: &[OutgoingMessage]) -> Result<()> {
-        let schema = bus.settings().section::<crate::PostgresConfig>("postgres")?.schema;
-        crate::config::validate_schema(&schema)?;
+        let schema = pg_schema(bus)?;
         let sql = Sql::new(Dialect::Postgres, Tables::postgres(&schema));
         let channel = crate::postgres::channel(&schema);
         crate::postgres::publish_on(self, &sql, Some(&channel), topic, dedup, batch).await
     }
+
+    async fn settle_rows(
+        &mut self,
+        bus: &Bus,
+        subscription: &str,
+        id: &str,
+        seqs: &[i64],
+        keep_until: Option<i64>,
+    ) -> Result<u64> {
+        let sql = Sql::new(Dialect::Postgres, Tables::postgres(&pg_schema(bus)?));
+        crate::settle_in::settle_on!(&mut *self, &sql, subscription, id, seqs, keep_until)
+    }
+
+    async fn has_bus_tables(&mut self, bus: &Bus) -> Result<bool> {
+        let t = Tables::postgres(&pg_schema(bus)?);
+        // CASE: the privilege functions fail on a table that does not exist.
+        sqlx::query_scalar(
+            "SELECT CASE WHEN to_regclass($1) IS NULL OR to_regclass($2) IS NULL THEN false ELSE \
+             has_table_privilege($1, 'DELETE') AND has_table_privilege($1, 'UPDATE') AND \
+             has_table_privilege($2, 'SELECT') END",
+        )
+        .bind(&t.deliveries)
+        .bind(&t.subs)
+        .fetch_one(&mut *self)
+        .await
+        .map_err(|e| crate::error::db_error("looking for the bus's tables", e))
+    }
+}
+
+/// The bus's schema (`postgres.schema` of its settings), checked.
+#[cfg(feature = "postgres")]
+fn pg_schema(bus: &Bus) -> Result<String> {
+    let schema = bus.settings().section::<crate::PostgresConfig>("postgres")?.schema;
+    crate::config::validate_schema(&schema)?;
+    Ok(schema)
 }
 
 /// Publishes `message` to `topic` inside the transaction `tx` is in (pass `&mut *tx`): it reaches every

@@ -23,10 +23,22 @@ pub const OBSERVABILITY: &str = "observability.html";
 pub const PRODUCTION: &str = "production.html";
 /// The SQL backends' permissions: what a role needs to provision, and to run on tables that exist.
 pub const SQL_PERMISSIONS: &str = "backends/sql.html#permissions";
+/// The transactional inbox: its guarantee, its table and its window.
+pub const INBOX: &str = "inbox.html";
 
 /// The pages named above, for the check that each exists.
-pub const PAGES: &[&str] =
-    &[CONCEPTS, DEAD_LETTERS, CONFIGURATION, BACKENDS, CLI, DASHBOARD, OBSERVABILITY, PRODUCTION, SQL_PERMISSIONS];
+pub const PAGES: &[&str] = &[
+    CONCEPTS,
+    DEAD_LETTERS,
+    CONFIGURATION,
+    BACKENDS,
+    CLI,
+    DASHBOARD,
+    OBSERVABILITY,
+    PRODUCTION,
+    SQL_PERMISSIONS,
+    INBOX,
+];
 
 /// The page of a backend, by its name (`aws`, `gcp`, `nats`, `sqlite`, `postgres`, `local`); `None` for a name the
 /// book has no page for.

@@ -42,7 +42,7 @@ pub(crate) fn quiet_injected_panics() {
 }
 
 /// A cheap deterministic hash of (message, attempt, subscription) deciding the fault to inject.
-fn roll(n: u64, attempt: u32, salt: u64) -> u64 {
+pub(crate) fn roll(n: u64, attempt: u32, salt: u64) -> u64 {
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(attempt) << 32) ^ salt;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);

@@ -41,6 +41,7 @@ mod delay;
 mod delivery;
 mod faults;
 pub mod foreign;
+pub mod inbox;
 mod leases;
 mod ledger;
 mod operator;
@@ -61,6 +62,13 @@ pub use batch::*;
 pub use delay::*;
 pub use delivery::*;
 pub use faults::{network_faults, FaultReport};
+pub use inbox::{
+    inbox_concurrent_copies_never_both_commit_postgres, inbox_concurrent_copies_never_both_commit_sqlite,
+    inbox_exactly_once_effect_under_faults_postgres, inbox_exactly_once_effect_under_faults_sqlite,
+    inbox_lost_ack_after_commit_postgres, inbox_lost_ack_after_commit_sqlite,
+    inbox_outbox_publish_happens_once_postgres, inbox_outbox_publish_happens_once_sqlite,
+    inbox_redriven_dead_letter_is_processed_postgres, inbox_redriven_dead_letter_is_processed_sqlite,
+};
 pub use leases::*;
 pub use ledger::ledger;
 pub use operator::operator_story;
@@ -175,6 +183,16 @@ macro_rules! conformance_tests {
                     delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once,
                     delay_beyond_retention_is_refused_and_cancel_is_honest,
                     foreign_due_time_attribute_is_held,
+                    inbox_exactly_once_effect_under_faults_sqlite,
+                    inbox_exactly_once_effect_under_faults_postgres,
+                    inbox_outbox_publish_happens_once_sqlite,
+                    inbox_outbox_publish_happens_once_postgres,
+                    inbox_concurrent_copies_never_both_commit_sqlite,
+                    inbox_concurrent_copies_never_both_commit_postgres,
+                    inbox_lost_ack_after_commit_sqlite,
+                    inbox_lost_ack_after_commit_postgres,
+                    inbox_redriven_dead_letter_is_processed_sqlite,
+                    inbox_redriven_dead_letter_is_processed_postgres,
                     batches_fill_to_max_messages_or_leave_after_max_wait,
                     batch_outcomes_and_attempts_are_per_message,
                     batch_leases_are_extended_while_it_runs,
