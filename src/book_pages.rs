@@ -26,6 +26,7 @@ pages! {
     concepts_shutdown => "docs/book/src/concepts/shutdown.md",
     concepts_backlog => "docs/book/src/concepts/backlog.md",
     concepts_delayed_delivery => "docs/book/src/concepts/delayed-delivery.md",
+    concepts_batch_handlers => "docs/book/src/concepts/batch-handlers.md",
     configuration => "docs/book/src/configuration.md",
     outbox => "docs/book/src/outbox.md",
     inbox => "docs/book/src/inbox.md",

@@ -492,3 +492,56 @@ pub async fn batch_never_holds_a_message_before_it_is_due<H: Harness>(h: &H) {
     }
     bus.shutdown(t.patience).await;
 }
+
+/// The spans of a batch: one `process` span per batch handler call (`messaging.batch.message_count`, current while
+/// the handler runs, `error.type` when the whole call failed) and, as its children, one `process` span per message
+/// attempt as a single handler's (message id, attempt, linked to its publish's `send` span), holding its settle event.
+pub async fn batch_spans_cover_the_call_and_each_message<H: Harness>(h: &H) {
+    use tracing::Instrument;
+    let _exclusive = super::EXCLUSIVE.lock().await;
+    let capture = super::capture::install();
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("batch-traced", TopicConfig::at_least_once());
+    let _watching = capture.watch(topic.name());
+    let handler = |batch: Vec<Message<Event>>| async move {
+        tracing::info!(test.batch = batch.len(), "batch handler running");
+        let results = batch.iter().map(|m| match m.n {
+            1 => Err(HandlerError::unrecoverable("refused")),
+            _ => Ok(()),
+        });
+        Ok(results.collect::<BatchOutcome>())
+    };
+    let cfg = sub_config(&t, 2).with_max_messages(2).with_max_wait(t.patience);
+    let sub = bus.subscribe_batch(&topic, "audit", cfg, handler).await.unwrap();
+    let request = tracing::info_span!("request", test.topic = topic.name());
+    let ids = publish_all(&bus, &topic, &events(0..2)).instrument(request).await;
+    assert_eq!(wait_dead_letters(&sub, 1, t.patience).await.len(), 1);
+    let spans = capture.spans_of(topic.name());
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).cloned().collect::<Vec<_>>();
+    let sends = named("send");
+    assert_eq!(sends.len(), 1, "one send span for the publish_batch: {sends:#?}");
+    let process = named("process");
+    let calls: Vec<_> = process.iter().filter(|s| s.field("messaging.batch.message_count").is_some()).collect();
+    assert_eq!(calls.len(), 1, "one span for the batch handler call: {process:#?}");
+    let call = calls[0];
+    assert_eq!(call.field("messaging.batch.message_count"), Some("2"));
+    assert_eq!(call.field("otel.name"), Some("process audit"));
+    assert_eq!(call.field("otel.kind"), Some("consumer"));
+    assert_eq!(call.field("messaging.destination.subscription.name"), Some("audit"));
+    assert_eq!(
+        call.events_with("test.batch", "2").len(),
+        1,
+        "the handler's event is inside the call's span: {call:#?}"
+    );
+    let each: Vec<_> = process.iter().filter(|s| s.field("messaging.message.id").is_some()).collect();
+    assert_eq!(each.len(), 2, "one span per message attempt: {process:#?}");
+    for s in &each {
+        let id = s.field("messaging.message.id").unwrap();
+        assert_eq!(s.parent, Some(call.index), "message {id}: a child of the call's span");
+        assert_eq!(s.links, vec![sends[0].index], "message {id}: linked to its publish");
+        assert_eq!(s.field("tidings.delivery.attempt"), Some("1"));
+        let settled = if id == ids[1].as_str() { "dead_letter" } else { "ack" };
+        assert_eq!(s.events_with("tidings.settle", settled).len(), 1, "message {id} is settled in its span: {s:#?}");
+    }
+    bus.shutdown(t.patience).await;
+}

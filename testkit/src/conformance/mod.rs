@@ -201,6 +201,7 @@ macro_rules! conformance_tests {
                     batch_with_a_wrong_outcome_count_is_retried_whole,
                     invalid_batch_configs_are_refused,
                     batch_never_holds_a_message_before_it_is_due,
+                    batch_spans_cover_the_call_and_each_message,
                     backlog_shows_scheduled_messages_apart,
                 );
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key,
