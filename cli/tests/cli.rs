@@ -579,6 +579,78 @@ fn nats_ls_shows_scheduled_messages_apart() {
     ls_shows_scheduled_messages_apart(&support::nats(), false);
 }
 
+/// `publish --delay` and `publish --at` are accepted at once and the message is held until its due time: a tail
+/// started before the publishes prints the two due in seconds no earlier than due (for `--delay`, measured from
+/// before the publishing process started), each as its first attempt, and never the one due in an hour, which is
+/// still in the declared subscription's backlog at the end (and, where the backend can tell, still scheduled).
+fn publish_with_a_delay_or_a_time_is_held_until_due(env: &Env, native: bool) {
+    use std::time::{Duration, SystemTime};
+    assert!(env.app("declare:billing").contains("declared billing"));
+    let mut tail = env
+        .command(&["--json", "tail", "orders", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tail.stderr.take().unwrap());
+    tailing(&mut err);
+    // Each line the tail prints, with the time the test read it (after the tail's handler ran).
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(tail.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines.send((line, SystemTime::now())).is_err() {
+                break;
+            }
+        }
+    });
+
+    let publish = |n: u64, flag: &str, value: &str| {
+        let data = format!(r#"{{"n": {n}, "kind": "ok"}}"#);
+        env.json(&["publish", "orders", "--data", &data, flag, value])["id"].as_str().unwrap().to_string()
+    };
+    let before = SystemTime::now();
+    let delayed = publish(30, "--delay", "4s");
+    let at = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(5)).to_string();
+    let timed = publish(31, "--at", &at);
+    publish(32, "--delay", "1h");
+    let due = [(delayed, before + Duration::from_secs(4)), (timed, humantime::parse_rfc3339(&at).unwrap())];
+
+    for _ in 0..2 {
+        let (line, read_at) = printed.recv_timeout(Duration::from_secs(60)).expect("the tail printed both");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let (id, due) = due
+            .iter()
+            .find(|(id, _)| v["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("only the messages due in seconds are delivered: {v}"));
+        assert!(read_at >= *due, "{id} printed {:?} before its due time", due.duration_since(read_at).unwrap());
+        assert_eq!(v["attempt"], 1, "its first attempt: {v}");
+    }
+    let out = tail.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(out.status.success(), "tail failed: {rest}");
+
+    let ls = env.json(&["ls"]);
+    let orders = ls["topics"].as_array().unwrap().iter().find(|t| t["name"] == "orders").expect("orders listed");
+    let billing = orders["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "billing").unwrap();
+    // NATS: the tail's runtime held the two due in seconds and requeued a copy of each into the stream, addressed to
+    // its own consumer; billing, which runs no consumer here to skip them, counts those copies in its backlog too.
+    assert_eq!(billing["stats"]["backlog"], if native { 3 } else { 3 + 2 }, "{ls}");
+    let scheduled = if native { serde_json::json!(1) } else { serde_json::Value::Null };
+    assert_eq!(billing["stats"]["scheduled"], scheduled, "the one due in an hour: {ls}");
+}
+
+#[test]
+fn sqlite_publish_with_a_delay_or_a_time_is_held_until_due() {
+    publish_with_a_delay_or_a_time_is_held_until_due(&support::sqlite(), true);
+}
+
+#[test]
+fn nats_publish_with_a_delay_or_a_time_is_held_until_due() {
+    publish_with_a_delay_or_a_time_is_held_until_due(&support::nats(), false);
+}
+
 /// Completion scripts for bash, zsh and fish name the commands; they need no backend.
 #[test]
 fn completions_for_bash_zsh_and_fish() {
