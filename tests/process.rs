@@ -1,7 +1,8 @@
 //! Process-level reliability against LocalStack, the Pub/Sub emulator, a NATS server, a SQLite file and PostgreSQL
 //! (which keep the state): a subscriber process
 //! killed with SIGKILL in the middle of handlers loses nothing (another consumer gets the messages after the ack
-//! deadline), and one stopped with SIGTERM finishes its in-flight handlers, acks them once, and loses nothing.
+//! deadline), and one stopped with SIGTERM finishes its in-flight handlers, acks them once, and loses nothing. Through
+//! the transactional inbox, one killed after its commits and before its acks has each job's effect exactly once.
 #![cfg(feature = "test-worker")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 mod common;
-use tidings::{Message, Settings, SubscriptionConfig, Topic, TopicConfig};
+use tidings::{Handler, Message, Settings, SubscriptionConfig, Topic, TopicConfig};
+use tidings_testkit::conformance::inbox::{postgres_url, TestDatabase};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -96,11 +98,17 @@ impl Run {
     }
 
     fn start_worker(&self) -> Child {
+        self.start_worker_with(&[])
+    }
+
+    /// The worker, with more environment variables (later ones win).
+    fn start_worker_with(&self, env: &[(&str, &str)]) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings-test-worker"));
         cmd.envs(backend_env(self))
             .env("TIDINGS_NAME_PREFIX", &self.prefix)
             .env("WORKER_LOG", &self.log)
             .env("WORKER_HANDLE_MS", "1500")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("worker starts");
         let mut line = String::new();
@@ -284,4 +292,142 @@ async fn postgres_subscriber_killed_with_sigkill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_subscriber_stopped_with_sigterm_finishes_in_flight_and_loses_nothing() {
     sigterm("postgres").await;
+}
+
+/// The transactional inbox, on SQLite or PostgreSQL (`DB`), beside the `backend`: a worker subscribed through the
+/// inbox commits jobs while every ack it sends is lost, and is killed with SIGKILL; this process takes over through
+/// the same inbox. Every job's effect is there exactly once. A job the worker committed comes back after the ack
+/// deadline and is skipped, never run again; on a SQL bus with the inbox on its own database it does not come back
+/// at all (the delivery was acked in the worker's transaction).
+async fn inbox_sigkill<DB: TestDatabase>(backend: &'static str) {
+    let run = Run::new(backend);
+    let exact = backend == DB::KIND;
+    let (url, file) = match DB::KIND {
+        "sqlite" => {
+            let path = match exact {
+                true => std::path::PathBuf::from(run.sqlite_path()),
+                false => std::env::temp_dir().join(format!("tidings-inbox-crash-{}.db", run.prefix)),
+            };
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            (format!("sqlite://{}?mode=rwc", path.display()), Some(path))
+        }
+        _ => (postgres_url(), None),
+    };
+    let pool = sqlx::Pool::<DB>::connect(&url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let suffix: String = run.prefix.chars().filter(char::is_ascii_alphanumeric).collect();
+    let (table, effects) = (format!("inbox_{suffix}"), format!("effects_{suffix}"));
+    DB::run(&pool, &format!("CREATE TABLE {effects} (subscription TEXT NOT NULL, n BIGINT NOT NULL, message_id TEXT)"))
+        .await;
+    let mut worker = run.start_worker_with(&[
+        ("WORKER_INBOX", &url),
+        ("WORKER_INBOX_TABLE", &table),
+        ("WORKER_EFFECTS", &effects),
+        ("WORKER_HANDLE_MS", "200"),
+    ]);
+    let bus = run.bus().await;
+    for n in 0..COUNT {
+        JOBS.publish(&bus, &Job { n }).await.unwrap();
+    }
+    let committed =
+        || async { DB::effects(&pool, &effects).await.into_iter().map(|(_, n)| n as u64).collect::<BTreeSet<_>>() };
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while committed().await.len() < 3 {
+        assert!(tokio::time::Instant::now() < end, "the worker committed jobs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.kill().unwrap(); // SIGKILL, after its commits and before any of their acks reached the backend
+    worker.wait().unwrap();
+    let before_kill = committed().await;
+
+    // This process takes over, through the same inbox.
+    type PerJob = Arc<Mutex<BTreeMap<u64, u32>>>;
+    let (delivered, entered): (PerJob, PerJob) = Default::default();
+    let (e, fx) = (entered.clone(), effects.clone());
+    let config = SubscriptionConfig::default().with_ack_deadline(Duration::from_secs(2));
+    let inbox = DB::inbox(pool.clone()).with_table(&table).unwrap();
+    let handler = inbox
+        .handler(&bus, &JOBS, "worker", config, move |m: Message<Job>, mut tx| {
+            let (e, fx) = (e.clone(), fx.clone());
+            async move {
+                *e.lock().unwrap().entry(m.n).or_default() += 1;
+                DB::record(&mut tx, &fx, "worker", m.n, m.id().as_str()).await?;
+                Ok(tx)
+            }
+        })
+        .await
+        .unwrap();
+    let d = delivered.clone();
+    bus.subscribe(&JOBS, "worker", config, move |m: Message<Job>| {
+        *d.lock().unwrap().entry(m.n).or_default() += 1;
+        handler.call(m)
+    })
+    .await
+    .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    while committed().await.len() < COUNT as usize && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // the ack deadline twice and more: stray copies land
+    bus.shutdown(Duration::from_secs(5)).await;
+
+    let mut per_job: BTreeMap<u64, u32> = BTreeMap::new();
+    for (_, n) in DB::effects(&pool, &effects).await {
+        *per_job.entry(n as u64).or_default() += 1;
+    }
+    let (delivered, entered) = (delivered.lock().unwrap().clone(), entered.lock().unwrap().clone());
+    let skipped: Vec<u64> = before_kill.iter().copied().filter(|n| delivered.contains_key(n)).collect();
+    let ran_again: Vec<u64> = before_kill.iter().copied().filter(|n| entered.contains_key(n)).collect();
+    let duplicates: u32 = per_job.values().map(|c| c - 1).sum();
+    eprintln!(
+        "INBOX CRASH backend={backend} inbox={} mode={} jobs={COUNT} committed_before_kill={} \
+         redelivered_and_skipped={} ran_again={} handled_after={} effects={} duplicate_effects={duplicates} lost={}",
+        DB::KIND,
+        if exact { "exact" } else { "window" },
+        before_kill.len(),
+        skipped.len(),
+        ran_again.len(),
+        entered.values().sum::<u32>(),
+        per_job.values().sum::<u32>(),
+        COUNT as usize - per_job.len()
+    );
+    assert!(before_kill.len() >= 3, "the kill came after commits");
+    assert_eq!(per_job.keys().copied().collect::<BTreeSet<_>>(), (0..COUNT).collect(), "nothing lost");
+    assert_eq!(duplicates, 0, "each job's effect exactly once: {per_job:?}");
+    assert!(ran_again.is_empty(), "jobs the worker committed never ran again: {ran_again:?}");
+    if exact {
+        assert!(skipped.is_empty(), "acked in the worker's transactions: none came back: {skipped:?}");
+    } else {
+        assert_eq!(skipped, before_kill.iter().copied().collect::<Vec<_>>(), "each committed job came back, skipped");
+    }
+    for t in [table.as_str(), effects.as_str()] {
+        DB::run(&pool, &format!("DROP TABLE IF EXISTS {t}")).await;
+    }
+    pool.close().await;
+    if let Some(path) = file.filter(|_| !exact) {
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{end}", path.display()));
+        }
+    }
+}
+
+macro_rules! inbox_crash_tests {
+    ($($name:ident => $backend:literal, $db:ty;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            inbox_sigkill::<$db>($backend).await;
+        }
+    )*};
+}
+
+inbox_crash_tests! {
+    aws_inbox_on_sqlite_killed_after_commit_counts_each_effect_once => "aws", sqlx::Sqlite;
+    aws_inbox_on_postgres_killed_after_commit_counts_each_effect_once => "aws", sqlx::Postgres;
+    gcp_inbox_on_sqlite_killed_after_commit_counts_each_effect_once => "gcp", sqlx::Sqlite;
+    gcp_inbox_on_postgres_killed_after_commit_counts_each_effect_once => "gcp", sqlx::Postgres;
+    nats_inbox_on_sqlite_killed_after_commit_counts_each_effect_once => "nats", sqlx::Sqlite;
+    nats_inbox_on_postgres_killed_after_commit_counts_each_effect_once => "nats", sqlx::Postgres;
+    sqlite_inbox_on_its_database_killed_after_commit_leaves_nothing_to_redeliver => "sqlite", sqlx::Sqlite;
+    sqlite_inbox_on_postgres_killed_after_commit_counts_each_effect_once => "sqlite", sqlx::Postgres;
+    postgres_inbox_on_sqlite_killed_after_commit_counts_each_effect_once => "postgres", sqlx::Sqlite;
+    postgres_inbox_on_its_database_killed_after_commit_leaves_nothing_to_redeliver => "postgres", sqlx::Postgres;
 }
