@@ -110,11 +110,11 @@ pub trait SubscriptionDriver: Send + Sync + Debug {
     async fn backlog(&self) -> Result<Option<u64>> {
         Ok(None)
     }
-    /// The backlog with its scheduled messages apart ([`BacklogDetail`]), where the backend can tell. The default
-    /// reports [`SubscriptionDriver::backlog`] with `scheduled` unknown: right for a backend whose delayed messages
-    /// the runtime holds (they are in flight as the broker sees them). A backend that keeps delays itself
-    /// ([`Capabilities::delay`]) and reports its backlog counts, in one read, the messages published with a due time
-    /// not reached yet and never delivered (not those waiting out a retry backoff).
+    /// The backlog with its scheduled messages apart ([`BacklogDetail`](super::BacklogDetail)), where the backend
+    /// can tell. The default reports [`SubscriptionDriver::backlog`] with `scheduled` unknown: right for a backend
+    /// whose delayed messages the runtime holds (they are in flight as the broker sees them). A backend that keeps
+    /// delays itself ([`Capabilities::delay`]) and reports its backlog counts, in one read, the messages published
+    /// with a due time not reached yet and never delivered (not those waiting out a retry backoff).
     async fn backlog_detail(&self) -> Result<super::BacklogDetail> {
         Ok(super::BacklogDetail::new(self.backlog().await?))
     }
