@@ -1,7 +1,8 @@
 //! The reference story: a user service records signups in its own SQLite database and, in the same transaction,
 //! writes a `SignupEvent` to the transactional outbox, which a relay publishes; an email
 //! service (a provider that takes 3 s) and an analytics service (a warehouse that is down for the first two
-//! attempts) each subscribe independently. One event can never be recorded and ends in the dead-letter queue.
+//! attempts) each subscribe independently. One event can never be recorded and ends in the dead-letter queue. The
+//! analytics service records each signup in its warehouse exactly once, through the transactional inbox.
 //!
 //! Run: `cargo run --example signup`. The backend comes only from configuration (`TIDINGS_BACKEND`, `tidings.toml`),
 //! so the same binary runs on every backend.
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use tidings::inbox::Inbox;
 use tidings::{HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 use tidings_outbox::Outbox;
 use tracing::Instrument;
@@ -95,11 +97,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
 
-    let recorded = Arc::new(AtomicUsize::new(0));
-    let r = recorded.clone();
-    let analytics = bus
-        .subscribe(&SIGNUPS, "analytics", config, move |m: Message<SignupEvent>| {
-            let r = r.clone();
+    // The analytics service records each signup in its warehouse (its own SQLite database here) exactly once,
+    // through the transactional inbox: the warehouse row and the inbox's record of the message commit together, so a
+    // signup delivered again is skipped.
+    let warehouse_path = std::env::temp_dir().join(format!("tidings-signup-warehouse-{}.db", std::process::id()));
+    let warehouse = SqliteConnectOptions::from_str(&format!("sqlite://{}", warehouse_path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let warehouse = SqlitePool::connect_with(warehouse).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS signups (user_id INTEGER NOT NULL, email TEXT NOT NULL)")
+        .execute(&warehouse)
+        .await?;
+    let recorded =
+        || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM signups").fetch_one(&warehouse).await };
+    let analytics = Inbox::sqlite(warehouse.clone())
+        .subscribe(&bus, &SIGNUPS, "analytics", config, move |m: Message<SignupEvent>, mut tx| {
             async move {
                 if m.email.ends_with(".invalid") {
                     say(
@@ -117,9 +129,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     );
                     return Err(HandlerError::retry("warehouse down"));
                 }
+                sqlx::query("INSERT INTO signups (user_id, email) VALUES (?, ?)")
+                    .bind(m.user_id as i64)
+                    .bind(&m.email)
+                    .execute(&mut *tx)
+                    .await?;
                 say(start, "analytics", format!("recorded signup of user {} (attempt {})", m.user_id, m.attempt()));
-                r.fetch_add(1, SeqCst);
-                Ok(())
+                Ok(tx) // the inbox commits the row, then acks
             }
         })
         .await?;
@@ -154,7 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let dead = loop {
         let dead = analytics.dead_letters(10).await?;
-        if sent.load(SeqCst) == signups.len() && recorded.load(SeqCst) == 2 && dead.len() == 1 {
+        if sent.load(SeqCst) == signups.len() && recorded().await? == 2 && dead.len() == 1 {
             break dead;
         }
         if Instant::now() > deadline {
@@ -174,10 +190,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bus.shutdown(Duration::from_secs(5)).await;
     let stored = users.count().await?;
     users.db.close().await;
+    let recorded = recorded().await?;
+    let once: i64 = sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM signups").fetch_one(&warehouse).await?;
+    warehouse.close().await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        let _ = std::fs::remove_file(format!("{}{suffix}", warehouse_path.display()));
     }
-    let (sent, recorded) = (sent.load(SeqCst), recorded.load(SeqCst));
+    if once != recorded {
+        return Err(format!("the warehouse holds {recorded} rows for {once} signups: recorded more than once").into());
+    }
+    let sent = sent.load(SeqCst);
     say(
         start,
         "bus",
