@@ -83,6 +83,14 @@ macro_rules! inbox_cases {
             assert_eq!((row.0.as_str(), row.1.as_str()), (format!("{}--billing", t.name()).as_str(), id.as_str()));
             let window = config(3).message_retention.as_micros() as i64;
             assert_eq!(row.3 - row.2, window, "kept for the subscription's retention by default");
+            sqlx::query(&format!(
+                "INSERT INTO {} (subscription, message_id, processed_at, expires_at) VALUES ('old', 'old', 0, 1)",
+                s.inbox.table()
+            ))
+            .execute(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(s.inbox.sweep().await.unwrap(), 1, "the expired row, not the fresh one");
             let counters: std::collections::HashMap<String, u64> = snapshotter
                 .snapshot()
                 .into_vec()
@@ -94,6 +102,7 @@ macro_rules! inbox_cases {
                 .collect();
             assert_eq!(counters.get(tidings_inbox::PROCESSED), Some(&1), "{counters:?}");
             assert_eq!(counters.get(tidings_inbox::SKIPPED), Some(&1), "{counters:?}");
+            assert_eq!(counters.get(tidings_inbox::SWEPT), Some(&1), "{counters:?}");
             bus.shutdown(Duration::from_secs(5)).await;
             s.cleanup().await;
         }
