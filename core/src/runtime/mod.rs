@@ -240,7 +240,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
     use std::time::SystemTime;
 
@@ -252,23 +252,41 @@ mod tests {
     use crate::message::Message;
     use crate::{MessageId, Result, TopicConfig};
 
-    /// An endless subscription: each receive takes 20 ms and returns `max` messages, or one when `full` is off.
+    /// An endless subscription: each receive takes 20 ms and returns `max` messages, or one when `full` is off; with
+    /// a `limit`, it runs dry after that many messages (a receive then waits out its wait).
     #[derive(Debug, Default)]
-    struct Endless {
+    pub(super) struct Endless {
         full: bool,
+        limit: Option<u64>,
         receiving: AtomicUsize,
         most_receiving: AtomicUsize,
+        receives: AtomicU64,
         next: AtomicU64,
+    }
+
+    impl Endless {
+        pub(super) fn new(full: bool, limit: Option<u64>) -> Self {
+            Self { full, limit, ..Self::default() }
+        }
+        pub(super) fn receives(&self) -> u64 {
+            self.receives.load(SeqCst)
+        }
     }
 
     #[async_trait]
     impl SubscriptionDriver for Endless {
-        async fn receive(&self, max: usize, _wait: Duration) -> Result<Vec<ReceivedMessage>> {
+        async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<ReceivedMessage>> {
+            self.receives.fetch_add(1, SeqCst);
             let now = self.receiving.fetch_add(1, SeqCst) + 1;
             self.most_receiving.fetch_max(now, SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.receiving.fetch_sub(1, SeqCst);
-            let n = if self.full { max } else { 1 };
+            let left = self.limit.map_or(u64::MAX, |l| l.saturating_sub(self.next.load(SeqCst)));
+            if left == 0 {
+                tokio::time::sleep(wait).await;
+                return Ok(Vec::new());
+            }
+            let n = (if self.full { max } else { 1 }).min(left as usize);
             Ok((0..n)
                 .map(|_| {
                     let i = self.next.fetch_add(1, SeqCst);
@@ -346,5 +364,92 @@ mod tests {
     async fn partial_batches_keep_one_receive_in_flight() {
         let (receives, _) = run(Arc::new(Endless { full: false, ..Default::default() })).await;
         assert_eq!(receives, 1);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Mutex;
+
+    use super::tests::Endless;
+    use super::*;
+    use crate::backend::TopicSpec;
+    use crate::handler::BatchOutcome;
+    use crate::message::Message;
+    use crate::TopicConfig;
+
+    /// Runs a batch subscription (`max_messages` 10, `max_wait` 1 s, 3 batches at once, each taking 100 ms) on
+    /// `driver` (receives of at most 4) until 120 messages were handled; returns the batch sizes, the most batches
+    /// running at once, and the receives made.
+    async fn run(driver: Arc<Endless>) -> (Vec<usize>, usize, u64) {
+        let caps = Capabilities { max_receive_batch: 4, concurrent_receives: 2, ..Capabilities::default() };
+        let topic = TopicSpec::new("t", "t", TopicConfig::at_least_once());
+        let config = crate::SubscriptionConfig::default()
+            .with_max_concurrency(3)
+            .with_max_messages(10)
+            .with_max_wait(Duration::from_secs(1));
+        let spec = SubscriptionSpec::new(topic, "s", "s", config).with_batch(true);
+        let (sizes, running, most) =
+            (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, r, m) = (sizes.clone(), running.clone(), most.clone());
+        let handler = move |batch: Vec<Message<serde_json::Value>>| {
+            let (s, r, m) = (s.clone(), r.clone(), m.clone());
+            async move {
+                m.fetch_max(r.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                r.fetch_sub(1, SeqCst);
+                s.lock().unwrap().push(batch.len());
+                Ok(BatchOutcome::AckAll)
+            }
+        };
+        let info = crate::backend::BackendInfo::new("test");
+        let runner = start_batch(&info, ("t".into(), "s".into()), spec, driver.clone(), caps, handler);
+        while sizes.lock().unwrap().iter().sum::<usize>() < 120 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        runner.wait(Duration::from_secs(5)).await;
+        let sizes = sizes.lock().unwrap().clone();
+        (sizes, most.load(SeqCst), driver.receives())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_gathered_from_several_receives_and_max_concurrency_counts_batches() {
+        let (sizes, most, receives) = run(Arc::new(Endless::new(true, None))).await;
+        assert!(sizes.iter().all(|&n| n == 10), "full batches of max_messages from receives of 4: {sizes:?}");
+        assert_eq!(most, 3, "3 batches (30 messages) at once with max_concurrency 3");
+        // Each batch of 10 takes receives of 4, 4 and 2 (the room left): 3 per batch, and up to 3 more for the batch
+        // being gathered when the subscription stopped.
+        let n = sizes.len() as u64;
+        assert!(receives >= 3 * n && receives <= 3 * n + 3, "{receives} receives for {n} batches");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_leaves_after_max_wait() {
+        // One message per receive, 20 ms each: 10 arrive within 200 ms, so batches still fill before max_wait.
+        let (sizes, _, _) = run(Arc::new(Endless::new(false, None))).await;
+        assert!(sizes.iter().all(|&n| n == 10), "{sizes:?}");
+        // A driver that runs dry: 3 messages, then nothing; the batch of 3 leaves max_wait after the first arrived.
+        let caps = Capabilities { max_receive_batch: 4, ..Capabilities::default() };
+        let topic = TopicSpec::new("t", "t", TopicConfig::at_least_once());
+        let config = crate::SubscriptionConfig::default().with_max_messages(10).with_max_wait(Duration::from_secs(1));
+        let spec = SubscriptionSpec::new(topic, "s", "s", config).with_batch(true);
+        let driver = Arc::new(Endless::new(false, Some(3)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let started = tokio::time::Instant::now();
+        let handler = move |batch: Vec<Message<serde_json::Value>>| {
+            s.lock().unwrap().push((batch.len(), started.elapsed()));
+            std::future::ready(Ok(BatchOutcome::AckAll))
+        };
+        let info = crate::backend::BackendInfo::new("test");
+        let runner = start_batch(&info, ("t".into(), "s".into()), spec, driver, caps, handler);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        runner.wait(Duration::from_secs(5)).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let (n, at) = seen[0];
+        // The first message arrived after one receive (20 ms); the batch left 1 s later.
+        assert_eq!((n, at), (3, Duration::from_millis(1020)));
     }
 }
