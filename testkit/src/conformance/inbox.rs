@@ -855,11 +855,11 @@ async fn redriven_dead_letter_is_processed<H: Harness, DB: TestDatabase>(h: &H) 
 /// The two public cases of each generic case: with the inbox on SQLite, and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($case:ident => $sqlite:ident, $postgres:ident;)*) => {$(
-        #[doc = concat!("[`", stringify!($case), "`] with the inbox on SQLite.")]
+        #[doc = concat!("`", stringify!($case), "` with the inbox on SQLite.")]
         pub async fn $sqlite<H: Harness>(h: &H) {
             $case::<H, sqlx::Sqlite>(h).await
         }
-        #[doc = concat!("[`", stringify!($case), "`] with the inbox on PostgreSQL.")]
+        #[doc = concat!("`", stringify!($case), "` with the inbox on PostgreSQL.")]
         pub async fn $postgres<H: Harness>(h: &H) {
             $case::<H, sqlx::Postgres>(h).await
         }
