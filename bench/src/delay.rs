@@ -76,6 +76,17 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The machine, as the report prints it: "2 CPUs (model)".
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cpus} CPUs ({model})")
+}
+
 /// The machine's CPU time so far (all cores, from `/proc/stat`): (busy, total) in clock ticks.
 fn machine_ticks() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -356,6 +367,7 @@ pub async fn lateness(args: &[String], quick: bool) -> String {
             o.insert("waves".into(), WAVES.into());
             o.insert("delays_s".into(), "1-5".into());
             o.insert("date".into(), date.clone().into());
+            o.insert("machine".into(), machine().into());
             o.extend(figures);
             line(&format!("delay_lateness_{name}"), o)
         })
@@ -681,6 +693,7 @@ pub async fn hold_calls(args: &[String], quick: bool) -> String {
         o.insert("long_s".into(), long.into());
         o.insert("tail_s".into(), HOLD_TAIL.as_secs().into());
         o.insert("date".into(), date.clone().into());
+        o.insert("machine".into(), machine().into());
         for (k, v) in
             ["total_short", "total_long", "total_undelayed", "total_per_hour", "extra_per_hour"].iter().zip(sums)
         {
