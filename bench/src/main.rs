@@ -1,6 +1,7 @@
 //! `tidings-bench <name> [--quick] [--messages N]`: runs one benchmark and prints one JSON object per line.
 //! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, local_scaling, aws_calls, gcp_calls,
-//! delay_lateness and delay_hold_calls (one line per backend each; see `delay.rs`), and the helpers
+//! delay_lateness and delay_hold_calls (one line per backend each; see `delay.rs`), inbox_throughput (one line per
+//! database; see `inbox.rs`), and the helpers
 //! local_scaling_point, one point of local_scaling in a child process, and local_publish_only, for the callgrind step
 //! of `scripts/bench`.
 //! `scripts/bench` runs them all, one process each (peak RSS is per process). With `TIDINGS_BENCH_OBSERVE=1` a real
@@ -9,6 +10,7 @@
 
 mod cloud;
 mod delay;
+mod inbox;
 mod local;
 mod observe;
 mod scaling;
@@ -33,8 +35,9 @@ async fn main() {
         "gcp_calls" => cloud::gcp(n.unwrap_or(if quick { 2_000 } else { 10_000 })).await,
         "delay_lateness" => delay::lateness(&args[2..], quick).await,
         "delay_hold_calls" => delay::hold_calls(&args[2..], quick).await,
+        "inbox_throughput" => inbox::throughput(&args[2..], quick).await,
         other => {
-            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls delay_lateness delay_hold_calls");
+            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls delay_lateness delay_hold_calls inbox_throughput");
             std::process::exit(2);
         }
     };
@@ -63,6 +66,20 @@ mod smoke {
         assert!(d["tidings_msgs_per_s"].as_f64().unwrap() > 0.0 && d["omniqueue_msgs_per_s"].as_f64().unwrap() > 0.0);
         let d = parse(&crate::local::backlog(10_000).await);
         assert!(d["independence_ratio"].as_f64().unwrap() > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbox_throughput_runs_on_both_databases() {
+        let args: Vec<String> = ["--messages", "50", "--rounds", "1"].map(String::from).to_vec();
+        let out = crate::inbox::throughput(&args, false).await;
+        let lines: Vec<serde_json::Value> = out.lines().map(parse).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        for (d, db) in lines.iter().zip(["postgres", "sqlite"]) {
+            assert_eq!(d["bench"], format!("inbox_throughput_{db}"));
+            assert!(
+                d["inbox_msgs_per_s"].as_f64().unwrap() > 0.0 && d["hand_written_msgs_per_s"].as_f64().unwrap() > 0.0
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ impl Statements {
 #[doc(hidden)]
 #[derive(Debug)]
 pub enum Mark {
-    /// PostgreSQL: the transaction id the inbox row was inserted under.
+    /// PostgreSQL: the transaction id the inbox row was inserted under (also in a transaction-local setting).
     Txid(i64),
     /// SQLite: set by the connection's commit and rollback hooks.
     Ended(std::sync::Arc<std::sync::atomic::AtomicBool>),
@@ -55,8 +55,8 @@ pub(crate) fn ddl(table: &str) -> Vec<String> {
 
 /// Runs [`Statements::insert`] on `$conn`: the value it returns, or `None` when the row was there already.
 macro_rules! insert_row {
-    ($conn:expr, $st:expr, $subscription:expr, $id:expr, $now:expr, $expires:expr) => {
-        sqlx::query_scalar::<_, i64>(&$st.insert)
+    ($ty:ty, $conn:expr, $st:expr, $subscription:expr, $id:expr, $now:expr, $expires:expr) => {
+        sqlx::query_scalar::<_, $ty>(&$st.insert)
             .bind($subscription)
             .bind($id)
             .bind($now)
@@ -113,6 +113,11 @@ pub trait InboxDatabase: sqlx::Database + sealed::Sealed {
     /// transaction believes in (one transaction open), so rolling that back leaves the connection clean.
     #[doc(hidden)]
     async fn reopen(_conn: &mut Self::Connection) {}
+
+    /// Commits, unless the handler ended the transaction itself (`Ok(false)`: then it is rolled back, the
+    /// connection left clean).
+    #[doc(hidden)]
+    async fn commit(tx: sqlx::Transaction<'static, Self>, mark: &Mark) -> sqlx::Result<bool>;
 
     /// Whether the table exists (to skip DDL that would lock it).
     #[doc(hidden)]

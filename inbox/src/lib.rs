@@ -60,7 +60,8 @@
 //! The handler gets an [`InboxTx`], which derefs to the connection (`&mut *tx` is an sqlx executor, and what
 //! `tidings_outbox::Outbox::publish` and `tidings::sql::publish_in` take) but has no `commit` or `rollback`: the
 //! inbox ends the transaction. A handler that runs `COMMIT` or `ROLLBACK` itself gets an error instead of an ack
-//! (PostgreSQL: the transaction id changed under it; SQLite: the connection's commit and rollback hooks fired).
+//! (PostgreSQL: the transaction-local setting its insert made is gone; SQLite: the connection's commit and rollback
+//! hooks fired).
 //!
 //! The table (default `tidings_inbox`; `provisioning` as the bus's backend section sets it, or
 //! [`Inbox::with_provisioning`]):
@@ -513,21 +514,23 @@ impl<DB: InboxDatabase> Run<DB> {
             ));
         }
         let mut tx = back.tx;
-        let open = DB::still_open(&mut tx, &mark).await.map_err(|e| failed("checking the transaction", e))?;
-        if !open {
-            DB::reopen(&mut tx).await;
-            let _ = tx.rollback().await;
-            return Err(ended_by_handler());
-        }
         if self.exact {
+            // Checked first: after a handler's own ROLLBACK, the ack would commit on its own.
+            let open = DB::still_open(&mut tx, &mark).await.map_err(|e| failed("checking the transaction", e))?;
+            if !open {
+                DB::reopen(&mut tx).await;
+                let _ = tx.rollback().await;
+                return Err(ended_by_handler());
+            }
             tidings_sql::ack_in(&self.bus, DB::in_transaction(&mut tx), &self.resource, &id).await.map_err(|e| {
                 HandlerError::retry(format!("inbox: acking the delivery in the transaction failed: {e}"))
             })?;
         }
-        tx.commit().await.map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.message().contains("no transaction is active") => ended_by_handler(),
-            _ => failed("committing", e),
-        })?;
+        match DB::commit(tx, &mark).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ended_by_handler()),
+            Err(e) => return Err(failed("committing", e)),
+        }
         self.processed.increment(1);
         Ok(())
     }

@@ -7,6 +7,16 @@ use tidings_core::Bus;
 
 use crate::dialect::{InboxDatabase, Mark, Statements};
 
+/// A transaction-local setting the inbox insert sets to the transaction's id: gone after a COMMIT or ROLLBACK, and
+/// in any other transaction.
+const MARK: &str = "tidings.inbox_txid";
+/// Whether the transaction open now is the one the inbox row was inserted in.
+const STILL_OPEN: &str = "SELECT coalesce(current_setting('tidings.inbox_txid', true) = txid_current()::text, false)";
+/// [`STILL_OPEN`] as a division by zero when not, the commit, and a new empty transaction.
+const COMMIT: &str =
+    "SELECT 1 / coalesce(current_setting('tidings.inbox_txid', true) = txid_current()::text, false)::int; \
+                      COMMIT; BEGIN";
+
 #[async_trait]
 impl InboxDatabase for Postgres {
     fn statements(table: &str) -> Statements {
@@ -15,7 +25,7 @@ impl InboxDatabase for Postgres {
             "DELETE FROM {table} WHERE (subscription, message_id) IN (SELECT subscription, message_id FROM {table} \
              WHERE expires_at < $1 LIMIT $2)"
         );
-        Statements::new(table, "txid_current()", sweep)
+        Statements::new(table, &format!("set_config('{MARK}', txid_current()::text, true)"), sweep)
     }
 
     fn in_transaction(conn: &mut PgConnection) -> &mut dyn tidings_sql::InTransaction {
@@ -34,14 +44,29 @@ impl InboxDatabase for Postgres {
         now: i64,
         expires: i64,
     ) -> sqlx::Result<Option<Mark>> {
-        let txid = crate::dialect::insert_row!(conn, st, subscription, id, now, expires)?;
-        Ok(txid.map(Mark::Txid))
+        let txid: Option<String> = crate::dialect::insert_row!(String, conn, st, subscription, id, now, expires)?;
+        Ok(txid.map(|t| Mark::Txid(t.parse().unwrap_or_default())))
     }
 
-    async fn still_open(conn: &mut PgConnection, mark: &Mark) -> sqlx::Result<bool> {
-        // Outside a transaction block (after a COMMIT or ROLLBACK), or in another one, this is another id.
-        let now: i64 = sqlx::query_scalar("SELECT txid_current()").fetch_one(&mut *conn).await?;
-        Ok(matches!(mark, Mark::Txid(t) if *t == now))
+    async fn still_open(conn: &mut PgConnection, _mark: &Mark) -> sqlx::Result<bool> {
+        sqlx::query_scalar(STILL_OPEN).fetch_one(&mut *conn).await
+    }
+
+    async fn commit(mut tx: sqlx::Transaction<'static, Postgres>, mark: &Mark) -> sqlx::Result<bool> {
+        let _ = mark;
+        // One round trip: the check (a division by zero when the transaction is not the inbox's any more stops the
+        // rest), the commit, and an empty transaction for sqlx's own rollback when the connection goes back to the
+        // pool, which that return sends with the ping it makes anyway.
+        // A string without arguments goes as a simple query, several statements in one message.
+        let conn: &mut PgConnection = &mut tx;
+        match sqlx::Executor::execute(conn, COMMIT).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("22012") => {
+                let _ = tx.rollback().await;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn table_exists(pool: &PgPool, table: &str) -> sqlx::Result<bool> {

@@ -35,7 +35,7 @@ impl InboxDatabase for Sqlite {
         now: i64,
         expires: i64,
     ) -> sqlx::Result<Option<Mark>> {
-        let inserted = crate::dialect::insert_row!(conn, st, subscription, id, now, expires)?;
+        let inserted = crate::dialect::insert_row!(i64, conn, st, subscription, id, now, expires)?;
         if inserted.is_none() {
             return Ok(None);
         }
@@ -60,6 +60,15 @@ impl InboxDatabase for Sqlite {
     async fn reopen(conn: &mut SqliteConnection) {
         // sqlx counts one transaction open; give it one (this fails if the handler began another), to roll back.
         let _ = sqlx::query("BEGIN").execute(&mut *conn).await;
+    }
+
+    async fn commit(mut tx: sqlx::Transaction<'static, Sqlite>, mark: &Mark) -> sqlx::Result<bool> {
+        if !Self::still_open(&mut tx, mark).await? {
+            Self::reopen(&mut tx).await;
+            let _ = tx.rollback().await;
+            return Ok(false);
+        }
+        tx.commit().await.map(|()| true)
     }
 
     async fn table_exists(pool: &SqlitePool, table: &str) -> sqlx::Result<bool> {
