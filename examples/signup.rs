@@ -3,6 +3,8 @@
 //! service (a provider that takes 3 s) and an analytics service (a warehouse that is down for the first two
 //! attempts) each subscribe independently. One event can never be recorded and ends in the dead-letter queue. The
 //! analytics service records each signup in its warehouse exactly once, through the transactional inbox.
+//! The same transaction schedules a "how was your first day?" email, delivered 5 s after the signup (a day, scaled
+//! down for the demo) on every backend.
 //!
 //! Run: `cargo run --example signup`. The backend comes only from configuration (`TIDINGS_BACKEND`, `tidings.toml`),
 //! so the same binary runs on every backend.
@@ -16,15 +18,16 @@
 #[path = "support/telemetry.rs"]
 mod telemetry;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use tidings::inbox::Inbox;
-use tidings::{HandlerError, Message, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings::{HandlerError, Message, PublishOptions, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
 use tidings_outbox::Outbox;
 use tracing::Instrument;
 
@@ -36,7 +39,20 @@ pub struct SignupEvent {
 
 pub static SIGNUPS: Topic<SignupEvent> = Topic::new("signups", TopicConfig::at_least_once());
 
-/// The user service: its own SQLite store; the user row and the event commit in one transaction.
+/// The "how was your first day?" email, scheduled at signup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirstDay {
+    pub user_id: u64,
+    pub email: String,
+}
+
+pub static FIRST_DAY: Topic<FirstDay> = Topic::new("first-day", TopicConfig::at_least_once());
+
+/// How long after a signup the first-day email goes out: a day in production, 5 s in the demo.
+const FIRST_DAY_AFTER: Duration = Duration::from_secs(5);
+
+/// The user service: its own SQLite store; the user row, the event and the scheduled first-day email commit in one
+/// transaction.
 struct UserService {
     db: SqlitePool,
     outbox: Outbox<sqlx::Sqlite>,
@@ -51,6 +67,9 @@ impl UserService {
             .execute(&mut *tx)
             .await?;
         let id = self.outbox.publish(&mut tx, &SIGNUPS, &SignupEvent { user_id, email: email.to_string() }).await?;
+        let first_day = FirstDay { user_id, email: email.to_string() };
+        let later = PublishOptions::new().deliver_after(FIRST_DAY_AFTER);
+        self.outbox.publish_with(&mut tx, &FIRST_DAY, &first_day, later).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -92,6 +111,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_secs(3)).await; // a slow email provider
             say(start, "email", format!("welcome email sent to {} (attempt {})", m.email, m.attempt()));
             s.fetch_add(1, SeqCst);
+            Ok(())
+        }
+    })
+    .await?;
+
+    // The same email service sends the first-day email, no earlier than FIRST_DAY_AFTER after the signup.
+    let signed_up: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let first_days = Arc::new(AtomicUsize::new(0));
+    let early = Arc::new(AtomicUsize::new(0));
+    let (signed, f, e) = (signed_up.clone(), first_days.clone(), early.clone());
+    bus.subscribe(&FIRST_DAY, "email", config, move |m: Message<FirstDay>| {
+        let after = signed.lock().unwrap().get(&m.user_id).map(Instant::elapsed);
+        let (f, e) = (f.clone(), e.clone());
+        async move {
+            let after = after.ok_or_else(|| HandlerError::retry("the signup is not recorded yet"))?;
+            say(
+                start,
+                "email",
+                format!(
+                    "first-day email sent to {}, {:.1} s after signup (attempt {})",
+                    m.email,
+                    after.as_secs_f64(),
+                    m.attempt()
+                ),
+            );
+            if after < FIRST_DAY_AFTER {
+                e.fetch_add(1, SeqCst);
+            }
+            f.fetch_add(1, SeqCst);
             Ok(())
         }
     })
@@ -154,6 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signups = [(1, "ada@example.com"), (2, "grace@example.com"), (3, "mallory@example.invalid")];
     for (id, email) in signups {
         let t = Instant::now();
+        signed_up.lock().unwrap().insert(id, t);
         // The request's span: the outbox row captures its trace context, so the handlers' spans join this trace.
         let msg_id = users.register(id, email).instrument(tracing::info_span!("signup", user.id = id as i64)).await?;
         say(
@@ -166,11 +215,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    // Wait (at most 60 s) until both good users are recorded, every email is out and the bad event is dead-lettered.
+    // Wait (at most 60 s) until both good users are recorded, every email (the first-day ones too) is out and the
+    // bad event is dead-lettered.
     let deadline = Instant::now() + Duration::from_secs(60);
     let dead = loop {
         let dead = analytics.dead_letters(10).await?;
-        if sent.load(SeqCst) == signups.len() && recorded().await? == 2 && dead.len() == 1 {
+        let emails = sent.load(SeqCst) == signups.len() && first_days.load(SeqCst) == signups.len();
+        if emails && recorded().await? == 2 && dead.len() == 1 {
             break dead;
         }
         if Instant::now() > deadline {
@@ -200,12 +251,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if once != recorded {
         return Err(format!("the warehouse holds {recorded} rows for {once} signups: recorded more than once").into());
     }
-    let sent = sent.load(SeqCst);
+    if early.load(SeqCst) > 0 {
+        return Err(format!("{} first-day emails went out before their time", early.load(SeqCst)).into());
+    }
+    let (sent, first_days) = (sent.load(SeqCst), first_days.load(SeqCst));
     say(
         start,
         "bus",
         format!(
-            "done: {stored} users stored, {sent} emails sent, {recorded} signups recorded, {} dead letter",
+            "done: {stored} users stored, {sent} welcome and {first_days} first-day emails sent, {recorded} signups \
+             recorded, {} dead letter",
             dead.len()
         ),
     );

@@ -43,7 +43,7 @@ fn start(envs: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
-/// Lines until one contains `until` (the example's story takes about 8 s; 120 s allows for a loaded machine).
+/// Lines until one contains `until` (the example's story takes about 6 s; 120 s allows for a loaded machine).
 fn read_until(rx: &mpsc::Receiver<String>, until: &str, seen: &mut Vec<String>) {
     loop {
         let line = rx
@@ -107,15 +107,23 @@ fn the_example_serves_its_counters_to_prometheus_and_prints_the_trace() {
     assert_eq!(sample(&text, "messaging_client_consumed_messages_total", &sub("analytics")), Some(10.0));
     let handled = [sub("email")[0], sub("email")[1], sub("email")[2], ("outcome", "ack")];
     assert_eq!(sample(&text, "messaging_process_duration_seconds_count", &handled), Some(3.0), "{text}");
-    assert!(sample(&text, "tidings_outbox_relay_lag_seconds_count", &[]).is_some_and(|n| n >= 3.0), "{text}");
+    // The first-day emails, scheduled 5 s after each signup through the same outbox.
+    let first_day = [("backend", "local"), ("topic", "first-day"), ("subscription", "email")];
+    assert_eq!(sample(&text, "tidings_messages_acked_total", &first_day), Some(3.0), "{text}");
+    assert!(sample(&text, "tidings_outbox_relay_lag_seconds_count", &[]).is_some_and(|n| n >= 6.0), "{text}");
 
-    // The trace of user 3's signup: the request span, then the email attempt and analytics attempts 1-4 beneath it.
+    // The trace of user 3's signup: the request span, then the email attempt and analytics attempts 1-4 beneath it,
+    // and the first-day email 5 s later.
     let trace: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("trace ")).collect();
     assert!(trace.first().is_some_and(|l| l.contains("the signup of user 3")), "{out}");
     let process = |name: &str| trace.iter().filter(|l| l.contains(&format!(" {name} ("))).count();
     assert!(trace[1].contains(" signup ("), "{out}");
-    assert_eq!((process("process email"), process("process analytics")), (1, 4), "{out}");
-    assert!(trace.iter().any(|l| l.contains("send signups [outbox relay, trace ")), "{out}");
+    assert_eq!((process("process email"), process("process analytics")), (2, 4), "{out}");
+    for topic in ["signups", "first-day"] {
+        assert!(trace.iter().any(|l| l.contains(&format!("send {topic} [outbox relay, trace "))), "{out}");
+        let email = format!("topic={topic} subscription=email attempt=1");
+        assert!(trace.iter().any(|l| l.contains("process email") && l.contains(&email)), "{out}");
+    }
     for attempt in 1..=4 {
         assert!(
             trace.iter().any(|l| l.contains("process analytics") && l.contains(&format!("attempt={attempt}"))),
@@ -168,7 +176,7 @@ fn with_an_otlp_endpoint_the_spans_go_to_the_collector() {
         // Protobuf keeps strings as UTF-8 bytes: the span names are readable in the body.
         names.push_str(&String::from_utf8_lossy(&body));
     }
-    for name in ["signup", "send signups", "process email", "process analytics", "signup-example"] {
+    for name in ["signup", "send signups", "send first-day", "process email", "process analytics", "signup-example"] {
         assert!(names.contains(name), "{name} not exported: {}", seen.join("\n"));
     }
 }

@@ -5,6 +5,7 @@
 //! - `SIGNUP_LINGER`: seconds to keep serving `/metrics` after the story (default 0), so it can be scraped.
 //! - `OTEL_EXPORTER_OTLP_ENDPOINT`: an OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`); spans go there in batches.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -121,21 +122,29 @@ fn print_trace(spans: &[SpanData], user_id: u64) {
     let trace: TraceId = root.span_context.trace_id();
     println!("trace {trace} (the signup of user {user_id}):");
     let mut members: Vec<SpanData> = spans.iter().filter(|s| s.span_context.trace_id() == trace).cloned().collect();
-    // The relay's publish is a trace of its own (one relay batch carries rows of many requests): the `send` span that
-    // started between the request and the first delivery, shown in its place and marked.
-    let first_delivery =
-        members.iter().filter(|s| s.parent_span_id == root.span_context.span_id()).map(|s| s.start_time).min();
-    let relay = spans.iter().rfind(|s| {
-        s.span_context.trace_id() != trace
-            && s.name.starts_with("send ")
-            && s.start_time >= root.start_time
-            && Some(s.start_time) <= first_delivery
-    });
-    if let Some(send) = relay {
-        let mut send = send.clone();
-        send.name = format!("{} [outbox relay, trace {}]", send.name, send.span_context.trace_id()).into();
-        send.parent_span_id = root.span_context.span_id();
-        members.push(send);
+    // The relay's publish is a trace of its own (one relay batch carries rows of many requests): per topic the
+    // request wrote to, the `send` span that started between the request and the topic's first delivery, shown in its
+    // place and marked.
+    let mut first_delivery: BTreeMap<String, SystemTime> = BTreeMap::new();
+    for s in members.iter().filter(|s| s.parent_span_id == root.span_context.span_id()) {
+        if let Some(topic) = attr(s, "messaging.destination.name") {
+            let first = first_delivery.entry(topic.to_string()).or_insert(s.start_time);
+            *first = (*first).min(s.start_time);
+        }
+    }
+    for (topic, first) in first_delivery {
+        let relay = spans.iter().rfind(|s| {
+            s.span_context.trace_id() != trace
+                && s.name == format!("send {topic}")
+                && s.start_time >= root.start_time
+                && s.start_time <= first
+        });
+        if let Some(send) = relay {
+            let mut send = send.clone();
+            send.name = format!("{} [outbox relay, trace {}]", send.name, send.span_context.trace_id()).into();
+            send.parent_span_id = root.span_context.span_id();
+            members.push(send);
+        }
     }
     members.sort_by_key(|s| s.start_time);
     let members: Vec<&SpanData> = members.iter().collect();
