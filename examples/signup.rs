@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use tidings::inbox::Inbox;
 use tidings::{HandlerError, Message, PublishOptions, RetryPolicy, SubscriptionConfig, Topic, TopicConfig};
+use tidings_inbox::Inbox;
 use tidings_outbox::Outbox;
 use tracing::Instrument;
 
