@@ -1,13 +1,14 @@
 //! `tidings-bench <name> [--quick] [--messages N]`: runs one benchmark and prints one JSON object per line.
 //! Names: local_fanout1, local_fanout4, local_latency, local_backlog_memory, local_scaling, aws_calls, gcp_calls,
 //! delay_lateness and delay_hold_calls (one line per backend each; see `delay.rs`), inbox_throughput (one line per
-//! database; see `inbox.rs`), and the helpers
+//! database; see `inbox.rs`), batch_throughput (one line per backend; see `batch.rs`), and the helpers
 //! local_scaling_point, one point of local_scaling in a child process, and local_publish_only, for the callgrind step
 //! of `scripts/bench`.
 //! `scripts/bench` runs them all, one process each (peak RSS is per process). With `TIDINGS_BENCH_OBSERVE=1` a real
 //! observability pipeline is installed first (Prometheus recorder, OpenTelemetry batch span exporter into a sink) and
 //! the line gains `"observe"` (the Prometheus page's tidings lines).
 
+mod batch;
 mod cloud;
 mod delay;
 mod inbox;
@@ -36,8 +37,9 @@ async fn main() {
         "delay_lateness" => delay::lateness(&args[2..], quick).await,
         "delay_hold_calls" => delay::hold_calls(&args[2..], quick).await,
         "inbox_throughput" => inbox::throughput(&args[2..], quick).await,
+        "batch_throughput" => batch::throughput(&args[2..], quick).await,
         other => {
-            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls delay_lateness delay_hold_calls inbox_throughput");
+            eprintln!("unknown benchmark {other:?}; one of local_fanout1 local_fanout4 local_latency local_backlog_memory local_scaling aws_calls gcp_calls delay_lateness delay_hold_calls inbox_throughput batch_throughput");
             std::process::exit(2);
         }
     };

@@ -36,7 +36,7 @@ use tracing::Span;
 
 use super::deliver::{decode, done, with_lease, Begin, Done, Failure, InSpan};
 use super::receive::{by_key, empty_permit, log_task_end, sort, RECEIVE_WAIT};
-use super::settle::{conclude, nack, retry_behind, settle_like, Outcome};
+use super::settle::{ack_now, conclude, nack, retry_behind, settle_like, settled_ack, Outcome};
 use super::{Attempt, Ctx, Handling};
 use crate::backend::{AckId, ReceivedMessage};
 use crate::handler::{BatchOutcome, BatchResult};
@@ -283,14 +283,26 @@ fn outcomes(result: std::thread::Result<BatchResult>, n: usize, span: &Span) -> 
 }
 
 /// Settles each message of a finished batch on its own: concurrently, except a key's messages on an ordered topic
-/// with native ordering, which are settled in order ([`settle_chain`]).
+/// with native ordering, which are settled in order ([`settle_chain`]). On an unordered topic the acks go to the
+/// driver at once, in one call, as a single handler's fast path does; the failures go through [`conclude`].
 async fn settle_all<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: &Arc<Ctx<T>>,
     items: Vec<Item>,
     leased_at: Instant,
 ) {
     let mut settling: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> = FuturesUnordered::new();
-    if ctx.seq.is_some() || !ctx.runner.spec.topic.config.ordered {
+    let mut acks = Vec::new();
+    if !ctx.runner.spec.topic.config.ordered {
+        for (m, a, d) in items {
+            match d {
+                Done::Ok => {
+                    settled_ack(ctx, &a);
+                    acks.push(m.ack_id);
+                }
+                d => settling.push(Box::pin(settle_one(ctx.clone(), m, a, d, leased_at))),
+            }
+        }
+    } else if ctx.seq.is_some() {
         for (m, a, d) in items {
             settling.push(Box::pin(settle_one(ctx.clone(), m, a, d, leased_at)));
         }
@@ -299,7 +311,12 @@ async fn settle_all<T: DeserializeOwned + Send + Sync + 'static>(
             settling.push(Box::pin(settle_chain(ctx.clone(), chain, leased_at)));
         }
     }
-    while settling.next().await.is_some() {}
+    let ack = async {
+        if !acks.is_empty() {
+            ack_now(ctx, acks).await;
+        }
+    };
+    futures_util::future::join(ack, async { while settling.next().await.is_some() {} }).await;
 }
 
 /// Settles one message; on a sequenced subscription, its key's next message (now out) goes to the next batch.
