@@ -73,3 +73,50 @@ async fn one_sweep_statement_deletes_at_most_its_batch() {
     assert_eq!(s.inbox.sweep().await.unwrap(), 3);
     s.cleanup().await;
 }
+
+/// On a SQLite bus with the inbox on the bus's own file, `tidings::sql::publish_in` takes the inbox transaction
+/// (`&mut *tx`): the message it publishes commits with the handler's writes, once, and the delivery is acked in the
+/// same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_takes_the_inbox_transaction_on_the_bus_database() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use tidings_core::{Message, PublishOptions};
+    let dir = std::env::temp_dir().join(format!("tidings-inbox-publish-in-{}", support::unique()));
+    let path = dir.join("bus.db");
+    let backend = tidings::sql::SqlBackend::sqlite(tidings::sql::SqliteConfig::at(path.clone())).await.unwrap();
+    let bus = tidings_core::Bus::new(std::sync::Arc::new(backend));
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .unwrap()
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.unwrap();
+    let (orders, shipments) = (support::topic("orders"), support::topic("shipments"));
+    let got = std::sync::Arc::new(AtomicU32::new(0));
+    let g = got.clone();
+    let shipping = bus
+        .subscribe(&shipments, "shipping", support::config(3), move |_m: Message<support::Job>| {
+            g.fetch_add(1, SeqCst);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+    let (b, down) = (bus.clone(), tidings_core::Topic::<support::Job>::new(shipments.name(), shipments.config()));
+    let sub = Inbox::sqlite(pool.clone())
+        .subscribe(&bus, &orders, "billing", support::config(3), move |m: Message<support::Job>, mut tx| {
+            let (b, down) = (b.clone(), tidings_core::Topic::<support::Job>::new(down.name(), down.config()));
+            async move {
+                tidings::sql::publish_in(&b, &mut *tx, &down, &support::Job { n: m.n * 10 }).await?;
+                Ok(tx)
+            }
+        })
+        .await
+        .unwrap();
+    let id = orders.publish(&bus, &support::Job { n: 1 }).await.unwrap();
+    assert!(sub.wait_idle(std::time::Duration::from_secs(10)).await.unwrap());
+    orders.publish_with(&bus, &support::Job { n: 1 }, PublishOptions::new().id(id)).await.unwrap();
+    assert!(sub.wait_idle(std::time::Duration::from_secs(10)).await.unwrap());
+    assert!(shipping.wait_idle(std::time::Duration::from_secs(10)).await.unwrap());
+    assert_eq!(got.load(SeqCst), 1, "one shipment for the order delivered twice");
+    bus.shutdown(std::time::Duration::from_secs(5)).await;
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
