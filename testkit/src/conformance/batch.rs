@@ -547,3 +547,23 @@ pub async fn batch_spans_cover_the_call_and_each_message<H: Harness>(h: &H) {
     }
     bus.shutdown(t.patience).await;
 }
+
+/// On an exactly-once topic a batch handler keeps the guarantee: a republished id is handed over once, before and
+/// after its ack, each message acked on its own.
+pub async fn batch_exactly_once_dedup<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    support::require(&bus, bus.capabilities().exactly_once, "batch_exactly_once_dedup", "exactly_once");
+    let topic = topic::<Event>("batch-exactly-once", TopicConfig::exactly_once());
+    let seen = Batches::default();
+    let cfg = sub_config(&t, 5).with_max_messages(10).with_max_wait(Duration::from_millis(200));
+    bus.subscribe_batch(&topic, "sub", cfg, acking(&seen, Duration::ZERO)).await.unwrap();
+    let id = topic.publish(&bus, &Event::new(1)).await.unwrap();
+    topic.publish_with(&bus, &Event::new(1), PublishOptions::new().id(id.clone())).await.unwrap();
+    assert!(wait_until(t.patience, || seen.count() >= 1).await, "the message was handed over");
+    topic.publish_with(&bus, &Event::new(1), PublishOptions::new().id(id.clone())).await.unwrap();
+    topic.publish(&bus, &Event::new(2)).await.unwrap();
+    assert!(wait_until(t.patience, || seen.count() >= 2).await, "the second message was handed over");
+    tokio::time::sleep(t.ack_deadline * 2).await;
+    assert_eq!(seen.attempts(), [(1, vec![1]), (2, vec![1])].into(), "a republished id is handed over once");
+    bus.shutdown(t.patience).await;
+}

@@ -207,7 +207,7 @@ macro_rules! conformance_tests {
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; ordering; ordering_per_key,
                     batch_order_per_key_holds_across_batches);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; exactly_once; exactly_once_dedup,
-                    exactly_once_republish_with_another_time_is_a_duplicate);
+                    exactly_once_republish_with_another_time_is_a_duplicate, batch_exactly_once_dedup);
                 $crate::__conformance_gated!($harness; [$($($cap)*)?]; bounded_backlog;
                     bounded_backlog_fails_or_waits_at_the_limit);
             })+
