@@ -135,6 +135,8 @@ pub(super) async fn gather<T: DeserializeOwned + Send + Sync + 'static>(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            // Before the receives, so a stream of deliveries cannot hold a due extension back.
+            _ = tokio::time::sleep_until(extend_at), if extend_at < far => extend_waiting(ctx, &mut open),
             p = sem.clone().acquire_owned(), if slot.is_none() => slot = Some(p.expect("semaphore is never closed")),
             Some((received, n)) = receiving.next(), if !receiving.is_empty() => {
                 requested -= n;
@@ -162,7 +164,6 @@ pub(super) async fn gather<T: DeserializeOwned + Send + Sync + 'static>(
             }
             Some((msg, leased_at)) = gathered.recv() => open.push(Pending { msg, arrived: Instant::now(), leased_at }),
             _ = tokio::time::sleep_until(due), if due < far => {}
-            _ = tokio::time::sleep_until(extend_at), if extend_at < far => extend_waiting(ctx, &mut open),
             _ = tokio::time::sleep_until(resume), if resume < far => {}
         }
     }
