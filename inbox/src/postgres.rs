@@ -12,10 +12,10 @@ use crate::dialect::{InboxDatabase, Mark, Statements};
 const MARK: &str = "tidings.inbox_txid";
 /// Whether the transaction open now is the one the inbox row was inserted in.
 const STILL_OPEN: &str = "SELECT coalesce(current_setting('tidings.inbox_txid', true) = txid_current()::text, false)";
-/// [`STILL_OPEN`] as a division by zero when not, the commit, and a new empty transaction.
+/// [`STILL_OPEN`] as a division by zero when not, then the commit, chained to a new empty transaction.
 const COMMIT: &str =
     "SELECT 1 / coalesce(current_setting('tidings.inbox_txid', true) = txid_current()::text, false)::int; \
-                      COMMIT; BEGIN";
+                      COMMIT AND CHAIN";
 
 #[async_trait]
 impl InboxDatabase for Postgres {
@@ -55,8 +55,8 @@ impl InboxDatabase for Postgres {
     async fn commit(mut tx: sqlx::Transaction<'static, Postgres>, mark: &Mark) -> sqlx::Result<bool> {
         let _ = mark;
         // One round trip: the check (a division by zero when the transaction is not the inbox's any more stops the
-        // rest), the commit, and an empty transaction for sqlx's own rollback when the connection goes back to the
-        // pool, which that return sends with the ping it makes anyway.
+        // rest), and the commit, chained to an empty transaction for sqlx's own rollback when the connection goes back
+        // to the pool, which that return sends with the ping it makes anyway.
         // A string without arguments goes as a simple query, several statements in one message.
         let conn: &mut PgConnection = &mut tx;
         match sqlx::Executor::execute(conn, COMMIT).await {
