@@ -276,7 +276,9 @@ pub async fn foreign_due_time_attribute_is_held<H: Harness>(h: &H) {
     .unwrap();
     let spec = bus.subscription_spec(&topic, "sub", sub_config(&t, 5)).topic;
     let driver = bus.backend().topic(&spec).await.unwrap();
-    let due = SystemTime::now() + Duration::from_secs(2);
+    // The attribute carries whole milliseconds: the due time is what it says, not the nanoseconds it was made from.
+    let ms = (SystemTime::now() + Duration::from_secs(2)).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
+    let due = SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64);
     let mut attributes = tidings_core::Attributes::new();
     attributes.insert("producer".into(), "foreign".into());
     attributes.insert(DELIVER_AT_ATTRIBUTE.into(), format_deliver_at(due));
