@@ -45,8 +45,16 @@ async fn sampled(backend: Arc<dyn Backend>) -> (Option<f64>, Option<f64>) {
     let handle = prometheus();
     let bus = Bus::builder(backend).backlog_sample_interval(Duration::from_millis(20)).build();
     let topic: Topic<Reminder> = Topic::new(unique("reminders"), TopicConfig::at_least_once());
+    let handled = Arc::new(tokio::sync::Notify::new());
+    let told = handled.clone();
     let sub = bus
-        .subscribe(&topic, "sub", SubscriptionConfig::default(), |_m: Message<Reminder>| async { Ok(()) })
+        .subscribe(&topic, "sub", SubscriptionConfig::default(), move |_m: Message<Reminder>| {
+            let told = told.clone();
+            async move {
+                told.notify_one();
+                Ok(())
+            }
+        })
         .await
         .unwrap();
     let later = PublishOptions::new().deliver_after(Duration::from_secs(3600));
@@ -55,12 +63,17 @@ async fn sampled(backend: Arc<dyn Backend>) -> (Option<f64>, Option<f64>) {
     }
     topic.publish(&bus, &Reminder { n: 2 }).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    // Until a sample after the due reminder was acked; then a few more samples of the same state.
+    // The due reminder is handled, then its ack settles (the backlog itself reads 2; a backlog of 2 seen before the
+    // third publish must not count), then the scrape shows the same state.
+    tokio::time::timeout(Duration::from_secs(20), handled.notified()).await.expect("the due reminder is handled");
+    while sub.backlog().await.unwrap() != Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "{name}: backlog {:?}", sub.backlog().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     while series(&handle.render(), "tidings_subscription_backlog", &name, topic.name()) != Some(2.0) {
         assert!(tokio::time::Instant::now() < deadline, "{name}: {}", handle.render());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(sub.backlog().await.unwrap(), Some(2));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let page = handle.render();
     let backlog = series(&page, "tidings_subscription_backlog", &name, topic.name());
