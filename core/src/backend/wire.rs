@@ -13,9 +13,13 @@ pub const META_ATTRIBUTE: &str = "tidings";
 /// to have tidings subscribers hold its message until then.
 pub const DELIVER_AT_ATTRIBUTE: &str = "tidings-deliver-at";
 
-/// The [`DELIVER_AT_ATTRIBUTE`] value of `at`.
+/// The [`DELIVER_AT_ATTRIBUTE`] value of `at`, in whole milliseconds rounded up: the time it names is never before
+/// `at`, so a delivery held until it is never early.
 pub fn format_deliver_at(at: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    let nanos_in_ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    let up =
+        if nanos_in_ms == 0 { at } else { at + std::time::Duration::from_nanos(u64::from(1_000_000 - nanos_in_ms)) };
+    humantime::format_rfc3339_millis(up).to_string()
 }
 
 /// Reads a [`DELIVER_AT_ATTRIBUTE`] value; `None` when it is neither RFC 3339 in UTC nor Unix milliseconds.
@@ -95,5 +99,18 @@ mod tests {
         assert_eq!(parse_deliver_at("1748768400250"), Some(at));
         assert_eq!(parse_deliver_at("soon"), None);
         assert_eq!(parse_deliver_at(""), None);
+    }
+
+    #[test]
+    fn due_times_round_up_to_the_millisecond_so_none_is_early() {
+        use std::time::Duration;
+        let ms = std::time::UNIX_EPOCH + Duration::from_millis(1_748_768_400_250);
+        for extra in [Duration::from_nanos(1), Duration::from_micros(500), Duration::from_nanos(999_999)] {
+            let at = ms + extra;
+            assert_eq!(format_deliver_at(at), "2025-06-01T09:00:00.251Z", "{extra:?} past the millisecond");
+            let read = parse_deliver_at(&format_deliver_at(at)).unwrap();
+            let ahead = read.duration_since(at).unwrap_or_else(|_| panic!("{read:?} is before {at:?}"));
+            assert!(ahead < Duration::from_millis(1), "{read:?} against {at:?}");
+        }
     }
 }
