@@ -13,6 +13,8 @@ pub struct Statements {
     pub insert: String,
     /// Deletes up to $2 rows that expired before $1.
     pub sweep: String,
+    /// Deletes the row of $1 subscription, $2 message id (a batch's message that is not acked).
+    pub forget: String,
     /// Reads nothing, but fails when the table or one of its columns is missing.
     pub verify: String,
 }
@@ -26,6 +28,7 @@ impl Statements {
                  CONFLICT (subscription, message_id) DO NOTHING RETURNING {insert_returning}"
             ),
             sweep,
+            forget: format!("DELETE FROM {table} WHERE subscription = $1 AND message_id = $2"),
             verify: format!("SELECT subscription, message_id, processed_at, expires_at FROM {table} WHERE 1 = 0"),
         }
     }
@@ -103,6 +106,10 @@ pub trait InboxDatabase: sqlx::Database + sealed::Sealed {
         now: i64,
         expires: i64,
     ) -> sqlx::Result<Option<Mark>>;
+
+    /// Runs [`Statements::forget`]: the row of a batch's message that is not acked does not commit.
+    #[doc(hidden)]
+    async fn forget(conn: &mut Self::Connection, st: &Statements, subscription: &str, id: &str) -> sqlx::Result<()>;
 
     /// Whether the transaction the inbox row was inserted in is still the open one: the handler did not run
     /// `COMMIT` or `ROLLBACK` itself.

@@ -76,6 +76,7 @@
 //! with the primary key `(subscription, message_id)` and an index on `expires_at`.
 #![warn(missing_docs)]
 
+mod batch;
 mod dialect;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -99,6 +100,7 @@ use tidings_core::{
     Topic,
 };
 
+pub use batch::InboxBatchResult;
 pub use dialect::InboxDatabase;
 use dialect::Statements;
 use sweep::Sweeper;
@@ -365,6 +367,17 @@ impl<DB: InboxDatabase> Inbox<DB> {
         F: Fn(Message<T>, InboxTx<DB>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<InboxTx<DB>, HandlerError>> + Send + 'static,
     {
+        Ok(InboxHandler { run: self.run(bus, topic, name, config).await?, f: Arc::new(handler) })
+    }
+
+    /// What the deliveries of one subscription through this inbox need; checks the name and provisions the table.
+    async fn run<T>(
+        &self,
+        bus: &Bus,
+        topic: &Topic<T>,
+        name: &str,
+        config: SubscriptionConfig,
+    ) -> Result<Arc<Run<DB>>> {
         tidings_core::validate_name("subscription", name)?;
         let spec = bus.subscription_spec(topic, name, config);
         self.provision(bus).await?;
@@ -390,7 +403,7 @@ impl<DB: InboxDatabase> Inbox<DB> {
             skipped: metrics::counter!(SKIPPED, &labels),
             _sweeper: self.sweeper(),
         };
-        Ok(InboxHandler { run: Arc::new(run), f: Arc::new(handler) })
+        Ok(Arc::new(run))
     }
 
     /// The running sweep of this inbox, started if none runs.

@@ -48,6 +48,10 @@ impl InboxDatabase for Postgres {
         Ok(txid.map(|t| Mark::Txid(t.parse().unwrap_or_default())))
     }
 
+    async fn forget(conn: &mut PgConnection, st: &Statements, subscription: &str, id: &str) -> sqlx::Result<()> {
+        sqlx::query(&st.forget).bind(subscription).bind(id).execute(&mut *conn).await.map(drop)
+    }
+
     async fn still_open(conn: &mut PgConnection, _mark: &Mark) -> sqlx::Result<bool> {
         sqlx::query_scalar(STILL_OPEN).fetch_one(&mut *conn).await
     }

@@ -53,6 +53,10 @@ impl InboxDatabase for Sqlite {
         Ok(Some(Mark::Ended(ended)))
     }
 
+    async fn forget(conn: &mut SqliteConnection, st: &Statements, subscription: &str, id: &str) -> sqlx::Result<()> {
+        sqlx::query(&st.forget).bind(subscription).bind(id).execute(&mut *conn).await.map(drop)
+    }
+
     async fn still_open(_conn: &mut SqliteConnection, mark: &Mark) -> sqlx::Result<bool> {
         Ok(matches!(mark, Mark::Ended(ended) if !ended.load(Ordering::Acquire)))
     }

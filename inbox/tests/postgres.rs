@@ -6,6 +6,9 @@ mod support;
 #[macro_use]
 #[path = "support/cases.rs"]
 mod cases;
+#[macro_use]
+#[path = "support/batch_cases.rs"]
+mod batch_cases;
 
 use sqlx::postgres::PgPoolOptions;
 use tidings_inbox::Inbox;
@@ -53,6 +56,7 @@ fn bus() -> tidings_core::Bus {
 }
 
 inbox_cases!();
+inbox_batch_cases!();
 
 /// The database connection is terminated (`pg_terminate_backend`) while the handler runs: the delivery fails and is
 /// retried on a new connection; it is never acked without its commit.

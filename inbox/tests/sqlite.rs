@@ -5,6 +5,9 @@ mod support;
 #[macro_use]
 #[path = "support/cases.rs"]
 mod cases;
+#[macro_use]
+#[path = "support/batch_cases.rs"]
+mod batch_cases;
 
 use std::str::FromStr;
 
@@ -48,6 +51,7 @@ fn bus() -> tidings_core::Bus {
 }
 
 inbox_cases!();
+inbox_batch_cases!();
 
 /// A sweep statement deletes at most its batch.
 #[tokio::test]

@@ -23,8 +23,8 @@ use tidings_core::backend::{
 use tidings_core::dead_letter::DeadLetters;
 use tidings_core::layer::Layer;
 use tidings_core::{
-    Backend, Bus, Capabilities, HandlerError, Message, MessageId, Result, RetryPolicy, SubscriptionConfig, Topic,
-    TopicConfig,
+    Backend, BatchOutcome, Bus, Capabilities, HandlerError, Message, MessageId, PublishOptions, Result, RetryPolicy,
+    SubscriptionConfig, Topic, TopicConfig,
 };
 use tidings_inbox::{Inbox, InboxDatabase};
 use tidings_outbox::Outbox;
@@ -436,6 +436,40 @@ impl<DB: TestDatabase> Env<DB> {
         (committed, self.faults.received(sub).saturating_sub(entered.load(SeqCst)))
     }
 
+    /// Publishes messages 0..n from 4 concurrent tasks, waits until subscriptions `a` and `b` both have all their
+    /// effects (`false` if not within the patience), then until `subs` are quiet: copies still on their way (lost
+    /// acks come back after the ack deadline) are skipped, and land.
+    async fn run_ledger(&self, tp: &Topic<Event>, n: u64, subs: &[tidings_core::Subscription]) -> bool {
+        let t = self.t;
+        let mut tasks = Vec::new();
+        for w in 0..4u64 {
+            let (bus, tp) = (self.bus.clone(), Topic::<Event>::new(tp.name(), tp.config()));
+            tasks.push(tokio::spawn(async move {
+                for i in (w..n).step_by(4) {
+                    // On a SQLite bus with the inbox on its file, handlers' transactions hold the file's write lock,
+                    // and a publish that waited `sqlite.busy_timeout` for it fails (before writing): publish again.
+                    let mut tries = 0;
+                    while let Err(e) = tp.publish(&bus, &Event::new(i)).await {
+                        tries += 1;
+                        assert!(tries < 20 && bus.backend_name() == "sqlite", "publish {i}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let all_there = eventually(t.patience * 6, || async {
+            self.distinct_effects("a").await == n as usize && self.distinct_effects("b").await == n as usize
+        })
+        .await;
+        for sub in subs {
+            let _ = sub.wait_quiet(t.ack_deadline * 2 + t.max_backoff, t.patience).await;
+        }
+        all_there
+    }
+
     async fn finish(self) {
         self.bus.shutdown(self.t.patience).await;
         let table = self.inbox.table().to_string();
@@ -525,33 +559,7 @@ async fn ledger<H: Harness, DB: TestDatabase>(h: &H) {
             .expect("subscribe through the inbox");
         subs.push(sub);
     }
-    let mut tasks = Vec::new();
-    for w in 0..4u64 {
-        let (bus, tp) = (env.bus.clone(), Topic::<Event>::new(tp.name(), tp.config()));
-        tasks.push(tokio::spawn(async move {
-            for i in (w..n).step_by(4) {
-                // On a SQLite bus with the inbox on its file, handlers' transactions hold the file's write lock, and
-                // a publish that waited `sqlite.busy_timeout` for it fails (before writing): publish again.
-                let mut tries = 0;
-                while let Err(e) = tp.publish(&bus, &Event::new(i)).await {
-                    tries += 1;
-                    assert!(tries < 20 && bus.backend_name() == "sqlite", "publish {i}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let all_there = eventually(t.patience * 6, || async {
-        env.distinct_effects("a").await == n as usize && env.distinct_effects("b").await == n as usize
-    })
-    .await;
-    // Copies still on their way (lost acks come back after the ack deadline) are skipped; let them land.
-    for sub in &subs {
-        let _ = sub.wait_quiet(t.ack_deadline * 2 + t.max_backoff, t.patience).await;
-    }
+    let all_there = env.run_ledger(&tp, n, &subs).await;
     let effects = env.effects().await;
     let mut skipped_total = 0;
     for (i, name) in ["a", "b"].into_iter().enumerate() {
@@ -859,6 +867,182 @@ async fn redriven_dead_letter_is_processed<H: Harness, DB: TestDatabase>(h: &H) 
     env.finish().await;
 }
 
+/// The ledger through the inbox with a batch handler (batches of up to 10, one transaction each): two subscriptions
+/// of one topic record each message's effect in the batch's transaction while, on the first two attempts, a message
+/// is given a retry without a write (10 %, so its inbox row must not commit), and a batch fails after its writes
+/// (8 %), panics after them (2 %) or runs past the ack deadline with its lease extensions lost (3 %, so copies of its
+/// messages reach another batch while it runs); one ack in five is lost. Every message's effect is there exactly
+/// once in each subscription (0 duplicates, 0 missing), and one inbox row per message committed.
+async fn batch_ledger<H: Harness, DB: TestDatabase>(h: &H) {
+    let _exclusive = super::EXCLUSIVE.lock().await;
+    quiet_injected_panics();
+    let env = Env::<DB>::new(h, &[]).await;
+    env.faults.lose_every_nth_ack.store(5, SeqCst);
+    env.faults.lose_extensions.store(true, SeqCst);
+    let (t, n) = (env.t, 200u64);
+    let tp = topic::<Event>("inbox-batch-ledger", TopicConfig::at_least_once());
+    let retry = RetryPolicy::new(t.min_backoff, t.max_backoff).with_max_retries(10);
+    let cfg = SubscriptionConfig::DEFAULT
+        .with_ack_deadline(t.ack_deadline)
+        .with_max_concurrency(4)
+        .with_retry(retry)
+        .with_max_messages(10)
+        .with_max_wait(Duration::from_millis(100));
+    let slow = t.ack_deadline.mul_f64(1.5);
+    // Injected: per-message retries, batch failures, batch panics, slow batches; and the largest batch seen.
+    let injected: Arc<[AtomicU64; 5]> = Arc::default();
+    let mut subs = Vec::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let (effects, salt, injected) = (env.effects.clone(), i as u64 * 7919, injected.clone());
+        let sub = env
+            .inbox
+            .subscribe_batch(&env.bus, &tp, name, cfg, move |batch: Vec<Message<Event>>, mut tx| {
+                let (effects, injected) = (effects.clone(), injected.clone());
+                async move {
+                    injected[4].fetch_max(batch.len() as u64, SeqCst);
+                    let mut results = Vec::with_capacity(batch.len());
+                    for m in &batch {
+                        if m.attempt() <= 2 && roll(m.n, m.attempt(), salt) < 100 {
+                            injected[0].fetch_add(1, SeqCst);
+                            results.push(Err(HandlerError::retry("injected retry of one message, before its write")));
+                            continue;
+                        }
+                        DB::record(&mut tx, &effects, name, m.n, m.id().as_str()).await?;
+                        results.push(Ok(()));
+                    }
+                    let first = &batch[0];
+                    if first.attempt() <= 2 {
+                        let r = roll(first.n, first.attempt(), salt ^ 0xBA7C);
+                        if r < 20 {
+                            injected[2].fetch_add(1, SeqCst);
+                            panic!("injected panic in a batch after its writes");
+                        }
+                        if r < 100 {
+                            injected[1].fetch_add(1, SeqCst);
+                            return Err(HandlerError::retry("injected failure of a batch after its writes"));
+                        }
+                        if r < 130 {
+                            injected[3].fetch_add(1, SeqCst);
+                            tokio::time::sleep(slow).await;
+                        }
+                    }
+                    Ok((results.into_iter().collect::<BatchOutcome>(), tx))
+                }
+            })
+            .await
+            .expect("subscribe a batch handler through the inbox");
+        subs.push(sub);
+    }
+    let all_there = env.run_ledger(&tp, n, &subs).await;
+    let effects = env.effects().await;
+    let injected: Vec<u64> = injected.iter().map(|a| a.load(SeqCst)).collect();
+    for name in ["a", "b"] {
+        let seen = effects.get(name).cloned().unwrap_or_default();
+        let missing: Vec<u64> = (0..n).filter(|i| !seen.contains_key(&(*i as i64))).collect();
+        let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+        let processed = DB::committed(&env.pool, env.inbox.table(), name).await;
+        report(format!(
+            "INBOX BATCH LEDGER backend={} inbox={} mode={} sub={name} messages={n} effects={} duplicates={duplicates} \
+             missing={} inbox_rows={processed} (both subscriptions:) retried_messages={} failed_batches={} \
+             panicked_batches={} slow_batches={} largest_batch={} lost_acks={} lost_extensions={}",
+            env.bus.backend_name(),
+            DB::KIND,
+            env.mode(),
+            seen.len(),
+            missing.len(),
+            injected[0],
+            injected[1],
+            injected[2],
+            injected[3],
+            injected[4],
+            env.faults.lost_acks.load(SeqCst),
+            env.faults.lost_extensions.load(SeqCst),
+        ));
+        assert!(missing.is_empty(), "{name}: {} messages have no effect, e.g. {:?}", missing.len(), missing.first());
+        assert_eq!(duplicates, 0, "{name}: a message's effect happened more than once: {seen:?}");
+        assert_eq!(processed, n as i64, "{name}: one inbox row per message");
+    }
+    assert!(all_there, "every effect arrived within the patience");
+    assert!(injected[0] > 0 && injected[1] > 0, "per-message retries and batch failures were injected: {injected:?}");
+    assert!(injected[4] > 1, "messages were handled in batches: {injected:?}");
+    assert!(env.faults.lost_acks.load(SeqCst) > 0, "the fault layer lost acks");
+    env.finish().await;
+}
+
+/// One batch, four messages, mixed outcomes: 0 and 1 acked (their effects written), 2 retried and 3 dead-lettered
+/// (neither written). Only 0's and 1's inbox rows commit: 2 comes back and is handed over again (its row did not
+/// commit), and is processed then; 3 is in the dead-letter queue with no row. A republish of 0 (its id) is not handed
+/// over again.
+async fn batch_commits_only_acked_rows<H: Harness, DB: TestDatabase>(h: &H) {
+    let env = Env::<DB>::new(h, &[]).await;
+    let t = env.t;
+    let tp = topic::<Event>("inbox-batch-mixed", TopicConfig::at_least_once());
+    let cfg = SubscriptionConfig::DEFAULT
+        .with_ack_deadline(t.ack_deadline)
+        .with_retry(RetryPolicy::new(t.min_backoff, t.max_backoff).with_max_retries(3))
+        .with_max_messages(4)
+        .with_max_wait(Duration::from_secs(2));
+    // Each call: (n, attempt) of the messages handed over.
+    type Calls = Arc<Mutex<Vec<Vec<(u64, u32)>>>>;
+    let calls: Calls = Arc::default();
+    let (c, effects) = (calls.clone(), env.effects.clone());
+    let sub = env
+        .inbox
+        .subscribe_batch(&env.bus, &tp, "mixed", cfg, move |batch: Vec<Message<Event>>, mut tx| {
+            let (c, effects) = (c.clone(), effects.clone());
+            async move {
+                c.lock().unwrap().push(batch.iter().map(|m| (m.n, m.attempt())).collect());
+                let mut results = Vec::new();
+                for m in &batch {
+                    let r = match (m.n, m.attempt()) {
+                        (2, 1) => Err(HandlerError::retry("not yet")),
+                        (3, _) => Err(HandlerError::unrecoverable("refused")),
+                        _ => Ok(()),
+                    };
+                    if r.is_ok() {
+                        DB::record(&mut tx, &effects, "mixed", m.n, m.id().as_str()).await?;
+                    }
+                    results.push(r);
+                }
+                Ok((BatchOutcome::Each(results), tx))
+            }
+        })
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..4).map(Event::new).collect();
+    let ids = tp.publish_batch(&env.bus, events.iter().map(|e| (e, PublishOptions::new()))).await.unwrap();
+    let dead = wait_dead_letters(&sub, 1, t.patience * 2).await;
+    let processed = eventually(t.patience * 2, || async { env.distinct_effects("mixed").await >= 3 }).await;
+    let _ = sub.wait_quiet(t.ack_deadline + t.max_backoff, t.patience).await;
+    tp.publish_with(&env.bus, &events[0], PublishOptions::new().id(ids[0].clone())).await.unwrap();
+    let _ = sub.wait_quiet(t.ack_deadline + t.max_backoff, t.patience).await;
+    let mut rows = Vec::new();
+    for id in &ids {
+        rows.push(DB::inbox_rows(&env.pool, env.inbox.table(), id.as_str()).await);
+    }
+    let calls = calls.lock().unwrap().clone();
+    let effects = env.effects().await.remove("mixed").unwrap_or_default();
+    report(format!(
+        "INBOX BATCH MIXED backend={} inbox={} mode={} calls={calls:?} inbox_rows={rows:?} effects={effects:?} \
+         dead_lettered={}",
+        env.bus.backend_name(),
+        DB::KIND,
+        env.mode(),
+        dead.len()
+    ));
+    assert!(processed, "0, 1 and 2 were processed: {calls:?}");
+    assert_eq!(calls.first().map(Vec::len), Some(4), "the four messages went in one batch: {calls:?}");
+    let handed = |n: u64| calls.iter().flatten().filter(|(m, _)| *m == n).map(|(_, a)| *a).collect::<Vec<_>>();
+    assert_eq!(handed(2), vec![1, 2], "the retried message was handed over again (its row had not committed)");
+    assert_eq!(handed(0), vec![1], "an acked message is not handed over again, even republished with its id");
+    assert_eq!(handed(1), vec![1]);
+    assert_eq!(dead.len(), 1, "the refused message was dead-lettered");
+    assert_eq!(dead[0].id, ids[3]);
+    assert_eq!(rows, vec![1, 1, 1, 0], "rows of the acked messages only (2's from its retry)");
+    assert_eq!(effects, (0..3).map(|n| (n, 1)).collect::<BTreeMap<i64, u32>>(), "each acked message's effect once");
+    env.finish().await;
+}
+
 /// The two public cases of each generic case: with the inbox on SQLite, and on PostgreSQL.
 macro_rules! on_both_databases {
     ($($case:ident => $sqlite:ident, $postgres:ident;)*) => {$(
@@ -881,4 +1065,8 @@ on_both_databases! {
     lost_ack_after_commit => inbox_lost_ack_after_commit_sqlite, inbox_lost_ack_after_commit_postgres;
     redriven_dead_letter_is_processed => inbox_redriven_dead_letter_is_processed_sqlite,
         inbox_redriven_dead_letter_is_processed_postgres;
+    batch_ledger => inbox_batch_exactly_once_effect_under_faults_sqlite,
+        inbox_batch_exactly_once_effect_under_faults_postgres;
+    batch_commits_only_acked_rows => inbox_batch_commits_only_acked_rows_sqlite,
+        inbox_batch_commits_only_acked_rows_postgres;
 }

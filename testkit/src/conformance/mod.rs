@@ -69,6 +69,8 @@ pub use inbox::{
     inbox_outbox_publish_happens_once_postgres, inbox_outbox_publish_happens_once_sqlite,
     inbox_redriven_dead_letter_is_processed_postgres, inbox_redriven_dead_letter_is_processed_sqlite,
 };
+    inbox_batch_commits_only_acked_rows_postgres, inbox_batch_commits_only_acked_rows_sqlite,
+    inbox_batch_exactly_once_effect_under_faults_postgres, inbox_batch_exactly_once_effect_under_faults_sqlite,
 pub use leases::*;
 pub use ledger::ledger;
 pub use operator::operator_story;
@@ -197,6 +199,10 @@ macro_rules! conformance_tests {
                     batch_outcomes_and_attempts_are_per_message,
                     batch_leases_are_extended_while_it_runs,
                     batch_is_told_of_shutdown_and_left_unacked,
+                    inbox_batch_exactly_once_effect_under_faults_sqlite,
+                    inbox_batch_exactly_once_effect_under_faults_postgres,
+                    inbox_batch_commits_only_acked_rows_sqlite,
+                    inbox_batch_commits_only_acked_rows_postgres,
                     batch_panic_fails_every_message,
                     batch_with_a_wrong_outcome_count_is_retried_whole,
                     invalid_batch_configs_are_refused,
