@@ -9,6 +9,7 @@
 //! handler's. An `Err`, a panic, a wrong number of outcomes or a failed commit rolls everything back and fails every
 //! message of the batch.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidings_core::handler::BatchFuture;
 use tidings_core::{
-    BatchHandler, BatchOutcome, BatchResult, Bus, HandlerError, HandlerResult, Message, Result, Subscription,
-    SubscriptionConfig, Topic,
+    BatchHandler, BatchOutcome, BatchResult, Bus, HandlerError, HandlerResult, Message, MessageId, Result,
+    Subscription, SubscriptionConfig, Topic,
 };
 
 use crate::dialect::Mark;
@@ -47,6 +48,9 @@ impl<DB: InboxDatabase> Inbox<DB> {
     /// its own, as with [`Bus::subscribe_batch`]. On an ordered topic a key's later messages go back with a retried
     /// one (as with any batch handler); those the handler acked keep their rows, and are acked without running again
     /// when they come back: to have them run after the retried one, give them an `Err` too.
+    ///
+    /// Two copies of one message in a batch (its lease ran out while the batch was gathered): the first is handed
+    /// over, the second gets its outcome.
     ///
     /// Each running batch holds one connection of the pool (`max_concurrency` counts batches).
     ///
@@ -155,18 +159,19 @@ impl<DB: InboxDatabase> Run<DB> {
         Fut: Future<Output = InboxBatchResult<DB>>,
     {
         let n = batch.len();
+        let ids: Vec<MessageId> = batch.iter().map(|m| m.id().clone()).collect();
         let mut tx = DB::begin(&self.pool).await.map_err(|e| failed("beginning the batch's transaction", e))?;
         let now = micros(SystemTime::now());
         let expires = now.saturating_add(self.window.as_micros().min(i64::MAX as u128) as i64);
         // Inserted in the order of their ids: two batches holding copies of the same messages (a lease ran out) take
         // their rows' locks in one order, so the second waits for the first instead of deadlocking with it.
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|a, b| batch[*a].id().as_str().cmp(batch[*b].id().as_str()));
+        order.sort_by(|a, b| ids[*a].as_str().cmp(ids[*b].as_str()));
         let mut inserted = vec![false; n];
         // The last insert's mark: on SQLite each insert replaces the connection's hooks.
         let mut mark: Option<Mark> = None;
         for i in order {
-            let id = batch[i].id().as_str();
+            let id = ids[i].as_str();
             let row = DB::insert(&mut tx, &self.st, &self.resource, id, now, expires)
                 .await
                 .map_err(|e| failed("recording the batch's messages in the inbox", e))?;
@@ -246,11 +251,29 @@ impl<DB: InboxDatabase> Run<DB> {
         }
         self.processed.increment((fresh.len() - not_acked.len()) as u64);
         let Some(results) = results else { return Ok(BatchOutcome::AckAll) };
-        // Back to the whole batch: the skipped messages are acked.
+        // Back to the whole batch: a message processed already is acked.
         let mut all: Vec<HandlerResult> = (0..n).map(|_| Ok(())).collect();
-        for ((i, _), r) in fresh.into_iter().zip(results) {
-            all[i] = r;
+        let mut handed_at: HashMap<&str, usize> = HashMap::with_capacity(fresh.len());
+        for ((i, id), r) in fresh.iter().zip(results) {
+            handed_at.insert(id.as_str(), *i);
+            all[*i] = r;
+        }
+        // A second copy of a message handed over in this batch (its lease ran out while the batch was gathered) takes
+        // that copy's outcome: acking it would settle a message whose row did not commit.
+        for (i, id) in ids.iter().enumerate() {
+            match handed_at.get(id.as_str()) {
+                Some(&k) if k != i => all[i] = all[k].as_ref().map(|_| ()).map_err(same_error),
+                _ => {}
+            }
         }
         Ok(BatchOutcome::Each(all))
+    }
+}
+
+/// The same outcome again, for another copy of the message.
+fn same_error(e: &HandlerError) -> HandlerError {
+    match e.is_unrecoverable() {
+        true => HandlerError::unrecoverable(e.reason()),
+        false => HandlerError::retry(e.reason()),
     }
 }

@@ -144,5 +144,57 @@ macro_rules! inbox_batch_cases {
             bus.shutdown(Duration::from_secs(5)).await;
             s.cleanup().await;
         }
+
+        /// Two copies of one message in a batch (a lease ran out while the batch was gathered): the first is handed
+        /// over, the second gets its outcome, so a retried message's other copy is not acked (which would settle it
+        /// without its row). Called through `Inbox::batch_handler` directly, with the copies made by hand.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_second_copy_in_the_batch_takes_the_first_copys_outcome() {
+            use tidings_core::{BatchHandler, MessageId, Metadata};
+            let s = setup().await;
+            let bus = bus();
+            let t = topic("batch-copies");
+            let (effects, handed) = (s.effects.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+            let h = handed.clone();
+            let handler = s
+                .inbox
+                .batch_handler(&bus, &t, "s", batch_config(3), move |batch: Vec<Message<Job>>, mut tx| {
+                    let (effects, h) = (effects.clone(), h.clone());
+                    async move {
+                        h.lock().unwrap().push(batch.iter().map(|m| m.n).collect::<Vec<_>>());
+                        let mut results = Vec::new();
+                        for m in &batch {
+                            if m.n == 1 && m.attempt() == 1 {
+                                results.push(Err(HandlerError::retry("not yet")));
+                                continue;
+                            }
+                            record(&mut tx, &effects, m).await;
+                            results.push(Ok(()));
+                        }
+                        Ok((BatchOutcome::Each(results), tx))
+                    }
+                })
+                .await
+                .unwrap();
+            let (a, b) = (MessageId::generate(), MessageId::generate());
+            let message = |id: &MessageId, n: i64, attempt: u32| {
+                Message::new(Job { n }, Metadata::new(id.clone(), std::time::SystemTime::now(), attempt))
+            };
+            let outcomes = |o: BatchOutcome| match o {
+                BatchOutcome::Each(r) => {
+                    r.iter().map(|r| r.as_ref().map_err(|e| e.reason().to_string()).err()).collect()
+                }
+                BatchOutcome::AckAll => vec![None; 3],
+            };
+            let first = handler.call(vec![message(&a, 1, 1), message(&b, 2, 1), message(&a, 1, 1)]).await.unwrap();
+            assert_eq!(outcomes(first), vec![Some("not yet".to_string()), None, Some("not yet".to_string())]);
+            let again = handler.call(vec![message(&a, 1, 2), message(&b, 2, 2), message(&a, 1, 2)]).await.unwrap();
+            assert_eq!(outcomes(again), vec![None, None, None], "a processed now, b skipped, a's copy acked");
+            assert_eq!(*handed.lock().unwrap(), vec![vec![1, 2], vec![1]], "each copy once, b not again");
+            assert_eq!(count(&s.pool, &format!("SELECT count(*) FROM {}", s.effects)).await, 2);
+            assert_eq!(count(&s.pool, &format!("SELECT count(*) FROM {}", s.inbox.table())).await, 2);
+            bus.shutdown(Duration::from_secs(5)).await;
+            s.cleanup().await;
+        }
     };
 }
