@@ -10,13 +10,27 @@ pub fn host() -> String {
     std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".into())
 }
 
+/// Google's stock emulator (`scripts/pubsub-emulator start --stock`, what `gcloud beta emulators pubsub start` runs,
+/// without the project's grpc shim): `PUBSUB_EMULATOR_STOCK_HOST`, by default 127.0.0.1:8086.
+pub fn stock_host() -> String {
+    std::env::var("PUBSUB_EMULATOR_STOCK_HOST").unwrap_or_else(|_| "127.0.0.1:8086".into())
+}
+
 /// Config for the emulator; panics with instructions when it is not running.
 pub fn config() -> GcpConfig {
-    let host = host();
+    config_at(host(), "scripts/pubsub-emulator start")
+}
+
+/// Config for the stock emulator ([`stock_host`]); panics with instructions when it is not running.
+pub fn stock_config() -> GcpConfig {
+    config_at(stock_host(), "scripts/pubsub-emulator start --stock")
+}
+
+fn config_at(host: String, start: &str) -> GcpConfig {
     if std::net::TcpStream::connect_timeout(&host.parse().expect("host:port"), Duration::from_secs(2)).is_err() {
         panic!(
             "the Pub/Sub emulator is not reachable at {host}: the GCP tests need it (CI={}). Start it with \
-             `scripts/pubsub-emulator start` (scripts/test does this)",
+             `{start}` (scripts/test does this)",
             std::env::var("CI").unwrap_or_default()
         );
     }
@@ -45,4 +59,16 @@ pub async fn plain_publisher() -> google_cloud_pubsub::client::BasePublisher {
         .build()
         .await
         .expect("Google's publisher client on the emulator")
+}
+
+/// The shared network-fault scenario (resets mid-stream, a 3 s cut, latency; 300 messages) through a TCP proxy in
+/// front of the emulator at `host`, for the publisher, the admin calls and the streaming pull at once: nothing is lost.
+pub async fn faults_lose_nothing(host: String, mut config: GcpConfig) {
+    use tidings_testkit::conformance::{network_faults, proxy::FaultProxy};
+    let proxy = FaultProxy::start(host).await;
+    config.endpoint = Some(format!("http://{}", proxy.addr));
+    let bus = tidings_core::Bus::new(std::sync::Arc::new(backend(config).await));
+    let report = network_faults(&bus, &proxy, "gcp", 300, Duration::from_secs(10), Duration::from_secs(90)).await;
+    assert!(report.missing.is_empty(), "lost after the network returned: {:?}", report.missing);
+    bus.shutdown(Duration::from_secs(5)).await;
 }
