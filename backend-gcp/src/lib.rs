@@ -225,8 +225,9 @@ impl Backend for GcpBackend {
         // Calls in flight per unordered topic, each on a pooled HTTP connection (ordered topics: one, by core).
         c.publish_in_flight = 64;
         c.max_receive_batch = 100;
-        // The streaming pull's flow control holds at most 10,000 messages per subscription and process
-        // (`subscribe::outstanding`): batches of 1,000 leave room for several running beside the one gathered.
+        // The streaming pull's flow control gives the handlers at most 10,000 messages per subscription and process
+        // (`subscribe::outstanding`, beside the room for held delayed messages): batches of 1,000 leave room for
+        // several running beside the one gathered.
         c.max_batch_messages = 1000;
         // 100 per message: one is tidings' own, and the trace attributes of Google's libraries when configured.
         c.max_attributes = if self.shared.config.google_trace_attributes { 97 } else { 99 };

@@ -1,5 +1,6 @@
-//! Receiving through one streaming pull per running subscription (flow control from max concurrency; the crate
-//! extends leases while we hold a message). Closing shuts the stream down: pending acks are flushed and every message
+//! Receiving through one streaming pull per running subscription (flow control from max concurrency, plus room for
+//! delayed messages held until due: [`HELD_WINDOW`]; the crate extends leases while we hold a message, for up to 32
+//! days). Closing shuts the stream down: pending acks are flushed and every message
 //! still leased to this process (prefetched, held past a shutdown timeout) is nacked, so another consumer gets it at
 //! once; a restart in the same process reopens the stream and keeps the de-duplication memory. On top, client-side:
 //! the ack deadline (a message handed out and neither settled nor extended within it is nacked, so it is
@@ -105,6 +106,7 @@ fn pump(
         .subscriber
         .subscribe(path)
         .set_max_outstanding_messages(outstanding)
+        .set_max_lease(MAX_LEASE)
         .set_max_lease_extension(lease)
         .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
         .build();
@@ -132,9 +134,24 @@ fn pump(
     token
 }
 
-fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
-    // What the handlers hold at once (a batch handler's batches count by their messages), twice.
-    (spec.max_in_flight() as i64).saturating_mul(2).clamp(10, 10_000)
+/// Room in a stream's flow-control window for delayed messages the runtime holds until their due time: the service
+/// counts a held message as outstanding (the crate cannot hand it back with a delay: it has no modify-ack-deadline),
+/// so without this room as many held messages as the handlers' share would stop the stream, and due messages would
+/// wait behind them. The cost: from a backlog of due messages a process may prefetch this many more (each leased to
+/// it, its lease extended by the crate, within the crate's 100 MiB of outstanding bytes); held messages beyond it
+/// still make due ones wait on the real service (the emulator enforces no flow control).
+pub(crate) const HELD_WINDOW: i64 = 10_000;
+
+/// How long the crate keeps extending a lease: past the longest a delivery is held until its due time (the
+/// service's retention ceiling, 31 days), where its default (an hour after receipt) would let the service hand out
+/// again a message held longer. The runtime ends its leases itself: it settles what it holds, and the client-side
+/// ack deadline nacks a delivery nobody extends.
+const MAX_LEASE: Duration = Duration::from_secs(32 * 24 * 3600);
+
+/// The stream's flow-control window: what the handlers hold at once (a batch handler's batches count by their
+/// messages), twice, plus the room for held delayed messages.
+pub(crate) fn outstanding(spec: &tidings_core::backend::SubscriptionSpec) -> i64 {
+    (spec.max_in_flight() as i64).saturating_mul(2).clamp(10, 10_000) + HELD_WINDOW
 }
 
 impl GcpSubscription {

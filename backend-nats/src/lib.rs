@@ -173,7 +173,8 @@ impl Backend for NatsBackend {
         c.max_receive_batch = 256;
         // One pull at a time per subscription (they share its inbox); a pull takes up to every free handler slot.
         c.concurrent_receives = 1;
-        // `MaxAckPending` grows with a batch subscription's batches (`provision::max_ack_pending`).
+        // `MaxAckPending` is unlimited: a batch subscription's pulls are sized by its batches, as any subscription's
+        // by its free handler slots.
         c.max_batch_messages = 10_000;
         c.max_attributes = MAX_USER_ATTRIBUTES;
         c.backlog = true;

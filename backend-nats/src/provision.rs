@@ -1,6 +1,6 @@
 //! Provisioning: topic = a stream (`Limits` retention, `MaxAge`, a de-duplication window on `Nats-Msg-Id`);
 //! subscription = a durable pull consumer (`DeliverPolicy::New`, explicit acks, `AckWait` = ack deadline,
-//! `MaxDeliver` = a backstop above the runtime's attempts, `MaxAckPending`) plus a dead-letter stream.
+//! `MaxDeliver` = a backstop above the runtime's attempts, `MaxAckPending` unlimited) plus a dead-letter stream.
 //! `auto` creates what is missing and converges settings, `verify` only reads and reports differences, `off` makes no
 //! JetStream API call at all.
 
@@ -25,9 +25,16 @@ pub const STREAM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// De-duplication window on `Nats-Msg-Id` of exactly-once topics (JetStream's default, 2 minutes, elsewhere).
 pub const EXACTLY_ONCE_WINDOW: Duration = Duration::from_secs(600);
 const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
-/// `MaxAckPending` is at least this: nacked messages waiting for their backoff and messages parked behind their
-/// ordering key count as pending too, so it must exceed the handler slots by far.
-pub(crate) const MIN_ACK_PENDING: i64 = 1000;
+/// `MaxAckPending` of every consumer: unlimited. JetStream counts a message `Nak`ed with a delay as pending until it
+/// is redelivered, so messages held for their due time (a day per `Nak`) or waiting out a retry's backoff would fill
+/// any limit and starve the due ones behind them. Flow control is the runtime's: each pull asks for no more than the
+/// free handler slots, and on ordered topics core's sequencer stops receiving while its parked deliveries are at its
+/// limit (10 per handler slot, at least 1,000).
+pub(crate) const UNLIMITED_ACK_PENDING: i64 = -1;
+/// What tidings 0.1 set as `MaxAckPending` (ten times the handler slots, at least 1,000): under
+/// `provisioning = verify` such a consumer is still accepted, with a warning naming the limit it puts on held
+/// messages.
+pub(crate) const LEGACY_MIN_ACK_PENDING: i64 = 1000;
 
 /// `MaxDeliver` of a subscription: one more delivery than the runtime's attempts (the runtime dead-letters first,
 /// with the reason); -1 (unlimited) for infinite retries.
@@ -35,10 +42,10 @@ pub(crate) fn max_deliver(spec: &SubscriptionSpec) -> i64 {
     spec.config.retry.max_attempts().map_or(-1, |a| i64::from(a) + 1)
 }
 
-/// `MaxAckPending` of a subscription: ten times what its handlers hold at once (a batch handler's batches count by
-/// their messages: [`SubscriptionSpec::max_in_flight`]).
-pub(crate) fn max_ack_pending(spec: &SubscriptionSpec) -> i64 {
-    (spec.max_in_flight() as i64).saturating_mul(10).max(MIN_ACK_PENDING)
+/// The least finite `MaxAckPending` `verify` accepts: what 0.1 set, ten times what the handlers hold at once (a batch
+/// handler's batches count by their messages: [`SubscriptionSpec::max_in_flight`]), at least 1,000.
+pub(crate) fn legacy_max_ack_pending(spec: &SubscriptionSpec) -> i64 {
+    (spec.max_in_flight() as i64).saturating_mul(10).max(LEGACY_MIN_ACK_PENDING)
 }
 
 fn window(spec: &TopicSpec) -> Duration {
@@ -186,7 +193,7 @@ pub(crate) fn consumer_config(spec: &SubscriptionSpec) -> consumer::pull::Config
         ack_policy: AckPolicy::Explicit,
         ack_wait: spec.config.ack_deadline,
         max_deliver: max_deliver(spec),
-        max_ack_pending: max_ack_pending(spec),
+        max_ack_pending: UNLIMITED_ACK_PENDING,
         ..Default::default()
     }
 }
@@ -208,7 +215,10 @@ pub(crate) async fn subscription(s: &Shared, spec: &SubscriptionSpec) -> Result<
         call(s, "CONSUMER.INFO", format!("CONSUMER.INFO.{t}.{name}"), name, &json!({})).await?;
     match (s.config.provisioning, info) {
         (Provisioning::Verify, None) => return Err(missing("consumer", name, Provisioning::Verify)),
-        (Provisioning::Verify, Some(info)) => verify_consumer(name, &want, &info.config)?,
+        (Provisioning::Verify, Some(info)) => {
+            verify_consumer(name, &want, &info.config, legacy_max_ack_pending(spec))?;
+            warn_limited_ack_pending(name, info.config.max_ack_pending);
+        }
         (_, info) => {
             if info.as_ref().is_some_and(|i| i.config.deliver_policy != DeliverPolicy::New) {
                 return Err(mismatch(
@@ -219,7 +229,11 @@ pub(crate) async fn subscription(s: &Shared, spec: &SubscriptionSpec) -> Result<
                     info.unwrap().config.deliver_policy,
                 ));
             }
-            let same = info.as_ref().is_some_and(|i| verify_consumer(name, &want, &i.config).is_ok());
+            // `auto` converges a finite `MaxAckPending` (0.1's) to unlimited: a consumer update JetStream allows.
+            let same = info.as_ref().is_some_and(|i| {
+                i.config.max_ack_pending == want.max_ack_pending
+                    && verify_consumer(name, &want, &i.config, want.max_ack_pending).is_ok()
+            });
             if !same {
                 let body = json!({ "stream_name": t, "config": want.clone().into_consumer_config() });
                 let created: Option<consumer::Info> =
@@ -233,7 +247,28 @@ pub(crate) async fn subscription(s: &Shared, spec: &SubscriptionSpec) -> Result<
     Ok(names)
 }
 
-fn verify_consumer(name: &str, want: &consumer::pull::Config, got: &consumer::Config) -> Result<()> {
+/// Under `verify`, a consumer with a finite `MaxAckPending` (made by tidings 0.1, or by its operator) is accepted; this
+/// says what that costs.
+fn warn_limited_ack_pending(name: &str, max_ack_pending: i64) {
+    if max_ack_pending > 0 {
+        tracing::warn!(
+            consumer = name,
+            max_ack_pending,
+            "nats: the consumer's MaxAckPending is finite (tidings now sets -1, unlimited); JetStream counts \
+             messages held for their due time or their retry's backoff as pending, so once that many are held, due \
+             messages wait until one of them is redelivered; update the consumer or let provisioning = auto do it"
+        );
+    }
+}
+
+/// Checks a consumer against the one declared; `min_ack_pending` is the least `MaxAckPending` accepted besides
+/// unlimited (-1).
+fn verify_consumer(
+    name: &str,
+    want: &consumer::pull::Config,
+    got: &consumer::Config,
+    min_ack_pending: i64,
+) -> Result<()> {
     if got.deliver_subject.is_some() {
         return Err(mismatch(
             "consumer",
@@ -252,14 +287,13 @@ fn verify_consumer(name: &str, want: &consumer::pull::Config, got: &consumer::Co
     if got.max_deliver != want.max_deliver {
         return Err(mismatch("consumer", name, "max_deliver", want.max_deliver, got.max_deliver));
     }
-    if got.max_ack_pending < want.max_ack_pending {
-        return Err(mismatch(
-            "consumer",
-            name,
-            "max_ack_pending (at least)",
-            want.max_ack_pending,
-            got.max_ack_pending,
-        ));
+    let unlimited = got.max_ack_pending == UNLIMITED_ACK_PENDING;
+    if !unlimited && (min_ack_pending == UNLIMITED_ACK_PENDING || got.max_ack_pending < min_ack_pending) {
+        let declared = match min_ack_pending {
+            UNLIMITED_ACK_PENDING => "-1 (unlimited)".to_string(),
+            min => format!("-1 (unlimited) or at least {min}"),
+        };
+        return Err(mismatch("consumer", name, "max_ack_pending", declared, got.max_ack_pending));
     }
     if !got.filter_subject.is_empty() {
         return Err(mismatch("consumer", name, "filter_subject", "", &got.filter_subject));

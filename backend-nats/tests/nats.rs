@@ -56,11 +56,7 @@ async fn provisioning_is_idempotent_and_maps_the_settings() {
     assert_eq!(info.config.ack_wait, Duration::from_secs(7), "AckWait = ack deadline");
     assert_eq!(info.config.max_deliver, 6, "max retries 4 = 5 attempts, +1 backstop");
     assert_eq!(info.config.deliver_policy, DeliverPolicy::New);
-    assert!(
-        info.config.max_ack_pending >= 100 * 10,
-        "MaxAckPending {} >= 10x max concurrency",
-        info.config.max_ack_pending
-    );
+    assert_eq!(info.config.max_ack_pending, -1, "MaxAckPending unlimited: the runtime sizes its pulls");
     let mut stream = js().await.get_stream(&topic).await.unwrap();
     let c = stream.info().await.unwrap().config.clone();
     assert_eq!(c.subjects, vec![format!("{topic}.>")]);
@@ -92,6 +88,69 @@ async fn verify_reports_a_mismatch_naming_resource_setting_and_both_values() {
     assert_eq!(verify.round_trips().snapshot().get("STREAM.CREATE"), None, "verify creates nothing");
 }
 
+/// Sets a consumer's `MaxAckPending` through the JetStream API, as tidings 0.1 (or an operator) left it.
+async fn set_max_ack_pending(stream: &str, name: &str, max_ack_pending: i64) {
+    let mut config = consumer_info(stream, name).await.config;
+    config.max_ack_pending = max_ack_pending;
+    let body = serde_json::json!({ "stream_name": stream, "config": config });
+    let r: Response<async_nats::jetstream::consumer::Info> =
+        js().await.request(format!("CONSUMER.CREATE.{stream}.{name}"), &body).await.unwrap();
+    match r {
+        Response::Ok(i) => assert_eq!(i.config.max_ack_pending, max_ack_pending),
+        Response::Err { error } => panic!("consumer {name} update: {error}"),
+    }
+}
+
+/// A consumer that tidings 0.1 made (`MaxAckPending` = max(1000, 10 x max concurrency)) still verifies; a smaller
+/// finite one is a mismatch naming both; `auto` updates either to unlimited (-1), and the subscription then works.
+#[tokio::test]
+async fn a_finite_max_ack_pending_of_0_1_verifies_and_auto_makes_it_unlimited() {
+    let topic = support::unique("ackpending");
+    let s = spec(&topic, TopicConfig::at_least_once(), SubscriptionConfig::DEFAULT.with_max_concurrency(200));
+    let consumer = format!("{topic}--sub");
+    let auto = support::backend(support::config()).await;
+    auto.provision(&s).await.unwrap();
+    set_max_ack_pending(&topic, &consumer, 2000).await;
+    let verify = support::backend(support::provisioned(Provisioning::Verify)).await;
+    verify.provision(&s).await.expect("0.1's MaxAckPending (10 x 200) verifies");
+    set_max_ack_pending(&topic, &consumer, 1999).await;
+    let e = verify.provision(&s).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
+    let m = e.to_string();
+    assert!(m.contains(&consumer) && m.contains("max_ack_pending") && m.contains("1999"), "{m}");
+    assert!(m.contains("unlimited") && m.contains("2000"), "{m}");
+    let fresh = support::backend(support::config()).await;
+    fresh.provision(&s).await.expect("auto converges the consumer");
+    assert_eq!(consumer_info(&topic, &consumer).await.config.max_ack_pending, -1);
+    let creates = fresh.round_trips().snapshot().get("CONSUMER.CREATE").copied();
+    assert_eq!(creates, Some(1), "one consumer update");
+    verify.provision(&s).await.expect("unlimited verifies");
+    let bus = Bus::new(Arc::new(fresh));
+    let config = SubscriptionConfig::DEFAULT.with_max_concurrency(200);
+    assert_eq!(one_round_trip(&bus, &topic, config, "after the update").await, vec!["after the update".to_string()]);
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Subscribes `sub` to `topic`, publishes one event with this text and returns what the handler got within 20 s.
+async fn one_round_trip(bus: &Bus, topic: &str, config: SubscriptionConfig, text: &str) -> Vec<String> {
+    let t = Topic::<Event>::new(Box::leak(topic.to_string().into_boxed_str()), TopicConfig::at_least_once());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    bus.subscribe(&t, "sub", config, move |m: Message<Event>| {
+        g.lock().unwrap().push(m.text.clone());
+        async { Ok(()) }
+    })
+    .await
+    .unwrap();
+    t.publish(bus, &Event { text: text.into() }).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().is_empty() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = got.lock().unwrap().clone();
+    got
+}
+
 #[tokio::test]
 async fn provisioning_off_makes_no_api_calls_and_a_missing_stream_is_reported_on_publish() {
     let topic = support::unique("off");
@@ -99,21 +158,7 @@ async fn provisioning_off_makes_no_api_calls_and_a_missing_stream_is_reported_on
     support::backend(support::config()).await.provision(&s).await.unwrap();
     let off = support::backend(support::provisioned(Provisioning::Off)).await;
     let bus = Bus::new(Arc::new(off.clone()));
-    let t = Topic::<Event>::new(Box::leak(topic.clone().into_boxed_str()), TopicConfig::at_least_once());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    bus.subscribe(&t, "sub", SubscriptionConfig::DEFAULT, move |m: Message<Event>| {
-        g.lock().unwrap().push(m.text.clone());
-        async { Ok(()) }
-    })
-    .await
-    .unwrap();
-    t.publish(&bus, &Event { text: "hi".into() }).await.unwrap();
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
-    while got.lock().unwrap().is_empty() && tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(*got.lock().unwrap(), vec!["hi".to_string()]);
+    assert_eq!(one_round_trip(&bus, &topic, SubscriptionConfig::DEFAULT, "hi").await, vec!["hi".to_string()]);
     let api: Vec<_> = off
         .round_trips()
         .snapshot()

@@ -109,6 +109,10 @@ pub(super) async fn gather<T: DeserializeOwned + Send + Sync + 'static>(
             if paused_until.is_some_and(|t| now >= t) {
                 paused_until = None;
             }
+            if paused_until.is_none() && ctx.seq.as_ref().is_some_and(|q| q.saturated()) {
+                // As many wait behind their keys as the sequencer parks: no receive until some are let out.
+                paused_until = Some(now + super::receive::SATURATED_POLL);
+            }
             while paused_until.is_none() && receiving.len() < wanted {
                 let room = max.saturating_sub(open.len() + requested);
                 if room == 0 {

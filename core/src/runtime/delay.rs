@@ -7,7 +7,9 @@
 //! ([`crate::SubscriptionDriver::requeue`]) and removes the original, so the copy's delivery count, which the
 //! runtime reads as the attempt, starts from the first real attempt however often the original was held. A backend
 //! that keeps delays natively never holds by nack, so its due deliveries run as they are; so do those of a driver that
-//! cannot requeue.
+//! cannot requeue. A delivery the broker has counted as often as the runtime has attempts is not nacked once more
+//! but replaced by a fresh copy, its due time kept (`refresh`), so no number of holds reaches the broker's own
+//! delivery limit.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -166,6 +168,7 @@ pub(super) fn screen<T: DeserializeOwned + Send + Sync + 'static>(
             continue;
         };
         match at.duration_since(now) {
+            Ok(left) if !left.is_zero() && super::refresh::wanted(ctx, &m, left) => super::refresh::start(ctx, m, left),
             Ok(left) if !left.is_zero() => hold(ctx, m, left),
             _ => due.push(m),
         }

@@ -22,6 +22,7 @@ mod delay;
 mod deliver;
 mod handle;
 mod receive;
+mod refresh;
 mod sequence;
 #[cfg(test)]
 mod sequence_tests;
@@ -219,7 +220,10 @@ where
     let system = info.consumer_system.to_string();
     let span_name = format!("process {}", runner.spec.name);
     let seq = (runner.spec.topic.config.ordered && !caps.ordering)
-        .then(|| Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline)));
+        .then(|| {
+            let limit = sequence::parked_limit(runner.spec.max_in_flight());
+            Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline).with_limit(limit))
+        });
     let slots = Arc::new(tokio::sync::Semaphore::new(runner.spec.config.max_concurrency));
     let delays = delay::Delays::default();
     let ctx =

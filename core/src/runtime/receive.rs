@@ -24,6 +24,8 @@ use crate::backend::ReceivedMessage;
 pub(super) const RECEIVE_WAIT: Duration = Duration::from_secs(20);
 /// Chains (messages, on unordered topics) handled by one spawned task.
 const CHAINS_PER_TASK: usize = 16;
+/// How often a subscription whose sequencer is saturated looks again whether it may receive.
+pub(super) const SATURATED_POLL: Duration = Duration::from_millis(20);
 
 /// Receives and runs deliveries (one by one, or in batches: [`super::batch`]) until the subscription stops; then
 /// lets the handlers running finish (or the shutdown timeout abort them) and gives back what is held.
@@ -84,6 +86,16 @@ async fn receive_singles<T: DeserializeOwned + Send + Sync + 'static>(ctx: &Arc<
     let mut wanted = 1;
     'run: loop {
         while receiving.len() < wanted {
+            if ctx.seq.as_ref().is_some_and(|q| q.saturated()) {
+                if !receiving.is_empty() {
+                    break;
+                }
+                // As many wait behind their keys as the sequencer parks: no receive until some are let out.
+                tokio::select! {
+                    _ = tokio::time::sleep(SATURATED_POLL) => continue,
+                    _ = cancel.cancelled() => break 'run,
+                }
+            }
             let mut slots = if receiving.is_empty() {
                 tokio::select! {
                     p = sem.clone().acquire_owned() => p.expect("semaphore is never closed"),

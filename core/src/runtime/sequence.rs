@@ -21,6 +21,13 @@
 //! A retried message whose redelivery does not come back within its delay plus two ack deadlines (another process
 //! took it, or the broker let it go: too old, or delivered too often) is given up, and its key's next message is
 //! released into [`Sequencer::take_ready`]. Messages without a key are not held.
+//!
+//! What it parks takes no handler slot, so the runtime bounds it: while [`Sequencer::saturated`] (at least
+//! [`parked_limit`] parked, none released and no retried message awaited), no receive is made. A broker's own limit on
+//! unsettled deliveries (JetStream's `MaxAckPending`) would count messages held for their due time or their retry's
+//! backoff as well, and let those starve the due ones; this one counts only what waits here. A retried head's
+//! redelivery is still received meanwhile (the receives go on while one is awaited), so the bound may be passed by
+//! what those receives bring.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -75,11 +82,20 @@ pub(super) struct Finished {
     pub(super) again: Option<ReceivedMessage>,
 }
 
+/// How many deliveries a sequencer parks before the runtime stops receiving for it: ten per handler slot (a batch
+/// handler's batches count by their messages), at least 1,000, as JetStream's `MaxAckPending` was before it became
+/// unlimited.
+pub(super) fn parked_limit(max_in_flight: usize) -> usize {
+    max_in_flight.saturating_mul(10).max(1000)
+}
+
 /// The per-key sequencer of one running subscription.
 pub(super) struct Sequencer {
     st: Mutex<State>,
     /// How long past its retry delay a retried message's redelivery is awaited.
     patience: Duration,
+    /// Parked deliveries at which [`Sequencer::saturated`] says so.
+    limit: usize,
 }
 
 impl std::fmt::Debug for Sequencer {
@@ -92,7 +108,24 @@ impl std::fmt::Debug for Sequencer {
 impl Sequencer {
     /// A sequencer for a subscription with this ack deadline.
     pub(super) fn new(ack_deadline: Duration) -> Self {
-        Self { st: Mutex::default(), patience: ack_deadline * 2 }
+        Self { st: Mutex::default(), patience: ack_deadline * 2, limit: parked_limit(0) }
+    }
+
+    /// The same, saturated at `limit` parked deliveries.
+    pub(super) fn with_limit(self, limit: usize) -> Self {
+        Self { limit: limit.max(1), ..self }
+    }
+
+    /// Whether the runtime should receive nothing more for now: at least the limit's worth of deliveries wait behind
+    /// their keys, none is released for the next receive to take, and no retried message's redelivery is awaited
+    /// (which only a receive brings).
+    pub(super) fn saturated(&self) -> bool {
+        let st = self.st.lock().unwrap();
+        if !st.ready.is_empty() || st.lines.values().any(|l| l.awaited_until.is_some()) {
+            return false;
+        }
+        let parked: usize = st.lines.values().map(|l| l.parked.len() + usize::from(l.again.is_some())).sum();
+        parked >= self.limit
     }
 
     /// Sorts a delivery that arrived at `now`.
@@ -237,6 +270,32 @@ mod tests {
     }
 
     const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Saturated at the limit's worth of parked deliveries (what is out does not count), unless a retried head's
+    /// redelivery is awaited or a released message waits for the next receive; no longer once one is let out.
+    #[test]
+    fn saturated_at_the_parked_limit_unless_a_receive_is_wanted() {
+        let (s, t) = (Sequencer::new(DEADLINE).with_limit(3), Instant::now());
+        assert_eq!(parked_limit(5), 1000, "at least 1,000");
+        assert_eq!(parked_limit(500), 5000, "ten per handler slot");
+        assert!(!s.saturated(), "empty");
+        assert_eq!(out(s.arrive(seq(1, "a"), t)).as_deref(), Some("1"));
+        assert_eq!(out(s.arrive(seq(2, "b"), t)).as_deref(), Some("2"));
+        for n in [3, 4] {
+            assert!(out(s.arrive(seq(n, "a"), t)).is_none(), "parked");
+        }
+        assert!(!s.saturated(), "two parked of three");
+        assert!(out(s.arrive(seq(5, "b"), t)).is_none());
+        assert!(s.saturated(), "three parked");
+        // b's head is retried: its redelivery only comes through a receive.
+        s.finished("b", &"2".into(), Outcome::Retried(Duration::from_secs(1)), t);
+        assert!(!s.saturated(), "a retried head's redelivery is awaited");
+        assert_eq!(out(s.arrive(seq(2, "b"), t)).as_deref(), Some("2"), "the retry");
+        assert!(s.saturated(), "the retry is out again");
+        s.give_up_overdue(t); // nothing overdue
+        assert_eq!(next(&s, "a", "1", Outcome::Acked).as_deref(), Some("3"));
+        assert!(!s.saturated(), "one let out");
+    }
 
     /// The assertions of the NATS driver's own sequencer (`backend-nats/src/order.rs`, which keyed it by stream
     /// sequence), on deliveries that carry the sequence.

@@ -377,3 +377,104 @@ pub async fn backlog_shows_scheduled_messages_apart<H: Harness>(h: &H) {
     gate.add_permits(1);
     bus.shutdown(t.patience).await;
 }
+
+/// Held delayed messages beyond the broker's in-flight window do not stall a due one. 1,100 messages due in an hour
+/// are more than any window a backend had for them (JetStream's `MaxAckPending` of 1,000, the Pub/Sub stream's flow
+/// control); an undelayed message published after them, and another once they have surely all been received and
+/// held, are each handled within the tolerance after their publish, and no delayed message is handled.
+pub async fn held_delayed_messages_beyond_the_window_do_not_stall_a_due_one<H: Harness>(h: &H) {
+    const HELD: u64 = 1_100;
+    let (bus, t) = (h.bus().await, h.timing());
+    let topic = topic::<Event>("delayed-many", TopicConfig::at_least_once());
+    let log = Log::default();
+    bus.subscribe(&topic, "sub", sub_config(&t, 5).with_max_concurrency(5), logging(&log)).await.unwrap();
+    let hour = PublishOptions::new().deliver_after(Duration::from_secs(3600));
+    let delayed: Vec<Event> = (0..HELD).map(|n| Event::new(1_000 + n)).collect();
+    for chunk in delayed.chunks(100) {
+        topic.publish_batch(&bus, chunk.iter().map(|e| (e, hour.clone()))).await.unwrap();
+    }
+    let mut lateness = Vec::new();
+    for (n, settle) in [(1, Duration::ZERO), (2, Duration::from_secs(2))] {
+        // The second waits a little first: by then every delayed message has been received and is being held.
+        tokio::time::sleep(settle).await;
+        let published = SystemTime::now();
+        topic.publish(&bus, &Event::new(n)).await.unwrap();
+        let got = log.wait_for(n as usize, tolerance(&t) + t.patience).await;
+        let handled = got.iter().find(|d| d.event.n == n).expect("the undelayed message was handled").wall;
+        let after = handled.duration_since(published).unwrap_or_default();
+        assert!(
+            after <= tolerance(&t),
+            "undelayed message {n} behind {HELD} held ones: handled {after:?} after its publish (tolerance {:?})",
+            tolerance(&t)
+        );
+        lateness.push(after);
+    }
+    let early: Vec<u64> = log.all().iter().map(|d| d.event.n).filter(|n| *n >= 1_000).collect();
+    assert!(early.is_empty(), "delayed messages handled early: {early:?}");
+    report(&bus, "behind held (publish to handled)", &lateness);
+    bus.shutdown(t.patience).await;
+}
+
+/// The harness's backend, holding by nack for at most 2 s at a time: a delay then takes several broker holds.
+#[derive(Debug)]
+struct ShortNackHolds(Arc<dyn tidings_core::Backend>);
+
+/// The longest nack a [`ShortNackHolds`] backend asks for.
+const SHORT_HOLD: Duration = Duration::from_secs(2);
+
+#[async_trait::async_trait]
+impl tidings_core::Backend for ShortNackHolds {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn info(&self) -> tidings_core::backend::BackendInfo {
+        self.0.info()
+    }
+    fn capabilities(&self) -> tidings_core::Capabilities {
+        let mut c = self.0.capabilities();
+        if !c.max_nack_delay.is_zero() {
+            c.max_nack_delay = c.max_nack_delay.min(SHORT_HOLD);
+        }
+        c
+    }
+    async fn topic(
+        &self,
+        spec: &tidings_core::backend::TopicSpec,
+    ) -> tidings_core::Result<Arc<dyn tidings_core::backend::TopicDriver>> {
+        self.0.topic(spec).await
+    }
+    async fn subscription(
+        &self,
+        spec: &tidings_core::backend::SubscriptionSpec,
+    ) -> tidings_core::Result<Arc<dyn tidings_core::backend::SubscriptionDriver>> {
+        self.0.subscription(spec).await
+    }
+    fn admin(&self) -> Option<Arc<dyn tidings_core::admin::Admin>> {
+        self.0.admin()
+    }
+}
+
+/// Repeated holds never dead-letter or drop a delayed message. Each hold by a nack is a delivery the broker counts
+/// (JetStream's `MaxDeliver`, SQS's `maxReceiveCount`, both one above the runtime's attempts); here a nack holds at
+/// most 2 s and the subscription has two attempts (`max_retries(1)`), so a 12 s delay takes more holds than the
+/// broker allows deliveries. It is handled once, as attempt 1, no earlier than due and within the tolerance, and
+/// nothing is dead-lettered.
+pub async fn repeated_holds_never_dead_letter_a_delayed_message<H: Harness>(h: &H) {
+    let (bus, t) = (h.bus().await, h.timing());
+    let bus = Bus::new(Arc::new(ShortNackHolds(bus.backend().clone())));
+    let topic = topic::<Event>("delayed-holds", TopicConfig::at_least_once());
+    let log = Log::default();
+    let sub = bus.subscribe(&topic, "sub", sub_config(&t, 1), logging(&log)).await.unwrap();
+    let due = SystemTime::now() + Duration::from_secs(12);
+    topic.publish_with(&bus, &Event::new(1), PublishOptions::new().deliver_at(due)).await.unwrap();
+    let got = log.wait_for(1, Duration::from_secs(12) + t.patience).await;
+    assert_eq!(got.len(), 1, "the delayed message was handled (dead letters: {:?})", sub.dead_letters(10).await);
+    // A second delivery or a dead letter (none expected) would show up within another ack deadline and second.
+    tokio::time::sleep(t.ack_deadline + Duration::from_secs(1)).await;
+    assert_eq!(log.len(), 1, "handled once");
+    assert_eq!(got[0].meta.attempt, 1, "as attempt 1");
+    let late = on_time(&t, "the delayed message", got[0].wall, due);
+    assert!(sub.dead_letters(10).await.unwrap().is_empty(), "nothing dead-lettered");
+    report(&bus, "held by 2 s nacks", &[late]);
+    bus.shutdown(t.patience).await;
+}

@@ -187,6 +187,8 @@ macro_rules! conformance_tests {
                     delayed_attempts_count_from_the_first_real_one_and_redrive_is_at_once,
                     delay_beyond_retention_is_refused_and_cancel_is_honest,
                     foreign_due_time_attribute_is_held,
+                    held_delayed_messages_beyond_the_window_do_not_stall_a_due_one,
+                    repeated_holds_never_dead_letter_a_delayed_message,
                     inbox_exactly_once_effect_under_faults_sqlite,
                     inbox_exactly_once_effect_under_faults_postgres,
                     inbox_outbox_publish_happens_once_sqlite,
