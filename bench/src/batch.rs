@@ -8,8 +8,9 @@
 //! (`subscribe_batch`, batches of `max_messages` 100, `max_wait` 1 s, `max_concurrency` 100 batches), each round once
 //! in turn, R rounds (3; the cloud emulators 1): deliveries/s is the median, calls per 1,000 messages are the
 //! consumption's (receive, settle, lease extension), from the same rounds. Prints one line per backend,
-//! `batch_throughput_<backend>`. AWS is LocalStack (`AWS_ENDPOINT_URL`), GCP the emulator (`PUBSUB_EMULATOR_HOST`):
-//! their deliveries/s say nothing about the clouds'.
+//! `batch_throughput_<backend>`, with the date, the machine and how busy its CPUs were over the backend's rounds
+//! (`cpu_busy_pct`: everything on it, the broker and other work included). AWS is LocalStack (`AWS_ENDPOINT_URL`), GCP
+//! the emulator (`PUBSUB_EMULATOR_HOST`): their deliveries/s say nothing about the clouds'.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -166,11 +167,16 @@ pub async fn throughput(args: &[String], quick: bool) -> String {
         let rounds = crate::util::arg(args, "--rounds").unwrap_or(if cloud { 1 } else { 3 }) as usize;
         let (bus, leftover) = bus(backend).await;
         let (mut single, mut batch) = (Vec::new(), Vec::new());
+        let ticks = crate::delay::machine_ticks();
         for r in 0..rounds {
             eprintln!("batch_throughput: {backend} round {}/{rounds}", r + 1);
             single.push(round(&bus, n, false).await);
             batch.push(round(&bus, n, true).await);
         }
+        let busy = {
+            let (b, t) = crate::delay::machine_ticks();
+            ((b - ticks.0) as f64 * 100.0 / (t - ticks.1).max(1) as f64).round()
+        };
         bus.shutdown(Duration::from_secs(5)).await;
         clean(backend, leftover).await;
         let (s, b) = (median(single.iter().map(|r| r.rate).collect()), median(batch.iter().map(|r| r.rate).collect()));
@@ -184,6 +190,9 @@ pub async fn throughput(args: &[String], quick: bool) -> String {
             "single_msgs_per_s": s.round(),
             "batch_msgs_per_s": b.round(),
             "batch_vs_single": (b / s * 100.0).round() / 100.0,
+            "date": crate::delay::today(),
+            "machine": crate::delay::machine(),
+            "cpu_busy_pct": busy,
         });
         if bus.api_calls().is_some() {
             line["single_calls_per_1k"] = serde_json::json!(total(&calls_single));

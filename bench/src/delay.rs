@@ -61,7 +61,7 @@ fn unique(base: &str) -> &'static str {
     Box::leak(format!("{base}-{}", &id[id.len() - 10..]).into_boxed_str())
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     let days = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -77,7 +77,7 @@ fn today() -> String {
 }
 
 /// The machine, as the report prints it: "2 CPUs (model)".
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info
         .lines()
@@ -88,7 +88,7 @@ fn machine() -> String {
 }
 
 /// The machine's CPU time so far (all cores, from `/proc/stat`): (busy, total) in clock ticks.
-fn machine_ticks() -> (u64, u64) {
+pub(crate) fn machine_ticks() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> =
         s.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
