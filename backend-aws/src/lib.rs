@@ -193,8 +193,13 @@ impl Backend for AwsBackend {
         c.backlog = true;
         // Delayed delivery is held by core: SNS has no delay, and SQS's DelaySeconds is per message only on a
         // SendMessage to a standard queue (tidings publishes through SNS). A held message is made invisible for the
-        // time left (12 h at most per change) and requeued into its queue when due.
+        // time left but the lead below (12 h at most per change), held in process for the rest, and requeued into its
+        // queue when due.
         c.max_nack_delay = Duration::from_secs(12 * 3600);
+        // Asked back 3 s before due (the rest held in process), so the whole seconds of visibility and the second an
+        // expired visibility may take to end (LocalStack makes messages visible again once a second) never make it
+        // late.
+        c.nack_hold_lead = Duration::from_secs(3);
         c.max_delay = Duration::from_secs(14 * 24 * 3600);
         c
     }

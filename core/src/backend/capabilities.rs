@@ -74,6 +74,13 @@ pub struct Capabilities {
     /// Longest delay one `nack` may ask for (SQS: 12 h of visibility); zero where holding by nack is not possible (the
     /// runtime then holds a delayed message in process, lease kept alive).
     pub max_nack_delay: Duration,
+    /// How long before its due time a delivery held by a nack is asked back, to wait out the rest in process: a nack's
+    /// delay that ends late by up to this much still brings it back before due. Zero where a delayed nack ends on
+    /// time (JetStream's `Nak` with delay, in milliseconds); SQS: 3 s (visibility is whole seconds, rounded up; an
+    /// expired visibility takes effect up to a second late, as on LocalStack, which makes messages visible again
+    /// once a second; and a second for the receive that takes it back). The runtime holds by nack only while more
+    /// than this plus a second is left.
+    pub nack_hold_lead: Duration,
     /// Longest delay a publish may ask for: how long the backend keeps an undelivered message at most (its retention
     /// ceiling). The bus also refuses a delay beyond the retention of its own subscriptions to the topic.
     pub max_delay: Duration,
@@ -122,6 +129,7 @@ impl Default for Capabilities {
             delay: false,
             max_native_delay: Duration::ZERO,
             max_nack_delay: Duration::ZERO,
+            nack_hold_lead: Duration::ZERO,
             max_delay: Duration::from_secs(7 * 24 * 3600),
         }
     }

@@ -94,17 +94,24 @@ impl Delays {
 struct State {
     /// Due time and entry number, earliest first.
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    held: HashMap<u64, ReceivedMessage>,
+    held: HashMap<u64, Held>,
     next: u64,
 }
 
+/// A delivery held in process, and until when its lease is known to last (its receive or last extension plus the
+/// ack deadline).
+struct Held {
+    m: ReceivedMessage,
+    leased_until: Instant,
+}
+
 impl Delays {
-    fn hold(&self, m: ReceivedMessage, due: Instant) {
+    fn hold(&self, m: ReceivedMessage, due: Instant, leased_until: Instant) {
         let mut st = self.state.lock().unwrap();
         let n = st.next;
         st.next += 1;
         st.heap.push(Reverse((due, n)));
-        st.held.insert(n, m);
+        st.held.insert(n, Held { m, leased_until });
         drop(st);
         self.wake.notify_one();
     }
@@ -113,7 +120,9 @@ impl Delays {
         self.state.lock().unwrap().heap.peek().map(|Reverse((at, _))| *at)
     }
 
-    fn take_due(&self, now: Instant) -> Vec<ReceivedMessage> {
+    /// The deliveries due at `now`, each with whether its lease ends before `renew_by` (and wants renewing before
+    /// anything slow is done with it).
+    fn take_due(&self, now: Instant, renew_by: Instant) -> Vec<(ReceivedMessage, bool)> {
         let mut st = self.state.lock().unwrap();
         let mut out = Vec::new();
         while let Some(Reverse((at, n))) = st.heap.peek().copied() {
@@ -121,20 +130,28 @@ impl Delays {
                 break;
             }
             st.heap.pop();
-            out.extend(st.held.remove(&n));
+            out.extend(st.held.remove(&n).map(|h| (h.m, h.leased_until < renew_by)));
         }
         out
     }
 
-    fn leases(&self) -> Vec<AckId> {
-        self.state.lock().unwrap().held.values().map(|m| m.ack_id.clone()).collect()
+    /// The leases that end before `by`, now taken to last until `until` (the caller extends them).
+    fn leases_ending(&self, by: Instant, until: Instant) -> Vec<AckId> {
+        let mut st = self.state.lock().unwrap();
+        let ending = st.held.values_mut().filter(|h| h.leased_until < by);
+        ending
+            .map(|h| {
+                h.leased_until = until;
+                h.m.ack_id.clone()
+            })
+            .collect()
     }
 
     /// Everything held, taken (at shutdown).
     pub(super) fn drain(&self) -> Vec<ReceivedMessage> {
         let mut st = self.state.lock().unwrap();
         st.heap.clear();
-        st.held.drain().map(|(_, m)| m).collect()
+        st.held.drain().map(|(_, h)| h.m).collect()
     }
 }
 
@@ -177,21 +194,23 @@ pub(super) fn screen<T: DeserializeOwned + Send + Sync + 'static>(
         if ctx.caps.delay {
             out.extend(due.into_iter().map(strip));
         } else {
-            convert_due(ctx, due, true);
+            // Fresh from a receive: their leases have just begun and need no renewing before the requeue.
+            convert_due(ctx, due.into_iter().map(|m| (m, false)).collect(), true);
         }
     }
     out
 }
 
 /// Converts due deliveries, once per message: one whose copy was made lately is only removed, one being converted
-/// comes back a second later. `in_flight`: they count as in flight (fresh from a receive), not held.
+/// comes back a second later. `in_flight`: they count as in flight (fresh from a receive), not held. Each comes with
+/// whether its lease wants renewing before the requeue.
 fn convert_due<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: &Arc<Ctx<T>>,
-    due: Vec<ReceivedMessage>,
+    due: Vec<(ReceivedMessage, bool)>,
     in_flight: bool,
 ) {
     let mut fresh = Vec::with_capacity(due.len());
-    for m in due {
+    for (m, renew) in due {
         let conversion = ctx.delays.conversion(&m.id);
         if !matches!(conversion, Conversion::Start) && !in_flight {
             ctx.runner.activity.received(1); // settled below, through the settle loop
@@ -201,7 +220,7 @@ fn convert_due<T: DeserializeOwned + Send + Sync + 'static>(
                 let _ = ctx.settle.send(super::settle::Settle::Ack(m.ack_id));
             }
             Conversion::Running => nack(ctx, m.ack_id, IN_PROCESS),
-            Conversion::Start => fresh.push(m),
+            Conversion::Start => fresh.push((m, renew)),
         }
     }
     if fresh.is_empty() {
@@ -214,28 +233,34 @@ fn convert_due<T: DeserializeOwned + Send + Sync + 'static>(
 }
 
 /// Holds a delivery `left` before its due time: in the broker by a nack with delay where the backend holds none
-/// natively and can delay a nack, else in process. Either way it no longer counts as in flight.
+/// natively and can delay a nack (asked back [`crate::Capabilities::nack_hold_lead`] before due), else in process.
+/// Either way it no longer counts as in flight.
 fn hold<T>(ctx: &Ctx<T>, m: ReceivedMessage, left: Duration) {
     let c = &ctx.caps;
     tracing::debug!(target: "tidings", subscription = %ctx.runner.key.1, id = %m.id, left = ?left,
         "holding a delivery until its due time");
-    if !c.delay && c.nack_delay && !c.max_nack_delay.is_zero() && left > IN_PROCESS {
-        nack(ctx, m.ack_id, left.min(c.max_nack_delay)); // the settle loop counts it as settled
+    if !c.delay && c.nack_delay && !c.max_nack_delay.is_zero() && left > IN_PROCESS + c.nack_hold_lead {
+        // the settle loop counts it as settled
+        nack(ctx, m.ack_id, (left - c.nack_hold_lead).min(c.max_nack_delay));
     } else {
         ctx.runner.activity.settled(1);
-        ctx.delays.hold(m, Instant::now() + left);
+        let now = Instant::now();
+        ctx.delays.hold(m, now + left, now + ctx.runner.spec.config.ack_deadline);
     }
 }
 
 /// Converts due deliveries: a fresh copy of each without the due attribute goes into the subscription and the
 /// original is removed; a driver that cannot requeue has them run as they are.
-async fn convert<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, due: Vec<ReceivedMessage>) {
-    let copies: Vec<ReceivedMessage> = due.into_iter().map(strip).collect();
+async fn convert<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, due: Vec<(ReceivedMessage, bool)>) {
+    // A lease with less than a third of the ack deadline left is renewed first, so it does not run out (and the
+    // broker hand the message out again) while the copy is being made; a younger one is not (a call fewer, and the
+    // copy sooner).
+    let leases: Vec<AckId> = due.iter().filter(|(_, renew)| *renew).map(|(m, _)| m.ack_id.clone()).collect();
+    let copies: Vec<ReceivedMessage> = due.into_iter().map(|(m, _)| strip(m)).collect();
     let ids: Vec<crate::MessageId> = copies.iter().map(|m| m.id.clone()).collect();
-    // The lease is renewed first, so it does not run out (and the broker hand the message out again) while the copy
-    // is being made.
-    let leases = copies.iter().map(|m| m.ack_id.clone()).collect();
-    let _ = ctx.runner.extend(leases, ctx.runner.spec.config.ack_deadline).await;
+    if !leases.is_empty() {
+        let _ = ctx.runner.extend(leases, ctx.runner.spec.config.ack_deadline).await;
+    }
     let driver = ctx.runner.driver.clone();
     let requeued = crate::retry::call("requeue", Some(&ctx.runner.abort), || driver.requeue(copies.clone())).await;
     ctx.delays.converted(&ids, requeued.is_ok());
@@ -257,7 +282,8 @@ async fn convert<T: DeserializeOwned + Send + Sync + 'static>(ctx: Arc<Ctx<T>>, 
 }
 
 /// The task that serves the in-process holds: wakes at the earliest due time (converting or running what is due)
-/// and every third of the ack deadline (extending the held leases), until aborted.
+/// and every third of the ack deadline (extending the held leases that would end soon after the next wake: a delivery
+/// held a moment before its due time costs no extension), until aborted.
 pub(super) fn spawn_holder<T: DeserializeOwned + Send + Sync + 'static>(
     ctx: &Arc<Ctx<T>>,
 ) -> tokio::task::JoinHandle<()> {
@@ -273,15 +299,15 @@ pub(super) fn spawn_holder<T: DeserializeOwned + Send + Sync + 'static>(
                 _ = ctx.delays.wake.notified() => continue,
             }
             let now = Instant::now();
-            let due = ctx.delays.take_due(now);
+            let due = ctx.delays.take_due(now, now + period);
             if !due.is_empty() {
                 if ctx.caps.delay {
-                    let ids = due.iter().map(|m| m.ack_id.clone()).collect();
+                    let ids = due.iter().map(|(m, _)| m.ack_id.clone()).collect();
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        // Its lease began at the last extension: renew it for the handler.
+                        // Its lease began at its receive or last extension: renew it for the handler.
                         let _ = ctx.runner.extend(ids, deadline).await;
-                        super::receive::run_now(&ctx, due.into_iter().map(strip).collect());
+                        super::receive::run_now(&ctx, due.into_iter().map(|(m, _)| strip(m)).collect());
                     });
                 } else {
                     convert_due(&ctx, due, false);
@@ -289,7 +315,9 @@ pub(super) fn spawn_holder<T: DeserializeOwned + Send + Sync + 'static>(
             }
             if now >= next_extend {
                 next_extend = now + period;
-                let ids = ctx.delays.leases();
+                // Renewed when less than two and a half periods are left: every wake once renewed, and a lease with
+                // at least one and a half left when it is first renewed.
+                let ids = ctx.delays.leases_ending(now + period * 5 / 2, now + deadline);
                 if !ids.is_empty() {
                     if let Err(e) = ctx.runner.extend(ids, deadline).await {
                         tracing::warn!(subscription = %ctx.runner.key.1, error = %e,
