@@ -235,7 +235,7 @@ fn convert_due<T: DeserializeOwned + Send + Sync + 'static>(
 /// Holds a delivery `left` before its due time: in the broker by a nack with delay where the backend holds none
 /// natively and can delay a nack (asked back [`crate::Capabilities::nack_hold_lead`] before due), else in process.
 /// Either way it no longer counts as in flight.
-fn hold<T>(ctx: &Ctx<T>, m: ReceivedMessage, left: Duration) {
+pub(super) fn hold<T>(ctx: &Ctx<T>, m: ReceivedMessage, left: Duration) {
     let c = &ctx.caps;
     tracing::debug!(target: "tidings", subscription = %ctx.runner.key.1, id = %m.id, left = ?left,
         "holding a delivery until its due time");
