@@ -69,14 +69,14 @@ pub use delay::*;
 pub use delivery::*;
 pub use faults::{network_faults, FaultReport};
 pub use inbox::{
+    inbox_batch_commits_only_acked_rows_postgres, inbox_batch_commits_only_acked_rows_sqlite,
+    inbox_batch_exactly_once_effect_under_faults_postgres, inbox_batch_exactly_once_effect_under_faults_sqlite,
     inbox_concurrent_copies_never_both_commit_postgres, inbox_concurrent_copies_never_both_commit_sqlite,
     inbox_exactly_once_effect_under_faults_postgres, inbox_exactly_once_effect_under_faults_sqlite,
     inbox_lost_ack_after_commit_postgres, inbox_lost_ack_after_commit_sqlite,
     inbox_outbox_publish_happens_once_postgres, inbox_outbox_publish_happens_once_sqlite,
     inbox_redriven_dead_letter_is_processed_postgres, inbox_redriven_dead_letter_is_processed_sqlite,
 };
-    inbox_batch_commits_only_acked_rows_postgres, inbox_batch_commits_only_acked_rows_sqlite,
-    inbox_batch_exactly_once_effect_under_faults_postgres, inbox_batch_exactly_once_effect_under_faults_sqlite,
 pub use leases::*;
 pub use ledger::ledger;
 pub use operator::operator_story;
@@ -199,13 +199,13 @@ macro_rules! conformance_tests {
                     inbox_lost_ack_after_commit_postgres,
                     inbox_redriven_dead_letter_is_processed_sqlite,
                     inbox_redriven_dead_letter_is_processed_postgres,
-                    batches_fill_to_max_messages_or_leave_after_max_wait,
-                    batch_outcomes_and_attempts_are_per_message,
-                    batch_leases_are_extended_while_it_runs,
                     inbox_batch_exactly_once_effect_under_faults_sqlite,
                     inbox_batch_exactly_once_effect_under_faults_postgres,
                     inbox_batch_commits_only_acked_rows_sqlite,
                     inbox_batch_commits_only_acked_rows_postgres,
+                    batches_fill_to_max_messages_or_leave_after_max_wait,
+                    batch_outcomes_and_attempts_are_per_message,
+                    batch_leases_are_extended_while_it_runs,
                     batch_panic_fails_every_message,
                     batch_with_a_wrong_outcome_count_is_retried_whole,
                     invalid_batch_configs_are_refused,
