@@ -174,7 +174,7 @@ macro_rules! impl_store {
                         .bind(m.ordering_key.as_deref())
                         .bind(tidings_core::backend::time::micros(m.publish_time))
                         // Published with a due time: invisible until then (delayed delivery is native here).
-                        .bind(m.deliver_at.map_or(now, |at| tidings_core::backend::time::micros(at).max(now)));
+                        .bind(m.deliver_at.map_or(now, |at| tidings_core::backend::time::micros_ceil(at).max(now)));
                 }
                 q.execute(&mut *conn).await.map_err(|e| $crate::error::db_error("publishing", e))?;
             }

@@ -1,7 +1,7 @@
 //! The outbox row: what is stored per message, and its conversion back to a prepared message.
 
 use bytes::Bytes;
-use tidings_core::backend::time::{from_micros, micros};
+use tidings_core::backend::time::{from_micros, micros, micros_ceil};
 use tidings_core::backend::OutgoingMessage;
 use tidings_core::{Attributes, Error, MessageId, Result, TopicConfig};
 
@@ -42,7 +42,7 @@ impl NewRow {
             ))?,
             ordering_key: m.ordering_key.as_deref().map(str::to_string),
             created_at: micros(m.publish_time),
-            deliver_at: m.deliver_at.map(micros),
+            deliver_at: m.deliver_at.map(micros_ceil),
         })
     }
 }

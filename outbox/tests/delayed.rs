@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::Row;
 use support::{eventually, Event};
-use tidings_core::backend::time::micros;
+use tidings_core::backend::time::micros_ceil;
 use tidings_core::backend::wire::DELIVER_AT_ATTRIBUTE;
 use tidings_core::{Bus, Message, PublishOptions, SubscriptionConfig, TopicConfig};
 use tidings_outbox::Outbox;
@@ -57,7 +57,11 @@ async fn held_until_due(bus: Bus, native: bool) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(row.get::<Option<i64>, _>("deliver_at"), Some(micros(due)), "the row keeps the due time");
+    assert_eq!(
+        row.get::<Option<i64>, _>("deliver_at"),
+        Some(micros_ceil(due)),
+        "the row keeps the due time (rounded up to the microsecond, never early)"
+    );
     let attributes: String = row.get("attributes");
     assert!(!attributes.contains(DELIVER_AT_ATTRIBUTE), "the row's attributes: {attributes}");
 

@@ -10,6 +10,17 @@ pub fn micros(t: SystemTime) -> i64 {
     }
 }
 
+/// [`micros`] rounded up: the first whole microsecond not before `t`. A due time is stored this way, so a store whose
+/// clock reads whole microseconds never finds it due early.
+pub fn micros_ceil(t: SystemTime) -> i64 {
+    let us = micros(t);
+    if from_micros(us) < t {
+        us + 1
+    } else {
+        us
+    }
+}
+
 /// The time `us` microseconds after (or, negative, before) the Unix epoch.
 pub fn from_micros(us: i64) -> SystemTime {
     let d = Duration::from_micros(us.unsigned_abs());
@@ -34,6 +45,16 @@ pub fn jittered(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_times_are_stored_rounded_up_to_the_microsecond() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_001);
+        assert_eq!(micros(t), 1_700_000_000_000_000);
+        assert_eq!(micros_ceil(t), 1_700_000_000_000_001, "1 ns past a microsecond is due at the next one");
+        assert!(from_micros(micros_ceil(t)) >= t);
+        let whole = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000);
+        assert_eq!(micros_ceil(whole), micros(whole), "a whole microsecond stays");
+    }
 
     #[test]
     fn micros_round_trip_and_seconds_round_up() {

@@ -219,11 +219,10 @@ where
     let settler = tokio::spawn(settle::settle_loop(runner.clone(), rx));
     let system = info.consumer_system.to_string();
     let span_name = format!("process {}", runner.spec.name);
-    let seq = (runner.spec.topic.config.ordered && !caps.ordering)
-        .then(|| {
-            let limit = sequence::parked_limit(runner.spec.max_in_flight());
-            Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline).with_limit(limit))
-        });
+    let seq = (runner.spec.topic.config.ordered && !caps.ordering).then(|| {
+        let limit = sequence::parked_limit(runner.spec.max_in_flight());
+        Arc::new(sequence::Sequencer::new(runner.spec.config.ack_deadline).with_limit(limit))
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(runner.spec.config.max_concurrency));
     let delays = delay::Delays::default();
     let ctx =

@@ -298,7 +298,11 @@ macro_rules! outbox_cases {
                         .await
                         .unwrap();
                 assert_eq!(stored.len(), 2);
-                assert_eq!(stored[0], Some(tidings_core::backend::time::micros(due)), "the row keeps the due time");
+                assert_eq!(
+                    stored[0],
+                    Some(tidings_core::backend::time::micros_ceil(due)),
+                    "the row keeps the due time, rounded up"
+                );
                 assert!(stored[1] > stored[0], "{stored:?}");
                 let relay = outbox.relay().spawn();
                 assert!(
