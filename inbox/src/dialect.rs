@@ -133,6 +133,13 @@ pub trait InboxDatabase: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     async fn execute(pool: &sqlx::Pool<Self>, sql: &str) -> sqlx::Result<u64>;
 
+    /// The pool's role and the privileges the inbox needs on the table (`SELECT`, `INSERT`, `DELETE`) that it
+    /// lacks, in that order; none on a database without privileges (SQLite).
+    #[doc(hidden)]
+    async fn missing_privileges(_pool: &sqlx::Pool<Self>, _table: &str) -> sqlx::Result<(String, Vec<String>)> {
+        Ok((String::new(), Vec::new()))
+    }
+
     /// Runs [`Statements::sweep`]: rows deleted.
     #[doc(hidden)]
     async fn sweep_batch(pool: &sqlx::Pool<Self>, st: &Statements, now: i64, max: i64) -> sqlx::Result<u64>;

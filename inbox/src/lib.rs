@@ -292,23 +292,52 @@ impl<DB: InboxDatabase> Inbox<DB> {
         Ok(())
     }
 
-    /// Fails, naming the table and the book's inbox page, when the table or one of its columns is missing.
+    /// Fails, naming the table and the book's inbox page, when the table or one of its columns is missing, or (on
+    /// PostgreSQL) when the pool's role lacks `SELECT`, `INSERT` or `DELETE` on it (naming the role, the privileges
+    /// and the `GRANT` that gives them).
     pub async fn verify(&self) -> Result<()> {
         let st = DB::statements(&self.table);
-        DB::execute(&self.pool, &st.verify).await.map(drop).map_err(|e| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the inbox table {} is missing from this {} database, or lacks one of its columns ({e}); with \
-                     provisioning = \"verify\" tidings does not create it: create it with Inbox::ddl's statements (the \
-                     schema is on {}), or run once with provisioning = \"auto\"",
-                    self.table,
-                    <DB as sqlx::Database>::NAME,
-                    tidings_core::book::url(tidings_core::book::INBOX)
-                ),
-            )
-            .with_source(e)
-        })
+        let e = match DB::execute(&self.pool, &st.verify).await {
+            Ok(_) => return self.check_privileges().await,
+            Err(e) => e,
+        };
+        if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501")) {
+            // There, but SELECT is denied: name what the role lacks.
+            self.check_privileges().await?;
+        }
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "the inbox table {} is missing from this {} database (or out of the role's sight: on PostgreSQL its \
+                 schema needs USAGE and a place on the search_path), or lacks one of its columns ({e}); with \
+                 provisioning = \"verify\" tidings does not create it: create it with Inbox::ddl's statements (the \
+                 schema is on {}), or run once with provisioning = \"auto\"",
+                self.table,
+                <DB as sqlx::Database>::NAME,
+                tidings_core::book::url(tidings_core::book::INBOX)
+            ),
+        )
+        .with_source(e))
+    }
+
+    /// Fails with the role, the privileges it lacks on the table and their `GRANT`.
+    async fn check_privileges(&self) -> Result<()> {
+        let (role, missing) = DB::missing_privileges(&self.pool, &self.table)
+            .await
+            .map_err(|e| db_error(&format!("reading the privileges on the inbox table {}", self.table), e))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing = missing.join(", ");
+        Err(Error::backend(
+            format!(
+                "the role {role} lacks {missing} on the inbox table {table}: the inbox needs SELECT, INSERT and DELETE \
+                 on it (GRANT {missing} ON {table} TO {role}; see {})",
+                tidings_core::book::url(tidings_core::book::INBOX),
+                table = self.table,
+            ),
+            false,
+        ))
     }
 
     /// Deletes the rows whose window ended, in statements of at most the sweep batch, until one deletes fewer;
@@ -319,7 +348,10 @@ impl<DB: InboxDatabase> Inbox<DB> {
 
     async fn provision(&self, bus: &Bus) -> Result<()> {
         match self.provisioning.unwrap_or_else(|| bus_provisioning(bus)) {
-            Provisioning::Auto => self.shared.provisioned.get_or_try_init(|| self.migrate()).await.map(drop),
+            Provisioning::Auto => {
+                self.shared.provisioned.get_or_try_init(|| self.migrate()).await?;
+                self.check_privileges().await
+            }
             Provisioning::Verify => self.verify().await,
             Provisioning::Off => Ok(()),
         }

@@ -81,6 +81,17 @@ impl InboxDatabase for Postgres {
             .await
     }
 
+    async fn missing_privileges(pool: &PgPool, table: &str) -> sqlx::Result<(String, Vec<String>)> {
+        // The table as the role's search path finds it, as the inbox's statements do.
+        sqlx::query_as(
+            "SELECT quote_ident(current_user), array(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'DELETE']) WITH \
+             ORDINALITY AS n(p, i) WHERE NOT has_table_privilege($1::regclass, p) ORDER BY i)",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await
+    }
+
     async fn execute(pool: &PgPool, sql: &str) -> sqlx::Result<u64> {
         Ok(sqlx::query(sql).execute(pool).await?.rows_affected())
     }
