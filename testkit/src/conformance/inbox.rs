@@ -781,6 +781,14 @@ async fn lost_ack_after_commit<H: Harness, DB: TestDatabase>(h: &H) {
         "the three committed"
     );
     if env.exact {
+        // The commits acked: with every ack of the runtime lost, the deliveries are gone as soon as the inbox rows
+        // are there (a copy handed out again because a lease ran out before its commit, on a loaded machine, is
+        // skipped and is no redelivery after the commit: its row went with that commit too).
+        assert_eq!(
+            sub.backlog().await.unwrap(),
+            Some(0),
+            "acked in the transaction: the commit settled the deliveries"
+        );
         // Whatever would come back comes within the ack deadline and a backoff.
         tokio::time::sleep(t.ack_deadline * 3 + t.max_backoff).await;
     } else {
@@ -808,7 +816,6 @@ async fn lost_ack_after_commit<H: Harness, DB: TestDatabase>(h: &H) {
     assert_eq!(per_n, vec![1, 1, 1], "each message's effect once");
     assert_eq!((processed, entered.load(SeqCst)), (3, 3), "the handler ran once per message");
     if env.exact {
-        assert_eq!(skipped, 0, "acked in the transaction: nothing came back");
         assert_eq!(backlog, Some(0), "nothing left to redeliver");
     } else {
         assert!(skipped >= 3, "the copies that came back were skipped");
